@@ -1,0 +1,231 @@
+//! Bearer-token verification for the public API.
+//!
+//! [`TokenVerifier`] is async because production verifiers fetch keys (JWKS);
+//! [`Hs256Verifier`] is the local/dev one. [`AuthLayer`] runs the verifier
+//! for every call and hands the [`Principal`] to handlers through request
+//! extensions. Only this crate decodes tokens.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use tp_context::{RequestContext, Role, TenantId};
+
+mod layer;
+
+pub use layer::{Authenticate, AuthLayer};
+
+/// Who a verified token says the caller is. Operators have no tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    pub user_id: String,
+    pub role: Role,
+    pub tenant_id: Option<TenantId>,
+}
+
+impl Principal {
+    /// The tenant-scoped context of a member or admin token.
+    pub fn tenant_context(&self) -> Option<RequestContext> {
+        self.tenant_id.map(|tenant_id| RequestContext {
+            tenant_id,
+            user_id: self.user_id.clone(),
+            role: self.role,
+        })
+    }
+}
+
+/// The JWT claims the product reads.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_id: Option<String>,
+    pub role: String,
+    pub exp: u64,
+}
+
+impl Claims {
+    /// Claims that expire `ttl_secs` from now.
+    pub fn expiring_in(sub: &str, tenant_id: Option<TenantId>, role: Role, ttl_secs: u64) -> Self {
+        Self {
+            sub: sub.to_owned(),
+            tenant_id: tenant_id.map(|t| t.to_string()),
+            role: role.as_str().to_owned(),
+            exp: now_secs().saturating_add(ttl_secs),
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Why a call was not authenticated. Every message tells a client developer
+/// what to fix, without echoing the token.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AuthError {
+    #[error("missing `authorization` metadata: send `authorization: Bearer <jwt>`")]
+    MissingToken,
+    #[error("`authorization` metadata must be `Bearer <jwt>`")]
+    NotBearer,
+    #[error("token is malformed or uses an unsupported algorithm (only HS256 is accepted)")]
+    Malformed,
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token has expired: mint a new one")]
+    Expired,
+    #[error("token claim `{0}` is missing or invalid")]
+    InvalidClaim(&'static str),
+    #[error("token has no `tenant_id` claim; only operator tokens may omit it")]
+    MissingTenant,
+}
+
+/// Turns a bearer token into a [`Principal`].
+pub trait TokenVerifier: Send + Sync + 'static {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>>;
+}
+
+/// Verifies HS256 tokens signed with a shared secret (local and dev).
+pub struct Hs256Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl Hs256Verifier {
+    pub fn new(secret: &[u8]) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        // Clocks on one machine agree; a small leeway still tolerates skew
+        // between a client minting tokens and the gateway.
+        validation.leeway = 5;
+        Self {
+            key: DecodingKey::from_secret(secret),
+            validation,
+        }
+    }
+
+    fn verify_now(&self, token: &str) -> Result<Principal, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
+            |e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => {
+                    AuthError::InvalidClaim("sub")
+                }
+                ErrorKind::MissingRequiredClaim(_) => AuthError::InvalidClaim("exp"),
+                _ => AuthError::Malformed,
+            },
+        )?;
+        principal_from_claims(data.claims)
+    }
+}
+
+impl TokenVerifier for Hs256Verifier {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>> {
+        Box::pin(std::future::ready(self.verify_now(token)))
+    }
+}
+
+/// Checks the product's own claims once the signature and expiry hold.
+fn principal_from_claims(claims: Claims) -> Result<Principal, AuthError> {
+    tp_context::validate_user_id(&claims.sub).map_err(|_| AuthError::InvalidClaim("sub"))?;
+    let role: Role = claims
+        .role
+        .parse()
+        .map_err(|_| AuthError::InvalidClaim("role"))?;
+    let tenant_id = match claims.tenant_id.as_deref() {
+        None | Some("") if role == Role::Operator => None,
+        None | Some("") => return Err(AuthError::MissingTenant),
+        Some(raw) => Some(
+            raw.parse::<TenantId>()
+                .map_err(|_| AuthError::InvalidClaim("tenant_id"))?,
+        ),
+    };
+    Ok(Principal {
+        user_id: claims.sub,
+        role,
+        tenant_id,
+    })
+}
+
+/// Signs claims with HS256, for the CLI, tests and local development.
+pub fn mint_hs256(secret: &[u8], claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"test-secret";
+
+    fn verify(token: &str) -> Result<Principal, AuthError> {
+        Hs256Verifier::new(SECRET).verify_now(token)
+    }
+
+    #[test]
+    fn valid_member_token_yields_its_tenant() {
+        let tenant = TenantId::new_random();
+        let token = mint_hs256(SECRET, &Claims::expiring_in("u1", Some(tenant), Role::Member, 60)).unwrap();
+        let principal = verify(&token).unwrap();
+        assert_eq!(principal.tenant_id, Some(tenant));
+        assert_eq!(principal.role, Role::Member);
+        assert_eq!(principal.tenant_context().unwrap().user_id, "u1");
+    }
+
+    #[test]
+    fn operator_needs_no_tenant_but_members_do() {
+        let op = mint_hs256(SECRET, &Claims::expiring_in("ops", None, Role::Operator, 60)).unwrap();
+        assert_eq!(verify(&op).unwrap().tenant_id, None);
+        let member = mint_hs256(SECRET, &Claims::expiring_in("u1", None, Role::Member, 60)).unwrap();
+        assert_eq!(verify(&member), Err(AuthError::MissingTenant));
+    }
+
+    #[test]
+    fn wrong_secret_is_a_bad_signature() {
+        let token = mint_hs256(b"other", &Claims::expiring_in("u1", None, Role::Operator, 60)).unwrap();
+        assert_eq!(verify(&token), Err(AuthError::BadSignature));
+    }
+
+    #[test]
+    fn expired_token_is_rejected() {
+        let mut claims = Claims::expiring_in("u1", None, Role::Operator, 0);
+        claims.exp = now_secs() - 3600;
+        let token = mint_hs256(SECRET, &claims).unwrap();
+        assert_eq!(verify(&token), Err(AuthError::Expired));
+    }
+
+    #[test]
+    fn alg_none_and_garbage_are_malformed() {
+        // {"alg":"none","typ":"JWT"} . {"sub":"u1","role":"operator","exp":9999999999} . (no signature)
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsInJvbGUiOiJvcGVyYXRvciIsImV4cCI6OTk5OTk5OTk5OX0.";
+        assert_eq!(verify(none), Err(AuthError::Malformed));
+        assert_eq!(verify("not.a.jwt"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn unknown_role_and_bad_tenant_are_invalid_claims() {
+        let mut claims = Claims::expiring_in("u1", None, Role::Operator, 60);
+        claims.role = "root".into();
+        assert_eq!(verify(&mint_hs256(SECRET, &claims).unwrap()), Err(AuthError::InvalidClaim("role")));
+        let mut claims = Claims::expiring_in("u1", None, Role::Member, 60);
+        claims.tenant_id = Some("acme".into());
+        assert_eq!(verify(&mint_hs256(SECRET, &claims).unwrap()), Err(AuthError::InvalidClaim("tenant_id")));
+    }
+}

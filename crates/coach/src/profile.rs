@@ -1,0 +1,179 @@
+//! What the user has told us about their situation, read from their turns.
+
+/// Company stage, as users usually describe it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Seed,
+    SeriesA,
+    SeriesB,
+    SeriesC,
+    LateStage,
+    Public,
+}
+
+impl Stage {
+    fn describe(&self) -> &'static str {
+        match self {
+            Stage::Seed => "a seed-stage company",
+            Stage::SeriesA => "a series A company",
+            Stage::SeriesB => "a series B company",
+            Stage::SeriesC => "a series C company",
+            Stage::LateStage => "a late-stage company",
+            Stage::Public => "a public company",
+        }
+    }
+}
+
+/// The context the persona needs before advising.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContextProfile {
+    pub role: Option<&'static str>,
+    pub team_size: Option<u32>,
+    pub stage: Option<Stage>,
+    pub mentioned_attempts: bool,
+}
+
+const ROLES: &[(&str, &str)] = &[
+    ("cto", "CTO"),
+    ("vp of engineering", "VP of Engineering"),
+    ("vp eng", "VP of Engineering"),
+    (" vp", "VP"),
+    ("director", "director"),
+    ("engineering manager", "engineering manager"),
+    (" em ", "engineering manager"),
+    ("staff engineer", "staff engineer"),
+    ("principal engineer", "principal engineer"),
+    ("tech lead", "tech lead"),
+];
+
+const STAGES: &[(&str, Stage)] = &[
+    ("pre-seed", Stage::Seed),
+    ("seed", Stage::Seed),
+    ("series a", Stage::SeriesA),
+    ("series b", Stage::SeriesB),
+    ("series c", Stage::SeriesC),
+    ("series d", Stage::LateStage),
+    ("late-stage", Stage::LateStage),
+    ("late stage", Stage::LateStage),
+    ("public company", Stage::Public),
+    ("publicly traded", Stage::Public),
+];
+
+const ATTEMPTS: &[&str] = &["we tried", "i tried", "we've tried", "already tried", "tried adding", "didn't work", "did not work"];
+
+const TEAM_NOUNS: &[&str] = &["engineers", "engineer", "developers", "devs", "people", "person", "reports", "ics"];
+
+impl ContextProfile {
+    /// Reads the profile from the user's turns, later turns refining earlier ones.
+    pub fn from_turns<'a>(turns: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut profile = Self::default();
+        for turn in turns {
+            let lower = format!(" {} ", turn.to_lowercase());
+            if let Some((_, role)) = ROLES.iter().find(|(p, _)| lower.contains(p)) {
+                profile.role = Some(role);
+            }
+            if let Some((_, stage)) = STAGES.iter().find(|(p, _)| lower.contains(p)) {
+                profile.stage = Some(*stage);
+            }
+            if let Some(size) = team_size(&lower) {
+                profile.team_size = Some(size);
+            }
+            if ATTEMPTS.iter().any(|p| lower.contains(p)) {
+                profile.mentioned_attempts = true;
+            }
+        }
+        profile
+    }
+
+    /// Enough to give grounded advice: the size of the organisation and
+    /// either its stage or the user's role.
+    pub fn is_sufficient(&self) -> bool {
+        self.team_size.is_some() && (self.stage.is_some() || self.role.is_some())
+    }
+
+    /// One sentence restating the known context, or `None` when nothing is known.
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(role) = self.role {
+            parts.push(format!("you're a {role}"));
+        }
+        if let Some(size) = self.team_size {
+            parts.push(format!("the organisation has about {size} engineers"));
+        }
+        if let Some(stage) = self.stage {
+            parts.push(format!("it's {}", stage.describe()));
+        }
+        if self.mentioned_attempts {
+            parts.push("you've already tried at least one fix".to_owned());
+        }
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// Questions for the missing context, most important first.
+    pub fn missing_context_questions(&self) -> Vec<String> {
+        let mut questions = Vec::new();
+        if self.team_size.is_none() {
+            questions.push("How many engineers are in the organisation you're responsible for?".to_owned());
+        }
+        if self.stage.is_none() && self.role.is_none() {
+            questions.push("What's your role, and what stage is the company at (seed, series B, public...)?".to_owned());
+        }
+        if !self.mentioned_attempts {
+            questions.push("What have you already tried?".to_owned());
+        }
+        questions
+    }
+}
+
+/// Finds "40 engineers", "a team of 12", "12-person team".
+fn team_size(lower: &str) -> Option<u32> {
+    let words: Vec<&str> = lower
+        .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '~'))
+        .filter(|w| !w.is_empty())
+        .collect();
+    for (i, word) in words.iter().enumerate() {
+        let (number, suffix) = match word.split_once('-') {
+            Some((n, s)) => (n, Some(s)),
+            None => (*word, None),
+        };
+        let Ok(n) = number.trim_start_matches('~').parse::<u32>() else {
+            continue;
+        };
+        let next = suffix.or_else(|| words.get(i + 1).copied()).unwrap_or_default();
+        let previous_is_of = i > 0 && words[i - 1] == "of";
+        if TEAM_NOUNS.contains(&next) || (previous_is_of && i > 1 && words[i - 2] == "team") {
+            return Some(n);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_size_stage_and_role() {
+        let p = ContextProfile::from_turns(["I just became VP of Engineering; we're 40 engineers at Series B."]);
+        assert_eq!(p.team_size, Some(40));
+        assert_eq!(p.stage, Some(Stage::SeriesB));
+        assert_eq!(p.role, Some("VP of Engineering"));
+        assert!(p.is_sufficient());
+    }
+
+    #[test]
+    fn team_size_forms() {
+        assert_eq!(team_size(" a team of 12 "), Some(12));
+        assert_eq!(team_size(" our 8-person team "), Some(8));
+        assert_eq!(team_size(" we shipped 3 features "), None);
+    }
+
+    #[test]
+    fn later_turns_refine_and_attempts_are_noticed() {
+        let p = ContextProfile::from_turns(["we are 10 engineers", "now 14 engineers; we tried a guild"]);
+        assert_eq!(p.team_size, Some(14));
+        assert!(p.mentioned_attempts);
+        assert!(!p.is_sufficient());
+        assert_eq!(p.missing_context_questions().len(), 1);
+    }
+}

@@ -1,0 +1,133 @@
+//! One telemetry set-up for every service: `tracing` with JSON logs that
+//! carry trace ids, OpenTelemetry spans and metrics exported over OTLP when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, and W3C trace-context propagation
+//! through gRPC metadata as tower layers.
+//!
+//! Message content never goes into spans or logs: the layers here record
+//! only the RPC name, the outcome and the timing.
+
+use opentelemetry::global;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+mod propagation;
+
+pub use propagation::{
+    ClientTraceLayer, ServerTelemetry, ServerTelemetryLayer, TraceClient, current_trace_id,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    #[error("could not build the OTLP exporter: {0}")]
+    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    #[error("a global tracing subscriber is already installed: {0}")]
+    AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+}
+
+/// Flushes and shuts down the exporters when dropped.
+pub struct TelemetryGuard {
+    tracer_provider: SdkTracerProvider,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.tracer_provider.shutdown() {
+            eprintln!("tracer shutdown: {e}");
+        }
+        if let Some(meters) = &self.meter_provider
+            && let Err(e) = meters.shutdown()
+        {
+            eprintln!("meter shutdown: {e}");
+        }
+    }
+}
+
+fn otlp_configured() -> bool {
+    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
+        .iter()
+        .any(|key| std::env::var(key).is_ok_and(|v| !v.is_empty()))
+}
+
+fn resource(service_name: &'static str) -> Resource {
+    // OTEL_SERVICE_NAME, when set, wins over the built-in name (the SDK's
+    // environment detector reads it).
+    let builder = Resource::builder();
+    if std::env::var("OTEL_SERVICE_NAME").is_ok_and(|v| !v.is_empty()) {
+        builder.build()
+    } else {
+        builder.with_service_name(service_name).build()
+    }
+}
+
+/// Installs logging, tracing and metrics for one service. Call it once, from
+/// inside the Tokio runtime (the OTLP exporter needs one). `RUST_LOG` filters
+/// the logs (default `info`).
+pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+    let resource = resource(service_name);
+    let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    let mut meter_provider = None;
+    // A tracer provider always exists, even without an exporter, so every
+    // request gets a real trace id for its logs and for propagation.
+    if otlp_configured() {
+        let spans = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+        tracer_builder = tracer_builder.with_batch_exporter(spans);
+        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
+        let meters = SdkMeterProvider::builder()
+            .with_resource(resource)
+            .with_periodic_exporter(metrics)
+            .build();
+        global::set_meter_provider(meters.clone());
+        meter_provider = Some(meters);
+    }
+    let tracer_provider = tracer_builder.build();
+    install(service_name, tracer_provider.clone())?;
+    Ok(TelemetryGuard {
+        tracer_provider,
+        meter_provider,
+    })
+}
+
+/// Installs telemetry that records finished spans in memory, for tests that
+/// assert on traces. Safe to call many times: only the first call installs.
+#[cfg(feature = "testing")]
+pub fn init_for_tests() -> opentelemetry_sdk::trace::InMemorySpanExporter {
+    use std::sync::OnceLock;
+    static EXPORTER: OnceLock<opentelemetry_sdk::trace::InMemorySpanExporter> = OnceLock::new();
+    EXPORTER
+        .get_or_init(|| {
+            let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+            let provider = SdkTracerProvider::builder()
+                .with_simple_exporter(exporter.clone())
+                .build();
+            // Several test binaries may race for the global subscriber; the
+            // loser keeps its exporter empty, which the trace test notices.
+            let _ = install("thoughtpartner-tests", provider);
+            exporter
+        })
+        .clone()
+}
+
+fn install(service_name: &'static str, tracer_provider: SdkTracerProvider) -> Result<(), TelemetryError> {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let tracer = tracer_provider.tracer(service_name);
+    global::set_tracer_provider(tracer_provider);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt::layer()
+        .json()
+        .with_current_span(true)
+        .with_span_list(false)
+        .with_target(true)
+        .with_filter(filter);
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .try_init()?;
+    Ok(())
+}

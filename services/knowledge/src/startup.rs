@@ -1,0 +1,97 @@
+//! Wiring: database, corpus, handlers, layers, serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use sqlx::PgPool;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tower::ServiceBuilder;
+use tp_context::RequireContextLayer;
+use tp_proto::internal::knowledge::v1::framework_service_server::FrameworkServiceServer;
+use tp_server::Listener;
+use tp_telemetry::ServerTelemetryLayer;
+
+use crate::config::{KnowledgeConfig, SCHEMA};
+use crate::frameworks::FrameworkHandler;
+use crate::ranking::FrameworkEntry;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/knowledge");
+
+/// Applies this service's migrations as the schema owner.
+pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+    tp_store::migrate(owner_url, SCHEMA, &MIGRATOR).await?;
+    Ok(())
+}
+
+/// A built, bound service, ready to serve.
+pub struct Application {
+    listener: Listener,
+    routes: Routes,
+}
+
+impl Application {
+    pub async fn build(config: &KnowledgeConfig) -> anyhow::Result<Self> {
+        let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
+        let corpus = load_corpus(&pool).await?;
+        tracing::info!(frameworks = corpus.len(), "framework corpus loaded");
+
+        let mut routes = Routes::builder();
+        let health = tp_server::add_infrastructure(&mut routes)?;
+        routes.add_service(FrameworkServiceServer::new(FrameworkHandler::new(corpus)));
+        health
+            .set_serving::<FrameworkServiceServer<FrameworkHandler>>()
+            .await;
+
+        let listener = Listener::bind(config.listen_addr).await?;
+        Ok(Self {
+            listener,
+            routes: routes.routes(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "knowledge serving");
+        let layers = ServiceBuilder::new()
+            .layer(ServerTelemetryLayer::new("knowledge"))
+            .layer(RequireContextLayer);
+        Server::builder()
+            .layer(layers)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+async fn load_corpus(pool: &PgPool) -> Result<Vec<FrameworkEntry>, sqlx::Error> {
+    let rows: Vec<(String, String, String, String, String, String, String, Vec<String>)> =
+        sqlx::query_as(
+            "SELECT framework_id, name, author, summary, application, diagnostic_question,
+                    source_url, keywords
+               FROM knowledge.frameworks ORDER BY framework_id",
+        )
+        .fetch_all(pool)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(framework_id, name, author, summary, application, diagnostic_question, source_url, keywords)| {
+                FrameworkEntry {
+                    framework_id,
+                    name,
+                    author,
+                    summary,
+                    application,
+                    diagnostic_question,
+                    source_url,
+                    keywords,
+                }
+            },
+        )
+        .collect())
+}
