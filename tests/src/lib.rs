@@ -1,1 +1,325 @@
-//! placeholder
+//! Test harness: a fresh database per test and the three real services on
+//! random ports, wired to each other over gRPC exactly as in production.
+//!
+//! Needs a PostgreSQL server: `TP_TEST_PG_ADDR` (host:port, default
+//! `127.0.0.1:55433`) reachable as the superuser `postgres` without a
+//! password. `deploy/local/test` starts one.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Executor, PgPool};
+use tokio::sync::watch;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tp_auth::{Claims, mint_hs256};
+use tp_context::{Role, TenantId};
+use tp_proto::v1 as pb;
+use uuid::Uuid;
+
+pub use tp_proto;
+
+/// The HS256 secret the test gateway verifies with.
+pub const JWT_SECRET: &str = "test-secret-at-least-16-bytes";
+
+fn pg_addr() -> String {
+    std::env::var("TP_TEST_PG_ADDR").unwrap_or_else(|_| "127.0.0.1:55433".to_owned())
+}
+
+/// A database of its own for one test, with the roles the product uses.
+pub struct TestDatabase {
+    pub name: String,
+    /// The superuser: bypasses row-level security, for asserting on raw rows.
+    pub admin_url: String,
+    /// The schema owner, who runs migrations.
+    pub owner_url: String,
+    /// The application role the services connect as.
+    pub app_url: String,
+}
+
+impl TestDatabase {
+    pub async fn create() -> anyhow::Result<Self> {
+        let addr = pg_addr();
+        let server_url = format!("postgres://postgres@{addr}/postgres");
+        let server = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&server_url)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot reach the test PostgreSQL at {addr} ({e}); run the suite with deploy/local/test"
+                )
+            })?;
+        // Roles are cluster-wide; tests running in parallel may race to create them.
+        server
+            .execute(
+                "DO $$ BEGIN
+                   CREATE ROLE tp_owner LOGIN;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+            )
+            .await?;
+        server
+            .execute(
+                "DO $$ BEGIN
+                   CREATE ROLE tp_app LOGIN NOSUPERUSER NOBYPASSRLS;
+                 EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;",
+            )
+            .await?;
+        let name = format!("tp_test_{}", Uuid::new_v4().simple());
+        server
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} OWNER tp_owner")))
+            .await?;
+        server.close().await;
+        Ok(Self {
+            admin_url: format!("postgres://postgres@{addr}/{name}"),
+            owner_url: format!("postgres://tp_owner@{addr}/{name}"),
+            app_url: format!("postgres://tp_app@{addr}/{name}"),
+            name,
+        })
+    }
+
+    pub async fn migrate(&self) -> anyhow::Result<()> {
+        tp_gateway::migrate(&self.owner_url).await?;
+        tp_conversation::migrate(&self.owner_url).await?;
+        tp_knowledge::migrate(&self.owner_url).await?;
+        Ok(())
+    }
+
+    pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
+        Ok(PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(PgConnectOptions::from_str(url)?)
+            .await?)
+    }
+}
+
+/// The three services, running.
+pub struct TestApp {
+    pub db: TestDatabase,
+    pub gateway_addr: SocketAddr,
+    pub conversation_addr: SocketAddr,
+    pub knowledge_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+fn spawn_service(name: &'static str, run: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+    tokio::spawn(async move {
+        if let Err(e) = run.await {
+            panic!("{name} stopped with an error: {e:#}");
+        }
+    });
+}
+
+impl TestApp {
+    /// A fresh database, migrated, and the three services on random ports.
+    pub async fn spawn() -> anyhow::Result<Self> {
+        let db = TestDatabase::create().await?;
+        db.migrate().await?;
+        let any_port: SocketAddr = "127.0.0.1:0".parse()?;
+        let (shutdown, stop) = watch::channel(false);
+
+        let knowledge = tp_knowledge::Application::build(&tp_knowledge::KnowledgeConfig {
+            listen_addr: any_port,
+            database_url: db.app_url.clone(),
+            database_max_connections: 2,
+        })
+        .await?;
+        let knowledge_addr = knowledge.local_addr();
+        spawn_service("knowledge", knowledge.run_until(stopped(stop.clone())));
+
+        let conversation =
+            tp_conversation::Application::build(&tp_conversation::ConversationConfig {
+                listen_addr: any_port,
+                knowledge_url: format!("http://{knowledge_addr}"),
+                database_url: db.app_url.clone(),
+                database_max_connections: 4,
+            })
+            .await?;
+        let conversation_addr = conversation.local_addr();
+        spawn_service("conversation", conversation.run_until(stopped(stop.clone())));
+
+        let gateway = tp_gateway::Application::build(&tp_gateway::GatewayConfig {
+            listen_addr: any_port,
+            conversation_url: format!("http://{conversation_addr}"),
+            database_url: db.app_url.clone(),
+            database_max_connections: 4,
+            jwt_hs256_secret: JWT_SECRET.to_owned(),
+        })
+        .await?;
+        let gateway_addr = gateway.local_addr();
+        spawn_service("gateway", gateway.run_until(stopped(stop)));
+
+        Ok(Self {
+            db,
+            gateway_addr,
+            conversation_addr,
+            knowledge_addr,
+            shutdown,
+        })
+    }
+
+    pub fn token(&self, sub: &str, tenant: Option<TenantId>, role: Role) -> String {
+        mint_hs256(JWT_SECRET.as_bytes(), &Claims::expiring_in(sub, tenant, role, 300))
+            .expect("HS256 signing cannot fail")
+    }
+
+    pub async fn channel(&self) -> anyhow::Result<Channel> {
+        Ok(Channel::from_shared(format!("http://{}", self.gateway_addr))?
+            .connect()
+            .await?)
+    }
+
+    /// Any raw `authorization` value, including broken ones.
+    pub async fn conversations_with_auth(&self, authorization: Option<&str>) -> anyhow::Result<ConversationClient> {
+        let bearer = Bearer(authorization.map(str::parse).transpose()?);
+        Ok(pb::conversation_service_client::ConversationServiceClient::with_interceptor(
+            self.channel().await?,
+            bearer,
+        ))
+    }
+
+    pub async fn conversations(&self, token: &str) -> anyhow::Result<ConversationClient> {
+        self.conversations_with_auth(Some(&format!("Bearer {token}"))).await
+    }
+
+    pub async fn members(&self, token: &str) -> anyhow::Result<MemberClient> {
+        Ok(pb::member_service_client::MemberServiceClient::with_interceptor(
+            self.channel().await?,
+            Bearer(Some(format!("Bearer {token}").parse()?)),
+        ))
+    }
+
+    pub async fn tenants(&self, token: &str) -> anyhow::Result<TenantClient> {
+        Ok(pb::tenant_admin_service_client::TenantAdminServiceClient::with_interceptor(
+            self.channel().await?,
+            Bearer(Some(format!("Bearer {token}").parse()?)),
+        ))
+    }
+
+    /// Creates a tenant through the API as an operator; `admin` becomes its admin.
+    pub async fn create_tenant(&self, name: &str, seats: i32, admin: &str) -> anyhow::Result<TenantId> {
+        let operator = self.token("operator-1", None, Role::Operator);
+        let tenant = self
+            .tenants(&operator)
+            .await?
+            .create_tenant(pb::CreateTenantRequest {
+                display_name: name.to_owned(),
+                seats,
+                admin_user_id: admin.to_owned(),
+            })
+            .await?
+            .into_inner()
+            .tenant
+            .ok_or_else(|| anyhow::anyhow!("CreateTenant returned no tenant"))?;
+        Ok(tenant.tenant_id.parse()?)
+    }
+
+    /// A tenant with an admin and one member; returns the member's token.
+    pub async fn tenant_with_member(&self, name: &str, member: &str) -> anyhow::Result<(TenantId, String)> {
+        let admin = format!("{member}-admin");
+        let tenant = self.create_tenant(name, 5, &admin).await?;
+        self.members(&self.token(&admin, Some(tenant), Role::Admin))
+            .await?
+            .add_member(pb::AddMemberRequest {
+                user_id: member.to_owned(),
+                role: pb::MemberRole::Member.into(),
+            })
+            .await?;
+        Ok((tenant, self.token(member, Some(tenant), Role::Member)))
+    }
+
+    /// Counts rows as the superuser, which row-level security does not bind.
+    pub async fn count_rows(&self, table: &str) -> anyhow::Result<i64> {
+        let pool = TestDatabase::pool(&self.db.admin_url).await?;
+        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&pool)
+            .await?;
+        pool.close().await;
+        Ok(count)
+    }
+}
+
+/// Sends a fixed `authorization` value (or none) with every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request.metadata_mut().insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+pub type ConversationClient =
+    pb::conversation_service_client::ConversationServiceClient<InterceptedService<Channel, Bearer>>;
+pub type MemberClient = pb::member_service_client::MemberServiceClient<InterceptedService<Channel, Bearer>>;
+pub type TenantClient =
+    pb::tenant_admin_service_client::TenantAdminServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// The events of one `SendMessage` call.
+pub struct Exchange {
+    pub deltas: Vec<String>,
+    pub completed: pb::MessageCompleted,
+}
+
+impl Exchange {
+    pub fn assistant(&self) -> &pb::Message {
+        self.completed.assistant_message.as_ref().expect("completed carries the assistant message")
+    }
+
+    pub fn user(&self) -> &pb::Message {
+        self.completed.user_message.as_ref().expect("completed carries the user message")
+    }
+}
+
+/// Sends a message and drains the stream; fails unless the stream ends with
+/// exactly one `completed` event after the deltas.
+pub async fn send(
+    client: &mut ConversationClient,
+    conversation_id: &str,
+    content: &str,
+    idempotency_key: &str,
+) -> Result<Exchange, tonic::Status> {
+    let mut stream = client
+        .send_message(pb::SendMessageRequest {
+            conversation_id: conversation_id.to_owned(),
+            content: content.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+        })
+        .await?
+        .into_inner();
+    let mut deltas = Vec::new();
+    let mut completed = None;
+    while let Some(event) = stream.message().await? {
+        match event.event {
+            Some(pb::send_message_response::Event::TextDelta(delta)) => {
+                assert!(completed.is_none(), "a delta arrived after the completed event");
+                deltas.push(delta.text);
+            }
+            Some(pb::send_message_response::Event::Completed(done)) => {
+                assert!(completed.is_none(), "two completed events");
+                completed = Some(done);
+            }
+            None => panic!("an event with no payload"),
+        }
+    }
+    let completed = completed.ok_or_else(|| tonic::Status::internal("stream ended without a completed event"))?;
+    Ok(Exchange { deltas, completed })
+}

@@ -20,3 +20,12 @@ pub mod internal {
 /// Encoded descriptors of all packages, for gRPC server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("thoughtpartner_descriptor");
+
+/// A Postgres `timestamptz` as a protobuf `Timestamp`.
+pub fn timestamp(time: time::OffsetDateTime) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: time.unix_timestamp(),
+        // Always below 1e9, so it fits.
+        nanos: i32::try_from(time.nanosecond()).unwrap_or(0),
+    }
+}

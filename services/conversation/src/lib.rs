@@ -1,1 +1,15 @@
-//! placeholder
+//! The conversation service: conversations, transcripts and the reply
+//! pipeline. It trusts the tenant and user the gateway put in metadata
+//! (checked by [`tp_context::RequireContextLayer`]) and lets row-level
+//! security enforce the tenant in every query.
+
+pub mod config;
+mod error;
+mod handler;
+mod reply;
+mod startup;
+mod store;
+mod validate;
+
+pub use config::{ConversationConfig, SCHEMA};
+pub use startup::{Application, migrate};

@@ -1,1 +1,16 @@
-//! placeholder
+//! The gateway: the only public entry point. It authenticates every call
+//! (bearer JWT, in [`tp_auth::AuthLayer`]), decides whether the caller may
+//! do what they ask (roles, membership, seats), and forwards conversation
+//! calls to the conversation service with the verified tenant and user in
+//! metadata. Only the gateway sees tokens.
+
+mod access;
+pub mod config;
+mod conversations;
+mod members;
+pub mod seats;
+mod startup;
+mod tenants;
+
+pub use config::{GatewayConfig, SCHEMA};
+pub use startup::{Application, migrate};

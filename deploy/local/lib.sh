@@ -1,0 +1,154 @@
+# Shared by deploy/local/run and deploy/local/test: a private PostgreSQL
+# cluster under the repo's ignored .tp/ folder, and the three services.
+# Source it; it defines functions only.
+
+TP_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$TP_ROOT/target}"
+
+log() { printf '\033[1m[tp]\033[0m %s\n' "$*" >&2; }
+die() { printf '[tp] error: %s\n' "$*" >&2; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+        die "need root to run: $*"
+    fi
+}
+
+apt_install() {
+    log "installing $* with apt-get"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+require_cargo() {
+    command -v cargo >/dev/null || die "cargo not found: install Rust with https://rustup.rs, then retry"
+}
+
+# Finds PostgreSQL's server binaries, installing Debian's postgresql when absent.
+pg_bindir() {
+    local dir
+    dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    if [ -z "$dir" ] || [ ! -x "$dir/initdb" ]; then
+        apt_install postgresql
+        dir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    fi
+    [ -x "$dir/initdb" ] || die "PostgreSQL server binaries not found after installing postgresql"
+    echo "$dir"
+}
+
+# PostgreSQL refuses to run as root: as root, run its commands as `postgres`.
+pg_as_owner() {
+    if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_start NAME PORT: starts (initialising on first use) a cluster in
+# .tp/pg-NAME listening on 127.0.0.1:PORT only. Sets PG_DATA and PG_BIN.
+pg_start() {
+    local name="$1" port="$2"
+    PG_BIN=$(pg_bindir)
+    local base="$TP_ROOT/.tp"
+    mkdir -p "$base"
+    # The postgres user must be able to reach the data directory; when the
+    # checkout sits under a private home directory, keep the cluster in /var/tmp.
+    if [ "$(id -u)" -eq 0 ] && ! runuser -u postgres -- test -x "$base"; then
+        base="/var/tmp/tp-$(echo "$TP_ROOT" | md5sum | cut -c1-8)"
+        log "$TP_ROOT is not reachable by the postgres user; keeping the cluster in $base"
+        mkdir -p "$base"
+    fi
+    PG_DATA="$base/pg-$name"
+    PG_SOCKET="$base/pg-$name-socket"
+    mkdir -p "$PG_SOCKET"
+    if [ "$(id -u)" -eq 0 ]; then chown postgres: "$PG_SOCKET"; fi
+    if [ ! -s "$PG_DATA/PG_VERSION" ]; then
+        mkdir -p "$PG_DATA"
+        if [ "$(id -u)" -eq 0 ]; then chown postgres: "$PG_DATA"; fi
+        chmod 700 "$PG_DATA"
+        log "initialising PostgreSQL cluster in $PG_DATA"
+        # Trust on loopback only: a throwaway local cluster, never exposed.
+        pg_as_owner "$PG_BIN/initdb" -D "$PG_DATA" -U postgres --auth=trust -E UTF8 >/dev/null
+    fi
+    if pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1; then
+        pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m fast >/dev/null
+    fi
+    log "starting PostgreSQL on 127.0.0.1:$port"
+    pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w -t 60 \
+        -o "-c listen_addresses=127.0.0.1 -p $port -k $PG_SOCKET -c max_connections=300 -c fsync=${TP_PG_FSYNC:-on}" \
+        start >/dev/null || { tail -n 20 "$PG_DATA/server.log" >&2; die "PostgreSQL did not start"; }
+    PG_PORT="$port"
+}
+
+pg_stop() {
+    if [ -n "${PG_DATA:-}" ] && [ -n "${PG_BIN:-}" ]; then
+        pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m fast >/dev/null 2>&1 || true
+    fi
+}
+
+psql_admin() {
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres "$@"
+}
+
+# pg_create_database NAME: the product's roles and a database owned by
+# tp_owner. tp_app, which the services use, is neither superuser, nor owner,
+# nor BYPASSRLS.
+pg_create_database() {
+    local db="$1"
+    psql_admin -d postgres <<SQL
+DO \$\$ BEGIN CREATE ROLE tp_owner LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+DO \$\$ BEGIN CREATE ROLE tp_app LOGIN NOSUPERUSER NOBYPASSRLS; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;
+SQL
+    if ! psql_admin -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" | grep -q 1; then
+        psql_admin -d postgres -c "CREATE DATABASE $db OWNER tp_owner"
+    fi
+}
+
+build_binaries() {
+    log "building the services (cargo build --bins; the first build takes a few minutes)"
+    (cd "$TP_ROOT" && cargo build --quiet --bins)
+    TP_BIN="$CARGO_TARGET_DIR/debug"
+}
+
+STACK_PIDS=()
+
+# stack_start DB GATEWAY_PORT CONVERSATION_PORT KNOWLEDGE_PORT: migrates DB
+# and starts the three services in the background, logging to .tp/logs.
+stack_start() {
+    local db="$1" gw="$2" conv="$3" know="$4"
+    local owner_url="postgres://tp_owner@127.0.0.1:$PG_PORT/$db"
+    local app_url="postgres://tp_app@127.0.0.1:$PG_PORT/$db"
+    local logs="$TP_ROOT/.tp/logs"
+    mkdir -p "$logs"
+    for service in gateway conversation knowledge; do
+        "$TP_BIN/$service" migrate --database-url "$owner_url" >>"$logs/$service.log" 2>&1 \
+            || { tail -n 20 "$logs/$service.log" >&2; die "$service migrations failed"; }
+    done
+    export TP_DATABASE_URL="$app_url"
+    TP_KNOWLEDGE_ADDR="127.0.0.1:$know" "$TP_BIN/knowledge" serve >>"$logs/knowledge.log" 2>&1 &
+    STACK_PIDS+=($!)
+    TP_CONVERSATION_ADDR="127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
+        "$TP_BIN/conversation" serve >>"$logs/conversation.log" 2>&1 &
+    STACK_PIDS+=($!)
+    TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_CONVERSATION_URL="http://127.0.0.1:$conv" \
+        "$TP_BIN/gateway" serve >>"$logs/gateway.log" 2>&1 &
+    STACK_PIDS+=($!)
+    local port
+    for port in "$know" "$conv" "$gw"; do
+        wait_for_port "$port" || { tail -n 20 "$logs"/*.log >&2; die "a service did not start on port $port (logs in $logs)"; }
+    done
+}
+
+wait_for_port() {
+    local i
+    for i in $(seq 1 100); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        for pid in "${STACK_PIDS[@]}"; do kill -0 "$pid" 2>/dev/null || return 1; done
+        sleep 0.1
+    done
+    return 1
+}
+
+stack_stop() {
+    local pid
+    for pid in "${STACK_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${STACK_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    STACK_PIDS=()
+}

@@ -1,0 +1,32 @@
+//! Domain errors, mapped to gRPC status at the edge.
+
+use tonic::Status;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConversationError {
+    #[error("conversation {0} not found")]
+    ConversationNotFound(Uuid),
+    #[error(transparent)]
+    Store(#[from] tp_store::StoreError),
+}
+
+impl From<sqlx::Error> for ConversationError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(e.into())
+    }
+}
+
+impl From<ConversationError> for Status {
+    fn from(e: ConversationError) -> Self {
+        match e {
+            ConversationError::ConversationNotFound(id) => Status::not_found(format!(
+                "conversation {id} not found (it may have been deleted, or belong to someone else)"
+            )),
+            ConversationError::Store(e) => {
+                tracing::error!(error = %e, "storage failure");
+                Status::unavailable("storage is unavailable; retry with the same idempotency_key")
+            }
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! `thoughtpartner.v1.ConversationService`, served to the gateway.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use tp_context::RequestContext;
+use tp_proto::v1 as pb;
+use tp_store::paging::Page;
+use tracing::Instrument;
+
+use crate::reply::{OFFLINE_RESPONDER, ReplyPipeline, deltas};
+use crate::store::{ConversationRow, ConversationStore, MessageRow};
+use crate::validate;
+
+/// Words per streamed delta.
+const WORDS_PER_DELTA: usize = 6;
+
+pub struct ConversationHandler {
+    store: ConversationStore,
+    pipeline: ReplyPipeline,
+}
+
+impl ConversationHandler {
+    pub fn new(store: ConversationStore, pipeline: ReplyPipeline) -> Self {
+        Self { store, pipeline }
+    }
+}
+
+/// The context [`tp_context::RequireContextLayer`] put in the extensions.
+fn context<T>(request: &Request<T>) -> Result<RequestContext, Status> {
+    request
+        .extensions()
+        .get::<RequestContext>()
+        .cloned()
+        .ok_or_else(|| Status::internal("request context missing: RequireContextLayer is not installed"))
+}
+
+fn paging_status(e: tp_store::paging::PagingError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+fn conversation_pb(row: ConversationRow) -> pb::Conversation {
+    pb::Conversation {
+        conversation_id: row.conversation_id.to_string(),
+        title: row.title,
+        create_time: Some(tp_proto::timestamp(row.create_time)),
+        update_time: Some(tp_proto::timestamp(row.update_time)),
+    }
+}
+
+fn message_pb(row: MessageRow) -> pb::Message {
+    let role = match row.role.as_str() {
+        "user" => pb::MessageRole::User,
+        "assistant" => pb::MessageRole::Assistant,
+        _ => pb::MessageRole::Unspecified,
+    };
+    pb::Message {
+        message_id: row.message_id.to_string(),
+        conversation_id: row.conversation_id.to_string(),
+        role: role.into(),
+        content: row.content,
+        create_time: Some(tp_proto::timestamp(row.create_time)),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SendMessageResponse, Status>> + Send>>;
+
+fn delta_event(text: &str) -> pb::SendMessageResponse {
+    pb::SendMessageResponse {
+        event: Some(pb::send_message_response::Event::TextDelta(pb::TextDelta {
+            text: text.to_owned(),
+        })),
+    }
+}
+
+fn completed_event(user: MessageRow, assistant: MessageRow) -> pb::SendMessageResponse {
+    pb::SendMessageResponse {
+        event: Some(pb::send_message_response::Event::Completed(pb::MessageCompleted {
+            user_message: Some(message_pb(user)),
+            assistant_message: Some(message_pb(assistant)),
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::conversation_service_server::ConversationService for ConversationHandler {
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        let ctx = context(&request)?;
+        let request = request.into_inner();
+        validate::title(&request.title)?;
+        let row = self.store.create(&ctx, &request.title).await?;
+        tracing::info!(conversation_id = %row.conversation_id, "conversation created");
+        Ok(Response::new(pb::CreateConversationResponse {
+            conversation: Some(conversation_pb(row)),
+        }))
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let ctx = context(&request)?;
+        let id = validate::conversation_id(&request.get_ref().conversation_id)?;
+        let row = self.store.get(&ctx, id).await?;
+        Ok(Response::new(pb::GetConversationResponse {
+            conversation: Some(conversation_pb(row)),
+        }))
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let ctx = context(&request)?;
+        let request = request.into_inner();
+        let page = Page::parse(request.page_size, &request.page_token).map_err(paging_status)?;
+        let mut rows = self.store.list(&ctx, &page).await?;
+        let next_page_token = page.finish(&mut rows, |row| row.list_seq);
+        Ok(Response::new(pb::ListConversationsResponse {
+            conversations: rows.into_iter().map(conversation_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    type SendMessageStream = EventStream;
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<Self::SendMessageStream>, Status> {
+        let ctx = context(&request)?;
+        let request = request.into_inner();
+        let conversation_id = validate::conversation_id(&request.conversation_id)?;
+        validate::content(&request.content)?;
+        let key = validate::idempotency_key(&request.idempotency_key)?;
+
+        // The user's turn is durable before anything streams back.
+        let exchange = self
+            .store
+            .begin_exchange(&ctx, conversation_id, &request.content, key)
+            .await?;
+
+        let (events, receiver) = mpsc::channel(16);
+        if let Some(reply) = exchange.existing_reply {
+            tracing::info!(%conversation_id, "idempotent retry: replaying the stored reply");
+            let task = replay(events, exchange.user_message, reply);
+            tokio::spawn(task.instrument(tracing::Span::current()));
+        } else {
+            let store = self.store.clone();
+            let pipeline = self.pipeline.clone();
+            let task = async move {
+                let message = exchange.user_message.content.clone();
+                let frameworks = pipeline.ground(&ctx, &message).await;
+                let reply = pipeline.compose(&message, &exchange.earlier_user_turns, &frameworks);
+                tracing::info!(
+                    cited = reply.cited_frameworks.len(),
+                    questions = reply.questions_asked,
+                    "reply composed"
+                );
+                // Keep producing and persisting even if the client has gone:
+                // the turn was acknowledged, so its reply must be stored.
+                for piece in deltas(&reply.text, WORDS_PER_DELTA) {
+                    if events.send(Ok(delta_event(piece))).await.is_err() {
+                        break;
+                    }
+                }
+                let stored = store
+                    .complete_exchange(&ctx, &exchange.user_message, &reply.text, OFFLINE_RESPONDER)
+                    .await;
+                let last = stored
+                    .map(|assistant| completed_event(exchange.user_message, assistant))
+                    .map_err(Status::from);
+                let _ = events.send(last).await;
+            };
+            tokio::spawn(task.instrument(tracing::Span::current()));
+        }
+        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let ctx = context(&request)?;
+        let request = request.into_inner();
+        let id = validate::conversation_id(&request.conversation_id)?;
+        let page = Page::parse(request.page_size, &request.page_token).map_err(paging_status)?;
+        let mut rows = self.store.list_messages(&ctx, id, &page).await?;
+        let next_page_token = page.finish(&mut rows, |row| row.seq);
+        Ok(Response::new(pb::ListMessagesResponse {
+            messages: rows.into_iter().map(message_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn delete_conversation(
+        &self,
+        request: Request<pb::DeleteConversationRequest>,
+    ) -> Result<Response<pb::DeleteConversationResponse>, Status> {
+        let ctx = context(&request)?;
+        let id = validate::conversation_id(&request.get_ref().conversation_id)?;
+        self.store.delete(&ctx, id).await?;
+        tracing::info!(conversation_id = %id, "conversation deleted");
+        Ok(Response::new(pb::DeleteConversationResponse {}))
+    }
+}
+
+/// Streams a stored reply exactly as a fresh one would arrive.
+async fn replay(
+    events: mpsc::Sender<Result<pb::SendMessageResponse, Status>>,
+    user: MessageRow,
+    assistant: MessageRow,
+) {
+    for piece in deltas(&assistant.content, WORDS_PER_DELTA) {
+        if events.send(Ok(delta_event(piece))).await.is_err() {
+            return;
+        }
+    }
+    let _ = events.send(Ok(completed_event(user, assistant))).await;
+}

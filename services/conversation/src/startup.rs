@@ -1,0 +1,75 @@
+//! Wiring: database, knowledge client, handlers, layers, serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tonic::service::Routes;
+use tonic::transport::{Endpoint, Server};
+use tower::ServiceBuilder;
+use tp_context::RequireContextLayer;
+use tp_proto::internal::knowledge::v1::framework_service_client::FrameworkServiceClient;
+use tp_proto::v1::conversation_service_server::ConversationServiceServer;
+use tp_server::Listener;
+use tp_telemetry::{ClientTraceLayer, ServerTelemetryLayer};
+
+use crate::config::{ConversationConfig, SCHEMA};
+use crate::handler::ConversationHandler;
+use crate::reply::ReplyPipeline;
+use crate::store::ConversationStore;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/conversation");
+
+/// Applies this service's migrations as the schema owner.
+pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+    tp_store::migrate(owner_url, SCHEMA, &MIGRATOR).await?;
+    Ok(())
+}
+
+/// A built, bound service, ready to serve.
+pub struct Application {
+    listener: Listener,
+    routes: Routes,
+}
+
+impl Application {
+    pub async fn build(config: &ConversationConfig) -> anyhow::Result<Self> {
+        let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
+        // Lazy: the knowledge service may start after us; calls retry the
+        // connection instead of failing start-up.
+        let channel = Endpoint::from_shared(config.knowledge_url.clone())?.connect_lazy();
+        let knowledge =
+            FrameworkServiceClient::new(ServiceBuilder::new().layer(ClientTraceLayer).service(channel));
+        let handler =
+            ConversationHandler::new(ConversationStore::new(pool), ReplyPipeline::new(knowledge));
+
+        let mut routes = Routes::builder();
+        let health = tp_server::add_infrastructure(&mut routes)?;
+        routes.add_service(ConversationServiceServer::new(handler));
+        health
+            .set_serving::<ConversationServiceServer<ConversationHandler>>()
+            .await;
+
+        let listener = Listener::bind(config.listen_addr).await?;
+        Ok(Self {
+            listener,
+            routes: routes.routes(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "conversation serving");
+        let layers = ServiceBuilder::new()
+            .layer(ServerTelemetryLayer::new("conversation"))
+            .layer(RequireContextLayer);
+        Server::builder()
+            .layer(layers)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,325 @@
+//! Conversation and transcript persistence. Every function opens its own
+//! short tenant-scoped transaction through [`tp_store::begin_tenant_tx`]; the
+//! `user_id` filters keep one member's conversations private from other
+//! members of the same tenant, and row-level security keeps tenants apart.
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tp_context::RequestContext;
+use tp_store::begin_tenant_tx;
+use tp_store::paging::Page;
+use uuid::Uuid;
+
+use crate::error::ConversationError;
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct ConversationRow {
+    pub conversation_id: Uuid,
+    pub title: String,
+    pub create_time: OffsetDateTime,
+    pub update_time: OffsetDateTime,
+    pub list_seq: i64,
+}
+
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct MessageRow {
+    pub message_id: Uuid,
+    pub conversation_id: Uuid,
+    pub seq: i64,
+    pub role: String,
+    pub content: String,
+    pub create_time: OffsetDateTime,
+}
+
+/// What [`ConversationStore::begin_exchange`] found or wrote.
+pub struct Exchange {
+    /// The persisted user turn (new, or the one stored under the same key).
+    pub user_message: MessageRow,
+    /// The stored reply, when this is a retry of a completed exchange.
+    pub existing_reply: Option<MessageRow>,
+    /// The user's earlier turns, oldest first, for the coach's context.
+    pub earlier_user_turns: Vec<String>,
+}
+
+/// How many earlier user turns the coach sees.
+const CONTEXT_TURNS: i64 = 20;
+
+const CONVERSATION_COLUMNS: &str = "conversation_id, title, create_time, update_time, list_seq";
+const MESSAGE_COLUMNS: &str = "message_id, conversation_id, seq, role, content, create_time";
+
+#[derive(Clone)]
+pub struct ConversationStore {
+    pool: PgPool,
+}
+
+impl ConversationStore {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    pub async fn create(
+        &self,
+        ctx: &RequestContext,
+        title: &str,
+    ) -> Result<ConversationRow, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let row = sqlx::query_as::<_, ConversationRow>(
+            "INSERT INTO conversation.conversations (conversation_id, tenant_id, user_id, title)
+             VALUES ($1, $2, $3, $4)
+             RETURNING conversation_id, title, create_time, update_time, list_seq",
+        )
+        .bind(Uuid::new_v4())
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(&ctx.user_id)
+        .bind(title)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn get(
+        &self,
+        ctx: &RequestContext,
+        conversation_id: Uuid,
+    ) -> Result<ConversationRow, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let row = sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversation.conversations
+              WHERE conversation_id = $1 AND user_id = $2"
+        )))
+        .bind(conversation_id)
+        .bind(&ctx.user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        row.ok_or(ConversationError::ConversationNotFound(conversation_id))
+    }
+
+    /// Newest first; the cursor is `list_seq`.
+    pub async fn list(
+        &self,
+        ctx: &RequestContext,
+        page: &Page,
+    ) -> Result<Vec<ConversationRow>, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let rows = sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {CONVERSATION_COLUMNS} FROM conversation.conversations
+              WHERE user_id = $1 AND ($2::bigint IS NULL OR list_seq < $2)
+              ORDER BY list_seq DESC LIMIT $3"
+        )))
+        .bind(&ctx.user_id)
+        .bind(page.after)
+        .bind(page.fetch_limit())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Deletes the conversation and, by cascade, its transcript, in one transaction.
+    pub async fn delete(
+        &self,
+        ctx: &RequestContext,
+        conversation_id: Uuid,
+    ) -> Result<(), ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let deleted = sqlx::query(
+            "DELETE FROM conversation.conversations WHERE conversation_id = $1 AND user_id = $2",
+        )
+        .bind(conversation_id)
+        .bind(&ctx.user_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        if deleted == 0 {
+            return Err(ConversationError::ConversationNotFound(conversation_id));
+        }
+        Ok(())
+    }
+
+    /// Oldest first; the cursor is `seq`.
+    pub async fn list_messages(
+        &self,
+        ctx: &RequestContext,
+        conversation_id: Uuid,
+        page: &Page,
+    ) -> Result<Vec<MessageRow>, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        owned_conversation(&mut tx, ctx, conversation_id, false).await?;
+        let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {MESSAGE_COLUMNS} FROM conversation.messages
+              WHERE conversation_id = $1 AND ($2::bigint IS NULL OR seq > $2)
+              ORDER BY seq LIMIT $3"
+        )))
+        .bind(conversation_id)
+        .bind(page.after)
+        .bind(page.fetch_limit())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
+    }
+
+    /// Persists the user's turn (or finds the one stored under the same
+    /// idempotency key) and commits before any reply is produced: once this
+    /// returns, the turn is acknowledged and durable.
+    pub async fn begin_exchange(
+        &self,
+        ctx: &RequestContext,
+        conversation_id: Uuid,
+        content: &str,
+        idempotency_key: Option<&str>,
+    ) -> Result<Exchange, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        // Locking the conversation serialises concurrent sends, so a retry
+        // racing its original sees the original's turn.
+        owned_conversation(&mut tx, ctx, conversation_id, true).await?;
+
+        let stored = match idempotency_key {
+            Some(key) => {
+                sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM conversation.messages
+                      WHERE conversation_id = $1 AND idempotency_key = $2"
+                )))
+                .bind(conversation_id)
+                .bind(key)
+                .fetch_optional(&mut *tx)
+                .await?
+            }
+            None => None,
+        };
+
+        let (user_message, existing_reply) = match stored {
+            Some(user_message) => {
+                let reply = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM conversation.messages WHERE reply_to = $1"
+                )))
+                .bind(user_message.message_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                (user_message, reply)
+            }
+            None => {
+                let user_message = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO conversation.messages
+                        (message_id, tenant_id, conversation_id, role, content, idempotency_key)
+                     VALUES ($1, $2, $3, 'user', $4, $5)
+                     RETURNING {MESSAGE_COLUMNS}"
+                )))
+                .bind(Uuid::new_v4())
+                .bind(ctx.tenant_id.as_uuid())
+                .bind(conversation_id)
+                .bind(content)
+                .bind(idempotency_key)
+                .fetch_one(&mut *tx)
+                .await?;
+                touch(&mut tx, conversation_id).await?;
+                (user_message, None)
+            }
+        };
+
+        let mut earlier_user_turns: Vec<String> = sqlx::query_scalar(
+            "SELECT content FROM conversation.messages
+              WHERE conversation_id = $1 AND role = 'user' AND seq < $2
+              ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(conversation_id)
+        .bind(user_message.seq)
+        .bind(CONTEXT_TURNS)
+        .fetch_all(&mut *tx)
+        .await?;
+        earlier_user_turns.reverse();
+        tx.commit().await?;
+        Ok(Exchange {
+            user_message,
+            existing_reply,
+            earlier_user_turns,
+        })
+    }
+
+    /// Persists the assistant's reply to a user turn. When a concurrent retry
+    /// already stored one, that stored reply wins and is returned.
+    pub async fn complete_exchange(
+        &self,
+        ctx: &RequestContext,
+        user_message: &MessageRow,
+        content: &str,
+        responder: &str,
+    ) -> Result<MessageRow, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let inserted = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO conversation.messages
+                (message_id, tenant_id, conversation_id, role, content, reply_to, responder)
+             VALUES ($1, $2, $3, 'assistant', $4, $5, $6)
+             ON CONFLICT (reply_to) DO NOTHING
+             RETURNING {MESSAGE_COLUMNS}"
+        )))
+        .bind(Uuid::new_v4())
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(user_message.conversation_id)
+        .bind(content)
+        .bind(user_message.message_id)
+        .bind(responder)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| match &e {
+            // The conversation was deleted while the reply was produced.
+            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
+                ConversationError::ConversationNotFound(user_message.conversation_id)
+            }
+            _ => e.into(),
+        })?;
+        let reply = match inserted {
+            Some(reply) => {
+                touch(&mut tx, user_message.conversation_id).await?;
+                reply
+            }
+            None => {
+                sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM conversation.messages WHERE reply_to = $1"
+                )))
+                .bind(user_message.message_id)
+                .fetch_one(&mut *tx)
+                .await?
+            }
+        };
+        tx.commit().await?;
+        Ok(reply)
+    }
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// Checks the conversation exists and belongs to the caller, optionally
+/// locking it for the rest of the transaction.
+async fn owned_conversation(
+    tx: &mut Tx,
+    ctx: &RequestContext,
+    conversation_id: Uuid,
+    lock: bool,
+) -> Result<(), ConversationError> {
+    let sql = if lock {
+        "SELECT 1 FROM conversation.conversations
+          WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE"
+    } else {
+        "SELECT 1 FROM conversation.conversations WHERE conversation_id = $1 AND user_id = $2"
+    };
+    let found: Option<i32> = sqlx::query_scalar(sql)
+        .bind(conversation_id)
+        .bind(&ctx.user_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or(ConversationError::ConversationNotFound(conversation_id))
+}
+
+async fn touch(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {
+    sqlx::query("UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = $1")
+        .bind(conversation_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Who may do what: the principal the auth layer verified, checked against
+//! roles and the tenant's membership in the database.
+
+use sqlx::PgPool;
+use tonic::{Request, Status};
+use tp_auth::Principal;
+use tp_context::{RequestContext, Role};
+use tp_store::begin_tenant_tx;
+
+/// The principal [`tp_auth::AuthLayer`] put in the extensions.
+pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
+    request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("principal missing: AuthLayer is not installed"))
+}
+
+pub fn require_operator(principal: &Principal, method: &str) -> Result<(), Status> {
+    if principal.role == Role::Operator {
+        Ok(())
+    } else {
+        Err(Status::permission_denied(format!(
+            "{method} needs an operator token (role: operator); this token has role {}",
+            principal.role
+        )))
+    }
+}
+
+pub fn storage_status(e: impl std::fmt::Display) -> Status {
+    tracing::error!(error = %e, "storage failure");
+    Status::unavailable("storage is unavailable; retry shortly")
+}
+
+/// Membership checks against `gateway.members`.
+#[derive(Clone)]
+pub struct Membership {
+    pool: PgPool,
+}
+
+impl Membership {
+    pub fn new(pool: PgPool) -> Self {
+        Self { pool }
+    }
+
+    /// The caller's tenant context, if they are a member of the token's
+    /// tenant (and so hold a seat). The role is the one stored for the
+    /// membership, not the token's.
+    pub async fn require_member(&self, principal: &Principal) -> Result<RequestContext, Status> {
+        let Some(tenant_id) = principal.tenant_id else {
+            return Err(Status::permission_denied(
+                "operator tokens have no tenant; use a member token (with a tenant_id claim) to converse",
+            ));
+        };
+        let mut tx = begin_tenant_tx(&self.pool, tenant_id).await.map_err(storage_status)?;
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM gateway.members WHERE user_id = $1")
+                .bind(&principal.user_id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        let Some(role) = role else {
+            return Err(Status::permission_denied(format!(
+                "user `{}` is not a member of tenant {tenant_id} (or the tenant does not exist); \
+                 a tenant admin adds members with MemberService.AddMember",
+                principal.user_id
+            )));
+        };
+        let role = role.parse::<Role>().map_err(storage_status)?;
+        Ok(RequestContext {
+            tenant_id,
+            user_id: principal.user_id.clone(),
+            role,
+        })
+    }
+
+    /// Like [`Membership::require_member`], for tenant administration: the
+    /// token must say admin and the stored membership must agree.
+    pub async fn require_admin(&self, principal: &Principal, method: &str) -> Result<RequestContext, Status> {
+        if principal.role != Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "{method} needs a tenant admin token (role: admin); this token has role {}",
+                principal.role
+            )));
+        }
+        let ctx = self.require_member(principal).await?;
+        if ctx.role != Role::Admin {
+            return Err(Status::permission_denied(format!(
+                "user `{}` is no longer an admin of tenant {}",
+                ctx.user_id, ctx.tenant_id
+            )));
+        }
+        Ok(ctx)
+    }
+}

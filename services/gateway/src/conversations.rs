@@ -1,0 +1,97 @@
+//! Public `ConversationService`: checks membership, then forwards to the
+//! conversation service with the verified context in metadata. The gateway
+//! adds nothing to the payload; validation belongs to the service that owns
+//! the data.
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tp_proto::v1 as pb;
+use tp_proto::v1::conversation_service_client::ConversationServiceClient;
+use tp_telemetry::TraceClient;
+
+use crate::access::{Membership, principal};
+
+pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
+
+pub struct ConversationGateway {
+    membership: Membership,
+    conversation: ConversationClient,
+}
+
+impl ConversationGateway {
+    pub fn new(membership: Membership, conversation: ConversationClient) -> Self {
+        Self {
+            membership,
+            conversation,
+        }
+    }
+
+    /// Builds the internal request: a fresh one, so nothing the client sent
+    /// in metadata (least of all `x-tp-*`) reaches the service, carrying the
+    /// verified context and the client's deadline.
+    async fn forward<T>(&self, request: Request<T>) -> Result<(Request<T>, ConversationClient), Status> {
+        let principal = principal(&request)?;
+        let ctx = self.membership.require_member(&principal).await?;
+        let deadline = request.metadata().get("grpc-timeout").cloned();
+        let mut outbound = Request::new(request.into_inner());
+        ctx.write_to(outbound.metadata_mut())
+            .map_err(|e| Status::internal(e.to_string()))?;
+        if let Some(deadline) = deadline {
+            outbound.metadata_mut().insert("grpc-timeout", deadline);
+        }
+        Ok((outbound, self.conversation.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::conversation_service_server::ConversationService for ConversationGateway {
+    async fn create_conversation(
+        &self,
+        request: Request<pb::CreateConversationRequest>,
+    ) -> Result<Response<pb::CreateConversationResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.create_conversation(request).await
+    }
+
+    async fn get_conversation(
+        &self,
+        request: Request<pb::GetConversationRequest>,
+    ) -> Result<Response<pb::GetConversationResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.get_conversation(request).await
+    }
+
+    async fn list_conversations(
+        &self,
+        request: Request<pb::ListConversationsRequest>,
+    ) -> Result<Response<pb::ListConversationsResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.list_conversations(request).await
+    }
+
+    type SendMessageStream = tonic::Streaming<pb::SendMessageResponse>;
+
+    async fn send_message(
+        &self,
+        request: Request<pb::SendMessageRequest>,
+    ) -> Result<Response<Self::SendMessageStream>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.send_message(request).await
+    }
+
+    async fn list_messages(
+        &self,
+        request: Request<pb::ListMessagesRequest>,
+    ) -> Result<Response<pb::ListMessagesResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.list_messages(request).await
+    }
+
+    async fn delete_conversation(
+        &self,
+        request: Request<pb::DeleteConversationRequest>,
+    ) -> Result<Response<pb::DeleteConversationResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.delete_conversation(request).await
+    }
+}

@@ -1,0 +1,197 @@
+//! Public `MemberService` (tenant admins).
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+use tp_proto::v1 as pb;
+use tp_store::begin_tenant_tx;
+use tp_store::paging::Page;
+
+use crate::access::{Membership, principal, storage_status};
+use crate::seats::check_seat_free;
+
+pub struct MemberAdmin {
+    pool: PgPool,
+    membership: Membership,
+}
+
+impl MemberAdmin {
+    pub fn new(pool: PgPool, membership: Membership) -> Self {
+        Self { pool, membership }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct MemberRow {
+    user_id: String,
+    role: String,
+    create_time: OffsetDateTime,
+    join_seq: i64,
+}
+
+fn member_pb(row: MemberRow) -> pb::Member {
+    let role = match row.role.as_str() {
+        "admin" => pb::MemberRole::Admin,
+        "member" => pb::MemberRole::Member,
+        _ => pb::MemberRole::Unspecified,
+    };
+    pb::Member {
+        user_id: row.user_id,
+        role: role.into(),
+        create_time: Some(tp_proto::timestamp(row.create_time)),
+    }
+}
+
+fn user_id_argument(user_id: &str) -> Result<(), Status> {
+    tp_context::validate_user_id(user_id).map_err(|_| {
+        Status::invalid_argument("user_id must be 1..=255 visible ASCII characters (the member's token `sub`)")
+    })
+}
+
+#[tonic::async_trait]
+impl pb::member_service_server::MemberService for MemberAdmin {
+    async fn add_member(
+        &self,
+        request: Request<pb::AddMemberRequest>,
+    ) -> Result<Response<pb::AddMemberResponse>, Status> {
+        let ctx = self
+            .membership
+            .require_admin(&principal(&request)?, "AddMember")
+            .await?;
+        let request = request.into_inner();
+        user_id_argument(&request.user_id)?;
+        let role = match pb::MemberRole::try_from(request.role) {
+            Ok(pb::MemberRole::Member) => "member",
+            Ok(pb::MemberRole::Admin) => "admin",
+            _ => {
+                return Err(Status::invalid_argument(
+                    "role must be MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN",
+                ));
+            }
+        };
+
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await.map_err(storage_status)?;
+        // Locking the tenant row serialises concurrent adds, so two admins
+        // cannot both take the last seat.
+        let seats: i32 = sqlx::query_scalar(
+            "SELECT seats FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        let (members, already): (i64, bool) = sqlx::query_as(
+            "SELECT count(*), coalesce(bool_or(user_id = $1), false) FROM gateway.members",
+        )
+        .bind(&request.user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        if already {
+            return Err(Status::already_exists(format!(
+                "user `{}` is already a member of this tenant",
+                request.user_id
+            )));
+        }
+        check_seat_free(seats, members).map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let row: MemberRow = sqlx::query_as(
+            "INSERT INTO gateway.members (tenant_id, user_id, role) VALUES ($1, $2, $3)
+             RETURNING user_id, role, create_time, join_seq",
+        )
+        .bind(ctx.tenant_id.as_uuid())
+        .bind(&request.user_id)
+        .bind(role)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        tracing::info!(tenant_id = %ctx.tenant_id, role, "member added");
+        Ok(Response::new(pb::AddMemberResponse {
+            member: Some(member_pb(row)),
+        }))
+    }
+
+    async fn remove_member(
+        &self,
+        request: Request<pb::RemoveMemberRequest>,
+    ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
+        let ctx = self
+            .membership
+            .require_admin(&principal(&request)?, "RemoveMember")
+            .await?;
+        let request = request.into_inner();
+        user_id_argument(&request.user_id)?;
+
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await.map_err(storage_status)?;
+        sqlx::query("SELECT 1 FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
+            .bind(ctx.tenant_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage_status)?;
+        let (role, admins): (Option<String>, i64) = sqlx::query_as(
+            "SELECT max(role) FILTER (WHERE user_id = $1), count(*) FILTER (WHERE role = 'admin')
+               FROM gateway.members",
+        )
+        .bind(&request.user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        match role.as_deref() {
+            None => {
+                return Err(Status::not_found(format!(
+                    "user `{}` is not a member of this tenant",
+                    request.user_id
+                )));
+            }
+            Some("admin") if admins <= 1 => {
+                return Err(Status::failed_precondition(
+                    "cannot remove the tenant's last admin; make another member admin first",
+                ));
+            }
+            Some(_) => {}
+        }
+        sqlx::query("DELETE FROM gateway.members WHERE user_id = $1")
+            .bind(&request.user_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        tracing::info!(tenant_id = %ctx.tenant_id, "member removed");
+        Ok(Response::new(pb::RemoveMemberResponse {}))
+    }
+
+    async fn list_members(
+        &self,
+        request: Request<pb::ListMembersRequest>,
+    ) -> Result<Response<pb::ListMembersResponse>, Status> {
+        let ctx = self
+            .membership
+            .require_admin(&principal(&request)?, "ListMembers")
+            .await?;
+        let request = request.into_inner();
+        let page = Page::parse(request.page_size, &request.page_token)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await.map_err(storage_status)?;
+        let seats: i32 = sqlx::query_scalar("SELECT seats FROM gateway.tenants WHERE tenant_id = $1")
+            .bind(ctx.tenant_id.as_uuid())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(storage_status)?;
+        let mut rows: Vec<MemberRow> = sqlx::query_as(
+            "SELECT user_id, role, create_time, join_seq FROM gateway.members
+              WHERE ($1::bigint IS NULL OR join_seq > $1) ORDER BY join_seq LIMIT $2",
+        )
+        .bind(page.after)
+        .bind(page.fetch_limit())
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        let next_page_token = page.finish(&mut rows, |row| row.join_seq);
+        Ok(Response::new(pb::ListMembersResponse {
+            members: rows.into_iter().map(member_pb).collect(),
+            next_page_token,
+            seats,
+        }))
+    }
+}

@@ -1,0 +1,100 @@
+//! Wiring: database, token verifier, conversation client, handlers, layers, serve.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tonic::service::Routes;
+use tonic::transport::{Endpoint, Server};
+use tower::ServiceBuilder;
+use tp_auth::{AuthLayer, Hs256Verifier};
+use tp_proto::v1::conversation_service_client::ConversationServiceClient;
+use tp_proto::v1::conversation_service_server::ConversationServiceServer;
+use tp_proto::v1::member_service_server::MemberServiceServer;
+use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
+use tp_server::Listener;
+use tp_telemetry::{ClientTraceLayer, ServerTelemetryLayer};
+
+use crate::access::Membership;
+use crate::config::{GatewayConfig, SCHEMA};
+use crate::conversations::ConversationGateway;
+use crate::members::MemberAdmin;
+use crate::tenants::TenantAdmin;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/gateway");
+
+/// Applies this service's migrations as the schema owner.
+pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+    tp_store::migrate(owner_url, SCHEMA, &MIGRATOR).await?;
+    Ok(())
+}
+
+/// Tokens shorter than this are trivially guessable.
+const MIN_SECRET_BYTES: usize = 16;
+
+/// A built, bound service, ready to serve.
+pub struct Application {
+    listener: Listener,
+    routes: Routes,
+    auth: AuthLayer,
+}
+
+impl Application {
+    pub async fn build(config: &GatewayConfig) -> anyhow::Result<Self> {
+        anyhow::ensure!(
+            config.jwt_hs256_secret.len() >= MIN_SECRET_BYTES,
+            "TP_JWT_HS256_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+        );
+        let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
+        let membership = Membership::new(pool.clone());
+        let channel = Endpoint::from_shared(config.conversation_url.clone())?.connect_lazy();
+        let conversation = ConversationServiceClient::new(
+            ServiceBuilder::new().layer(ClientTraceLayer).service(channel),
+        );
+
+        let mut routes = Routes::builder();
+        let health = tp_server::add_infrastructure(&mut routes)?;
+        routes
+            .add_service(ConversationServiceServer::new(ConversationGateway::new(
+                membership.clone(),
+                conversation,
+            )))
+            .add_service(TenantAdminServiceServer::new(TenantAdmin::new(pool.clone())))
+            .add_service(MemberServiceServer::new(MemberAdmin::new(pool, membership)));
+        health
+            .set_serving::<ConversationServiceServer<ConversationGateway>>()
+            .await;
+        health
+            .set_serving::<TenantAdminServiceServer<TenantAdmin>>()
+            .await;
+        health
+            .set_serving::<MemberServiceServer<MemberAdmin>>()
+            .await;
+
+        let auth = AuthLayer::new(Arc::new(Hs256Verifier::new(config.jwt_hs256_secret.as_bytes())));
+        let listener = Listener::bind(config.listen_addr).await?;
+        Ok(Self {
+            listener,
+            routes: routes.routes(),
+            auth,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), "gateway serving");
+        // Telemetry outermost, so rejected calls are traced and counted too.
+        let layers = ServiceBuilder::new()
+            .layer(ServerTelemetryLayer::new("gateway"))
+            .layer(self.auth);
+        Server::builder()
+            .layer(layers)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
+            .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The walking skeleton's promise: a client creates a conversation, sends a
+//! message, receives a streamed reply and reads the transcript back, over
+//! the public API with a bearer JWT, through all three services.
+
+use tp_e2e::tp_proto::v1 as pb;
+use tp_e2e::{TestApp, send};
+
+#[tokio::test]
+async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+
+    let conversation = client
+        .create_conversation(pb::CreateConversationRequest {
+            title: "Hiring plan".into(),
+        })
+        .await?
+        .into_inner()
+        .conversation
+        .expect("a conversation");
+    assert_eq!(conversation.title, "Hiring plan");
+
+    let content = "We need to hire more engineers. We're 40 engineers at series B.";
+    let exchange = send(&mut client, &conversation.conversation_id, content, "k1").await?;
+
+    // The deltas are the reply, and the reply is the persisted message.
+    assert!(exchange.deltas.len() > 1, "the reply should stream in pieces");
+    let assistant = exchange.assistant();
+    assert_eq!(exchange.deltas.concat(), assistant.content);
+    assert_eq!(assistant.role, pb::MessageRole::Assistant as i32);
+    assert_eq!(exchange.user().content, content);
+
+    // The persona: challenges the premise, grounds in a framework the
+    // knowledge service found, asks at most two questions, does not echo.
+    assert!(assistant.content.contains("What problem would the new engineers solve"));
+    assert!(assistant.content.contains("Systems Dynamics"), "grounded via knowledge: {}", assistant.content);
+    assert!(assistant.content.matches('?').count() <= 2);
+    assert!(!assistant.content.contains(content));
+
+    let transcript = client
+        .list_messages(pb::ListMessagesRequest {
+            conversation_id: conversation.conversation_id.clone(),
+            page_size: 0,
+            page_token: String::new(),
+        })
+        .await?
+        .into_inner();
+    let ids: Vec<&str> = transcript.messages.iter().map(|m| m.message_id.as_str()).collect();
+    assert_eq!(ids, vec![exchange.user().message_id.as_str(), assistant.message_id.as_str()]);
+    assert_eq!(transcript.messages[1].content, assistant.content);
+    assert!(transcript.next_page_token.is_empty());
+
+    let fetched = client
+        .get_conversation(pb::GetConversationRequest {
+            conversation_id: conversation.conversation_id.clone(),
+        })
+        .await?
+        .into_inner()
+        .conversation
+        .expect("a conversation");
+    let seconds = |c: &pb::Conversation| c.update_time.as_ref().map(|t| (t.seconds, t.nanos));
+    assert!(seconds(&fetched) > seconds(&conversation), "a turn moves update_time forward");
+    Ok(())
+}
+
+#[tokio::test]
+async fn retrying_with_the_same_key_replays_instead_of_duplicating() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = client
+        .create_conversation(pb::CreateConversationRequest::default())
+        .await?
+        .into_inner()
+        .conversation
+        .expect("a conversation")
+        .conversation_id;
+
+    let first = send(&mut client, &id, "Velocity is too slow.", "same-key").await?;
+    let retry = send(&mut client, &id, "Velocity is too slow.", "same-key").await?;
+    assert_eq!(retry.user().message_id, first.user().message_id);
+    assert_eq!(retry.assistant().message_id, first.assistant().message_id);
+    assert_eq!(retry.deltas.concat(), first.assistant().content);
+    assert_eq!(app.count_rows("conversation.messages").await?, 2);
+
+    // A new key is a new turn, and the coach now sees the earlier one.
+    let second = send(&mut client, &id, "We're 25 engineers and I'm the CTO.", "other-key").await?;
+    assert_ne!(second.user().message_id, first.user().message_id);
+    assert_eq!(app.count_rows("conversation.messages").await?, 4);
+    Ok(())
+}
+
+#[tokio::test]
+async fn list_pages_and_delete() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let mut created = Vec::new();
+    for title in ["one", "two", "three"] {
+        let c = client
+            .create_conversation(pb::CreateConversationRequest { title: title.into() })
+            .await?
+            .into_inner()
+            .conversation
+            .expect("a conversation");
+        created.push(c.conversation_id);
+    }
+
+    let first = client
+        .list_conversations(pb::ListConversationsRequest { page_size: 2, page_token: String::new() })
+        .await?
+        .into_inner();
+    let titles: Vec<&str> = first.conversations.iter().map(|c| c.title.as_str()).collect();
+    assert_eq!(titles, vec!["three", "two"], "newest first");
+    assert!(!first.next_page_token.is_empty());
+    let second = client
+        .list_conversations(pb::ListConversationsRequest { page_size: 2, page_token: first.next_page_token })
+        .await?
+        .into_inner();
+    assert_eq!(second.conversations.len(), 1);
+    assert_eq!(second.conversations[0].title, "one");
+    assert!(second.next_page_token.is_empty());
+
+    send(&mut client, &created[0], "Our on-call keeps paging us at night.", "").await?;
+    client
+        .delete_conversation(pb::DeleteConversationRequest { conversation_id: created[0].clone() })
+        .await?;
+    let gone = client
+        .get_conversation(pb::GetConversationRequest { conversation_id: created[0].clone() })
+        .await
+        .expect_err("deleted");
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+    // The transcript went with it, in the same transaction.
+    assert_eq!(app.count_rows("conversation.messages").await?, 0);
+    assert_eq!(app.count_rows("conversation.conversations").await?, 2);
+    Ok(())
+}
