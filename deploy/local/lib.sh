@@ -77,6 +77,18 @@ pg_start() {
     PG_PORT="$port"
 }
 
+# pg_discard NAME: stops the cluster .tp/pg-NAME if it runs, and deletes it.
+pg_discard() {
+    local bin dir
+    bin=$(pg_bindir)
+    for dir in "$TP_ROOT/.tp/pg-$1" "/var/tmp/tp-$(echo "$TP_ROOT" | md5sum | cut -c1-8)/pg-$1"; do
+        if [ -f "$dir/postmaster.pid" ]; then
+            pg_as_owner "$bin/pg_ctl" -D "$dir" stop -m immediate >/dev/null 2>&1 || true
+        fi
+        rm -rf "$dir"
+    done
+}
+
 pg_stop() {
     if [ -n "${PG_DATA:-}" ] && [ -n "${PG_BIN:-}" ]; then
         pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m fast >/dev/null 2>&1 || true
@@ -151,4 +163,30 @@ stack_stop() {
     for pid in "${STACK_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     for pid in "${STACK_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
     STACK_PIDS=()
+}
+
+BUF_VERSION=1.75.0
+
+# Installs the buf CLI (from the @bufbuild/buf npm package) under .tp/tools.
+buf_bin() {
+    local tools="$TP_ROOT/.tp/tools"
+    local bin="$tools/node_modules/.bin/buf"
+    if [ ! -x "$bin" ] || [ "$("$bin" --version 2>/dev/null)" != "$BUF_VERSION" ]; then
+        command -v npm >/dev/null || apt_install nodejs npm
+        log "installing buf $BUF_VERSION from npm"
+        mkdir -p "$tools"
+        npm install --silent --no-save --no-audit --no-fund --prefix "$tools" "@bufbuild/buf@$BUF_VERSION" >&2
+    fi
+    echo "$bin"
+}
+
+# A virtualenv under .tp/venv with the Python client's requirements.
+python_env() {
+    local venv="$TP_ROOT/.tp/venv"
+    if [ ! -x "$venv/bin/python" ]; then
+        command -v python3 >/dev/null || apt_install python3
+        python3 -m venv "$venv" 2>/dev/null || { apt_install python3-venv; rm -rf "$venv"; python3 -m venv "$venv"; }
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$TP_ROOT/tests/python/requirements.txt" >&2
+    echo "$venv/bin/python"
 }

@@ -70,7 +70,9 @@ impl TestDatabase {
             .await?;
         let name = format!("tp_test_{}", Uuid::new_v4().simple());
         server
-            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} OWNER tp_owner")))
+            .execute(sqlx::AssertSqlSafe(format!(
+                "CREATE DATABASE {name} OWNER tp_owner"
+            )))
             .await?;
         server.close().await;
         Ok(Self {
@@ -111,13 +113,14 @@ impl Drop for TestApp {
     }
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl Future<Output = ()> + Send + 'static {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
-fn spawn_service(name: &'static str, run: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
+fn spawn_service(
+    name: &'static str,
+    run: impl Future<Output = anyhow::Result<()>> + Send + 'static,
+) {
     tokio::spawn(async move {
         if let Err(e) = run.await {
             panic!("{name} stopped with an error: {e:#}");
@@ -151,7 +154,10 @@ impl TestApp {
             })
             .await?;
         let conversation_addr = conversation.local_addr();
-        spawn_service("conversation", conversation.run_until(stopped(stop.clone())));
+        spawn_service(
+            "conversation",
+            conversation.run_until(stopped(stop.clone())),
+        );
 
         let gateway = tp_gateway::Application::build(&tp_gateway::GatewayConfig {
             listen_addr: any_port,
@@ -174,45 +180,65 @@ impl TestApp {
     }
 
     pub fn token(&self, sub: &str, tenant: Option<TenantId>, role: Role) -> String {
-        mint_hs256(JWT_SECRET.as_bytes(), &Claims::expiring_in(sub, tenant, role, 300))
-            .expect("HS256 signing cannot fail")
+        mint_hs256(
+            JWT_SECRET.as_bytes(),
+            &Claims::expiring_in(sub, tenant, role, 300),
+        )
+        .expect("HS256 signing cannot fail")
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(Channel::from_shared(format!("http://{}", self.gateway_addr))?
-            .connect()
-            .await?)
+        Ok(
+            Channel::from_shared(format!("http://{}", self.gateway_addr))?
+                .connect()
+                .await?,
+        )
     }
 
     /// Any raw `authorization` value, including broken ones.
-    pub async fn conversations_with_auth(&self, authorization: Option<&str>) -> anyhow::Result<ConversationClient> {
+    pub async fn conversations_with_auth(
+        &self,
+        authorization: Option<&str>,
+    ) -> anyhow::Result<ConversationClient> {
         let bearer = Bearer(authorization.map(str::parse).transpose()?);
-        Ok(pb::conversation_service_client::ConversationServiceClient::with_interceptor(
-            self.channel().await?,
-            bearer,
-        ))
+        Ok(
+            pb::conversation_service_client::ConversationServiceClient::with_interceptor(
+                self.channel().await?,
+                bearer,
+            ),
+        )
     }
 
     pub async fn conversations(&self, token: &str) -> anyhow::Result<ConversationClient> {
-        self.conversations_with_auth(Some(&format!("Bearer {token}"))).await
+        self.conversations_with_auth(Some(&format!("Bearer {token}")))
+            .await
     }
 
     pub async fn members(&self, token: &str) -> anyhow::Result<MemberClient> {
-        Ok(pb::member_service_client::MemberServiceClient::with_interceptor(
-            self.channel().await?,
-            Bearer(Some(format!("Bearer {token}").parse()?)),
-        ))
+        Ok(
+            pb::member_service_client::MemberServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer(Some(format!("Bearer {token}").parse()?)),
+            ),
+        )
     }
 
     pub async fn tenants(&self, token: &str) -> anyhow::Result<TenantClient> {
-        Ok(pb::tenant_admin_service_client::TenantAdminServiceClient::with_interceptor(
-            self.channel().await?,
-            Bearer(Some(format!("Bearer {token}").parse()?)),
-        ))
+        Ok(
+            pb::tenant_admin_service_client::TenantAdminServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer(Some(format!("Bearer {token}").parse()?)),
+            ),
+        )
     }
 
     /// Creates a tenant through the API as an operator; `admin` becomes its admin.
-    pub async fn create_tenant(&self, name: &str, seats: i32, admin: &str) -> anyhow::Result<TenantId> {
+    pub async fn create_tenant(
+        &self,
+        name: &str,
+        seats: i32,
+        admin: &str,
+    ) -> anyhow::Result<TenantId> {
         let operator = self.token("operator-1", None, Role::Operator);
         let tenant = self
             .tenants(&operator)
@@ -230,7 +256,11 @@ impl TestApp {
     }
 
     /// A tenant with an admin and one member; returns the member's token.
-    pub async fn tenant_with_member(&self, name: &str, member: &str) -> anyhow::Result<(TenantId, String)> {
+    pub async fn tenant_with_member(
+        &self,
+        name: &str,
+        member: &str,
+    ) -> anyhow::Result<(TenantId, String)> {
         let admin = format!("{member}-admin");
         let tenant = self.create_tenant(name, 5, &admin).await?;
         self.members(&self.token(&admin, Some(tenant), Role::Admin))
@@ -246,9 +276,10 @@ impl TestApp {
     /// Counts rows as the superuser, which row-level security does not bind.
     pub async fn count_rows(&self, table: &str) -> anyhow::Result<i64> {
         let pool = TestDatabase::pool(&self.db.admin_url).await?;
-        let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-            .fetch_one(&pool)
-            .await?;
+        let count: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await?;
         pool.close().await;
         Ok(count)
     }
@@ -259,9 +290,14 @@ impl TestApp {
 pub struct Bearer(Option<MetadataValue<Ascii>>);
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -269,7 +305,8 @@ impl Interceptor for Bearer {
 
 pub type ConversationClient =
     pb::conversation_service_client::ConversationServiceClient<InterceptedService<Channel, Bearer>>;
-pub type MemberClient = pb::member_service_client::MemberServiceClient<InterceptedService<Channel, Bearer>>;
+pub type MemberClient =
+    pb::member_service_client::MemberServiceClient<InterceptedService<Channel, Bearer>>;
 pub type TenantClient =
     pb::tenant_admin_service_client::TenantAdminServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -281,11 +318,17 @@ pub struct Exchange {
 
 impl Exchange {
     pub fn assistant(&self) -> &pb::Message {
-        self.completed.assistant_message.as_ref().expect("completed carries the assistant message")
+        self.completed
+            .assistant_message
+            .as_ref()
+            .expect("completed carries the assistant message")
     }
 
     pub fn user(&self) -> &pb::Message {
-        self.completed.user_message.as_ref().expect("completed carries the user message")
+        self.completed
+            .user_message
+            .as_ref()
+            .expect("completed carries the user message")
     }
 }
 
@@ -310,7 +353,10 @@ pub async fn send(
     while let Some(event) = stream.message().await? {
         match event.event {
             Some(pb::send_message_response::Event::TextDelta(delta)) => {
-                assert!(completed.is_none(), "a delta arrived after the completed event");
+                assert!(
+                    completed.is_none(),
+                    "a delta arrived after the completed event"
+                );
                 deltas.push(delta.text);
             }
             Some(pb::send_message_response::Event::Completed(done)) => {
@@ -320,6 +366,7 @@ pub async fn send(
             None => panic!("an event with no payload"),
         }
     }
-    let completed = completed.ok_or_else(|| tonic::Status::internal("stream ended without a completed event"))?;
+    let completed = completed
+        .ok_or_else(|| tonic::Status::internal("stream ended without a completed event"))?;
     Ok(Exchange { deltas, completed })
 }

@@ -43,8 +43,16 @@ async fn broken_tokens_are_unauthenticated_and_write_nothing() -> anyhow::Result
     ];
     for (authorization, expected) in cases {
         let status = create_with(&app, authorization.as_deref()).await;
-        assert_eq!(status.code(), Code::Unauthenticated, "{authorization:?}: {status:?}");
-        assert!(status.message().contains(expected), "{authorization:?}: {}", status.message());
+        assert_eq!(
+            status.code(),
+            Code::Unauthenticated,
+            "{authorization:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains(expected),
+            "{authorization:?}: {}",
+            status.message()
+        );
     }
     assert_eq!(app.count_rows("conversation.conversations").await?, 0);
     Ok(())
@@ -64,7 +72,11 @@ async fn roles_and_membership_are_enforced() -> anyhow::Result<()> {
         .await
         .expect_err("not a member");
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("not a member"), "{}", status.message());
+    assert!(
+        status.message().contains("not a member"),
+        "{}",
+        status.message()
+    );
 
     // A token for a tenant that does not exist.
     let ghost = app.token("alice", Some(TenantId::new_random()), Role::Member);
@@ -101,7 +113,10 @@ async fn roles_and_membership_are_enforced() -> anyhow::Result<()> {
     let status = app
         .members(&member)
         .await?
-        .add_member(pb::AddMemberRequest { user_id: "bob".into(), role: pb::MemberRole::Member.into() })
+        .add_member(pb::AddMemberRequest {
+            user_id: "bob".into(),
+            role: pb::MemberRole::Member.into(),
+        })
         .await
         .expect_err("members are not admins");
     assert_eq!(status.code(), Code::PermissionDenied);
@@ -142,7 +157,13 @@ async fn bad_messages_are_invalid_arguments_and_write_nothing() -> anyhow::Resul
         (&id, &too_long, "", Code::InvalidArgument, "16 KiB"),
         ("not-a-uuid", "hello", "", Code::InvalidArgument, "UUID"),
         ("", "hello", "", Code::InvalidArgument, "required"),
-        ("00000000-0000-4000-8000-000000000000", "hello", "", Code::NotFound, "not found"),
+        (
+            "00000000-0000-4000-8000-000000000000",
+            "hello",
+            "",
+            Code::NotFound,
+            "not found",
+        ),
     ];
     for (conversation_id, content, key, code, message) in cases {
         let status = send(&mut client, conversation_id, content, key)
@@ -152,21 +173,32 @@ async fn bad_messages_are_invalid_arguments_and_write_nothing() -> anyhow::Resul
         assert_eq!(status.code(), code, "{status:?}");
         assert!(status.message().contains(message), "{}", status.message());
     }
-    let status = send(&mut client, &id, "hello", &"k".repeat(200)).await.err().expect("long key");
+    let status = send(&mut client, &id, "hello", &"k".repeat(200))
+        .await
+        .err()
+        .expect("long key");
     assert_eq!(status.code(), Code::InvalidArgument);
 
     let status = client
-        .create_conversation(pb::CreateConversationRequest { title: "t".repeat(201) })
+        .create_conversation(pb::CreateConversationRequest {
+            title: "t".repeat(201),
+        })
         .await
         .expect_err("long title");
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = client
-        .list_conversations(pb::ListConversationsRequest { page_size: 1000, page_token: String::new() })
+        .list_conversations(pb::ListConversationsRequest {
+            page_size: 1000,
+            page_token: String::new(),
+        })
         .await
         .expect_err("page too large");
     assert_eq!(status.code(), Code::InvalidArgument);
     let status = client
-        .list_conversations(pb::ListConversationsRequest { page_size: 10, page_token: "forged".into() })
+        .list_conversations(pb::ListConversationsRequest {
+            page_size: 10,
+            page_token: "forged".into(),
+        })
         .await
         .expect_err("forged token");
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -180,52 +212,82 @@ async fn bad_messages_are_invalid_arguments_and_write_nothing() -> anyhow::Resul
 async fn members_never_outnumber_seats() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let tenant = app.create_tenant("Small Co", 2, "root-admin").await?;
-    let mut admin = app.members(&app.token("root-admin", Some(tenant), Role::Admin)).await?;
+    let mut admin = app
+        .members(&app.token("root-admin", Some(tenant), Role::Admin))
+        .await?;
 
     admin
-        .add_member(pb::AddMemberRequest { user_id: "bob".into(), role: pb::MemberRole::Member.into() })
+        .add_member(pb::AddMemberRequest {
+            user_id: "bob".into(),
+            role: pb::MemberRole::Member.into(),
+        })
         .await?;
     let full = admin
-        .add_member(pb::AddMemberRequest { user_id: "carol".into(), role: pb::MemberRole::Member.into() })
+        .add_member(pb::AddMemberRequest {
+            user_id: "carol".into(),
+            role: pb::MemberRole::Member.into(),
+        })
         .await
         .expect_err("no seat left");
     assert_eq!(full.code(), Code::FailedPrecondition);
     assert!(full.message().contains("all 2 seats"), "{}", full.message());
 
     let again = admin
-        .add_member(pb::AddMemberRequest { user_id: "bob".into(), role: pb::MemberRole::Member.into() })
+        .add_member(pb::AddMemberRequest {
+            user_id: "bob".into(),
+            role: pb::MemberRole::Member.into(),
+        })
         .await
         .expect_err("already a member");
     assert_eq!(again.code(), Code::AlreadyExists);
     let no_role = admin
-        .add_member(pb::AddMemberRequest { user_id: "dave".into(), role: 0 })
+        .add_member(pb::AddMemberRequest {
+            user_id: "dave".into(),
+            role: 0,
+        })
         .await
         .expect_err("role is required");
     assert_eq!(no_role.code(), Code::InvalidArgument);
 
-    let listed = admin.list_members(pb::ListMembersRequest::default()).await?.into_inner();
+    let listed = admin
+        .list_members(pb::ListMembersRequest::default())
+        .await?
+        .into_inner();
     assert_eq!(listed.seats, 2);
     let users: Vec<&str> = listed.members.iter().map(|m| m.user_id.as_str()).collect();
     assert_eq!(users, vec!["root-admin", "bob"]);
 
     // The last admin stays; removing bob frees a seat for carol.
     let last_admin = admin
-        .remove_member(pb::RemoveMemberRequest { user_id: "root-admin".into() })
+        .remove_member(pb::RemoveMemberRequest {
+            user_id: "root-admin".into(),
+        })
         .await
         .expect_err("last admin");
     assert_eq!(last_admin.code(), Code::FailedPrecondition);
-    admin.remove_member(pb::RemoveMemberRequest { user_id: "bob".into() }).await?;
+    admin
+        .remove_member(pb::RemoveMemberRequest {
+            user_id: "bob".into(),
+        })
+        .await?;
     let missing = admin
-        .remove_member(pb::RemoveMemberRequest { user_id: "bob".into() })
+        .remove_member(pb::RemoveMemberRequest {
+            user_id: "bob".into(),
+        })
         .await
         .expect_err("already removed");
     assert_eq!(missing.code(), Code::NotFound);
     admin
-        .add_member(pb::AddMemberRequest { user_id: "carol".into(), role: pb::MemberRole::Member.into() })
+        .add_member(pb::AddMemberRequest {
+            user_id: "carol".into(),
+            role: pb::MemberRole::Member.into(),
+        })
         .await?;
 
     // A removed member loses access at once.
-    let bob = app.conversations(&app.token("bob", Some(tenant), Role::Member)).await?
+    let bob = app
+        .conversations(&app.token("bob", Some(tenant), Role::Member))
+        .await?
         .list_conversations(pb::ListConversationsRequest::default())
         .await
         .expect_err("bob was removed");
@@ -238,13 +300,32 @@ async fn bad_tenant_requests_are_invalid_arguments() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let mut tenants = app.tenants(&app.token("ops", None, Role::Operator)).await?;
     let cases = [
-        pb::CreateTenantRequest { display_name: " ".into(), seats: 3, admin_user_id: "a".into() },
-        pb::CreateTenantRequest { display_name: "Acme".into(), seats: 0, admin_user_id: "a".into() },
-        pb::CreateTenantRequest { display_name: "Acme".into(), seats: 3, admin_user_id: String::new() },
-        pb::CreateTenantRequest { display_name: "Acme".into(), seats: 3, admin_user_id: "has space".into() },
+        pb::CreateTenantRequest {
+            display_name: " ".into(),
+            seats: 3,
+            admin_user_id: "a".into(),
+        },
+        pb::CreateTenantRequest {
+            display_name: "Acme".into(),
+            seats: 0,
+            admin_user_id: "a".into(),
+        },
+        pb::CreateTenantRequest {
+            display_name: "Acme".into(),
+            seats: 3,
+            admin_user_id: String::new(),
+        },
+        pb::CreateTenantRequest {
+            display_name: "Acme".into(),
+            seats: 3,
+            admin_user_id: "has space".into(),
+        },
     ];
     for request in cases {
-        let status = tenants.create_tenant(request.clone()).await.expect_err("invalid");
+        let status = tenants
+            .create_tenant(request.clone())
+            .await
+            .expect_err("invalid");
         assert_eq!(status.code(), Code::InvalidArgument, "{request:?}");
     }
     assert_eq!(app.count_rows("gateway.tenants").await?, 0);

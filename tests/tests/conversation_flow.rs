@@ -25,7 +25,10 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
     let exchange = send(&mut client, &conversation.conversation_id, content, "k1").await?;
 
     // The deltas are the reply, and the reply is the persisted message.
-    assert!(exchange.deltas.len() > 1, "the reply should stream in pieces");
+    assert!(
+        exchange.deltas.len() > 1,
+        "the reply should stream in pieces"
+    );
     let assistant = exchange.assistant();
     assert_eq!(exchange.deltas.concat(), assistant.content);
     assert_eq!(assistant.role, pb::MessageRole::Assistant as i32);
@@ -33,8 +36,16 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
 
     // The persona: challenges the premise, grounds in a framework the
     // knowledge service found, asks at most two questions, does not echo.
-    assert!(assistant.content.contains("What problem would the new engineers solve"));
-    assert!(assistant.content.contains("Systems Dynamics"), "grounded via knowledge: {}", assistant.content);
+    assert!(
+        assistant
+            .content
+            .contains("What problem would the new engineers solve")
+    );
+    assert!(
+        assistant.content.contains("Systems Dynamics"),
+        "grounded via knowledge: {}",
+        assistant.content
+    );
     assert!(assistant.content.matches('?').count() <= 2);
     assert!(!assistant.content.contains(content));
 
@@ -46,8 +57,18 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
         })
         .await?
         .into_inner();
-    let ids: Vec<&str> = transcript.messages.iter().map(|m| m.message_id.as_str()).collect();
-    assert_eq!(ids, vec![exchange.user().message_id.as_str(), assistant.message_id.as_str()]);
+    let ids: Vec<&str> = transcript
+        .messages
+        .iter()
+        .map(|m| m.message_id.as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            exchange.user().message_id.as_str(),
+            assistant.message_id.as_str()
+        ]
+    );
     assert_eq!(transcript.messages[1].content, assistant.content);
     assert!(transcript.next_page_token.is_empty());
 
@@ -60,7 +81,10 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
         .conversation
         .expect("a conversation");
     let seconds = |c: &pb::Conversation| c.update_time.as_ref().map(|t| (t.seconds, t.nanos));
-    assert!(seconds(&fetched) > seconds(&conversation), "a turn moves update_time forward");
+    assert!(
+        seconds(&fetched) > seconds(&conversation),
+        "a turn moves update_time forward"
+    );
     Ok(())
 }
 
@@ -85,7 +109,13 @@ async fn retrying_with_the_same_key_replays_instead_of_duplicating() -> anyhow::
     assert_eq!(app.count_rows("conversation.messages").await?, 2);
 
     // A new key is a new turn, and the coach now sees the earlier one.
-    let second = send(&mut client, &id, "We're 25 engineers and I'm the CTO.", "other-key").await?;
+    let second = send(
+        &mut client,
+        &id,
+        "We're 25 engineers and I'm the CTO.",
+        "other-key",
+    )
+    .await?;
     assert_ne!(second.user().message_id, first.user().message_id);
     assert_eq!(app.count_rows("conversation.messages").await?, 4);
     Ok(())
@@ -99,7 +129,9 @@ async fn list_pages_and_delete() -> anyhow::Result<()> {
     let mut created = Vec::new();
     for title in ["one", "two", "three"] {
         let c = client
-            .create_conversation(pb::CreateConversationRequest { title: title.into() })
+            .create_conversation(pb::CreateConversationRequest {
+                title: title.into(),
+            })
             .await?
             .into_inner()
             .conversation
@@ -108,26 +140,46 @@ async fn list_pages_and_delete() -> anyhow::Result<()> {
     }
 
     let first = client
-        .list_conversations(pb::ListConversationsRequest { page_size: 2, page_token: String::new() })
+        .list_conversations(pb::ListConversationsRequest {
+            page_size: 2,
+            page_token: String::new(),
+        })
         .await?
         .into_inner();
-    let titles: Vec<&str> = first.conversations.iter().map(|c| c.title.as_str()).collect();
+    let titles: Vec<&str> = first
+        .conversations
+        .iter()
+        .map(|c| c.title.as_str())
+        .collect();
     assert_eq!(titles, vec!["three", "two"], "newest first");
     assert!(!first.next_page_token.is_empty());
     let second = client
-        .list_conversations(pb::ListConversationsRequest { page_size: 2, page_token: first.next_page_token })
+        .list_conversations(pb::ListConversationsRequest {
+            page_size: 2,
+            page_token: first.next_page_token,
+        })
         .await?
         .into_inner();
     assert_eq!(second.conversations.len(), 1);
     assert_eq!(second.conversations[0].title, "one");
     assert!(second.next_page_token.is_empty());
 
-    send(&mut client, &created[0], "Our on-call keeps paging us at night.", "").await?;
+    send(
+        &mut client,
+        &created[0],
+        "Our on-call keeps paging us at night.",
+        "",
+    )
+    .await?;
     client
-        .delete_conversation(pb::DeleteConversationRequest { conversation_id: created[0].clone() })
+        .delete_conversation(pb::DeleteConversationRequest {
+            conversation_id: created[0].clone(),
+        })
         .await?;
     let gone = client
-        .get_conversation(pb::GetConversationRequest { conversation_id: created[0].clone() })
+        .get_conversation(pb::GetConversationRequest {
+            conversation_id: created[0].clone(),
+        })
         .await
         .expect_err("deleted");
     assert_eq!(gone.code(), tonic::Code::NotFound);

@@ -16,7 +16,9 @@ async fn tenant_b_cannot_touch_tenant_a_through_the_api() -> anyhow::Result<()> 
     let mut b = app.conversations(&bob).await?;
 
     let id = a
-        .create_conversation(pb::CreateConversationRequest { title: "A's secret".into() })
+        .create_conversation(pb::CreateConversationRequest {
+            title: "A's secret".into(),
+        })
         .await?
         .into_inner()
         .conversation
@@ -25,28 +27,44 @@ async fn tenant_b_cannot_touch_tenant_a_through_the_api() -> anyhow::Result<()> 
     send(&mut a, &id, "We are 12 engineers.", "").await?;
 
     let get = b
-        .get_conversation(pb::GetConversationRequest { conversation_id: id.clone() })
+        .get_conversation(pb::GetConversationRequest {
+            conversation_id: id.clone(),
+        })
         .await
         .expect_err("B cannot get A's conversation");
     assert_eq!(get.code(), Code::NotFound);
-    let list = b.list_conversations(pb::ListConversationsRequest::default()).await?.into_inner();
+    let list = b
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await?
+        .into_inner();
     assert!(list.conversations.is_empty());
     let messages = b
-        .list_messages(pb::ListMessagesRequest { conversation_id: id.clone(), ..Default::default() })
+        .list_messages(pb::ListMessagesRequest {
+            conversation_id: id.clone(),
+            ..Default::default()
+        })
         .await
         .expect_err("B cannot read A's transcript");
     assert_eq!(messages.code(), Code::NotFound);
-    let post = send(&mut b, &id, "injected", "").await.err().expect("B cannot post to A's conversation");
+    let post = send(&mut b, &id, "injected", "")
+        .await
+        .err()
+        .expect("B cannot post to A's conversation");
     assert_eq!(post.code(), Code::NotFound);
     let delete = b
-        .delete_conversation(pb::DeleteConversationRequest { conversation_id: id.clone() })
+        .delete_conversation(pb::DeleteConversationRequest {
+            conversation_id: id.clone(),
+        })
         .await
         .expect_err("B cannot delete A's conversation");
     assert_eq!(delete.code(), Code::NotFound);
 
     // A's data is untouched.
     let transcript = a
-        .list_messages(pb::ListMessagesRequest { conversation_id: id, ..Default::default() })
+        .list_messages(pb::ListMessagesRequest {
+            conversation_id: id,
+            ..Default::default()
+        })
         .await?
         .into_inner();
     assert_eq!(transcript.messages.len(), 2);
@@ -87,20 +105,31 @@ async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Re
                     .execute(&mut *tx)
                     .await?;
             }
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&mut *tx)
-                .await?;
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(&mut *tx)
+                    .await?;
             tx.rollback().await?;
             anyhow::Ok(n)
         }
     };
     for table in tables {
-        assert!(count_as(Some(a), table).await? > 0, "A sees its own {table}");
+        assert!(
+            count_as(Some(a), table).await? > 0,
+            "A sees its own {table}"
+        );
         // B sees only its own rows: none of A's conversations or messages.
         let seen_by_b = count_as(Some(b), table).await?;
         let total = app.count_rows(table).await?;
-        assert!(seen_by_b < total, "B must not see A's {table} ({seen_by_b} of {total})");
-        assert_eq!(count_as(None, table).await?, 0, "no tenant set: {table} must be empty");
+        assert!(
+            seen_by_b < total,
+            "B must not see A's {table} ({seen_by_b} of {total})"
+        );
+        assert_eq!(
+            count_as(None, table).await?,
+            0,
+            "no tenant set: {table} must be empty"
+        );
     }
 
     // Under B's tenant, A's conversation id matches nothing, and writes into
@@ -122,13 +151,17 @@ async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Re
     .execute(&mut *tx)
     .await
     .expect_err("WITH CHECK must refuse a row for another tenant");
-    assert!(forged.to_string().contains("row-level security"), "{forged}");
+    assert!(
+        forged.to_string().contains("row-level security"),
+        "{forged}"
+    );
     tx.rollback().await?;
 
     // The application role is not superuser, not BYPASSRLS, owns nothing.
-    let row = sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
-        .fetch_one(&pool)
-        .await?;
+    let row =
+        sqlx::query("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&pool)
+            .await?;
     assert!(!row.get::<bool, _>(0) && !row.get::<bool, _>(1));
     Ok(())
 }
@@ -137,7 +170,10 @@ async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Re
 async fn services_refuse_roles_that_bypass_row_level_security() -> anyhow::Result<()> {
     let db = TestDatabase::create().await?;
     db.migrate().await?;
-    let settings = |url: &str| tp_store::DatabaseSettings { url: url.to_owned(), max_connections: 1 };
+    let settings = |url: &str| tp_store::DatabaseSettings {
+        url: url.to_owned(),
+        max_connections: 1,
+    };
 
     let superuser = tp_store::connect_app(&settings(&db.admin_url), "conversation").await;
     assert!(
@@ -149,11 +185,18 @@ async fn services_refuse_roles_that_bypass_row_level_security() -> anyhow::Resul
         matches!(owner, Err(tp_store::StoreError::UnsafeRole { ref reason, .. }) if reason.contains("owns")),
         "{owner:?}"
     );
-    assert!(tp_store::connect_app(&settings(&db.app_url), "conversation").await.is_ok());
+    assert!(
+        tp_store::connect_app(&settings(&db.app_url), "conversation")
+            .await
+            .is_ok()
+    );
 
     // And before migrations, a service will not start at all.
     let empty = TestDatabase::create().await?;
     let unmigrated = tp_store::connect_app(&settings(&empty.app_url), "conversation").await;
-    assert!(matches!(unmigrated, Err(tp_store::StoreError::NotMigrated(_))), "{unmigrated:?}");
+    assert!(
+        matches!(unmigrated, Err(tp_store::StoreError::NotMigrated(_))),
+        "{unmigrated:?}"
+    );
     Ok(())
 }

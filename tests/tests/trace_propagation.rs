@@ -61,17 +61,28 @@ async fn send_message_is_one_trace_across_three_services() -> anyhow::Result<()>
     assert_eq!(conversation.span_context.trace_id(), trace);
     assert_eq!(knowledge.span_context.trace_id(), trace);
     assert_eq!(conversation.parent_span_id, gateway.span_context.span_id());
-    assert_eq!(knowledge.parent_span_id, conversation.span_context.span_id());
+    assert_eq!(
+        knowledge.parent_span_id,
+        conversation.span_context.span_id()
+    );
 
     // Message content never goes into spans.
     for span in spans.iter().filter(|s| s.span_context.trace_id() == trace) {
         for kv in &span.attributes {
-            assert!(!kv.value.to_string().contains(secret), "content leaked into {}", span.name);
+            assert!(
+                !kv.value.to_string().contains(secret),
+                "content leaked into {}",
+                span.name
+            );
         }
         for event in span.events.iter() {
             assert!(!event.name.contains(secret));
             for kv in &event.attributes {
-                assert!(!kv.value.to_string().contains(secret), "content leaked into an event of {}", span.name);
+                assert!(
+                    !kv.value.to_string().contains(secret),
+                    "content leaked into an event of {}",
+                    span.name
+                );
             }
         }
     }

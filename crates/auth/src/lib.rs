@@ -16,7 +16,7 @@ use tp_context::{RequestContext, Role, TenantId};
 
 mod layer;
 
-pub use layer::{Authenticate, AuthLayer};
+pub use layer::{AuthLayer, Authenticate};
 
 /// Who a verified token says the caller is. Operators have no tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -182,7 +182,11 @@ mod tests {
     #[test]
     fn valid_member_token_yields_its_tenant() {
         let tenant = TenantId::new_random();
-        let token = mint_hs256(SECRET, &Claims::expiring_in("u1", Some(tenant), Role::Member, 60)).unwrap();
+        let token = mint_hs256(
+            SECRET,
+            &Claims::expiring_in("u1", Some(tenant), Role::Member, 60),
+        )
+        .unwrap();
         let principal = verify(&token).unwrap();
         assert_eq!(principal.tenant_id, Some(tenant));
         assert_eq!(principal.role, Role::Member);
@@ -191,15 +195,24 @@ mod tests {
 
     #[test]
     fn operator_needs_no_tenant_but_members_do() {
-        let op = mint_hs256(SECRET, &Claims::expiring_in("ops", None, Role::Operator, 60)).unwrap();
+        let op = mint_hs256(
+            SECRET,
+            &Claims::expiring_in("ops", None, Role::Operator, 60),
+        )
+        .unwrap();
         assert_eq!(verify(&op).unwrap().tenant_id, None);
-        let member = mint_hs256(SECRET, &Claims::expiring_in("u1", None, Role::Member, 60)).unwrap();
+        let member =
+            mint_hs256(SECRET, &Claims::expiring_in("u1", None, Role::Member, 60)).unwrap();
         assert_eq!(verify(&member), Err(AuthError::MissingTenant));
     }
 
     #[test]
     fn wrong_secret_is_a_bad_signature() {
-        let token = mint_hs256(b"other", &Claims::expiring_in("u1", None, Role::Operator, 60)).unwrap();
+        let token = mint_hs256(
+            b"other",
+            &Claims::expiring_in("u1", None, Role::Operator, 60),
+        )
+        .unwrap();
         assert_eq!(verify(&token), Err(AuthError::BadSignature));
     }
 
@@ -223,9 +236,15 @@ mod tests {
     fn unknown_role_and_bad_tenant_are_invalid_claims() {
         let mut claims = Claims::expiring_in("u1", None, Role::Operator, 60);
         claims.role = "root".into();
-        assert_eq!(verify(&mint_hs256(SECRET, &claims).unwrap()), Err(AuthError::InvalidClaim("role")));
+        assert_eq!(
+            verify(&mint_hs256(SECRET, &claims).unwrap()),
+            Err(AuthError::InvalidClaim("role"))
+        );
         let mut claims = Claims::expiring_in("u1", None, Role::Member, 60);
         claims.tenant_id = Some("acme".into());
-        assert_eq!(verify(&mint_hs256(SECRET, &claims).unwrap()), Err(AuthError::InvalidClaim("tenant_id")));
+        assert_eq!(
+            verify(&mint_hs256(SECRET, &claims).unwrap()),
+            Err(AuthError::InvalidClaim("tenant_id"))
+        );
     }
 }

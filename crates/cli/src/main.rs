@@ -1,1 +1,197 @@
-fn main() {}
+//! `tp`: mint development tokens and talk to the gateway from a terminal.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+use tp_auth::{Claims, mint_hs256};
+use tp_context::{Role, TenantId};
+use tp_proto::v1 as pb;
+
+#[derive(Parser)]
+#[command(name = "tp", about = "Thoughtpartner command-line client")]
+struct Cli {
+    /// Gateway address.
+    #[arg(
+        long,
+        global = true,
+        env = "TP_GATEWAY_ADDR",
+        default_value = "127.0.0.1:50051"
+    )]
+    gateway: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print an HS256 bearer token signed with TP_JWT_HS256_SECRET.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// member, admin or operator.
+        #[arg(long, default_value = "member")]
+        role: String,
+        /// The tenant (omit for operators).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        #[arg(long, env = "TP_JWT_HS256_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// Create a tenant (as an operator) with an admin and one member, and
+    /// print shell exports for the member's token.
+    DemoTenant {
+        #[arg(long, default_value = "Demo Co")]
+        name: String,
+        #[arg(long, default_value = "demo-admin")]
+        admin: String,
+        #[arg(long, default_value = "demo-user")]
+        member: String,
+        #[arg(long, env = "TP_JWT_HS256_SECRET", hide_env_values = true)]
+        secret: String,
+    },
+    /// Send one message (in a new conversation unless --conversation is
+    /// given) and stream the reply to stdout.
+    Send {
+        message: String,
+        #[arg(long)]
+        conversation: Option<String>,
+        /// Bearer token of a member.
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+}
+
+fn mint(
+    secret: &str,
+    sub: &str,
+    tenant: Option<TenantId>,
+    role: Role,
+    ttl: u64,
+) -> anyhow::Result<String> {
+    Ok(mint_hs256(
+        secret.as_bytes(),
+        &Claims::expiring_in(sub, tenant, role, ttl),
+    )?)
+}
+
+async fn channel(gateway: &str) -> anyhow::Result<Channel> {
+    Channel::from_shared(format!("http://{gateway}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the gateway at {gateway}"))
+}
+
+fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
+    let mut request = tonic::Request::new(message);
+    let value: MetadataValue<_> = format!("Bearer {token}").parse()?;
+    request.metadata_mut().insert("authorization", value);
+    Ok(request)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Token {
+            sub,
+            role,
+            tenant,
+            ttl,
+            secret,
+        } => {
+            let role: Role = role.parse()?;
+            let tenant = tenant.map(|t| t.parse::<TenantId>()).transpose()?;
+            println!("{}", mint(&secret, &sub, tenant, role, ttl)?);
+        }
+        Command::DemoTenant {
+            name,
+            admin,
+            member,
+            secret,
+        } => {
+            let channel = channel(&cli.gateway).await?;
+            let operator = mint(&secret, "tp-cli-operator", None, Role::Operator, 300)?;
+            let tenant =
+                pb::tenant_admin_service_client::TenantAdminServiceClient::new(channel.clone())
+                    .create_tenant(authorized(
+                        pb::CreateTenantRequest {
+                            display_name: name,
+                            seats: 10,
+                            admin_user_id: admin.clone(),
+                        },
+                        &operator,
+                    )?)
+                    .await?
+                    .into_inner()
+                    .tenant
+                    .context("CreateTenant returned no tenant")?;
+            let tenant_id: TenantId = tenant.tenant_id.parse()?;
+            let admin_token = mint(&secret, &admin, Some(tenant_id), Role::Admin, 24 * 3600)?;
+            pb::member_service_client::MemberServiceClient::new(channel)
+                .add_member(authorized(
+                    pb::AddMemberRequest {
+                        user_id: member.clone(),
+                        role: pb::MemberRole::Member.into(),
+                    },
+                    &admin_token,
+                )?)
+                .await?;
+            let member_token = mint(&secret, &member, Some(tenant_id), Role::Member, 24 * 3600)?;
+            println!("export TP_TENANT_ID={tenant_id}");
+            println!("export TP_ADMIN_TOKEN={admin_token}");
+            println!("export TP_TOKEN={member_token}");
+        }
+        Command::Send {
+            message,
+            conversation,
+            token,
+        } => {
+            let mut client = pb::conversation_service_client::ConversationServiceClient::new(
+                channel(&cli.gateway).await?,
+            );
+            let conversation_id = match conversation {
+                Some(id) => id,
+                None => {
+                    let created = client
+                        .create_conversation(authorized(
+                            pb::CreateConversationRequest::default(),
+                            &token,
+                        )?)
+                        .await?
+                        .into_inner()
+                        .conversation
+                        .context("CreateConversation returned no conversation")?;
+                    eprintln!("conversation {}", created.conversation_id);
+                    created.conversation_id
+                }
+            };
+            let mut stream = client
+                .send_message(authorized(
+                    pb::SendMessageRequest {
+                        conversation_id,
+                        content: message,
+                        idempotency_key: uuid::Uuid::new_v4().to_string(),
+                    },
+                    &token,
+                )?)
+                .await?
+                .into_inner();
+            let mut stdout = std::io::stdout();
+            while let Some(event) = stream.message().await? {
+                if let Some(pb::send_message_response::Event::TextDelta(delta)) = event.event {
+                    write!(stdout, "{}", delta.text)?;
+                    stdout.flush()?;
+                }
+            }
+            writeln!(stdout)?;
+        }
+    }
+    Ok(())
+}

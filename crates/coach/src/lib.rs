@@ -91,13 +91,11 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     questions.truncate(MAX_QUESTIONS);
 
     if questions.is_empty() {
-        questions.push(
-            "What would a good outcome look like for you three months from now?".to_owned(),
-        );
+        questions
+            .push("What would a good outcome look like for you three months from now?".to_owned());
     } else if !profile.is_sufficient() {
         paragraphs.push(
-            "Before I suggest anything, I'd like to understand your situation better."
-                .to_owned(),
+            "Before I suggest anything, I'd like to understand your situation better.".to_owned(),
         );
     }
     let questions_asked = questions.len();
@@ -127,9 +125,14 @@ fn asks_for_code(lower: &str) -> bool {
 
 /// Premises the persona always questions, with the question to ask.
 fn challenge(lower: &str) -> Option<(&'static str, &'static str)> {
-    if ["hire more", "more engineers", "more headcount", "need more people"]
-        .iter()
-        .any(|p| lower.contains(p))
+    if [
+        "hire more",
+        "more engineers",
+        "more headcount",
+        "need more people",
+    ]
+    .iter()
+    .any(|p| lower.contains(p))
     {
         return Some((
             "Hiring is one answer, but adding people is slow and adds coordination cost; \
@@ -177,7 +180,10 @@ mod tests {
         assert!(reply.text.contains("Before I suggest anything"));
         assert!(reply.text.contains("How many engineers"));
         assert!(count_questions(&reply.text) <= MAX_QUESTIONS);
-        assert!(!reply.text.contains("My team is struggling"), "must not echo");
+        assert!(
+            !reply.text.contains("My team is struggling"),
+            "must not echo"
+        );
     }
 
     #[test]
@@ -187,7 +193,11 @@ mod tests {
             earlier_user_turns: &[],
             frameworks: &[framework()],
         });
-        assert!(reply.text.contains("What problem would the new engineers solve"));
+        assert!(
+            reply
+                .text
+                .contains("What problem would the new engineers solve")
+        );
         assert!(reply.text.contains("Systems Dynamics"));
         assert!(reply.text.contains("40 engineers"));
         assert!(reply.questions_asked <= MAX_QUESTIONS);
@@ -201,7 +211,11 @@ mod tests {
             earlier_user_turns: &[],
             frameworks: &[],
         });
-        assert!(reply.text.starts_with("I won't write code or review pull requests"));
+        assert!(
+            reply
+                .text
+                .starts_with("I won't write code or review pull requests")
+        );
     }
 
     #[test]

@@ -59,9 +59,26 @@ const STAGES: &[(&str, Stage)] = &[
     ("publicly traded", Stage::Public),
 ];
 
-const ATTEMPTS: &[&str] = &["we tried", "i tried", "we've tried", "already tried", "tried adding", "didn't work", "did not work"];
+const ATTEMPTS: &[&str] = &[
+    "we tried",
+    "i tried",
+    "we've tried",
+    "already tried",
+    "tried adding",
+    "didn't work",
+    "did not work",
+];
 
-const TEAM_NOUNS: &[&str] = &["engineers", "engineer", "developers", "devs", "people", "person", "reports", "ics"];
+const TEAM_NOUNS: &[&str] = &[
+    "engineers",
+    "engineer",
+    "developers",
+    "devs",
+    "people",
+    "person",
+    "reports",
+    "ics",
+];
 
 impl ContextProfile {
     /// Reads the profile from the user's turns, later turns refining earlier ones.
@@ -113,10 +130,15 @@ impl ContextProfile {
     pub fn missing_context_questions(&self) -> Vec<String> {
         let mut questions = Vec::new();
         if self.team_size.is_none() {
-            questions.push("How many engineers are in the organisation you're responsible for?".to_owned());
+            questions.push(
+                "How many engineers are in the organisation you're responsible for?".to_owned(),
+            );
         }
         if self.stage.is_none() && self.role.is_none() {
-            questions.push("What's your role, and what stage is the company at (seed, series B, public...)?".to_owned());
+            questions.push(
+                "What's your role, and what stage is the company at (seed, series B, public...)?"
+                    .to_owned(),
+            );
         }
         if !self.mentioned_attempts {
             questions.push("What have you already tried?".to_owned());
@@ -139,7 +161,9 @@ fn team_size(lower: &str) -> Option<u32> {
         let Ok(n) = number.trim_start_matches('~').parse::<u32>() else {
             continue;
         };
-        let next = suffix.or_else(|| words.get(i + 1).copied()).unwrap_or_default();
+        let next = suffix
+            .or_else(|| words.get(i + 1).copied())
+            .unwrap_or_default();
         let previous_is_of = i > 0 && words[i - 1] == "of";
         if TEAM_NOUNS.contains(&next) || (previous_is_of && i > 1 && words[i - 2] == "team") {
             return Some(n);
@@ -154,7 +178,9 @@ mod tests {
 
     #[test]
     fn reads_size_stage_and_role() {
-        let p = ContextProfile::from_turns(["I just became VP of Engineering; we're 40 engineers at Series B."]);
+        let p = ContextProfile::from_turns([
+            "I just became VP of Engineering; we're 40 engineers at Series B.",
+        ]);
         assert_eq!(p.team_size, Some(40));
         assert_eq!(p.stage, Some(Stage::SeriesB));
         assert_eq!(p.role, Some("VP of Engineering"));
@@ -170,7 +196,10 @@ mod tests {
 
     #[test]
     fn later_turns_refine_and_attempts_are_noticed() {
-        let p = ContextProfile::from_turns(["we are 10 engineers", "now 14 engineers; we tried a guild"]);
+        let p = ContextProfile::from_turns([
+            "we are 10 engineers",
+            "now 14 engineers; we tried a guild",
+        ]);
         assert_eq!(p.team_size, Some(14));
         assert!(p.mentioned_attempts);
         assert!(!p.is_sufficient());

@@ -57,9 +57,10 @@ where
                 request.extensions_mut().insert(context);
                 Either::Left(self.inner.call(request))
             }
-            Err(error) => Either::Right(ready(Ok(
-                tonic::Status::unauthenticated(error.to_string()).into_http()
-            ))),
+            Err(error) => Either::Right(ready(Ok(tonic::Status::unauthenticated(
+                error.to_string(),
+            )
+            .into_http()))),
         }
     }
 }

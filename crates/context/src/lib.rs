@@ -124,11 +124,16 @@ pub enum ContextError {
 
 impl RequestContext {
     /// Writes the context into outgoing metadata, replacing any earlier value.
-    pub fn write_to(&self, metadata: &mut tonic::metadata::MetadataMap) -> Result<(), ContextError> {
+    pub fn write_to(
+        &self,
+        metadata: &mut tonic::metadata::MetadataMap,
+    ) -> Result<(), ContextError> {
         let tenant = self.tenant_id.to_string();
         metadata.insert(
             TENANT_ID_KEY,
-            tenant.parse().map_err(|_| ContextError::NotAscii(TENANT_ID_KEY))?,
+            tenant
+                .parse()
+                .map_err(|_| ContextError::NotAscii(TENANT_ID_KEY))?,
         );
         metadata.insert(
             USER_ID_KEY,
@@ -148,7 +153,10 @@ impl RequestContext {
 
     /// Reads the context from the headers of an incoming internal call.
     pub fn read_from(headers: &http::HeaderMap) -> Result<Self, ContextError> {
-        fn get<'a>(headers: &'a http::HeaderMap, key: &'static str) -> Result<&'a str, ContextError> {
+        fn get<'a>(
+            headers: &'a http::HeaderMap,
+            key: &'static str,
+        ) -> Result<&'a str, ContextError> {
             headers
                 .get(key)
                 .ok_or(ContextError::Missing(key))?
@@ -173,7 +181,11 @@ pub fn validate_user_id(user_id: &str) -> Result<(), ContextError> {
     let ok = !user_id.is_empty()
         && user_id.len() <= 255
         && user_id.bytes().all(|b| b.is_ascii_graphic());
-    if ok { Ok(()) } else { Err(ContextError::InvalidUserId) }
+    if ok {
+        Ok(())
+    } else {
+        Err(ContextError::InvalidUserId)
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The parts of a gRPC server that every service shares, so each service's
 //! start-up only names its own handlers and layers.
 
+pub mod cli;
+
 use std::net::SocketAddr;
 
 use tokio::net::TcpListener;

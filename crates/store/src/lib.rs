@@ -76,7 +76,9 @@ async fn check_app_role(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
         reason: reason.to_owned(),
     };
     if superuser {
-        return Err(unsafe_role("it is a superuser, which bypasses row-level security"));
+        return Err(unsafe_role(
+            "it is a superuser, which bypasses row-level security",
+        ));
     }
     if bypass_rls {
         return Err(unsafe_role("it has BYPASSRLS"));
@@ -104,8 +106,10 @@ pub async fn migrate(owner_url: &str, schema: &str, migrator: &Migrator) -> Resu
     // Identifiers cannot be bound; the schema name is a compile-time constant
     // of the calling service, never user input.
     debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-    pool.execute(sqlx::AssertSqlSafe(format!("CREATE SCHEMA IF NOT EXISTS {schema}")))
-        .await?;
+    pool.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .await?;
     migrator.run(&pool).await?;
     pool.close().await;
     Ok(())

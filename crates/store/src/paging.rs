@@ -10,9 +10,13 @@ const TOKEN_PREFIX: &str = "p1.";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PagingError {
-    #[error("page_size must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), got {0}")]
+    #[error(
+        "page_size must be between 0 and {MAX_PAGE_SIZE} (0 means {DEFAULT_PAGE_SIZE}), got {0}"
+    )]
     BadPageSize(i32),
-    #[error("page_token is not one this API issued; pass next_page_token from the previous response, or empty for the first page")]
+    #[error(
+        "page_token is not one this API issued; pass next_page_token from the previous response, or empty for the first page"
+    )]
     BadPageToken,
 }
 
@@ -56,7 +60,9 @@ impl Page {
         let limit = usize::try_from(self.size).unwrap_or(usize::MAX);
         if rows.len() > limit {
             rows.truncate(limit);
-            rows.last().map(|row| token(cursor(row))).unwrap_or_default()
+            rows.last()
+                .map(|row| token(cursor(row)))
+                .unwrap_or_default()
         } else {
             String::new()
         }
@@ -73,7 +79,13 @@ mod tests {
 
     #[test]
     fn defaults_and_bounds() {
-        assert_eq!(Page::parse(0, "").unwrap(), Page { size: 50, after: None });
+        assert_eq!(
+            Page::parse(0, "").unwrap(),
+            Page {
+                size: 50,
+                after: None
+            }
+        );
         assert_eq!(Page::parse(100, "").unwrap().size, 100);
         assert_eq!(Page::parse(101, ""), Err(PagingError::BadPageSize(101)));
         assert_eq!(Page::parse(-1, ""), Err(PagingError::BadPageSize(-1)));

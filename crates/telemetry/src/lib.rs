@@ -50,9 +50,12 @@ impl Drop for TelemetryGuard {
 }
 
 fn otlp_configured() -> bool {
-    ["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]
-        .iter()
-        .any(|key| std::env::var(key).is_ok_and(|v| !v.is_empty()))
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    ]
+    .iter()
+    .any(|key| std::env::var(key).is_ok_and(|v| !v.is_empty()))
 }
 
 fn resource(service_name: &'static str) -> Resource {
@@ -76,9 +79,13 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     // A tracer provider always exists, even without an exporter, so every
     // request gets a real trace id for its logs and for propagation.
     if otlp_configured() {
-        let spans = opentelemetry_otlp::SpanExporter::builder().with_tonic().build()?;
+        let spans = opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()?;
         tracer_builder = tracer_builder.with_batch_exporter(spans);
-        let metrics = opentelemetry_otlp::MetricExporter::builder().with_tonic().build()?;
+        let metrics = opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()?;
         let meters = SdkMeterProvider::builder()
             .with_resource(resource)
             .with_periodic_exporter(metrics)
@@ -114,7 +121,10 @@ pub fn init_for_tests() -> opentelemetry_sdk::trace::InMemorySpanExporter {
         .clone()
 }
 
-fn install(service_name: &'static str, tracer_provider: SdkTracerProvider) -> Result<(), TelemetryError> {
+fn install(
+    service_name: &'static str,
+    tracer_provider: SdkTracerProvider,
+) -> Result<(), TelemetryError> {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = tracer_provider.tracer(service_name);
     global::set_tracer_provider(tracer_provider);

@@ -205,7 +205,10 @@ mod tests {
     fn rpc_path_splits_into_service_and_method() {
         assert_eq!(
             rpc_names("/thoughtpartner.v1.ConversationService/SendMessage"),
-            ("thoughtpartner.v1.ConversationService".into(), "SendMessage".into())
+            (
+                "thoughtpartner.v1.ConversationService".into(),
+                "SendMessage".into()
+            )
         );
         assert_eq!(rpc_names("/"), (String::new(), String::new()));
     }

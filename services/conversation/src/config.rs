@@ -13,7 +13,11 @@ pub struct ConversationConfig {
     #[arg(long, env = "TP_CONVERSATION_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: SocketAddr,
     /// The knowledge service.
-    #[arg(long, env = "TP_KNOWLEDGE_URL", default_value = "http://127.0.0.1:50053")]
+    #[arg(
+        long,
+        env = "TP_KNOWLEDGE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
     pub knowledge_url: String,
     /// Postgres URL of the application role (`tp_app`).
     #[arg(long, env = "TP_DATABASE_URL")]

@@ -35,7 +35,9 @@ fn context<T>(request: &Request<T>) -> Result<RequestContext, Status> {
         .extensions()
         .get::<RequestContext>()
         .cloned()
-        .ok_or_else(|| Status::internal("request context missing: RequireContextLayer is not installed"))
+        .ok_or_else(|| {
+            Status::internal("request context missing: RequireContextLayer is not installed")
+        })
 }
 
 fn paging_status(e: tp_store::paging::PagingError) -> Status {
@@ -78,10 +80,12 @@ fn delta_event(text: &str) -> pb::SendMessageResponse {
 
 fn completed_event(user: MessageRow, assistant: MessageRow) -> pb::SendMessageResponse {
     pb::SendMessageResponse {
-        event: Some(pb::send_message_response::Event::Completed(pb::MessageCompleted {
-            user_message: Some(message_pb(user)),
-            assistant_message: Some(message_pb(assistant)),
-        })),
+        event: Some(pb::send_message_response::Event::Completed(
+            pb::MessageCompleted {
+                user_message: Some(message_pb(user)),
+                assistant_message: Some(message_pb(assistant)),
+            },
+        )),
     }
 }
 

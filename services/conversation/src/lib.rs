@@ -12,4 +12,4 @@ mod store;
 mod validate;
 
 pub use config::{ConversationConfig, SCHEMA};
-pub use startup::{Application, migrate};
+pub use startup::{Application, ConversationService, migrate};

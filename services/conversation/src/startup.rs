@@ -37,8 +37,11 @@ impl Application {
         // Lazy: the knowledge service may start after us; calls retry the
         // connection instead of failing start-up.
         let channel = Endpoint::from_shared(config.knowledge_url.clone())?.connect_lazy();
-        let knowledge =
-            FrameworkServiceClient::new(ServiceBuilder::new().layer(ClientTraceLayer).service(channel));
+        let knowledge = FrameworkServiceClient::new(
+            ServiceBuilder::new()
+                .layer(ClientTraceLayer)
+                .service(channel),
+        );
         let handler =
             ConversationHandler::new(ConversationStore::new(pool), ReplyPipeline::new(knowledge));
 
@@ -71,5 +74,24 @@ impl Application {
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
             .await?;
         Ok(())
+    }
+}
+
+/// The `conversation` binary.
+pub struct ConversationService;
+
+impl tp_server::cli::ServiceMain for ConversationService {
+    const NAME: &'static str = "conversation";
+    type Config = ConversationConfig;
+
+    async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+        migrate(owner_url).await
+    }
+
+    async fn serve(
+        config: ConversationConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        Application::build(&config).await?.run_until(shutdown).await
     }
 }

@@ -317,9 +317,11 @@ async fn owned_conversation(
 }
 
 async fn touch(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {
-    sqlx::query("UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = $1")
-        .bind(conversation_id)
-        .execute(&mut **tx)
-        .await?;
+    sqlx::query(
+        "UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = $1",
+    )
+    .bind(conversation_id)
+    .execute(&mut **tx)
+    .await?;
     Ok(())
 }

@@ -13,9 +13,7 @@ pub fn conversation_id(raw: &str) -> Result<Uuid, Status> {
         return Err(Status::invalid_argument("conversation_id is required"));
     }
     Uuid::parse_str(raw).map_err(|_| {
-        Status::invalid_argument(
-            "conversation_id must be a UUID as returned by CreateConversation",
-        )
+        Status::invalid_argument("conversation_id must be a UUID as returned by CreateConversation")
     })
 }
 
@@ -71,7 +69,10 @@ mod tests {
 
     #[test]
     fn ids_and_keys() {
-        assert_eq!(conversation_id("nope").unwrap_err().code(), Code::InvalidArgument);
+        assert_eq!(
+            conversation_id("nope").unwrap_err().code(),
+            Code::InvalidArgument
+        );
         assert!(conversation_id(&Uuid::new_v4().to_string()).is_ok());
         assert_eq!(idempotency_key("").unwrap(), None);
         assert_eq!(idempotency_key("k-1").unwrap(), Some("k-1"));

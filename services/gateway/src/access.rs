@@ -52,7 +52,9 @@ impl Membership {
                 "operator tokens have no tenant; use a member token (with a tenant_id claim) to converse",
             ));
         };
-        let mut tx = begin_tenant_tx(&self.pool, tenant_id).await.map_err(storage_status)?;
+        let mut tx = begin_tenant_tx(&self.pool, tenant_id)
+            .await
+            .map_err(storage_status)?;
         let role: Option<String> =
             sqlx::query_scalar("SELECT role FROM gateway.members WHERE user_id = $1")
                 .bind(&principal.user_id)
@@ -77,7 +79,11 @@ impl Membership {
 
     /// Like [`Membership::require_member`], for tenant administration: the
     /// token must say admin and the stored membership must agree.
-    pub async fn require_admin(&self, principal: &Principal, method: &str) -> Result<RequestContext, Status> {
+    pub async fn require_admin(
+        &self,
+        principal: &Principal,
+        method: &str,
+    ) -> Result<RequestContext, Status> {
         if principal.role != Role::Admin {
             return Err(Status::permission_denied(format!(
                 "{method} needs a tenant admin token (role: admin); this token has role {}",

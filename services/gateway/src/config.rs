@@ -13,7 +13,11 @@ pub struct GatewayConfig {
     #[arg(long, env = "TP_GATEWAY_ADDR", default_value = "127.0.0.1:50051")]
     pub listen_addr: SocketAddr,
     /// The conversation service.
-    #[arg(long, env = "TP_CONVERSATION_URL", default_value = "http://127.0.0.1:50052")]
+    #[arg(
+        long,
+        env = "TP_CONVERSATION_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
     pub conversation_url: String,
     /// Postgres URL of the application role (`tp_app`).
     #[arg(long, env = "TP_DATABASE_URL")]

@@ -29,7 +29,10 @@ impl ConversationGateway {
     /// Builds the internal request: a fresh one, so nothing the client sent
     /// in metadata (least of all `x-tp-*`) reaches the service, carrying the
     /// verified context and the client's deadline.
-    async fn forward<T>(&self, request: Request<T>) -> Result<(Request<T>, ConversationClient), Status> {
+    async fn forward<T>(
+        &self,
+        request: Request<T>,
+    ) -> Result<(Request<T>, ConversationClient), Status> {
         let principal = principal(&request)?;
         let ctx = self.membership.require_member(&principal).await?;
         let deadline = request.metadata().get("grpc-timeout").cloned();

@@ -13,4 +13,4 @@ mod startup;
 mod tenants;
 
 pub use config::{GatewayConfig, SCHEMA};
-pub use startup::{Application, migrate};
+pub use startup::{Application, GatewayService, migrate};

@@ -44,7 +44,9 @@ fn member_pb(row: MemberRow) -> pb::Member {
 
 fn user_id_argument(user_id: &str) -> Result<(), Status> {
     tp_context::validate_user_id(user_id).map_err(|_| {
-        Status::invalid_argument("user_id must be 1..=255 visible ASCII characters (the member's token `sub`)")
+        Status::invalid_argument(
+            "user_id must be 1..=255 visible ASCII characters (the member's token `sub`)",
+        )
     })
 }
 
@@ -70,16 +72,17 @@ impl pb::member_service_server::MemberService for MemberAdmin {
             }
         };
 
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await.map_err(storage_status)?;
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+            .await
+            .map_err(storage_status)?;
         // Locking the tenant row serialises concurrent adds, so two admins
         // cannot both take the last seat.
-        let seats: i32 = sqlx::query_scalar(
-            "SELECT seats FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE",
-        )
-        .bind(ctx.tenant_id.as_uuid())
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(storage_status)?;
+        let seats: i32 =
+            sqlx::query_scalar("SELECT seats FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
+                .bind(ctx.tenant_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(storage_status)?;
         let (members, already): (i64, bool) = sqlx::query_as(
             "SELECT count(*), coalesce(bool_or(user_id = $1), false) FROM gateway.members",
         )
@@ -122,7 +125,9 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         let request = request.into_inner();
         user_id_argument(&request.user_id)?;
 
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await.map_err(storage_status)?;
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+            .await
+            .map_err(storage_status)?;
         sqlx::query("SELECT 1 FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
             .bind(ctx.tenant_id.as_uuid())
             .execute(&mut *tx)
@@ -171,12 +176,15 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await.map_err(storage_status)?;
-        let seats: i32 = sqlx::query_scalar("SELECT seats FROM gateway.tenants WHERE tenant_id = $1")
-            .bind(ctx.tenant_id.as_uuid())
-            .fetch_one(&mut *tx)
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
             .await
             .map_err(storage_status)?;
+        let seats: i32 =
+            sqlx::query_scalar("SELECT seats FROM gateway.tenants WHERE tenant_id = $1")
+                .bind(ctx.tenant_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(storage_status)?;
         let mut rows: Vec<MemberRow> = sqlx::query_as(
             "SELECT user_id, role, create_time, join_seq FROM gateway.members
               WHERE ($1::bigint IS NULL OR join_seq > $1) ORDER BY join_seq LIMIT $2",

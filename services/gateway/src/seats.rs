@@ -24,7 +24,10 @@ mod tests {
     fn a_seat_is_free_until_members_equal_seats() {
         assert!(check_seat_free(3, 0).is_ok());
         assert!(check_seat_free(3, 2).is_ok());
-        assert_eq!(check_seat_free(3, 3), Err(SeatError::NoSeatFree { seats: 3 }));
+        assert_eq!(
+            check_seat_free(3, 3),
+            Err(SeatError::NoSeatFree { seats: 3 })
+        );
         // Seats reduced below the member count: still no seat free.
         assert!(check_seat_free(1, 5).is_err());
     }

@@ -49,7 +49,9 @@ impl Application {
         let membership = Membership::new(pool.clone());
         let channel = Endpoint::from_shared(config.conversation_url.clone())?.connect_lazy();
         let conversation = ConversationServiceClient::new(
-            ServiceBuilder::new().layer(ClientTraceLayer).service(channel),
+            ServiceBuilder::new()
+                .layer(ClientTraceLayer)
+                .service(channel),
         );
 
         let mut routes = Routes::builder();
@@ -59,7 +61,9 @@ impl Application {
                 membership.clone(),
                 conversation,
             )))
-            .add_service(TenantAdminServiceServer::new(TenantAdmin::new(pool.clone())))
+            .add_service(TenantAdminServiceServer::new(TenantAdmin::new(
+                pool.clone(),
+            )))
             .add_service(MemberServiceServer::new(MemberAdmin::new(pool, membership)));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
@@ -71,7 +75,9 @@ impl Application {
             .set_serving::<MemberServiceServer<MemberAdmin>>()
             .await;
 
-        let auth = AuthLayer::new(Arc::new(Hs256Verifier::new(config.jwt_hs256_secret.as_bytes())));
+        let auth = AuthLayer::new(Arc::new(Hs256Verifier::new(
+            config.jwt_hs256_secret.as_bytes(),
+        )));
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
             listener,
@@ -96,5 +102,24 @@ impl Application {
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
             .await?;
         Ok(())
+    }
+}
+
+/// The `gateway` binary.
+pub struct GatewayService;
+
+impl tp_server::cli::ServiceMain for GatewayService {
+    const NAME: &'static str = "gateway";
+    type Config = GatewayConfig;
+
+    async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+        migrate(owner_url).await
+    }
+
+    async fn serve(
+        config: GatewayConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        Application::build(&config).await?.run_until(shutdown).await
     }
 }

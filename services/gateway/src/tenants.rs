@@ -56,7 +56,9 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
 
         // The new tenant's own id scopes the transaction, so row-level
         // security admits exactly its rows.
-        let mut tx = begin_tenant_tx(&self.pool, tenant_id).await.map_err(storage_status)?;
+        let mut tx = begin_tenant_tx(&self.pool, tenant_id)
+            .await
+            .map_err(storage_status)?;
         let create_time: OffsetDateTime = sqlx::query_scalar(
             "INSERT INTO gateway.tenants (tenant_id, display_name, seats)
              VALUES ($1, $2, $3) RETURNING create_time",
@@ -67,12 +69,14 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         .fetch_one(&mut *tx)
         .await
         .map_err(storage_status)?;
-        sqlx::query("INSERT INTO gateway.members (tenant_id, user_id, role) VALUES ($1, $2, 'admin')")
-            .bind(tenant_id.as_uuid())
-            .bind(&request.admin_user_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(storage_status)?;
+        sqlx::query(
+            "INSERT INTO gateway.members (tenant_id, user_id, role) VALUES ($1, $2, 'admin')",
+        )
+        .bind(tenant_id.as_uuid())
+        .bind(&request.admin_user_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(storage_status)?;
         tx.commit().await.map_err(storage_status)?;
         tracing::info!(%tenant_id, seats = request.seats, "tenant created");
 

@@ -7,4 +7,4 @@ mod ranking;
 mod startup;
 
 pub use config::{KnowledgeConfig, SCHEMA};
-pub use startup::{Application, migrate};
+pub use startup::{Application, KnowledgeService, migrate};

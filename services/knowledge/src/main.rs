@@ -1,38 +1,6 @@
-//! `knowledge`: thin entry point — configuration, telemetry, serve.
+//! `knowledge`: thin entry point. Configuration, telemetry and the `serve` /
+//! `migrate` commands come from [`tp_server::cli`].
 
-use clap::{Parser, Subcommand};
-use tp_knowledge::{Application, KnowledgeConfig, migrate};
-
-#[derive(Parser)]
-#[command(name = "knowledge", about = "Thoughtpartner knowledge service")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve internal gRPC until Ctrl-C or SIGTERM.
-    Serve(KnowledgeConfig),
-    /// Apply this service's database migrations, then exit.
-    Migrate {
-        /// Postgres URL of the schema owner (not the application role).
-        #[arg(long, env = "TP_DATABASE_MIGRATE_URL")]
-        database_url: String,
-    },
-}
-
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let _telemetry = tp_telemetry::init("knowledge")?;
-    match cli.command {
-        Command::Migrate { database_url } => migrate(&database_url).await,
-        Command::Serve(config) => {
-            Application::build(&config)
-                .await?
-                .run_until(tp_server::shutdown_signal())
-                .await
-        }
-    }
+fn main() -> anyhow::Result<()> {
+    tp_server::cli::main::<tp_knowledge::KnowledgeService>()
 }

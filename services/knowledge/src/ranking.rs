@@ -4,8 +4,9 @@
 //! phrases that signal it applies. The knowledge-search issue replaces it
 //! with full-text search over the whole corpus.
 
-/// A corpus entry as the ranker sees it.
-#[derive(Clone, Debug, PartialEq)]
+/// A corpus entry as the ranker sees it. (`FromRow` only maps columns; the
+/// ranker itself never touches the database.)
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
 pub struct FrameworkEntry {
     pub framework_id: String,
     pub name: String,
@@ -19,7 +20,11 @@ pub struct FrameworkEntry {
 
 /// Scores every entry against the query and returns the `max` best with a
 /// positive score, best first; ties keep corpus order so results are stable.
-pub fn rank<'a>(entries: &'a [FrameworkEntry], query: &str, max: usize) -> Vec<(&'a FrameworkEntry, f32)> {
+pub fn rank<'a>(
+    entries: &'a [FrameworkEntry],
+    query: &str,
+    max: usize,
+) -> Vec<(&'a FrameworkEntry, f32)> {
     let query = query.to_lowercase();
     let mut scored: Vec<(usize, &FrameworkEntry, f32)> = entries
         .iter()
@@ -39,7 +44,11 @@ pub fn rank<'a>(entries: &'a [FrameworkEntry], query: &str, max: usize) -> Vec<(
 
 fn score(entry: &FrameworkEntry, lowercase_query: &str) -> f32 {
     // Naming the framework outright is the strongest signal.
-    let named = if lowercase_query.contains(&entry.name.to_lowercase()) { 3.0 } else { 0.0 };
+    let named = if lowercase_query.contains(&entry.name.to_lowercase()) {
+        3.0
+    } else {
+        0.0
+    };
     let hits = entry
         .keywords
         .iter()
@@ -68,7 +77,11 @@ mod tests {
     fn corpus() -> Vec<FrameworkEntry> {
         vec![
             entry("staff", "Staff Archetypes", &["staff", "promotion"]),
-            entry("odd", "Observability-Driven Development", &["incident", "on-call", "slo"]),
+            entry(
+                "odd",
+                "Observability-Driven Development",
+                &["incident", "on-call", "slo"],
+            ),
             entry("sys", "Systems Dynamics", &["hire more", "backlog"]),
         ]
     }
@@ -76,7 +89,11 @@ mod tests {
     #[test]
     fn best_match_comes_first() {
         let corpus = corpus();
-        let ranked = rank(&corpus, "Our on-call is drowning in incidents and we have no SLO", 3);
+        let ranked = rank(
+            &corpus,
+            "Our on-call is drowning in incidents and we have no SLO",
+            3,
+        );
         assert_eq!(ranked[0].0.framework_id, "odd");
         assert_eq!(ranked.len(), 1);
     }
@@ -84,7 +101,11 @@ mod tests {
     #[test]
     fn naming_a_framework_outranks_keywords() {
         let corpus = corpus();
-        let ranked = rank(&corpus, "How do systems dynamics apply to our promotion backlog?", 3);
+        let ranked = rank(
+            &corpus,
+            "How do systems dynamics apply to our promotion backlog?",
+            3,
+        );
         assert_eq!(ranked[0].0.framework_id, "sys");
         assert_eq!(ranked[1].0.framework_id, "staff");
     }

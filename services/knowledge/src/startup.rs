@@ -69,29 +69,30 @@ impl Application {
 }
 
 async fn load_corpus(pool: &PgPool) -> Result<Vec<FrameworkEntry>, sqlx::Error> {
-    let rows: Vec<(String, String, String, String, String, String, String, Vec<String>)> =
-        sqlx::query_as(
-            "SELECT framework_id, name, author, summary, application, diagnostic_question,
-                    source_url, keywords
-               FROM knowledge.frameworks ORDER BY framework_id",
-        )
-        .fetch_all(pool)
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(
-            |(framework_id, name, author, summary, application, diagnostic_question, source_url, keywords)| {
-                FrameworkEntry {
-                    framework_id,
-                    name,
-                    author,
-                    summary,
-                    application,
-                    diagnostic_question,
-                    source_url,
-                    keywords,
-                }
-            },
-        )
-        .collect())
+    sqlx::query_as(
+        "SELECT framework_id, name, author, summary, application, diagnostic_question,
+                source_url, keywords
+           FROM knowledge.frameworks ORDER BY framework_id",
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// The `knowledge` binary.
+pub struct KnowledgeService;
+
+impl tp_server::cli::ServiceMain for KnowledgeService {
+    const NAME: &'static str = "knowledge";
+    type Config = KnowledgeConfig;
+
+    async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+        migrate(owner_url).await
+    }
+
+    async fn serve(
+        config: KnowledgeConfig,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        Application::build(&config).await?.run_until(shutdown).await
+    }
 }
