@@ -7,20 +7,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
 
-    let protos = [
+    let public = [
         root.join("thoughtpartner/v1/conversation.proto"),
         root.join("thoughtpartner/v1/tenant_admin.proto"),
         root.join("thoughtpartner/v1/member.proto"),
-        root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto"),
     ];
+    let internal = [root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto")];
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];
 
-    let mut config = prost_build::Config::new();
-    config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
-
-    tonic_prost_build::configure()
-        .file_descriptor_set_path(out_dir.join("thoughtpartner_descriptor.bin"))
-        .compile_with_config(config, &protos, &includes)?;
+    // Two descriptor sets, so the gateway's reflection shows only the public
+    // API while internal services describe their own packages.
+    for (protos, descriptor) in [
+        (&public[..], "public_descriptor.bin"),
+        (&internal[..], "internal_descriptor.bin"),
+    ] {
+        let mut config = prost_build::Config::new();
+        config.protoc_executable(protoc_bin_vendored::protoc_bin_path()?);
+        tonic_prost_build::configure()
+            .file_descriptor_set_path(out_dir.join(descriptor))
+            .compile_with_config(config, protos, &includes)?;
+    }
 
     println!("cargo:rerun-if-changed={}", root.display());
     Ok(())

@@ -52,7 +52,7 @@ INSERT INTO knowledge.frameworks VALUES
  'If you wrote down the diagnosis of your current situation in three sentences, would your leadership team agree with it?',
  'https://lethain.com/eng-strategies/',
  ARRAY['strategy', 'roadmap', 'priorit', 'vision', 'direction', 'planning', 'okr', 'tech debt', 'technical debt', 'migration', 'rewrite', 'build vs buy', 'velocity', 'slow']),
-('systems-dynamics', 'Systems Dynamics', 'Donella Meadows (as used by Will Larson)',
+('systems-dynamics', 'Systems Dynamics', 'Donella Meadows',
  'Model a problem as stocks (things that accumulate, such as open bugs or hiring pipeline), flows (rates that fill or drain them) and feedback loops that amplify or dampen change. Leverage points are the few places where a small push changes the whole system; quick fixes often feed a loop that makes things worse later.',
  'Use it when a fix keeps failing or a metric keeps drifting: draw the stocks and flows and look for the loop that is actually driving the behaviour.',
  'What accumulates here, what fills and drains it, and which loop would your proposed fix strengthen?',

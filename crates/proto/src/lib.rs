@@ -17,9 +17,12 @@ pub mod internal {
     }
 }
 
-/// Encoded descriptors of all packages, for gRPC server reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] =
-    tonic::include_file_descriptor_set!("thoughtpartner_descriptor");
+/// Encoded descriptors of the public API, for the gateway's reflection.
+pub const PUBLIC_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("public_descriptor");
+
+/// Encoded descriptors of the internal APIs, for internal services' reflection.
+pub const INTERNAL_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("internal_descriptor");
 
 /// A Postgres `timestamptz` as a protobuf `Timestamp`.
 pub fn timestamp(time: time::OffsetDateTime) -> prost_types::Timestamp {
@@ -27,5 +30,28 @@ pub fn timestamp(time: time::OffsetDateTime) -> prost_types::Timestamp {
         seconds: time.unix_timestamp(),
         // Always below 1e9, so it fits.
         nanos: i32::try_from(time.nanosecond()).unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message;
+
+    fn packages(encoded: &[u8]) -> Vec<String> {
+        prost_types::FileDescriptorSet::decode(encoded)
+            .expect("a valid descriptor set")
+            .file
+            .into_iter()
+            .filter_map(|f| f.package)
+            .collect()
+    }
+
+    #[test]
+    fn public_reflection_never_describes_internal_packages() {
+        let public = packages(super::PUBLIC_DESCRIPTOR_SET);
+        assert!(public.iter().any(|p| p == "thoughtpartner.v1"));
+        assert!(public.iter().all(|p| !p.contains("internal")), "{public:?}");
+        let internal = packages(super::INTERNAL_DESCRIPTOR_SET);
+        assert!(internal.iter().all(|p| p.starts_with("thoughtpartner.internal.")), "{internal:?}");
     }
 }

@@ -53,15 +53,17 @@ impl Listener {
     }
 }
 
-/// Adds `grpc.health.v1.Health` and server reflection (for every package in
-/// `proto/`) to a service's routes. Returns the health reporter so the
-/// service can mark its own gRPC service as serving.
+/// Adds `grpc.health.v1.Health` and server reflection to a service's routes.
+/// `descriptors` is the encoded descriptor set reflection describes (the
+/// gateway passes only the public one). Returns the health reporter so the
+/// service can mark its own gRPC services as serving.
 pub fn add_infrastructure(
     routes: &mut RoutesBuilder,
+    descriptors: &'static [u8],
 ) -> Result<tonic_health::server::HealthReporter, ServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(tp_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(descriptors)
         .build_v1()?;
     routes.add_service(health).add_service(reflection);
     Ok(reporter)

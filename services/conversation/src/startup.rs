@@ -46,7 +46,7 @@ impl Application {
             ConversationHandler::new(ConversationStore::new(pool), ReplyPipeline::new(knowledge));
 
         let mut routes = Routes::builder();
-        let health = tp_server::add_infrastructure(&mut routes)?;
+        let health = tp_server::add_infrastructure(&mut routes, tp_proto::PUBLIC_DESCRIPTOR_SET)?;
         routes.add_service(ConversationServiceServer::new(handler));
         health
             .set_serving::<ConversationServiceServer<ConversationHandler>>()

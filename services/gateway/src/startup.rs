@@ -55,7 +55,7 @@ impl Application {
         );
 
         let mut routes = Routes::builder();
-        let health = tp_server::add_infrastructure(&mut routes)?;
+        let health = tp_server::add_infrastructure(&mut routes, tp_proto::PUBLIC_DESCRIPTOR_SET)?;
         routes
             .add_service(ConversationServiceServer::new(ConversationGateway::new(
                 membership.clone(),

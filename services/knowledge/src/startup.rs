@@ -37,7 +37,7 @@ impl Application {
         tracing::info!(frameworks = corpus.len(), "framework corpus loaded");
 
         let mut routes = Routes::builder();
-        let health = tp_server::add_infrastructure(&mut routes)?;
+        let health = tp_server::add_infrastructure(&mut routes, tp_proto::INTERNAL_DESCRIPTOR_SET)?;
         routes.add_service(FrameworkServiceServer::new(FrameworkHandler::new(corpus)));
         health
             .set_serving::<FrameworkServiceServer<FrameworkHandler>>()
