@@ -52,6 +52,11 @@ mod tests {
         assert!(public.iter().any(|p| p == "thoughtpartner.v1"));
         assert!(public.iter().all(|p| !p.contains("internal")), "{public:?}");
         let internal = packages(super::INTERNAL_DESCRIPTOR_SET);
-        assert!(internal.iter().all(|p| p.starts_with("thoughtpartner.internal.")), "{internal:?}");
+        assert!(
+            internal
+                .iter()
+                .all(|p| p.starts_with("thoughtpartner.internal.")),
+            "{internal:?}"
+        );
     }
 }
