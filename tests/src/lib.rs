@@ -370,3 +370,18 @@ pub async fn send(
         .ok_or_else(|| tonic::Status::internal("stream ended without a completed event"))?;
     Ok(Exchange { deltas, completed })
 }
+
+/// Creates a conversation and returns it.
+pub async fn new_conversation(
+    client: &mut ConversationClient,
+    title: &str,
+) -> anyhow::Result<pb::Conversation> {
+    client
+        .create_conversation(pb::CreateConversationRequest {
+            title: title.to_owned(),
+        })
+        .await?
+        .into_inner()
+        .conversation
+        .ok_or_else(|| anyhow::anyhow!("CreateConversation returned no conversation"))
+}

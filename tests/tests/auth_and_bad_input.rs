@@ -5,7 +5,7 @@ use tonic::Code;
 use tp_auth::{Claims, mint_hs256};
 use tp_context::{Role, TenantId};
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{JWT_SECRET, TestApp, send};
+use tp_e2e::{JWT_SECRET, TestApp, new_conversation, send};
 
 async fn create_with(app: &TestApp, authorization: Option<&str>) -> tonic::Status {
     app.conversations_with_auth(authorization)
@@ -142,13 +142,7 @@ async fn bad_messages_are_invalid_arguments_and_write_nothing() -> anyhow::Resul
     let app = TestApp::spawn().await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
-    let id = client
-        .create_conversation(pb::CreateConversationRequest::default())
-        .await?
-        .into_inner()
-        .conversation
-        .expect("a conversation")
-        .conversation_id;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
 
     let too_long = "a".repeat(16 * 1024 + 1);
     let cases: Vec<(&str, &str, &str, Code, &str)> = vec![

@@ -3,7 +3,7 @@
 //! the public API with a bearer JWT, through all three services.
 
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, send};
+use tp_e2e::{TestApp, new_conversation, send};
 
 #[tokio::test]
 async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
@@ -11,14 +11,7 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
 
-    let conversation = client
-        .create_conversation(pb::CreateConversationRequest {
-            title: "Hiring plan".into(),
-        })
-        .await?
-        .into_inner()
-        .conversation
-        .expect("a conversation");
+    let conversation = new_conversation(&mut client, "Hiring plan").await?;
     assert_eq!(conversation.title, "Hiring plan");
 
     let content = "We need to hire more engineers. We're 40 engineers at series B.";
@@ -93,13 +86,7 @@ async fn retrying_with_the_same_key_replays_instead_of_duplicating() -> anyhow::
     let app = TestApp::spawn().await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
-    let id = client
-        .create_conversation(pb::CreateConversationRequest::default())
-        .await?
-        .into_inner()
-        .conversation
-        .expect("a conversation")
-        .conversation_id;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
 
     let first = send(&mut client, &id, "Velocity is too slow.", "same-key").await?;
     let retry = send(&mut client, &id, "Velocity is too slow.", "same-key").await?;

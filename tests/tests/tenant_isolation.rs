@@ -5,7 +5,7 @@ use sqlx::Row;
 use tonic::Code;
 use tp_context::TenantId;
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, TestDatabase, send};
+use tp_e2e::{TestApp, TestDatabase, new_conversation, send};
 
 #[tokio::test]
 async fn tenant_b_cannot_touch_tenant_a_through_the_api() -> anyhow::Result<()> {
@@ -15,14 +15,8 @@ async fn tenant_b_cannot_touch_tenant_a_through_the_api() -> anyhow::Result<()> 
     let mut a = app.conversations(&alice).await?;
     let mut b = app.conversations(&bob).await?;
 
-    let id = a
-        .create_conversation(pb::CreateConversationRequest {
-            title: "A's secret".into(),
-        })
+    let id = new_conversation(&mut a, "A's secret")
         .await?
-        .into_inner()
-        .conversation
-        .expect("a conversation")
         .conversation_id;
     send(&mut a, &id, "We are 12 engineers.", "").await?;
 
@@ -78,13 +72,7 @@ async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Re
     let (a, alice) = app.tenant_with_member("Tenant A", "alice").await?;
     let (b, _bob) = app.tenant_with_member("Tenant B", "bob").await?;
     let mut client = app.conversations(&alice).await?;
-    let id = client
-        .create_conversation(pb::CreateConversationRequest::default())
-        .await?
-        .into_inner()
-        .conversation
-        .expect("a conversation")
-        .conversation_id;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
     send(&mut client, &id, "We are 12 engineers.", "").await?;
 
     // Connected as the services connect: tp_app, no WHERE clause on tenant.

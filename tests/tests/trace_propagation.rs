@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use opentelemetry::Value;
 use opentelemetry_sdk::trace::SpanData;
-use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, send};
+use tp_e2e::{TestApp, new_conversation, send};
 
 fn component(span: &SpanData) -> Option<String> {
     span.attributes
@@ -31,13 +30,7 @@ async fn send_message_is_one_trace_across_three_services() -> anyhow::Result<()>
     let app = TestApp::spawn().await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
-    let id = client
-        .create_conversation(pb::CreateConversationRequest::default())
-        .await?
-        .into_inner()
-        .conversation
-        .expect("a conversation")
-        .conversation_id;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
     let secret = "Our incident count doubled since the reorg";
     send(&mut client, &id, secret, "").await?;
 

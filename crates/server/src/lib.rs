@@ -5,9 +5,15 @@ pub mod cli;
 
 use std::net::SocketAddr;
 
+use std::future::Future;
+
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
-use tonic::service::RoutesBuilder;
+use tonic::body::Body;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+use tower_layer::Layer;
+use tower_service::Service;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -50,6 +56,52 @@ impl Listener {
     /// The accepted connections, for `Server::serve_with_incoming_shutdown`.
     pub fn incoming(self) -> TcpListenerStream {
         TcpListenerStream::new(self.listener)
+    }
+}
+
+/// A service ready to serve: its routes and a bound listener.
+pub struct BoundService {
+    name: &'static str,
+    listener: Listener,
+    routes: Routes,
+}
+
+impl BoundService {
+    pub fn new(name: &'static str, listener: Listener, routes: Routes) -> Self {
+        Self {
+            name,
+            listener,
+            routes,
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr()
+    }
+
+    /// Serves the routes behind `layers` (the service's tower stack: telemetry
+    /// first, then authentication or context) until `shutdown` resolves,
+    /// then drains in-flight calls.
+    pub async fn serve<L>(
+        self,
+        layers: L,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServerError>
+    where
+        L: Layer<Routes> + Clone,
+        L::Service:
+            Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+        <L::Service as Service<http::Request<Body>>>::Future: Send + 'static,
+        <L::Service as Service<http::Request<Body>>>::Error:
+            Into<Box<dyn std::error::Error + Send + Sync>> + Send,
+    {
+        tracing::info!(service = self.name, addr = %self.local_addr(), "serving");
+        Server::builder()
+            .layer(layers)
+            .add_routes(self.routes)
+            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
+            .await?;
+        Ok(())
     }
 }
 

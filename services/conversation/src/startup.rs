@@ -4,12 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use tonic::service::Routes;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Endpoint;
 use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
 use tp_proto::internal::knowledge::v1::framework_service_client::FrameworkServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
-use tp_server::Listener;
+use tp_server::{BoundService, Listener};
 use tp_telemetry::{ClientTraceLayer, ServerTelemetryLayer};
 
 use crate::config::{ConversationConfig, SCHEMA};
@@ -27,8 +27,7 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 
 /// A built, bound service, ready to serve.
 pub struct Application {
-    listener: Listener,
-    routes: Routes,
+    bound: BoundService,
 }
 
 impl Application {
@@ -54,25 +53,19 @@ impl Application {
 
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
-            listener,
-            routes: routes.routes(),
+            bound: BoundService::new("conversation", listener, routes.routes()),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.bound.local_addr()
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "conversation serving");
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new("conversation"))
             .layer(RequireContextLayer);
-        Server::builder()
-            .layer(layers)
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
-            .await?;
+        self.bound.serve(layers, shutdown).await?;
         Ok(())
     }
 }

@@ -44,8 +44,18 @@ pub struct Exchange {
 /// How many earlier user turns the coach sees.
 const CONTEXT_TURNS: i64 = 20;
 
-const CONVERSATION_COLUMNS: &str = "conversation_id, title, create_time, update_time, list_seq";
-const MESSAGE_COLUMNS: &str = "message_id, conversation_id, seq, role, content, create_time";
+// Column lists as macros, so every statement is one `&'static str` built at
+// compile time (no per-call formatting, nothing dynamic in the SQL).
+macro_rules! conversation_columns {
+    () => {
+        "conversation_id, title, create_time, update_time, list_seq"
+    };
+}
+macro_rules! message_columns {
+    () => {
+        "message_id, conversation_id, seq, role, content, create_time"
+    };
+}
 
 #[derive(Clone)]
 pub struct ConversationStore {
@@ -84,10 +94,12 @@ impl ConversationStore {
         conversation_id: Uuid,
     ) -> Result<ConversationRow, ConversationError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
-        let row = sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversation.conversations
+        let row = sqlx::query_as::<_, ConversationRow>(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversation.conversations
               WHERE conversation_id = $1 AND user_id = $2"
-        )))
+        ))
         .bind(conversation_id)
         .bind(&ctx.user_id)
         .fetch_optional(&mut *tx)
@@ -103,11 +115,13 @@ impl ConversationStore {
         page: &Page,
     ) -> Result<Vec<ConversationRow>, ConversationError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
-        let rows = sqlx::query_as::<_, ConversationRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {CONVERSATION_COLUMNS} FROM conversation.conversations
+        let rows = sqlx::query_as::<_, ConversationRow>(concat!(
+            "SELECT ",
+            conversation_columns!(),
+            " FROM conversation.conversations
               WHERE user_id = $1 AND ($2::bigint IS NULL OR list_seq < $2)
               ORDER BY list_seq DESC LIMIT $3"
-        )))
+        ))
         .bind(&ctx.user_id)
         .bind(page.after)
         .bind(page.fetch_limit())
@@ -148,11 +162,13 @@ impl ConversationStore {
     ) -> Result<Vec<MessageRow>, ConversationError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
         owned_conversation(&mut tx, ctx, conversation_id, false).await?;
-        let rows = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {MESSAGE_COLUMNS} FROM conversation.messages
+        let rows = sqlx::query_as::<_, MessageRow>(concat!(
+            "SELECT ",
+            message_columns!(),
+            " FROM conversation.messages
               WHERE conversation_id = $1 AND ($2::bigint IS NULL OR seq > $2)
               ORDER BY seq LIMIT $3"
-        )))
+        ))
         .bind(conversation_id)
         .bind(page.after)
         .bind(page.fetch_limit())
@@ -179,10 +195,12 @@ impl ConversationStore {
 
         let stored = match idempotency_key {
             Some(key) => {
-                sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM conversation.messages
+                sqlx::query_as::<_, MessageRow>(concat!(
+                    "SELECT ",
+                    message_columns!(),
+                    " FROM conversation.messages
                       WHERE conversation_id = $1 AND idempotency_key = $2"
-                )))
+                ))
                 .bind(conversation_id)
                 .bind(key)
                 .fetch_optional(&mut *tx)
@@ -193,21 +211,17 @@ impl ConversationStore {
 
         let (user_message, existing_reply) = match stored {
             Some(user_message) => {
-                let reply = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM conversation.messages WHERE reply_to = $1"
-                )))
-                .bind(user_message.message_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+                let reply = stored_reply(&mut tx, user_message.message_id).await?;
                 (user_message, reply)
             }
             None => {
-                let user_message = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+                let user_message = sqlx::query_as::<_, MessageRow>(concat!(
                     "INSERT INTO conversation.messages
                         (message_id, tenant_id, conversation_id, role, content, idempotency_key)
                      VALUES ($1, $2, $3, 'user', $4, $5)
-                     RETURNING {MESSAGE_COLUMNS}"
-                )))
+                     RETURNING ",
+                    message_columns!()
+                ))
                 .bind(Uuid::new_v4())
                 .bind(ctx.tenant_id.as_uuid())
                 .bind(conversation_id)
@@ -249,13 +263,14 @@ impl ConversationStore {
         responder: &str,
     ) -> Result<MessageRow, ConversationError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
-        let inserted = sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
+        let inserted = sqlx::query_as::<_, MessageRow>(concat!(
             "INSERT INTO conversation.messages
                 (message_id, tenant_id, conversation_id, role, content, reply_to, responder)
              VALUES ($1, $2, $3, 'assistant', $4, $5, $6)
              ON CONFLICT (reply_to) DO NOTHING
-             RETURNING {MESSAGE_COLUMNS}"
-        )))
+             RETURNING ",
+            message_columns!()
+        ))
         .bind(Uuid::new_v4())
         .bind(ctx.tenant_id.as_uuid())
         .bind(user_message.conversation_id)
@@ -276,14 +291,11 @@ impl ConversationStore {
                 touch(&mut tx, user_message.conversation_id).await?;
                 reply
             }
-            None => {
-                sqlx::query_as::<_, MessageRow>(sqlx::AssertSqlSafe(format!(
-                    "SELECT {MESSAGE_COLUMNS} FROM conversation.messages WHERE reply_to = $1"
-                )))
-                .bind(user_message.message_id)
-                .fetch_one(&mut *tx)
+            None => stored_reply(&mut tx, user_message.message_id)
                 .await?
-            }
+                .ok_or(ConversationError::ConversationNotFound(
+                    user_message.conversation_id,
+                ))?,
         };
         tx.commit().await?;
         Ok(reply)
@@ -314,6 +326,21 @@ async fn owned_conversation(
     found
         .map(|_| ())
         .ok_or(ConversationError::ConversationNotFound(conversation_id))
+}
+
+/// The assistant turn that answers a user turn, if one is stored.
+async fn stored_reply(
+    tx: &mut Tx,
+    user_message_id: Uuid,
+) -> Result<Option<MessageRow>, ConversationError> {
+    Ok(sqlx::query_as::<_, MessageRow>(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM conversation.messages WHERE reply_to = $1"
+    ))
+    .bind(user_message_id)
+    .fetch_optional(&mut **tx)
+    .await?)
 }
 
 async fn touch(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {

@@ -5,14 +5,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::service::Routes;
-use tonic::transport::{Endpoint, Server};
+use tonic::transport::Endpoint;
 use tower::ServiceBuilder;
 use tp_auth::{AuthLayer, Hs256Verifier};
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
-use tp_server::Listener;
+use tp_server::{BoundService, Listener};
 use tp_telemetry::{ClientTraceLayer, ServerTelemetryLayer};
 
 use crate::access::Membership;
@@ -34,8 +34,7 @@ const MIN_SECRET_BYTES: usize = 16;
 
 /// A built, bound service, ready to serve.
 pub struct Application {
-    listener: Listener,
-    routes: Routes,
+    bound: BoundService,
     auth: AuthLayer,
 }
 
@@ -80,27 +79,21 @@ impl Application {
         )));
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
-            listener,
-            routes: routes.routes(),
+            bound: BoundService::new("gateway", listener, routes.routes()),
             auth,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.bound.local_addr()
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "gateway serving");
         // Telemetry outermost, so rejected calls are traced and counted too.
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new("gateway"))
             .layer(self.auth);
-        Server::builder()
-            .layer(layers)
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
-            .await?;
+        self.bound.serve(layers, shutdown).await?;
         Ok(())
     }
 }

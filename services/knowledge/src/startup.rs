@@ -5,11 +5,10 @@ use std::net::SocketAddr;
 
 use sqlx::PgPool;
 use tonic::service::Routes;
-use tonic::transport::Server;
 use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
 use tp_proto::internal::knowledge::v1::framework_service_server::FrameworkServiceServer;
-use tp_server::Listener;
+use tp_server::{BoundService, Listener};
 use tp_telemetry::ServerTelemetryLayer;
 
 use crate::config::{KnowledgeConfig, SCHEMA};
@@ -26,8 +25,7 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 
 /// A built, bound service, ready to serve.
 pub struct Application {
-    listener: Listener,
-    routes: Routes,
+    bound: BoundService,
 }
 
 impl Application {
@@ -45,25 +43,19 @@ impl Application {
 
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
-            listener,
-            routes: routes.routes(),
+            bound: BoundService::new("knowledge", listener, routes.routes()),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr()
+        self.bound.local_addr()
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), "knowledge serving");
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new("knowledge"))
             .layer(RequireContextLayer);
-        Server::builder()
-            .layer(layers)
-            .add_routes(self.routes)
-            .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)
-            .await?;
+        self.bound.serve(layers, shutdown).await?;
         Ok(())
     }
 }
