@@ -1,54 +1,107 @@
-//! One trace spans gateway → conversation → knowledge for a SendMessage:
-//! the trace context crosses each hop in gRPC metadata, not in memory
-//! (each server starts its span from the incoming `traceparent`).
+//! Telemetry of a real `SendMessage`: one trace spans gateway → conversation
+//! → knowledge (the context crosses each hop in gRPC metadata, not in
+//! memory: each server starts its span from the incoming `traceparent`),
+//! calls are measured to the end of their stream, RED metrics carry the
+//! final status, and message content never reaches a span.
 
 use std::time::Duration;
 
 use opentelemetry::Value;
+use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
 use opentelemetry_sdk::trace::SpanData;
+use tonic::Code;
 use tp_e2e::{TestApp, new_conversation, send};
 
-fn component(span: &SpanData) -> Option<String> {
+fn attribute(span: &SpanData, key: &str) -> Option<String> {
     span.attributes
         .iter()
-        .find(|kv| kv.key.as_str() == "tp.component")
+        .find(|kv| kv.key.as_str() == key)
         .map(|kv| match &kv.value {
             Value::String(s) => s.to_string(),
             other => other.to_string(),
         })
 }
 
-fn find<'a>(spans: &'a [SpanData], component_name: &str, rpc: &str) -> Option<&'a SpanData> {
-    spans
-        .iter()
-        .find(|s| component(s).as_deref() == Some(component_name) && s.name.ends_with(rpc))
+fn find<'a>(spans: &'a [SpanData], component: &str, rpc: &str, code: &str) -> Option<&'a SpanData> {
+    spans.iter().find(|s| {
+        attribute(s, "tp.component").as_deref() == Some(component)
+            && s.name.ends_with(rpc)
+            && attribute(s, "rpc.grpc.status_code").as_deref() == Some(code)
+    })
+}
+
+/// Requests counted for one method and final status code at one component.
+fn requests(
+    telemetry: &tp_telemetry::TestTelemetry,
+    component: &str,
+    method: &str,
+    code: i64,
+) -> u64 {
+    let mut total = 0;
+    for resource in telemetry.metrics() {
+        for scope in resource.scope_metrics() {
+            for metric in scope
+                .metrics()
+                .filter(|m| m.name() == "rpc.server.requests")
+            {
+                let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                    continue;
+                };
+                for point in sum.data_points() {
+                    let has = |key: &str, value: &opentelemetry::Value| {
+                        point
+                            .attributes()
+                            .any(|kv| kv.key.as_str() == key && &kv.value == value)
+                    };
+                    if has("tp.component", &component.to_owned().into())
+                        && has("rpc.method", &method.to_owned().into())
+                        && has("rpc.grpc.status_code", &code.into())
+                    {
+                        total = total.max(point.value());
+                    }
+                }
+            }
+        }
+    }
+    total
 }
 
 #[tokio::test]
-async fn send_message_is_one_trace_across_three_services() -> anyhow::Result<()> {
-    let exporter = tp_telemetry::init_for_tests();
+async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow::Result<()> {
+    let telemetry = tp_telemetry::init_for_tests();
     let app = TestApp::spawn().await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
     let id = new_conversation(&mut client, "").await?.conversation_id;
     let secret = "Our incident count doubled since the reorg";
     send(&mut client, &id, secret, "").await?;
+    let missing = send(
+        &mut client,
+        "00000000-0000-4000-8000-000000000000",
+        "hello",
+        "",
+    )
+    .await
+    .err()
+    .expect("unknown conversation");
+    assert_eq!(missing.code(), Code::NotFound);
 
-    // Spans end as their tasks finish; give the reply task a moment.
+    // Spans end as their streams finish; give the reply task a moment.
     let mut spans = Vec::new();
     for _ in 0..50 {
-        spans = exporter.get_finished_spans()?;
-        if find(&spans, "knowledge", "/LookupFrameworks").is_some()
-            && find(&spans, "conversation", "/SendMessage").is_some()
-            && find(&spans, "gateway", "/SendMessage").is_some()
+        spans = telemetry.finished_spans();
+        if find(&spans, "knowledge", "/LookupFrameworks", "0").is_some()
+            && find(&spans, "conversation", "/SendMessage", "0").is_some()
+            && find(&spans, "gateway", "/SendMessage", "0").is_some()
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let gateway = find(&spans, "gateway", "/SendMessage").expect("gateway span");
-    let conversation = find(&spans, "conversation", "/SendMessage").expect("conversation span");
-    let knowledge = find(&spans, "knowledge", "/LookupFrameworks").expect("knowledge span");
+    let gateway = find(&spans, "gateway", "/SendMessage", "0").expect("gateway span");
+    let conversation =
+        find(&spans, "conversation", "/SendMessage", "0").expect("conversation span");
+    let knowledge = find(&spans, "knowledge", "/LookupFrameworks", "0").expect("knowledge span");
 
     let trace = gateway.span_context.trace_id();
     assert_eq!(conversation.span_context.trace_id(), trace);
@@ -58,6 +111,19 @@ async fn send_message_is_one_trace_across_three_services() -> anyhow::Result<()>
         knowledge.parent_span_id,
         conversation.span_context.span_id()
     );
+    // The conversation span lasts until its stream ends, which is after the
+    // knowledge lookup that happens while the reply is produced.
+    assert!(conversation.end_time >= knowledge.end_time);
+
+    // The failed call is its own trace, with its status on the span.
+    let failed = find(&spans, "gateway", "/SendMessage", "5").expect("NOT_FOUND span");
+    assert_ne!(failed.span_context.trace_id(), trace);
+
+    // RED metrics: rate and errors by final status, at every hop.
+    assert!(requests(&telemetry, "gateway", "SendMessage", 0) >= 1);
+    assert!(requests(&telemetry, "gateway", "SendMessage", 5) >= 1);
+    assert!(requests(&telemetry, "conversation", "SendMessage", 0) >= 1);
+    assert!(requests(&telemetry, "knowledge", "LookupFrameworks", 0) >= 1);
 
     // Message content never goes into spans.
     for span in spans.iter().filter(|s| s.span_context.trace_id() == trace) {

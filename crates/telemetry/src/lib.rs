@@ -101,22 +101,53 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     })
 }
 
-/// Installs telemetry that records finished spans in memory, for tests that
-/// assert on traces. Safe to call many times: only the first call installs.
+/// What tests read back: finished spans, and metrics on demand.
 #[cfg(feature = "testing")]
-pub fn init_for_tests() -> opentelemetry_sdk::trace::InMemorySpanExporter {
+#[derive(Clone)]
+pub struct TestTelemetry {
+    spans: opentelemetry_sdk::trace::InMemorySpanExporter,
+    metrics: opentelemetry_sdk::metrics::InMemoryMetricExporter,
+    meter_provider: SdkMeterProvider,
+}
+
+#[cfg(feature = "testing")]
+impl TestTelemetry {
+    pub fn finished_spans(&self) -> Vec<opentelemetry_sdk::trace::SpanData> {
+        self.spans.get_finished_spans().unwrap_or_default()
+    }
+
+    /// Exports the metrics recorded so far (cumulative) and returns them.
+    pub fn metrics(&self) -> Vec<opentelemetry_sdk::metrics::data::ResourceMetrics> {
+        let _ = self.meter_provider.force_flush();
+        self.metrics.get_finished_metrics().unwrap_or_default()
+    }
+}
+
+/// Installs telemetry that records spans and metrics in memory, for tests
+/// that assert on them. Safe to call many times: only the first installs.
+#[cfg(feature = "testing")]
+pub fn init_for_tests() -> TestTelemetry {
     use std::sync::OnceLock;
-    static EXPORTER: OnceLock<opentelemetry_sdk::trace::InMemorySpanExporter> = OnceLock::new();
-    EXPORTER
+    static TELEMETRY: OnceLock<TestTelemetry> = OnceLock::new();
+    TELEMETRY
         .get_or_init(|| {
-            let exporter = opentelemetry_sdk::trace::InMemorySpanExporter::default();
+            let spans = opentelemetry_sdk::trace::InMemorySpanExporter::default();
             let provider = SdkTracerProvider::builder()
-                .with_simple_exporter(exporter.clone())
+                .with_simple_exporter(spans.clone())
                 .build();
+            let metrics = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
+            let meter_provider = SdkMeterProvider::builder()
+                .with_periodic_exporter(metrics.clone())
+                .build();
+            global::set_meter_provider(meter_provider.clone());
             // Several test binaries may race for the global subscriber; the
-            // loser keeps its exporter empty, which the trace test notices.
+            // loser keeps its exporters empty, which the tests notice.
             let _ = install("thoughtpartner-tests", provider);
-            exporter
+            TestTelemetry {
+                spans,
+                metrics,
+                meter_provider,
+            }
         })
         .clone()
 }

@@ -11,6 +11,7 @@ use opentelemetry::metrics::{Counter, Histogram};
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry::{KeyValue, global};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
+use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 use tracing::Span;
@@ -26,9 +27,17 @@ struct RpcMetrics {
     duration: Histogram<f64>,
 }
 
+/// gRPC status codes the layer itself assigns.
+const CODE_OK: i64 = 0;
+const CODE_CANCELLED: i64 = 1;
+const CODE_UNKNOWN: i64 = 2;
+
 /// Server side: continues the caller's trace from the `traceparent` metadata,
-/// wraps the handler in a `grpc.server` span and records RED metrics
-/// labelled with `component` (the service name).
+/// wraps the call in a `grpc.server` span and records RED metrics labelled
+/// with `component` (the service name). A call is measured until its
+/// response body ends, so a streaming call's duration and status are those
+/// of the whole stream, read from its trailers; a client that hangs up early
+/// is counted as `CANCELLED`.
 #[derive(Clone)]
 pub struct ServerTelemetryLayer {
     component: &'static str,
@@ -41,12 +50,14 @@ impl ServerTelemetryLayer {
         let metrics = RpcMetrics {
             requests: meter
                 .u64_counter("rpc.server.requests")
-                .with_description("Served gRPC calls, by method and gRPC status code")
+                .with_description("Served gRPC calls, by method and final gRPC status code")
                 .build(),
             duration: meter
                 .f64_histogram("rpc.server.duration")
                 .with_unit("s")
-                .with_description("Time to the response headers of served gRPC calls")
+                .with_description(
+                    "Duration of served gRPC calls, to the end of the response stream",
+                )
                 .build(),
         };
         Self {
@@ -83,16 +94,105 @@ fn rpc_names(path: &str) -> (String, String) {
     (service, method)
 }
 
+fn grpc_status(headers: &http::HeaderMap) -> Option<i64> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i64>().ok())
+}
+
+/// One call in flight: recorded exactly once, when it finishes.
+struct Observation {
+    span: Span,
+    metrics: Arc<RpcMetrics>,
+    attributes: [KeyValue; 3],
+    started: Instant,
+}
+
+impl Observation {
+    fn finish(self, code: i64) {
+        self.span.record("rpc.grpc.status_code", code);
+        let [component, service, method] = self.attributes;
+        let attributes = [
+            component,
+            service,
+            method,
+            KeyValue::new("rpc.grpc.status_code", code),
+        ];
+        self.metrics.requests.add(1, &attributes);
+        self.metrics
+            .duration
+            .record(self.started.elapsed().as_secs_f64(), &attributes);
+    }
+}
+
+pin_project! {
+    /// A response body that finishes its [`Observation`] when the stream
+    /// ends (status from the trailers) or is dropped early (`CANCELLED`).
+    pub struct ObservedBody<B> {
+        #[pin]
+        inner: B,
+        observation: Option<Observation>,
+    }
+
+    impl<B> PinnedDrop for ObservedBody<B> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(observation) = this.project().observation.take() {
+                observation.finish(CODE_CANCELLED);
+            }
+        }
+    }
+}
+
+impl<B> http_body::Body for ObservedBody<B>
+where
+    B: http_body::Body,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        let code = match &polled {
+            Poll::Ready(Some(Ok(frame))) => frame
+                .trailers_ref()
+                .map(|t| grpc_status(t).unwrap_or(CODE_OK)),
+            Poll::Ready(Some(Err(_))) => Some(CODE_UNKNOWN),
+            Poll::Ready(None) => Some(CODE_OK),
+            Poll::Pending => None,
+        };
+        if let Some(code) = code
+            && let Some(observation) = this.observation.take()
+        {
+            observation.finish(code);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ServerTelemetry<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: 'static,
-    ResBody: 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -125,35 +225,39 @@ where
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let metrics = self.metrics.clone();
-        let component = self.component;
-        let started = Instant::now();
-        Box::pin(async move {
-            let result = tracing::Instrument::instrument(future, span.clone()).await;
-            // A unary error or a rejected call carries its status in the
-            // headers; otherwise the call started successfully (a streaming
-            // call's final status travels in trailers, after this point).
-            let code = match &result {
-                Ok(response) => response
-                    .headers()
-                    .get("grpc-status")
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<i64>().ok())
-                    .unwrap_or(0),
-                Err(_) => 2, // UNKNOWN: the transport failed.
-            };
-            span.record("rpc.grpc.status_code", code);
-            let attributes = [
-                KeyValue::new("tp.component", component),
+        let observation = Observation {
+            span: span.clone(),
+            metrics: self.metrics.clone(),
+            attributes: [
+                KeyValue::new("tp.component", self.component),
                 KeyValue::new("rpc.service", service),
                 KeyValue::new("rpc.method", method),
-                KeyValue::new("rpc.grpc.status_code", code),
-            ];
-            metrics.requests.add(1, &attributes);
-            metrics
-                .duration
-                .record(started.elapsed().as_secs_f64(), &attributes);
-            result
+            ],
+            started: Instant::now(),
+        };
+        Box::pin(async move {
+            let response = match tracing::Instrument::instrument(future, span).await {
+                Ok(response) => response,
+                Err(error) => {
+                    observation.finish(CODE_UNKNOWN);
+                    return Err(error);
+                }
+            };
+            // A rejected call or a unary error carries its status in the
+            // headers and has no body to wait for.
+            let header_status = grpc_status(response.headers());
+            let observation = match header_status {
+                Some(code) => {
+                    observation.finish(code);
+                    None
+                }
+                None if response.body().is_end_stream() => {
+                    observation.finish(CODE_OK);
+                    None
+                }
+                None => Some(observation),
+            };
+            Ok(response.map(|inner| tonic::body::Body::new(ObservedBody { inner, observation })))
         })
     }
 }
