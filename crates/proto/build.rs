@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("thoughtpartner/v1/conversation.proto"),
         root.join("thoughtpartner/v1/tenant_admin.proto"),
         root.join("thoughtpartner/v1/member.proto"),
+        root.join("thoughtpartner/v1/knowledge.proto"),
     ];
     let internal = [root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto")];
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];

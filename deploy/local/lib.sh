@@ -139,7 +139,7 @@ stack_start() {
     TP_CONVERSATION_ADDR="127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
         "$TP_BIN/conversation" serve >>"$logs/conversation.log" 2>&1 &
     STACK_PIDS+=($!)
-    TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_CONVERSATION_URL="http://127.0.0.1:$conv" \
+    TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_CONVERSATION_URL="http://127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
         "$TP_BIN/gateway" serve >>"$logs/gateway.log" 2>&1 &
     STACK_PIDS+=($!)
     local port

@@ -162,6 +162,7 @@ impl TestApp {
         let gateway = tp_gateway::Application::build(&tp_gateway::GatewayConfig {
             listen_addr: any_port,
             conversation_url: format!("http://{conversation_addr}"),
+            knowledge_url: format!("http://{knowledge_addr}"),
             database_url: db.app_url.clone(),
             database_max_connections: 4,
             jwt_hs256_secret: JWT_SECRET.to_owned(),
@@ -217,6 +218,15 @@ impl TestApp {
     pub async fn members(&self, token: &str) -> anyhow::Result<MemberClient> {
         Ok(
             pb::member_service_client::MemberServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer(Some(format!("Bearer {token}").parse()?)),
+            ),
+        )
+    }
+
+    pub async fn knowledge(&self, token: &str) -> anyhow::Result<KnowledgeClient> {
+        Ok(
+            pb::knowledge_service_client::KnowledgeServiceClient::with_interceptor(
                 self.channel().await?,
                 Bearer(Some(format!("Bearer {token}").parse()?)),
             ),
@@ -305,6 +315,8 @@ impl Interceptor for Bearer {
 
 pub type ConversationClient =
     pb::conversation_service_client::ConversationServiceClient<InterceptedService<Channel, Bearer>>;
+pub type KnowledgeClient =
+    pb::knowledge_service_client::KnowledgeServiceClient<InterceptedService<Channel, Bearer>>;
 pub type MemberClient =
     pb::member_service_client::MemberServiceClient<InterceptedService<Channel, Bearer>>;
 pub type TenantClient =

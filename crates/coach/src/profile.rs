@@ -12,6 +12,18 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// How users name the stage, e.g. "series B".
+    pub fn label(&self) -> &'static str {
+        match self {
+            Stage::Seed => "seed",
+            Stage::SeriesA => "series A",
+            Stage::SeriesB => "series B",
+            Stage::SeriesC => "series C",
+            Stage::LateStage => "late stage",
+            Stage::Public => "public",
+        }
+    }
+
     fn describe(&self) -> &'static str {
         match self {
             Stage::Seed => "a seed-stage company",

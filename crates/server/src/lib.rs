@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::body::Body;
 use tonic::service::{Routes, RoutesBuilder};
-use tonic::transport::Server;
+use tonic::transport::{Channel, Endpoint, Server};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -26,6 +26,11 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("invalid service URL `{url}`: {source}")]
+    BadUrl {
+        url: String,
+        source: tonic::transport::Error,
+    },
 }
 
 /// A bound listener: bind first, so tests can ask for port 0 and learn the
@@ -106,19 +111,35 @@ impl BoundService {
 }
 
 /// Adds `grpc.health.v1.Health` and server reflection to a service's routes.
-/// `descriptors` is the encoded descriptor set reflection describes (the
+/// `descriptors` are the encoded descriptor sets reflection describes (the
 /// gateway passes only the public one). Returns the health reporter so the
 /// service can mark its own gRPC services as serving.
 pub fn add_infrastructure(
     routes: &mut RoutesBuilder,
-    descriptors: &'static [u8],
+    descriptors: &[&'static [u8]],
 ) -> Result<tonic_health::server::HealthReporter, ServerError> {
     let (reporter, health) = tonic_health::server::health_reporter();
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(descriptors)
+    let reflection = descriptors
+        .iter()
+        .fold(
+            tonic_reflection::server::Builder::configure(),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
         .build_v1()?;
     routes.add_service(health).add_service(reflection);
     Ok(reporter)
+}
+
+/// A channel to another of our services that carries the trace context.
+/// Lazy: the other service may start later, and calls reconnect on their own.
+pub fn internal_channel(url: &str) -> Result<tp_telemetry::TraceClient<Channel>, ServerError> {
+    let channel = Endpoint::from_shared(url.to_owned())
+        .map_err(|source| ServerError::BadUrl {
+            url: url.to_owned(),
+            source,
+        })?
+        .connect_lazy();
+    Ok(tp_telemetry::ClientTraceLayer.layer(channel))
 }
 
 /// Resolves on Ctrl-C or SIGTERM, for graceful shutdown.

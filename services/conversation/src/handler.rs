@@ -6,6 +6,7 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+use tp_coach::ContextProfile;
 use tp_context::RequestContext;
 use tp_proto::v1 as pb;
 use tp_store::paging::Page;
@@ -160,7 +161,14 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             let pipeline = self.pipeline.clone();
             let task = async move {
                 let message = exchange.user_message.content.clone();
-                let frameworks = pipeline.ground(&ctx, &message).await;
+                let profile = ContextProfile::from_turns(
+                    exchange
+                        .earlier_user_turns
+                        .iter()
+                        .map(String::as_str)
+                        .chain(std::iter::once(message.as_str())),
+                );
+                let frameworks = pipeline.ground(&ctx, &message, &profile).await;
                 let reply = pipeline.compose(&message, &exchange.earlier_user_turns, &frameworks);
                 tracing::info!(
                     cited = reply.cited_frameworks.len(),

@@ -4,13 +4,13 @@
 use std::time::Duration;
 
 use tonic::transport::Channel;
-use tp_coach::{CoachInput, CoachReply, FrameworkRef};
+use tp_coach::{CoachInput, CoachReply, ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
-use tp_proto::internal::knowledge::v1::LookupFrameworksRequest;
-use tp_proto::internal::knowledge::v1::framework_service_client::FrameworkServiceClient;
+use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
+use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
 use tp_telemetry::TraceClient;
 
-pub type KnowledgeClient = FrameworkServiceClient<TraceClient<Channel>>;
+pub type KnowledgeClient = RetrievalServiceClient<TraceClient<Channel>>;
 
 /// The responder name stored with every reply the offline coach writes.
 pub const OFFLINE_RESPONDER: &str = "offline";
@@ -30,19 +30,37 @@ impl ReplyPipeline {
         Self { knowledge }
     }
 
-    /// Frameworks that fit the user's turn. Failures are logged and yield no
-    /// grounding rather than failing the turn the user already sent.
-    pub async fn ground(&self, ctx: &RequestContext, message: &str) -> Vec<FrameworkRef> {
-        let mut request = tonic::Request::new(LookupFrameworksRequest {
-            query: message.to_owned(),
-            max_results: FRAMEWORKS_PER_TURN,
+    /// Frameworks that fit the user's turn, given what we know of their
+    /// situation. Failures are logged and yield no grounding rather than
+    /// failing the turn the user already sent.
+    pub async fn ground(
+        &self,
+        ctx: &RequestContext,
+        message: &str,
+        profile: &ContextProfile,
+    ) -> Vec<FrameworkRef> {
+        let mut request = tonic::Request::new(RetrieveRequest {
+            message: message.to_owned(),
+            context: Some(KnownContext {
+                role: profile.role.unwrap_or_default().to_owned(),
+                team_size: profile
+                    .team_size
+                    .and_then(|n| i32::try_from(n).ok())
+                    .unwrap_or(0),
+                stage: profile
+                    .stage
+                    .map(|s| s.label().to_owned())
+                    .unwrap_or_default(),
+            }),
+            max_frameworks: FRAMEWORKS_PER_TURN,
+            max_passages: 0,
         });
         request.set_timeout(KNOWLEDGE_TIMEOUT);
         if let Err(e) = ctx.write_to(request.metadata_mut()) {
             tracing::warn!(error = %e, "cannot forward request context to knowledge");
             return Vec::new();
         }
-        match self.knowledge.clone().lookup_frameworks(request).await {
+        match self.knowledge.clone().retrieve(request).await {
             Ok(response) => response
                 .into_inner()
                 .frameworks
@@ -50,7 +68,7 @@ impl ReplyPipeline {
                 .map(|f| FrameworkRef {
                     name: f.name,
                     author: f.author,
-                    application: f.application,
+                    application: f.summary,
                     diagnostic_question: f.diagnostic_question,
                 })
                 .collect(),

@@ -4,13 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 use tonic::service::Routes;
-use tonic::transport::Endpoint;
 use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
-use tp_proto::internal::knowledge::v1::framework_service_client::FrameworkServiceClient;
+use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_server::{BoundService, Listener};
-use tp_telemetry::{ClientTraceLayer, ServerTelemetryLayer};
+use tp_telemetry::ServerTelemetryLayer;
 
 use crate::config::{ConversationConfig, SCHEMA};
 use crate::handler::ConversationHandler;
@@ -33,19 +32,14 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &ConversationConfig) -> anyhow::Result<Self> {
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
-        // Lazy: the knowledge service may start after us; calls retry the
-        // connection instead of failing start-up.
-        let channel = Endpoint::from_shared(config.knowledge_url.clone())?.connect_lazy();
-        let knowledge = FrameworkServiceClient::new(
-            ServiceBuilder::new()
-                .layer(ClientTraceLayer)
-                .service(channel),
-        );
+        let knowledge =
+            RetrievalServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
         let handler =
             ConversationHandler::new(ConversationStore::new(pool), ReplyPipeline::new(knowledge));
 
         let mut routes = Routes::builder();
-        let health = tp_server::add_infrastructure(&mut routes, tp_proto::PUBLIC_DESCRIPTOR_SET)?;
+        let health =
+            tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
         routes.add_service(ConversationServiceServer::new(handler));
         health
             .set_serving::<ConversationServiceServer<ConversationHandler>>()

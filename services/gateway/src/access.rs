@@ -100,3 +100,20 @@ impl Membership {
         Ok(ctx)
     }
 }
+
+/// Builds the internal request for a forwarded call: a fresh one, so
+/// nothing the client sent in metadata (least of all `x-tp-*`) reaches the
+/// service, carrying the verified context and the client's deadline.
+pub fn internal_request<T>(
+    ctx: &RequestContext,
+    request: Request<T>,
+) -> Result<Request<T>, Status> {
+    let deadline = request.metadata().get("grpc-timeout").cloned();
+    let mut outbound = Request::new(request.into_inner());
+    ctx.write_to(outbound.metadata_mut())
+        .map_err(|e| Status::internal(e.to_string()))?;
+    if let Some(deadline) = deadline {
+        outbound.metadata_mut().insert("grpc-timeout", deadline);
+    }
+    Ok(outbound)
+}

@@ -19,6 +19,13 @@ pub struct GatewayConfig {
         default_value = "http://127.0.0.1:50052"
     )]
     pub conversation_url: String,
+    /// The knowledge service.
+    #[arg(
+        long,
+        env = "TP_KNOWLEDGE_URL",
+        default_value = "http://127.0.0.1:50053"
+    )]
+    pub knowledge_url: String,
     /// Postgres URL of the application role (`tp_app`).
     #[arg(long, env = "TP_DATABASE_URL")]
     pub database_url: String,
@@ -34,6 +41,7 @@ impl std::fmt::Debug for GatewayConfig {
         f.debug_struct("GatewayConfig")
             .field("listen_addr", &self.listen_addr)
             .field("conversation_url", &self.conversation_url)
+            .field("knowledge_url", &self.knowledge_url)
             .field("database_max_connections", &self.database_max_connections)
             .finish_non_exhaustive()
     }

@@ -9,7 +9,7 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_telemetry::TraceClient;
 
-use crate::access::{Membership, principal};
+use crate::access::{Membership, internal_request, principal};
 
 pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
 
@@ -26,23 +26,16 @@ impl ConversationGateway {
         }
     }
 
-    /// Builds the internal request: a fresh one, so nothing the client sent
-    /// in metadata (least of all `x-tp-*`) reaches the service, carrying the
-    /// verified context and the client's deadline.
+    /// Every conversation call needs a member of the token's tenant.
     async fn forward<T>(
         &self,
         request: Request<T>,
     ) -> Result<(Request<T>, ConversationClient), Status> {
-        let principal = principal(&request)?;
-        let ctx = self.membership.require_member(&principal).await?;
-        let deadline = request.metadata().get("grpc-timeout").cloned();
-        let mut outbound = Request::new(request.into_inner());
-        ctx.write_to(outbound.metadata_mut())
-            .map_err(|e| Status::internal(e.to_string()))?;
-        if let Some(deadline) = deadline {
-            outbound.metadata_mut().insert("grpc-timeout", deadline);
-        }
-        Ok((outbound, self.conversation.clone()))
+        let ctx = self
+            .membership
+            .require_member(&principal(&request)?)
+            .await?;
+        Ok((internal_request(&ctx, request)?, self.conversation.clone()))
     }
 }
 

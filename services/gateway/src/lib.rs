@@ -7,6 +7,7 @@
 mod access;
 pub mod config;
 mod conversations;
+mod knowledge;
 mod members;
 pub mod seats;
 mod startup;

@@ -5,19 +5,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tonic::service::Routes;
-use tonic::transport::Endpoint;
 use tower::ServiceBuilder;
 use tp_auth::{AuthLayer, Hs256Verifier};
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
+use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
+use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use tp_server::{BoundService, Listener};
-use tp_telemetry::{ClientTraceLayer, ServerTelemetryLayer};
+use tp_telemetry::ServerTelemetryLayer;
 
 use crate::access::Membership;
 use crate::config::{GatewayConfig, SCHEMA};
 use crate::conversations::ConversationGateway;
+use crate::knowledge::KnowledgeGateway;
 use crate::members::MemberAdmin;
 use crate::tenants::TenantAdmin;
 
@@ -46,19 +48,22 @@ impl Application {
         );
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
         let membership = Membership::new(pool.clone());
-        let channel = Endpoint::from_shared(config.conversation_url.clone())?.connect_lazy();
-        let conversation = ConversationServiceClient::new(
-            ServiceBuilder::new()
-                .layer(ClientTraceLayer)
-                .service(channel),
-        );
+        let conversation =
+            ConversationServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
+        let knowledge =
+            KnowledgeServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
 
         let mut routes = Routes::builder();
-        let health = tp_server::add_infrastructure(&mut routes, tp_proto::PUBLIC_DESCRIPTOR_SET)?;
+        let health =
+            tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
         routes
             .add_service(ConversationServiceServer::new(ConversationGateway::new(
                 membership.clone(),
                 conversation,
+            )))
+            .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
+                membership.clone(),
+                knowledge,
             )))
             .add_service(TenantAdminServiceServer::new(TenantAdmin::new(
                 pool.clone(),
@@ -66,6 +71,9 @@ impl Application {
             .add_service(MemberServiceServer::new(MemberAdmin::new(pool, membership)));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
+            .await;
+        health
+            .set_serving::<KnowledgeServiceServer<KnowledgeGateway>>()
             .await;
         health
             .set_serving::<TenantAdminServiceServer<TenantAdmin>>()

@@ -1,10 +1,17 @@
-//! The knowledge service: owns the framework corpus and answers lookups from
-//! the conversation service. It is internal; the gateway never exposes it.
+//! The knowledge service: owns the built-in corpus (frameworks, topics,
+//! sources) and the tenants' own documents, and ranks them with Postgres
+//! full-text search. It serves the public `KnowledgeService` (through the
+//! gateway) and the internal `RetrievalService` (to conversation).
 
 pub mod config;
-mod frameworks;
-mod ranking;
+pub mod corpus;
+mod handlers;
+mod passages;
+mod retrieval;
+mod search;
 mod startup;
+mod store;
+mod synonyms;
 
 pub use config::{KnowledgeConfig, SCHEMA};
 pub use startup::{Application, KnowledgeService, migrate};

@@ -2,24 +2,39 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
-use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
-use tp_proto::internal::knowledge::v1::framework_service_server::FrameworkServiceServer;
+use tp_proto::internal::knowledge::v1::retrieval_service_server::RetrievalServiceServer;
+use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_server::{BoundService, Listener};
 use tp_telemetry::ServerTelemetryLayer;
 
 use crate::config::{KnowledgeConfig, SCHEMA};
-use crate::frameworks::FrameworkHandler;
-use crate::ranking::FrameworkEntry;
+use crate::corpus;
+use crate::handlers::KnowledgeHandler;
+use crate::retrieval::RetrievalHandler;
+use crate::search::{Catalog, Searcher};
+use crate::store::{KnowledgeStore, sync_corpus};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/knowledge");
 
-/// Applies this service's migrations as the schema owner.
+/// Applies this service's migrations, then loads the built-in corpus, both
+/// as the schema owner: the application role may read the corpus, never
+/// write it.
 pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
+    let entries = corpus::builtin()?;
     tp_store::migrate(owner_url, SCHEMA, &MIGRATOR).await?;
+    let owner = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(owner_url)
+        .await?;
+    sync_corpus(&owner, &entries).await?;
+    owner.close().await;
+    tracing::info!(entries = entries.len(), "corpus loaded");
     Ok(())
 }
 
@@ -31,14 +46,32 @@ pub struct Application {
 impl Application {
     pub async fn build(config: &KnowledgeConfig) -> anyhow::Result<Self> {
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
-        let corpus = load_corpus(&pool).await?;
-        tracing::info!(frameworks = corpus.len(), "framework corpus loaded");
+        let catalog = Catalog::load(&pool).await?;
+        anyhow::ensure!(
+            catalog.frameworks().next().is_some(),
+            "the corpus is empty: run `knowledge migrate` first"
+        );
+        tracing::info!(entries = catalog.len(), "corpus ready");
+        let searcher = Searcher::new(KnowledgeStore::new(pool), Arc::new(catalog));
 
         let mut routes = Routes::builder();
-        let health = tp_server::add_infrastructure(&mut routes, tp_proto::INTERNAL_DESCRIPTOR_SET)?;
-        routes.add_service(FrameworkServiceServer::new(FrameworkHandler::new(corpus)));
+        let health = tp_server::add_infrastructure(
+            &mut routes,
+            &[
+                tp_proto::PUBLIC_DESCRIPTOR_SET,
+                tp_proto::INTERNAL_DESCRIPTOR_SET,
+            ],
+        )?;
+        routes
+            .add_service(KnowledgeServiceServer::new(KnowledgeHandler::new(
+                searcher.clone(),
+            )))
+            .add_service(RetrievalServiceServer::new(RetrievalHandler::new(searcher)));
         health
-            .set_serving::<FrameworkServiceServer<FrameworkHandler>>()
+            .set_serving::<KnowledgeServiceServer<KnowledgeHandler>>()
+            .await;
+        health
+            .set_serving::<RetrievalServiceServer<RetrievalHandler>>()
             .await;
 
         let listener = Listener::bind(config.listen_addr).await?;
@@ -58,16 +91,6 @@ impl Application {
         self.bound.serve(layers, shutdown).await?;
         Ok(())
     }
-}
-
-async fn load_corpus(pool: &PgPool) -> Result<Vec<FrameworkEntry>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT framework_id, name, author, summary, application, diagnostic_question,
-                source_url, keywords
-           FROM knowledge.frameworks ORDER BY framework_id",
-    )
-    .fetch_all(pool)
-    .await
 }
 
 /// The `knowledge` binary.

@@ -1,0 +1,107 @@
+//! Public `KnowledgeService`: members read, tenant admins manage documents;
+//! the gateway checks which, then forwards to the knowledge service.
+
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+use tp_proto::v1 as pb;
+use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
+use tp_telemetry::TraceClient;
+
+use crate::access::{Membership, internal_request, principal};
+
+pub type KnowledgeClient = KnowledgeServiceClient<TraceClient<Channel>>;
+
+pub struct KnowledgeGateway {
+    membership: Membership,
+    knowledge: KnowledgeClient,
+}
+
+impl KnowledgeGateway {
+    pub fn new(membership: Membership, knowledge: KnowledgeClient) -> Self {
+        Self {
+            membership,
+            knowledge,
+        }
+    }
+
+    /// Reads need a member of the token's tenant.
+    async fn read<T>(&self, request: Request<T>) -> Result<(Request<T>, KnowledgeClient), Status> {
+        let ctx = self
+            .membership
+            .require_member(&principal(&request)?)
+            .await?;
+        Ok((internal_request(&ctx, request)?, self.knowledge.clone()))
+    }
+
+    /// Document writes need one of the tenant's admins.
+    async fn write<T>(
+        &self,
+        request: Request<T>,
+        method: &str,
+    ) -> Result<(Request<T>, KnowledgeClient), Status> {
+        let ctx = self
+            .membership
+            .require_admin(&principal(&request)?, method)
+            .await?;
+        Ok((internal_request(&ctx, request)?, self.knowledge.clone()))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
+    async fn search(
+        &self,
+        request: Request<pb::SearchRequest>,
+    ) -> Result<Response<pb::SearchResponse>, Status> {
+        let (request, mut client) = self.read(request).await?;
+        client.search(request).await
+    }
+
+    async fn list_frameworks(
+        &self,
+        request: Request<pb::ListFrameworksRequest>,
+    ) -> Result<Response<pb::ListFrameworksResponse>, Status> {
+        let (request, mut client) = self.read(request).await?;
+        client.list_frameworks(request).await
+    }
+
+    async fn get_framework(
+        &self,
+        request: Request<pb::GetFrameworkRequest>,
+    ) -> Result<Response<pb::GetFrameworkResponse>, Status> {
+        let (request, mut client) = self.read(request).await?;
+        client.get_framework(request).await
+    }
+
+    async fn create_document(
+        &self,
+        request: Request<pb::CreateDocumentRequest>,
+    ) -> Result<Response<pb::CreateDocumentResponse>, Status> {
+        let (request, mut client) = self.write(request, "CreateDocument").await?;
+        client.create_document(request).await
+    }
+
+    async fn list_documents(
+        &self,
+        request: Request<pb::ListDocumentsRequest>,
+    ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
+        let (request, mut client) = self.read(request).await?;
+        client.list_documents(request).await
+    }
+
+    async fn get_document(
+        &self,
+        request: Request<pb::GetDocumentRequest>,
+    ) -> Result<Response<pb::GetDocumentResponse>, Status> {
+        let (request, mut client) = self.read(request).await?;
+        client.get_document(request).await
+    }
+
+    async fn delete_document(
+        &self,
+        request: Request<pb::DeleteDocumentRequest>,
+    ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
+        let (request, mut client) = self.write(request, "DeleteDocument").await?;
+        client.delete_document(request).await
+    }
+}

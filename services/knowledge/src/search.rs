@@ -1,0 +1,200 @@
+//! Search and retrieval over the corpus (held in memory: it only changes
+//! with a deploy) and the tenant's documents (in Postgres, under RLS).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::PgPool;
+use tp_context::TenantId;
+
+use crate::store::{EntryHit, EntryRow, KnowledgeError, KnowledgeStore, PassageHit};
+use crate::synonyms;
+
+/// The built-in corpus as loaded at start-up.
+pub struct Catalog {
+    entries: Vec<EntryRow>,
+    by_id: HashMap<String, usize>,
+    common_lexemes: Vec<String>,
+}
+
+impl Catalog {
+    pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
+        let entries = crate::store::load_entries(pool).await?;
+        let by_id = entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (e.entry_id.clone(), i))
+            .collect();
+        let common_lexemes = crate::store::common_lexemes(pool).await?;
+        Ok(Self {
+            entries,
+            by_id,
+            common_lexemes,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&EntryRow> {
+        self.by_id.get(id).map(|&i| &self.entries[i])
+    }
+
+    /// Frameworks in title order.
+    pub fn frameworks(&self) -> impl Iterator<Item = &EntryRow> {
+        self.entries.iter().filter(|e| e.kind == "framework")
+    }
+
+    /// What an entry cites: its sources, or itself for a source.
+    pub fn cited_sources<'a>(&'a self, entry: &'a EntryRow) -> Vec<&'a EntryRow> {
+        if entry.kind == "source" {
+            return vec![entry];
+        }
+        entry.sources.iter().filter_map(|id| self.get(id)).collect()
+    }
+}
+
+/// A search hit of either kind.
+pub enum Hit {
+    Entry(EntryHit),
+    Passage(PassageHit),
+}
+
+impl Hit {
+    fn score(&self) -> f32 {
+        match self {
+            Hit::Entry(hit) => hit.score,
+            Hit::Passage(hit) => hit.score,
+        }
+    }
+}
+
+/// A framework chosen to ground a reply.
+pub struct Retrieved<'a> {
+    pub framework: &'a EntryRow,
+    pub score: f32,
+    /// The topic it came through, when it did not match directly.
+    pub via_topic: Option<&'a EntryRow>,
+}
+
+#[derive(Clone)]
+pub struct Searcher {
+    store: KnowledgeStore,
+    catalog: Arc<Catalog>,
+}
+
+impl Searcher {
+    pub fn new(store: KnowledgeStore, catalog: Arc<Catalog>) -> Self {
+        Self { store, catalog }
+    }
+
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    pub fn store(&self) -> &KnowledgeStore {
+        &self.store
+    }
+
+    /// Corpus entries of `kinds` and, when `documents`, the tenant's
+    /// passages, merged best first.
+    pub async fn search(
+        &self,
+        tenant: TenantId,
+        query: &str,
+        kinds: &[&str],
+        documents: bool,
+        limit: usize,
+    ) -> Result<Vec<Hit>, KnowledgeError> {
+        let expanded = synonyms::expand(query);
+        let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut hits: Vec<Hit> = Vec::new();
+        if !kinds.is_empty() {
+            let entries = self
+                .store
+                .search_entries(&expanded, &self.catalog.common_lexemes, kinds, limit_sql)
+                .await?;
+            hits.extend(entries.into_iter().map(Hit::Entry));
+        }
+        if documents {
+            let passages = self
+                .store
+                .search_passages(tenant, &expanded, &self.catalog.common_lexemes, limit_sql)
+                .await?;
+            hits.extend(passages.into_iter().map(Hit::Passage));
+        }
+        hits.sort_by(|a, b| b.score().total_cmp(&a.score()));
+        hits.truncate(limit);
+        Ok(hits)
+    }
+
+    /// Frameworks for one user turn: direct framework matches, and the
+    /// frameworks linked from matching topics, best first, without repeats.
+    pub async fn retrieve_frameworks(
+        &self,
+        query: &str,
+        max: usize,
+    ) -> Result<Vec<Retrieved<'_>>, KnowledgeError> {
+        let expanded = synonyms::expand(query);
+        let hits = self
+            .store
+            .search_entries(
+                &expanded,
+                &self.catalog.common_lexemes,
+                &["framework", "topic"],
+                8,
+            )
+            .await?;
+        let mut chosen: Vec<Retrieved<'_>> = Vec::new();
+        for hit in hits {
+            let Some(entry) = self.catalog.get(&hit.entry_id) else {
+                continue;
+            };
+            let candidates: Vec<(&EntryRow, Option<&EntryRow>)> = if entry.kind == "topic" {
+                entry
+                    .frameworks
+                    .iter()
+                    .filter_map(|id| self.catalog.get(id))
+                    .map(|framework| (framework, Some(entry)))
+                    .collect()
+            } else {
+                vec![(entry, None)]
+            };
+            for (framework, via_topic) in candidates {
+                if chosen.len() < max
+                    && !chosen
+                        .iter()
+                        .any(|c| c.framework.entry_id == framework.entry_id)
+                {
+                    chosen.push(Retrieved {
+                        framework,
+                        score: hit.score,
+                        via_topic,
+                    });
+                }
+            }
+        }
+        Ok(chosen)
+    }
+
+    pub async fn retrieve_passages(
+        &self,
+        tenant: TenantId,
+        query: &str,
+        max: usize,
+    ) -> Result<Vec<PassageHit>, KnowledgeError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let expanded = synonyms::expand(query);
+        self.store
+            .search_passages(
+                tenant,
+                &expanded,
+                &self.catalog.common_lexemes,
+                i64::try_from(max).unwrap_or(i64::MAX),
+            )
+            .await
+    }
+}
