@@ -30,12 +30,20 @@ async fn every_service_reports_serving_without_a_token() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let serving = ServingStatus::Serving as i32;
     assert_eq!(status(app.gateway_addr, "").await?, serving);
+    for service in [
+        "thoughtpartner.v1.ConversationService",
+        "thoughtpartner.v1.KnowledgeService",
+        "thoughtpartner.v1.MemberService",
+        "thoughtpartner.v1.TenantAdminService",
+    ] {
+        assert_eq!(
+            status(app.gateway_addr, service).await?,
+            serving,
+            "{service}"
+        );
+    }
     assert_eq!(
-        status(app.gateway_addr, "thoughtpartner.v1.ConversationService").await?,
-        serving
-    );
-    assert_eq!(
-        status(app.gateway_addr, "thoughtpartner.v1.MemberService").await?,
+        status(app.knowledge_addr, "thoughtpartner.v1.KnowledgeService").await?,
         serving
     );
     assert_eq!(
@@ -49,7 +57,7 @@ async fn every_service_reports_serving_without_a_token() -> anyhow::Result<()> {
     assert_eq!(
         status(
             app.knowledge_addr,
-            "thoughtpartner.internal.knowledge.v1.FrameworkService"
+            "thoughtpartner.internal.knowledge.v1.RetrievalService"
         )
         .await?,
         serving
@@ -87,6 +95,7 @@ async fn gateway_reflection_lists_only_the_public_api() -> anyhow::Result<()> {
         vec![
             "grpc.reflection.v1.ServerReflection",
             "thoughtpartner.v1.ConversationService",
+            "thoughtpartner.v1.KnowledgeService",
             "thoughtpartner.v1.MemberService",
             "thoughtpartner.v1.TenantAdminService",
         ]

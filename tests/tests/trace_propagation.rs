@@ -90,7 +90,7 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     let mut spans = Vec::new();
     for _ in 0..50 {
         spans = telemetry.finished_spans();
-        if find(&spans, "knowledge", "/LookupFrameworks", "0").is_some()
+        if find(&spans, "knowledge", "/Retrieve", "0").is_some()
             && find(&spans, "conversation", "/SendMessage", "0").is_some()
             && find(&spans, "gateway", "/SendMessage", "0").is_some()
         {
@@ -101,7 +101,7 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     let gateway = find(&spans, "gateway", "/SendMessage", "0").expect("gateway span");
     let conversation =
         find(&spans, "conversation", "/SendMessage", "0").expect("conversation span");
-    let knowledge = find(&spans, "knowledge", "/LookupFrameworks", "0").expect("knowledge span");
+    let knowledge = find(&spans, "knowledge", "/Retrieve", "0").expect("knowledge span");
 
     let trace = gateway.span_context.trace_id();
     assert_eq!(conversation.span_context.trace_id(), trace);
@@ -123,7 +123,7 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     assert!(requests(&telemetry, "gateway", "SendMessage", 0) >= 1);
     assert!(requests(&telemetry, "gateway", "SendMessage", 5) >= 1);
     assert!(requests(&telemetry, "conversation", "SendMessage", 0) >= 1);
-    assert!(requests(&telemetry, "knowledge", "LookupFrameworks", 0) >= 1);
+    assert!(requests(&telemetry, "knowledge", "Retrieve", 0) >= 1);
 
     // Message content never goes into spans.
     for span in spans.iter().filter(|s| s.span_context.trace_id() == trace) {
