@@ -77,11 +77,23 @@ async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Re
 
     // Connected as the services connect: tp_app, no WHERE clause on tenant.
     let pool = TestDatabase::pool(&app.db.app_url).await?;
+    let mut a_admin = app
+        .knowledge(&app.token("alice-admin", Some(a), tp_context::Role::Admin))
+        .await?;
+    a_admin
+        .create_document(pb::CreateDocumentRequest {
+            title: "A's ladder".into(),
+            content: b"# Levels\n\nSenior, staff, principal.".to_vec(),
+            content_type: pb::ContentType::Markdown.into(),
+        })
+        .await?;
     let tables = [
         "gateway.tenants",
         "gateway.members",
         "conversation.conversations",
         "conversation.messages",
+        "knowledge.documents",
+        "knowledge.passages",
     ];
     let count_as = |tenant: Option<TenantId>, table: &'static str| {
         let pool = pool.clone();
