@@ -8,9 +8,9 @@ pub mod corpus;
 mod handlers;
 mod passages;
 mod retrieval;
-mod search;
+pub mod search;
 mod startup;
-mod store;
+pub mod store;
 mod synonyms;
 
 pub use config::{KnowledgeConfig, SCHEMA};

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use sqlx::PgPool;
 use tp_context::TenantId;
 
-use crate::store::{EntryHit, EntryRow, KnowledgeError, KnowledgeStore, PassageHit};
-use crate::synonyms;
+use crate::store::{EntryHit, EntryRow, KnowledgeError, KnowledgeStore, PassageHit, SearchText};
 
 /// The built-in corpus as loaded at start-up.
 pub struct Catalog {
@@ -107,23 +106,33 @@ impl Searcher {
         documents: bool,
         limit: usize,
     ) -> Result<Vec<Hit>, KnowledgeError> {
-        let expanded = synonyms::expand(query);
+        let text = SearchText::new(query);
         let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
-        let mut hits: Vec<Hit> = Vec::new();
-        if !kinds.is_empty() {
-            let entries = self
-                .store
-                .search_entries(&expanded, &self.catalog.common_lexemes, kinds, limit_sql)
-                .await?;
-            hits.extend(entries.into_iter().map(Hit::Entry));
-        }
-        if documents {
-            let passages = self
-                .store
-                .search_passages(tenant, &expanded, &self.catalog.common_lexemes, limit_sql)
-                .await?;
-            hits.extend(passages.into_iter().map(Hit::Passage));
-        }
+        let common = &self.catalog.common_lexemes;
+        // The corpus needs no tenant transaction, so both searches run at
+        // once, on two connections: latency is the slower, not the sum.
+        let entries = async {
+            if kinds.is_empty() {
+                return Ok(Vec::new());
+            }
+            self.store
+                .search_entries(&text, common, kinds, limit_sql)
+                .await
+        };
+        let passages = async {
+            if !documents {
+                return Ok(Vec::new());
+            }
+            self.store
+                .search_passages(tenant, &text, common, limit_sql)
+                .await
+        };
+        let (entries, passages) = tokio::try_join!(entries, passages)?;
+        let mut hits: Vec<Hit> = entries
+            .into_iter()
+            .map(Hit::Entry)
+            .chain(passages.into_iter().map(Hit::Passage))
+            .collect();
         hits.sort_by(|a, b| b.score().total_cmp(&a.score()));
         hits.truncate(limit);
         Ok(hits)
@@ -136,11 +145,10 @@ impl Searcher {
         query: &str,
         max: usize,
     ) -> Result<Vec<Retrieved<'_>>, KnowledgeError> {
-        let expanded = synonyms::expand(query);
         let hits = self
             .store
             .search_entries(
-                &expanded,
+                &SearchText::new(query),
                 &self.catalog.common_lexemes,
                 &["framework", "topic"],
                 8,
@@ -187,11 +195,10 @@ impl Searcher {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let expanded = synonyms::expand(query);
         self.store
             .search_passages(
                 tenant,
-                &expanded,
+                &SearchText::new(query),
                 &self.catalog.common_lexemes,
                 i64::try_from(max).unwrap_or(i64::MAX),
             )
