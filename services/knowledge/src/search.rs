@@ -36,6 +36,10 @@ impl Catalog {
         self.entries.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     pub fn get(&self, id: &str) -> Option<&EntryRow> {
         self.by_id.get(id).map(|&i| &self.entries[i])
     }
