@@ -175,6 +175,18 @@ impl RequestContext {
     }
 }
 
+/// The context [`RequireContextLayer`] put in a request's extensions; an
+/// `INTERNAL` error if the layer is missing (a wiring bug, not a client's).
+pub fn from_request<T>(request: &tonic::Request<T>) -> Result<RequestContext, tonic::Status> {
+    request
+        .extensions()
+        .get::<RequestContext>()
+        .cloned()
+        .ok_or_else(|| {
+            tonic::Status::internal("request context missing: RequireContextLayer is not installed")
+        })
+}
+
 /// User ids are the token's `sub`: opaque, but bounded and printable so they
 /// fit in metadata, logs and indexes.
 pub fn validate_user_id(user_id: &str) -> Result<(), ContextError> {

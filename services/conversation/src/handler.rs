@@ -7,7 +7,6 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tp_coach::ContextProfile;
-use tp_context::RequestContext;
 use tp_proto::v1 as pb;
 use tp_store::paging::Page;
 use tracing::Instrument;
@@ -28,17 +27,6 @@ impl ConversationHandler {
     pub fn new(store: ConversationStore, pipeline: ReplyPipeline) -> Self {
         Self { store, pipeline }
     }
-}
-
-/// The context [`tp_context::RequireContextLayer`] put in the extensions.
-fn context<T>(request: &Request<T>) -> Result<RequestContext, Status> {
-    request
-        .extensions()
-        .get::<RequestContext>()
-        .cloned()
-        .ok_or_else(|| {
-            Status::internal("request context missing: RequireContextLayer is not installed")
-        })
 }
 
 fn paging_status(e: tp_store::paging::PagingError) -> Status {
@@ -96,7 +84,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         &self,
         request: Request<pb::CreateConversationRequest>,
     ) -> Result<Response<pb::CreateConversationResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         validate::title(&request.title)?;
         let row = self.store.create(&ctx, &request.title).await?;
@@ -110,7 +98,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         &self,
         request: Request<pb::GetConversationRequest>,
     ) -> Result<Response<pb::GetConversationResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let id = validate::conversation_id(&request.get_ref().conversation_id)?;
         let row = self.store.get(&ctx, id).await?;
         Ok(Response::new(pb::GetConversationResponse {
@@ -122,7 +110,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         &self,
         request: Request<pb::ListConversationsRequest>,
     ) -> Result<Response<pb::ListConversationsResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token).map_err(paging_status)?;
         let mut rows = self.store.list(&ctx, &page).await?;
@@ -139,7 +127,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         &self,
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         let conversation_id = validate::conversation_id(&request.conversation_id)?;
         validate::content(&request.content)?;
@@ -199,7 +187,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         &self,
         request: Request<pb::ListMessagesRequest>,
     ) -> Result<Response<pb::ListMessagesResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         let id = validate::conversation_id(&request.conversation_id)?;
         let page = Page::parse(request.page_size, &request.page_token).map_err(paging_status)?;
@@ -215,7 +203,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         &self,
         request: Request<pb::DeleteConversationRequest>,
     ) -> Result<Response<pb::DeleteConversationResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let id = validate::conversation_id(&request.get_ref().conversation_id)?;
         self.store.delete(&ctx, id).await?;
         tracing::info!(conversation_id = %id, "conversation deleted");

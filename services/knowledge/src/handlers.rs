@@ -17,17 +17,6 @@ const MAX_TITLE_CHARS: usize = 200;
 /// 1 MiB.
 pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
-/// The context [`tp_context::RequireContextLayer`] put in the extensions.
-pub fn context<T>(request: &Request<T>) -> Result<RequestContext, Status> {
-    request
-        .extensions()
-        .get::<RequestContext>()
-        .cloned()
-        .ok_or_else(|| {
-            Status::internal("request context missing: RequireContextLayer is not installed")
-        })
-}
-
 pub struct KnowledgeHandler {
     searcher: Searcher,
 }
@@ -192,7 +181,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeHandler {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         validate_query(&request.query)?;
         let limit = match request.limit {
@@ -285,7 +274,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeHandler {
         &self,
         request: Request<pb::CreateDocumentRequest>,
     ) -> Result<Response<pb::CreateDocumentResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         require_admin(&ctx, "CreateDocument")?;
         let request = request.into_inner();
         let (text, content_type, passages) = validate_document(&request)?;
@@ -304,7 +293,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeHandler {
         &self,
         request: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -320,7 +309,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeHandler {
         &self,
         request: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::GetDocumentResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let id = document_id(&request.get_ref().document_id)?;
         let row = self.searcher.store().get_document(&ctx, id).await?;
         Ok(Response::new(pb::GetDocumentResponse {
@@ -332,7 +321,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeHandler {
         &self,
         request: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         require_admin(&ctx, "DeleteDocument")?;
         let id = document_id(&request.get_ref().document_id)?;
         self.searcher.store().delete_document(&ctx, id).await?;

@@ -4,7 +4,6 @@
 use tonic::{Request, Response, Status};
 use tp_proto::internal::knowledge::v1 as pb;
 
-use crate::handlers::context;
 use crate::search::Searcher;
 
 const MAX_MESSAGE_BYTES: usize = 16 * 1024;
@@ -48,7 +47,7 @@ impl pb::retrieval_service_server::RetrievalService for RetrievalHandler {
         &self,
         request: Request<pb::RetrieveRequest>,
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
-        let ctx = context(&request)?;
+        let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         if request.message.len() > MAX_MESSAGE_BYTES {
             return Err(Status::invalid_argument(format!(

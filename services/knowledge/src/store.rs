@@ -317,15 +317,14 @@ impl KnowledgeStore {
         page: &Page,
     ) -> Result<Vec<DocumentRow>, KnowledgeError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
-        let rows = sqlx::query_as(
-            "SELECT d.document_id, d.title, d.content_type, d.created_by, d.create_time, d.list_seq,
-                    (SELECT count(*)::int FROM knowledge.passages p WHERE p.document_id = d.document_id)
-                        AS passage_count,
-                    NULL::text AS content
-               FROM knowledge.documents d
-              WHERE ($1::bigint IS NULL OR d.list_seq > $1)
-              ORDER BY d.list_seq LIMIT $2",
-        )
+        let rows = sqlx::query_as(concat!(
+            "SELECT ",
+            document_columns!(),
+            ", NULL::text AS content
+                   FROM knowledge.documents d
+                  WHERE ($1::bigint IS NULL OR d.list_seq > $1)
+                  ORDER BY d.list_seq LIMIT $2"
+        ))
         .bind(page.after)
         .bind(page.fetch_limit())
         .fetch_all(&mut *tx)
@@ -340,13 +339,11 @@ impl KnowledgeStore {
         document_id: Uuid,
     ) -> Result<DocumentRow, KnowledgeError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
-        let row = sqlx::query_as(
-            "SELECT d.document_id, d.title, d.content_type, d.created_by, d.create_time, d.list_seq,
-                    (SELECT count(*)::int FROM knowledge.passages p WHERE p.document_id = d.document_id)
-                        AS passage_count,
-                    d.content
-               FROM knowledge.documents d WHERE d.document_id = $1",
-        )
+        let row = sqlx::query_as(concat!(
+            "SELECT ",
+            document_columns!(),
+            ", d.content FROM knowledge.documents d WHERE d.document_id = $1"
+        ))
         .bind(document_id)
         .fetch_optional(&mut *tx)
         .await?;
@@ -373,6 +370,16 @@ impl KnowledgeStore {
         Ok(())
     }
 }
+
+// A document's columns (alias `d`), with its passage count.
+macro_rules! document_columns {
+    () => {
+        "d.document_id, d.title, d.content_type, d.created_by, d.create_time, d.list_seq,
+         (SELECT count(*)::int FROM knowledge.passages p WHERE p.document_id = d.document_id)
+             AS passage_count"
+    };
+}
+use document_columns;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct DocumentRow {
