@@ -30,6 +30,7 @@ PUBLIC_PROTOS = [
     "thoughtpartner/v1/conversation.proto",
     "thoughtpartner/v1/tenant_admin.proto",
     "thoughtpartner/v1/member.proto",
+    "thoughtpartner/v1/knowledge.proto",
 ]
 
 
@@ -50,7 +51,7 @@ def _require_env(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def api(tmp_path_factory) -> types.SimpleNamespace:
-    """Generated pb2/pb2_grpc modules for the three public protos."""
+    """Generated pb2/pb2_grpc modules for the public protos."""
     out = tmp_path_factory.mktemp("tp_stubs")
     cmd = [
         sys.executable,
@@ -80,6 +81,8 @@ def api(tmp_path_factory) -> types.SimpleNamespace:
         tenant_admin_pb2_grpc=load("tenant_admin_pb2_grpc"),
         member_pb2=load("member_pb2"),
         member_pb2_grpc=load("member_pb2_grpc"),
+        knowledge_pb2=load("knowledge_pb2"),
+        knowledge_pb2_grpc=load("knowledge_pb2_grpc"),
     )
 
 
@@ -120,6 +123,7 @@ def stubs(api, channel) -> types.SimpleNamespace:
         tenants=api.tenant_admin_pb2_grpc.TenantAdminServiceStub(channel),
         members=api.member_pb2_grpc.MemberServiceStub(channel),
         conversations=api.conversation_pb2_grpc.ConversationServiceStub(channel),
+        knowledge=api.knowledge_pb2_grpc.KnowledgeServiceStub(channel),
     )
 
 

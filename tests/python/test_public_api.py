@@ -198,3 +198,30 @@ def test_other_tenants_member_gets_not_found(api, stubs, new_member):
             timeout=TIMEOUT,
         )
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_search_grounds_a_question_in_the_framework_corpus(api, stubs, new_member):
+    _tenant, _member_id, token = new_member()
+    response = stubs.knowledge.Search(
+        api.knowledge_pb2.SearchRequest(
+            query="my senior engineers don't know what staff engineers are supposed to do",
+            limit=3,
+        ),
+        metadata=bearer(token),
+        timeout=TIMEOUT,
+    )
+    assert 1 <= len(response.results) <= 3
+    top = response.results[0]
+    assert top.entry_id == "staff-archetypes"
+    assert top.kind == api.knowledge_pb2.ENTRY_KIND_FRAMEWORK
+    assert top.citations and all(c.url.startswith("https://") for c in top.citations)
+    scores = [r.score for r in response.results]
+    assert scores == sorted(scores, reverse=True)
+
+    with pytest.raises(grpc.RpcError) as err:
+        stubs.knowledge.Search(
+            api.knowledge_pb2.SearchRequest(query="   "),
+            metadata=bearer(token),
+            timeout=TIMEOUT,
+        )
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
