@@ -77,7 +77,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let mut cited = Vec::new();
     if let Some(framework) = input.frameworks.first() {
         paragraphs.push(format!(
-            "One lens that may help is {} ({}). {}",
+            "One lens that may help is {}, from {}. {}",
             framework.name, framework.author, framework.application
         ));
         cited.push(framework.name.clone());
