@@ -131,6 +131,16 @@ fn spawn_service(
 impl TestApp {
     /// A fresh database, migrated, and the three services on random ports.
     pub async fn spawn() -> anyhow::Result<Self> {
+        Self::spawn_with(true).await
+    }
+
+    /// Like [`TestApp::spawn`], but the knowledge service never starts: its
+    /// address refuses connections, as a crashed service's would.
+    pub async fn spawn_without_knowledge() -> anyhow::Result<Self> {
+        Self::spawn_with(false).await
+    }
+
+    async fn spawn_with(knowledge_up: bool) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         db.migrate().await?;
         let any_port: SocketAddr = "127.0.0.1:0".parse()?;
@@ -143,7 +153,12 @@ impl TestApp {
         })
         .await?;
         let knowledge_addr = knowledge.local_addr();
-        spawn_service("knowledge", knowledge.run_until(stopped(stop.clone())));
+        if knowledge_up {
+            spawn_service("knowledge", knowledge.run_until(stopped(stop.clone())));
+        } else {
+            // Dropping the bound application closes its port.
+            drop(knowledge);
+        }
 
         let conversation =
             tp_conversation::Application::build(&tp_conversation::ConversationConfig {

@@ -2,6 +2,7 @@
 //! message, receives a streamed reply and reads the transcript back, over
 //! the public API with a bearer JWT, through all three services.
 
+use tp_e2e::TestDatabase;
 use tp_e2e::tp_proto::v1 as pb;
 use tp_e2e::{TestApp, new_conversation, send};
 
@@ -41,6 +42,22 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
     );
     assert!(assistant.content.matches('?').count() <= 2);
     assert!(!assistant.content.contains(content));
+
+    // Stored with what it drew on and how it measured up to the persona.
+    let row = stored_reply(&app, &assistant.message_id).await?;
+    assert_eq!(row.responder, "offline");
+    assert!(
+        row.cited_frameworks
+            .contains(&"systems-dynamics".to_owned()),
+        "{:?}",
+        row.cited_frameworks
+    );
+    assert!(
+        row.policy_violations.is_empty(),
+        "{:?}",
+        row.policy_violations
+    );
+    assert_eq!(row.grounded, Some(true));
 
     let transcript = client
         .list_messages(pb::ListMessagesRequest {
@@ -173,5 +190,47 @@ async fn list_pages_and_delete() -> anyhow::Result<()> {
     // The transcript went with it, in the same transaction.
     assert_eq!(app.count_rows("conversation.messages").await?, 0);
     assert_eq!(app.count_rows("conversation.conversations").await?, 2);
+    Ok(())
+}
+
+#[derive(sqlx::FromRow)]
+struct StoredReply {
+    responder: String,
+    cited_frameworks: Vec<String>,
+    policy_violations: Vec<String>,
+    grounded: Option<bool>,
+}
+
+async fn stored_reply(app: &TestApp, message_id: &str) -> anyhow::Result<StoredReply> {
+    let pool = TestDatabase::pool(&app.db.admin_url).await?;
+    let row = sqlx::query_as(
+        "SELECT responder, cited_frameworks, policy_violations, grounded
+           FROM conversation.messages WHERE message_id = $1::uuid",
+    )
+    .bind(message_id)
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    Ok(row)
+}
+
+#[tokio::test]
+async fn a_reply_is_still_produced_and_stored_when_knowledge_is_down() -> anyhow::Result<()> {
+    let app = TestApp::spawn_without_knowledge().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let exchange = send(&mut client, &id, "We need to hire more engineers.", "k").await?;
+    assert!(
+        exchange
+            .assistant()
+            .content
+            .contains("What problem would the new engineers solve")
+    );
+    let row = stored_reply(&app, &exchange.assistant().message_id).await?;
+    assert_eq!(row.grounded, Some(false), "marked as ungrounded");
+    assert!(row.cited_frameworks.is_empty());
+    assert_eq!(app.count_rows("conversation.messages").await?, 2);
     Ok(())
 }

@@ -7,12 +7,15 @@
 //! The coach issue grows it into the full persona.
 
 mod profile;
+pub mod rules;
 
 pub use profile::{ContextProfile, Stage};
 
 /// A framework the knowledge service matched to the user's turn.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FrameworkRef {
+    /// The corpus id, stored as the reply's citation.
+    pub framework_id: String,
     pub name: String,
     pub author: String,
     pub application: String,
@@ -24,8 +27,8 @@ pub struct FrameworkRef {
 pub struct CoachInput<'a> {
     /// The user's new turn.
     pub message: &'a str,
-    /// The user's earlier turns in this conversation, oldest first.
-    pub earlier_user_turns: &'a [String],
+    /// What the user has told us so far, this turn included.
+    pub profile: &'a ContextProfile,
     /// Matched frameworks, best first.
     pub frameworks: &'a [FrameworkRef],
 }
@@ -34,7 +37,7 @@ pub struct CoachInput<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub struct CoachReply {
     pub text: String,
-    /// Names of the frameworks the reply cites.
+    /// Ids of the frameworks the reply cites.
     pub cited_frameworks: Vec<String>,
     /// How many questions the reply asks (never more than two).
     pub questions_asked: usize,
@@ -45,13 +48,7 @@ pub const MAX_QUESTIONS: usize = 2;
 
 /// Composes the reply to one user turn.
 pub fn reply(input: &CoachInput<'_>) -> CoachReply {
-    let profile = ContextProfile::from_turns(
-        input
-            .earlier_user_turns
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once(input.message)),
-    );
+    let profile = input.profile;
     let lower = input.message.to_lowercase();
     let mut paragraphs: Vec<String> = Vec::new();
     let mut questions: Vec<String> = Vec::new();
@@ -80,7 +77,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             "One lens that may help is {}, from {}. {}",
             framework.name, framework.author, framework.application
         ));
-        cited.push(framework.name.clone());
+        cited.push(framework.framework_id.clone());
         if profile.is_sufficient() {
             questions.push(framework.diagnostic_question.clone());
         }
@@ -100,12 +97,54 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     }
     let questions_asked = questions.len();
     paragraphs.extend(questions);
+    let paragraphs = fit_to_cap(
+        paragraphs,
+        input.frameworks.first(),
+        rules::DEFAULT_WORD_CAP,
+    );
 
     CoachReply {
         text: paragraphs.join("\n\n"),
         cited_frameworks: cited,
         questions_asked,
     }
+}
+
+/// Keeps a reply within the word cap: first the framework paragraph keeps
+/// only its first sentence, then explanations go, most general first; the
+/// summary and the questions always stay.
+fn fit_to_cap(
+    mut paragraphs: Vec<String>,
+    framework: Option<&FrameworkRef>,
+    cap: usize,
+) -> Vec<String> {
+    let words = |ps: &[String]| ps.iter().map(|p| rules::word_count(p)).sum::<usize>();
+    if words(&paragraphs) <= cap {
+        return paragraphs;
+    }
+    if let Some(framework) = framework {
+        let first_sentence = framework
+            .application
+            .split_inclusive(". ")
+            .next()
+            .unwrap_or_default()
+            .trim();
+        let prefix = format!("One lens that may help is {}", framework.name);
+        for paragraph in paragraphs.iter_mut().filter(|p| p.starts_with(&prefix)) {
+            *paragraph = format!("{prefix}, from {}. {first_sentence}", framework.author);
+        }
+    }
+    // Paragraphs without a question and that are not the summary may go.
+    while words(&paragraphs) > cap {
+        let Some(index) = paragraphs
+            .iter()
+            .rposition(|p| !p.contains('?') && !p.starts_with("Here's what I understand"))
+        else {
+            break;
+        };
+        paragraphs.remove(index);
+    }
+    paragraphs
 }
 
 fn asks_for_code(lower: &str) -> bool {
@@ -159,11 +198,16 @@ mod tests {
 
     fn framework() -> FrameworkRef {
         FrameworkRef {
+            framework_id: "systems-dynamics".into(),
             name: "Systems Dynamics".into(),
             author: "Donella Meadows".into(),
             application: "Draw the stocks and flows.".into(),
             diagnostic_question: "What accumulates here?".into(),
         }
+    }
+
+    fn profile(earlier: &[&str], message: &str) -> ContextProfile {
+        ContextProfile::from_turns(earlier.iter().copied().chain([message]))
     }
 
     fn count_questions(text: &str) -> usize {
@@ -174,7 +218,7 @@ mod tests {
     fn asks_for_context_before_advising() {
         let reply = reply(&CoachInput {
             message: "My team is struggling.",
-            earlier_user_turns: &[],
+            profile: &profile(&[], "My team is struggling."),
             frameworks: &[],
         });
         assert!(reply.text.contains("Before I suggest anything"));
@@ -190,7 +234,10 @@ mod tests {
     fn challenges_hiring_as_the_answer() {
         let reply = reply(&CoachInput {
             message: "We need to hire more engineers, we're 40 engineers at series B.",
-            earlier_user_turns: &[],
+            profile: &profile(
+                &[],
+                "We need to hire more engineers, we're 40 engineers at series B.",
+            ),
             frameworks: &[framework()],
         });
         assert!(
@@ -208,7 +255,7 @@ mod tests {
     fn declines_to_write_code() {
         let reply = reply(&CoachInput {
             message: "Can you review my PR for the billing service?",
-            earlier_user_turns: &[],
+            profile: &ContextProfile::default(),
             frameworks: &[],
         });
         assert!(
@@ -220,22 +267,65 @@ mod tests {
 
     #[test]
     fn with_enough_context_it_grounds_in_the_framework_question() {
-        let earlier = vec!["I'm a director of 60 engineers at a series C company.".to_owned()];
+        let message = "Our backlog keeps growing. We tried adding a triage rotation already.";
         let reply = reply(&CoachInput {
-            message: "Our backlog keeps growing. We tried adding a triage rotation already.",
-            earlier_user_turns: &earlier,
+            message,
+            profile: &profile(
+                &["I'm a director of 60 engineers at a series C company."],
+                message,
+            ),
             frameworks: &[framework()],
         });
         assert!(reply.text.contains("What accumulates here?"));
-        assert_eq!(reply.cited_frameworks, vec!["Systems Dynamics".to_owned()]);
+        assert_eq!(reply.cited_frameworks, vec!["systems-dynamics".to_owned()]);
         assert!(!reply.text.contains("Before I suggest anything"));
     }
 
     #[test]
+    fn replies_stay_within_the_word_cap_and_break_no_rule() {
+        let long = FrameworkRef {
+            framework_id: "engineering-strategy".into(),
+            name: "Engineering Strategy".into(),
+            author: "Will Larson".into(),
+            application: format!(
+                "A strategy has three parts. {}",
+                "It matters a lot. ".repeat(60)
+            ),
+            diagnostic_question: "What is your diagnosis?".into(),
+        };
+        let earlier = "I'm a VP of 80 engineers at a series C company.";
+        for message in [
+            "We need to hire more engineers because velocity is slow.",
+            "Can you review my PR?",
+            "Our roadmap keeps changing.",
+        ] {
+            let profile = profile(&[earlier], message);
+            let input = CoachInput {
+                message,
+                profile: &profile,
+                frameworks: std::slice::from_ref(&long),
+            };
+            let reply = reply(&input);
+            assert!(
+                rules::word_count(&reply.text) <= rules::DEFAULT_WORD_CAP,
+                "{}",
+                reply.text
+            );
+            assert_eq!(
+                rules::check(&reply.text, &profile, rules::DEFAULT_WORD_CAP),
+                vec![],
+                "{}",
+                reply.text
+            );
+        }
+    }
+
+    #[test]
     fn same_input_same_reply() {
+        let known = profile(&[], "Velocity is slow.");
         let input = CoachInput {
             message: "Velocity is slow.",
-            earlier_user_turns: &[],
+            profile: &known,
             frameworks: &[framework()],
         };
         assert_eq!(reply(&input), reply(&input));

@@ -6,12 +6,11 @@ use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use tp_coach::ContextProfile;
 use tp_proto::v1 as pb;
 use tp_store::paging::Page;
 use tracing::Instrument;
 
-use crate::reply::{OFFLINE_RESPONDER, ReplyPipeline, deltas};
+use crate::reply::{ReplyPipeline, deltas};
 use crate::store::{ConversationRow, ConversationStore, MessageRow};
 use crate::validate;
 
@@ -148,21 +147,13 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             let store = self.store.clone();
             let pipeline = self.pipeline.clone();
             let task = async move {
-                let message = exchange.user_message.content.clone();
-                let profile = ContextProfile::from_turns(
-                    exchange
-                        .earlier_user_turns
-                        .iter()
-                        .map(String::as_str)
-                        .chain(std::iter::once(message.as_str())),
-                );
-                let frameworks = pipeline.ground(&ctx, &message, &profile).await;
-                let reply = pipeline.compose(&message, &exchange.earlier_user_turns, &frameworks);
-                tracing::info!(
-                    cited = reply.cited_frameworks.len(),
-                    questions = reply.questions_asked,
-                    "reply composed"
-                );
+                let reply = pipeline
+                    .respond(
+                        &ctx,
+                        &exchange.user_message.content,
+                        &exchange.earlier_user_turns,
+                    )
+                    .await;
                 // Keep producing and persisting even if the client has gone:
                 // the turn was acknowledged, so its reply must be stored.
                 for piece in deltas(&reply.text, WORDS_PER_DELTA) {
@@ -171,7 +162,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
                     }
                 }
                 let stored = store
-                    .complete_exchange(&ctx, &exchange.user_message, &reply.text, OFFLINE_RESPONDER)
+                    .complete_exchange(&ctx, &exchange.user_message, &reply)
                     .await;
                 let last = stored
                     .map(|assistant| completed_event(exchange.user_message, assistant))

@@ -3,8 +3,11 @@
 
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Counter;
 use tonic::transport::Channel;
-use tp_coach::{CoachInput, CoachReply, ContextProfile, FrameworkRef};
+use tp_coach::rules::{self, DEFAULT_WORD_CAP};
+use tp_coach::{CoachInput, ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
@@ -20,25 +23,95 @@ pub const OFFLINE_RESPONDER: &str = "offline";
 const KNOWLEDGE_TIMEOUT: Duration = Duration::from_secs(2);
 const FRAMEWORKS_PER_TURN: i32 = 2;
 
+/// An assistant turn, ready to stream and store.
+pub struct ProducedReply {
+    pub text: String,
+    /// Ids of the frameworks it cites.
+    pub cited_frameworks: Vec<String>,
+    /// Persona rules it breaks (see `tp_coach::rules`).
+    pub violations: Vec<&'static str>,
+    /// Whether the knowledge service was reached for grounding.
+    pub grounded: bool,
+    pub responder: &'static str,
+}
+
 #[derive(Clone)]
 pub struct ReplyPipeline {
     knowledge: KnowledgeClient,
+    violations: Counter<u64>,
 }
 
 impl ReplyPipeline {
     pub fn new(knowledge: KnowledgeClient) -> Self {
-        Self { knowledge }
+        let violations = opentelemetry::global::meter("thoughtpartner")
+            .u64_counter("coach_policy_violations")
+            .with_description("Replies breaking a persona rule, by rule and responder")
+            .build();
+        Self {
+            knowledge,
+            violations,
+        }
+    }
+
+    /// The whole turn: read the context profile, ground it, compose the
+    /// reply, check it against the persona's rules and count what it breaks.
+    pub async fn respond(
+        &self,
+        ctx: &RequestContext,
+        message: &str,
+        earlier_user_turns: &[String],
+    ) -> ProducedReply {
+        let profile = ContextProfile::from_turns(
+            earlier_user_turns
+                .iter()
+                .map(String::as_str)
+                .chain(std::iter::once(message)),
+        );
+        let grounding = self.ground(ctx, message, &profile).await;
+        let reply = tp_coach::reply(&CoachInput {
+            message,
+            profile: &profile,
+            frameworks: grounding.as_deref().unwrap_or_default(),
+        });
+        let violations: Vec<&'static str> = rules::check(&reply.text, &profile, DEFAULT_WORD_CAP)
+            .iter()
+            .map(rules::Rule::as_str)
+            .collect();
+        for rule in &violations {
+            self.violations.add(
+                1,
+                &[
+                    KeyValue::new("rule", *rule),
+                    KeyValue::new("responder", OFFLINE_RESPONDER),
+                ],
+            );
+        }
+        tracing::info!(
+            cited = reply.cited_frameworks.len(),
+            questions = reply.questions_asked,
+            violations = violations.len(),
+            grounded = grounding.is_some(),
+            "reply composed"
+        );
+        ProducedReply {
+            text: reply.text,
+            cited_frameworks: reply.cited_frameworks,
+            violations,
+            grounded: grounding.is_some(),
+            responder: OFFLINE_RESPONDER,
+        }
     }
 
     /// Frameworks that fit the user's turn, given what we know of their
-    /// situation. Failures are logged and yield no grounding rather than
+    /// situation; `None` when the knowledge service could not be asked. A
+    /// failure is logged and the reply goes ahead ungrounded rather than
     /// failing the turn the user already sent.
-    pub async fn ground(
+    async fn ground(
         &self,
         ctx: &RequestContext,
         message: &str,
         profile: &ContextProfile,
-    ) -> Vec<FrameworkRef> {
+    ) -> Option<Vec<FrameworkRef>> {
         let mut request = tonic::Request::new(RetrieveRequest {
             message: message.to_owned(),
             context: Some(KnownContext {
@@ -58,38 +131,28 @@ impl ReplyPipeline {
         request.set_timeout(KNOWLEDGE_TIMEOUT);
         if let Err(e) = ctx.write_to(request.metadata_mut()) {
             tracing::warn!(error = %e, "cannot forward request context to knowledge");
-            return Vec::new();
+            return None;
         }
         match self.knowledge.clone().retrieve(request).await {
-            Ok(response) => response
-                .into_inner()
-                .frameworks
-                .into_iter()
-                .map(|f| FrameworkRef {
-                    name: f.name,
-                    author: f.author,
-                    application: f.summary,
-                    diagnostic_question: f.diagnostic_question,
-                })
-                .collect(),
+            Ok(response) => Some(
+                response
+                    .into_inner()
+                    .frameworks
+                    .into_iter()
+                    .map(|f| FrameworkRef {
+                        framework_id: f.framework_id,
+                        name: f.name,
+                        author: f.author,
+                        application: f.summary,
+                        diagnostic_question: f.diagnostic_question,
+                    })
+                    .collect(),
+            ),
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "knowledge lookup failed; replying without grounding");
-                Vec::new()
+                None
             }
         }
-    }
-
-    pub fn compose(
-        &self,
-        message: &str,
-        earlier_user_turns: &[String],
-        frameworks: &[FrameworkRef],
-    ) -> CoachReply {
-        tp_coach::reply(&CoachInput {
-            message,
-            earlier_user_turns,
-            frameworks,
-        })
     }
 }
 

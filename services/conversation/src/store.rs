@@ -11,6 +11,7 @@ use tp_store::paging::Page;
 use uuid::Uuid;
 
 use crate::error::ConversationError;
+use crate::reply::ProducedReply;
 
 #[derive(Clone, Debug, sqlx::FromRow)]
 pub struct ConversationRow {
@@ -259,14 +260,14 @@ impl ConversationStore {
         &self,
         ctx: &RequestContext,
         user_message: &MessageRow,
-        content: &str,
-        responder: &str,
+        reply: &ProducedReply,
     ) -> Result<MessageRow, ConversationError> {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
         let inserted = sqlx::query_as::<_, MessageRow>(concat!(
             "INSERT INTO conversation.messages
-                (message_id, tenant_id, conversation_id, role, content, reply_to, responder)
-             VALUES ($1, $2, $3, 'assistant', $4, $5, $6)
+                (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
+                 cited_frameworks, policy_violations, grounded)
+             VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9)
              ON CONFLICT (reply_to) DO NOTHING
              RETURNING ",
             message_columns!()
@@ -274,9 +275,12 @@ impl ConversationStore {
         .bind(Uuid::new_v4())
         .bind(ctx.tenant_id.as_uuid())
         .bind(user_message.conversation_id)
-        .bind(content)
+        .bind(&reply.text)
         .bind(user_message.message_id)
-        .bind(responder)
+        .bind(reply.responder)
+        .bind(&reply.cited_frameworks)
+        .bind(&reply.violations)
+        .bind(reply.grounded)
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| match &e {
