@@ -234,3 +234,96 @@ async fn a_reply_is_still_produced_and_stored_when_knowledge_is_down() -> anyhow
     assert_eq!(app.count_rows("conversation.messages").await?, 2);
     Ok(())
 }
+
+#[tokio::test]
+async fn the_durable_context_follows_the_member_until_cleared() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+
+    let empty = client
+        .get_context_profile(pb::GetContextProfileRequest {})
+        .await?
+        .into_inner()
+        .profile
+        .expect("a profile");
+    assert_eq!(empty, pb::ContextProfile::default());
+
+    let first = new_conversation(&mut client, "first")
+        .await?
+        .conversation_id;
+    send(
+        &mut client,
+        &first,
+        "I just became VP of engineering; we're 60 engineers at series B.",
+        "",
+    )
+    .await?;
+    let kept = client
+        .get_context_profile(pb::GetContextProfileRequest {})
+        .await?
+        .into_inner()
+        .profile
+        .expect("a profile");
+    assert_eq!(
+        (kept.role.as_str(), kept.team_size, kept.stage.as_str()),
+        ("VP of Engineering", 60, "series B")
+    );
+    assert!(kept.update_time.is_some());
+
+    // A new conversation starts from what was kept.
+    let second = new_conversation(&mut client, "second")
+        .await?
+        .conversation_id;
+    let reply = send(&mut client, &second, "Our roadmap keeps changing.", "").await?;
+    let text = &reply.assistant().content;
+    assert!(
+        text.contains("about 60 engineers") && text.contains("series B"),
+        "{text}"
+    );
+    assert!(!text.contains("How many engineers"), "{text}");
+
+    // Another member of the same tenant sees nothing of it.
+    let bob = app.token("bob", Some(tenant), tp_context::Role::Member);
+    let mut admin = app
+        .members(&app.token("alice-admin", Some(tenant), tp_context::Role::Admin))
+        .await?;
+    admin
+        .add_member(pb::AddMemberRequest {
+            user_id: "bob".into(),
+            role: pb::MemberRole::Member.into(),
+        })
+        .await?;
+    let bobs = app
+        .conversations(&bob)
+        .await?
+        .get_context_profile(pb::GetContextProfileRequest {})
+        .await?
+        .into_inner()
+        .profile
+        .expect("a profile");
+    assert_eq!(bobs, pb::ContextProfile::default());
+
+    // Cleared, the next conversation asks again.
+    client
+        .clear_context_profile(pb::ClearContextProfileRequest {})
+        .await?;
+    assert_eq!(
+        client
+            .get_context_profile(pb::GetContextProfileRequest {})
+            .await?
+            .into_inner()
+            .profile,
+        Some(pb::ContextProfile::default())
+    );
+    let third = new_conversation(&mut client, "third")
+        .await?
+        .conversation_id;
+    let reply = send(&mut client, &third, "Our roadmap keeps changing.", "").await?;
+    assert!(
+        reply.assistant().content.contains("How many engineers"),
+        "{}",
+        reply.assistant().content
+    );
+    Ok(())
+}

@@ -92,6 +92,7 @@ async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Re
         "gateway.members",
         "conversation.conversations",
         "conversation.messages",
+        "conversation.member_profiles",
         "knowledge.documents",
         "knowledge.passages",
     ];

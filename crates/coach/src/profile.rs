@@ -12,6 +12,20 @@ pub enum Stage {
 }
 
 impl Stage {
+    /// The stage a [`Stage::label`] names.
+    pub fn from_label(label: &str) -> Option<Self> {
+        [
+            Stage::Seed,
+            Stage::SeriesA,
+            Stage::SeriesB,
+            Stage::SeriesC,
+            Stage::LateStage,
+            Stage::Public,
+        ]
+        .into_iter()
+        .find(|stage| stage.label() == label)
+    }
+
     /// How users name the stage, e.g. "series B".
     pub fn label(&self) -> &'static str {
         match self {
@@ -96,22 +110,55 @@ impl ContextProfile {
     /// Reads the profile from the user's turns, later turns refining earlier ones.
     pub fn from_turns<'a>(turns: impl IntoIterator<Item = &'a str>) -> Self {
         let mut profile = Self::default();
-        for turn in turns {
-            let lower = format!(" {} ", turn.to_lowercase());
-            if let Some((_, role)) = ROLES.iter().find(|(p, _)| lower.contains(p)) {
-                profile.role = Some(role);
-            }
-            if let Some((_, stage)) = STAGES.iter().find(|(p, _)| lower.contains(p)) {
-                profile.stage = Some(*stage);
-            }
-            if let Some(size) = team_size(&lower) {
-                profile.team_size = Some(size);
-            }
-            if ATTEMPTS.iter().any(|p| lower.contains(p)) {
-                profile.mentioned_attempts = true;
-            }
-        }
+        profile.absorb_all(turns);
         profile
+    }
+
+    /// Reads more turns into the profile; what they say overrides what was known.
+    pub fn absorb_all<'a>(&mut self, turns: impl IntoIterator<Item = &'a str>) {
+        for turn in turns {
+            self.absorb(turn);
+        }
+    }
+
+    fn absorb(&mut self, turn: &str) {
+        let lower = format!(" {} ", turn.to_lowercase());
+        if let Some((_, role)) = ROLES.iter().find(|(p, _)| lower.contains(p)) {
+            self.role = Some(role);
+        }
+        if let Some((_, stage)) = STAGES.iter().find(|(p, _)| lower.contains(p)) {
+            self.stage = Some(*stage);
+        }
+        if let Some(size) = team_size(&lower) {
+            self.team_size = Some(size);
+        }
+        if ATTEMPTS.iter().any(|p| lower.contains(p)) {
+            self.mentioned_attempts = true;
+        }
+    }
+
+    /// The durable part of a profile kept between conversations (role, team
+    /// size, stage), as stored: unknown labels are ignored, not trusted.
+    pub fn from_kept(role: Option<&str>, team_size: Option<u32>, stage: Option<&str>) -> Self {
+        Self {
+            role: role.and_then(|r| {
+                ROLES
+                    .iter()
+                    .map(|(_, label)| *label)
+                    .find(|label| *label == r)
+            }),
+            team_size,
+            stage: stage.and_then(Stage::from_label),
+            mentioned_attempts: false,
+        }
+    }
+
+    /// The part worth keeping for the member's next conversation.
+    pub fn durable(&self) -> Self {
+        Self {
+            mentioned_attempts: false,
+            ..self.clone()
+        }
     }
 
     /// Enough to give grounded advice: the size of the organisation and
@@ -197,6 +244,25 @@ mod tests {
         assert_eq!(p.stage, Some(Stage::SeriesB));
         assert_eq!(p.role, Some("VP of Engineering"));
         assert!(p.is_sufficient());
+    }
+
+    #[test]
+    fn kept_profiles_round_trip_and_turns_override_them() {
+        let said =
+            ContextProfile::from_turns(["I'm the CTO, 25 engineers, series A. We tried OKRs."]);
+        let kept = said.durable();
+        assert!(!kept.mentioned_attempts);
+        let loaded =
+            ContextProfile::from_kept(kept.role, kept.team_size, kept.stage.map(|s| s.label()));
+        assert_eq!(loaded, kept);
+        let mut next = loaded;
+        next.absorb_all(["we're 40 engineers now"]);
+        assert_eq!(next.team_size, Some(40));
+        assert_eq!(next.role, Some("CTO"));
+        assert_eq!(
+            ContextProfile::from_kept(Some("emperor"), None, Some("galactic")),
+            ContextProfile::default()
+        );
     }
 
     #[test]

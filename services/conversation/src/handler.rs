@@ -11,7 +11,7 @@ use tp_store::paging::Page;
 use tracing::Instrument;
 
 use crate::reply::{ReplyPipeline, deltas};
-use crate::store::{ConversationRow, ConversationStore, MessageRow};
+use crate::store::{ConversationRow, ConversationStore, KeptProfile, MessageRow};
 use crate::validate;
 
 /// Words per streamed delta.
@@ -152,6 +152,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
                         &ctx,
                         &exchange.user_message.content,
                         &exchange.earlier_user_turns,
+                        exchange.kept_profile.as_ref(),
                     )
                     .await;
                 // Keep producing and persisting even if the client has gone:
@@ -199,6 +200,39 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         self.store.delete(&ctx, id).await?;
         tracing::info!(conversation_id = %id, "conversation deleted");
         Ok(Response::new(pb::DeleteConversationResponse {}))
+    }
+
+    async fn get_context_profile(
+        &self,
+        request: Request<pb::GetContextProfileRequest>,
+    ) -> Result<Response<pb::GetContextProfileResponse>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        let kept = self.store.get_profile(&ctx).await?;
+        Ok(Response::new(pb::GetContextProfileResponse {
+            profile: Some(profile_pb(kept)),
+        }))
+    }
+
+    async fn clear_context_profile(
+        &self,
+        request: Request<pb::ClearContextProfileRequest>,
+    ) -> Result<Response<pb::ClearContextProfileResponse>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        self.store.clear_profile(&ctx).await?;
+        tracing::info!("context profile cleared");
+        Ok(Response::new(pb::ClearContextProfileResponse {}))
+    }
+}
+
+fn profile_pb(kept: Option<KeptProfile>) -> pb::ContextProfile {
+    let Some(kept) = kept else {
+        return pb::ContextProfile::default();
+    };
+    pb::ContextProfile {
+        role: kept.role.unwrap_or_default(),
+        team_size: kept.team_size.unwrap_or(0),
+        stage: kept.stage.unwrap_or_default(),
+        update_time: Some(tp_proto::timestamp(kept.update_time)),
     }
 }
 

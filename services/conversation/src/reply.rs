@@ -13,6 +13,8 @@ use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServic
 use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
 use tp_telemetry::TraceClient;
 
+use crate::store::KeptProfile;
+
 pub type KnowledgeClient = RetrievalServiceClient<TraceClient<Channel>>;
 
 /// The responder name stored with every reply the offline coach writes.
@@ -33,6 +35,9 @@ pub struct ProducedReply {
     /// Whether the knowledge service was reached for grounding.
     pub grounded: bool,
     pub responder: &'static str,
+    /// The member's durable context (role, team size, stage) when this turn
+    /// changed it, to keep for their next conversation.
+    pub profile_to_keep: Option<ContextProfile>,
 }
 
 #[derive(Clone)]
@@ -60,13 +65,19 @@ impl ReplyPipeline {
         ctx: &RequestContext,
         message: &str,
         earlier_user_turns: &[String],
+        kept: Option<&KeptProfile>,
     ) -> ProducedReply {
-        let profile = ContextProfile::from_turns(
+        // What was kept from earlier conversations, then what this one says.
+        let kept = kept.map(KeptProfile::to_coach).unwrap_or_default();
+        let mut profile = kept.clone();
+        profile.absorb_all(
             earlier_user_turns
                 .iter()
                 .map(String::as_str)
                 .chain(std::iter::once(message)),
         );
+        let durable = profile.durable();
+        let profile_to_keep = (durable != kept).then_some(durable);
         let grounding = self.ground(ctx, message, &profile).await;
         let reply = tp_coach::reply(&CoachInput {
             message,
@@ -99,6 +110,7 @@ impl ReplyPipeline {
             violations,
             grounded: grounding.is_some(),
             responder: OFFLINE_RESPONDER,
+            profile_to_keep,
         }
     }
 

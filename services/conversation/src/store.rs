@@ -32,6 +32,25 @@ pub struct MessageRow {
     pub create_time: OffsetDateTime,
 }
 
+/// The durable part of a member's context profile, as stored.
+#[derive(Clone, Debug, PartialEq, sqlx::FromRow)]
+pub struct KeptProfile {
+    pub role: Option<String>,
+    pub team_size: Option<i32>,
+    pub stage: Option<String>,
+    pub update_time: OffsetDateTime,
+}
+
+impl KeptProfile {
+    pub fn to_coach(&self) -> tp_coach::ContextProfile {
+        tp_coach::ContextProfile::from_kept(
+            self.role.as_deref(),
+            self.team_size.and_then(|n| u32::try_from(n).ok()),
+            self.stage.as_deref(),
+        )
+    }
+}
+
 /// What [`ConversationStore::begin_exchange`] found or wrote.
 pub struct Exchange {
     /// The persisted user turn (new, or the one stored under the same key).
@@ -40,6 +59,8 @@ pub struct Exchange {
     pub existing_reply: Option<MessageRow>,
     /// The user's earlier turns, oldest first, for the coach's context.
     pub earlier_user_turns: Vec<String>,
+    /// What was kept about the member from earlier conversations.
+    pub kept_profile: Option<KeptProfile>,
 }
 
 /// How many earlier user turns the coach sees.
@@ -246,11 +267,13 @@ impl ConversationStore {
         .fetch_all(&mut *tx)
         .await?;
         earlier_user_turns.reverse();
+        let kept_profile = kept_profile(&mut tx, ctx).await?;
         tx.commit().await?;
         Ok(Exchange {
             user_message,
             existing_reply,
             earlier_user_turns,
+            kept_profile,
         })
     }
 
@@ -290,10 +313,13 @@ impl ConversationStore {
             }
             _ => e.into(),
         })?;
-        let reply = match inserted {
-            Some(reply) => {
+        let stored = match inserted {
+            Some(stored) => {
                 touch(&mut tx, user_message.conversation_id).await?;
-                reply
+                if let Some(profile) = &reply.profile_to_keep {
+                    keep_profile(&mut tx, ctx, profile).await?;
+                }
+                stored
             }
             None => stored_reply(&mut tx, user_message.message_id)
                 .await?
@@ -302,11 +328,69 @@ impl ConversationStore {
                 ))?,
         };
         tx.commit().await?;
-        Ok(reply)
+        Ok(stored)
+    }
+}
+
+impl ConversationStore {
+    /// What is kept about the caller between conversations.
+    pub async fn get_profile(
+        &self,
+        ctx: &RequestContext,
+    ) -> Result<Option<KeptProfile>, ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let kept = kept_profile(&mut tx, ctx).await?;
+        tx.commit().await?;
+        Ok(kept)
+    }
+
+    /// Forgets what is kept about the caller.
+    pub async fn clear_profile(&self, ctx: &RequestContext) -> Result<(), ConversationError> {
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        sqlx::query("DELETE FROM conversation.member_profiles WHERE user_id = $1")
+            .bind(&ctx.user_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 
 type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+async fn kept_profile(
+    tx: &mut Tx,
+    ctx: &RequestContext,
+) -> Result<Option<KeptProfile>, ConversationError> {
+    Ok(sqlx::query_as(
+        "SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = $1",
+    )
+    .bind(&ctx.user_id)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+async fn keep_profile(
+    tx: &mut Tx,
+    ctx: &RequestContext,
+    profile: &tp_coach::ContextProfile,
+) -> Result<(), ConversationError> {
+    sqlx::query(
+        "INSERT INTO conversation.member_profiles (tenant_id, user_id, role, team_size, stage)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (tenant_id, user_id) DO UPDATE SET
+            role = EXCLUDED.role, team_size = EXCLUDED.team_size, stage = EXCLUDED.stage,
+            update_time = now()",
+    )
+    .bind(ctx.tenant_id.as_uuid())
+    .bind(&ctx.user_id)
+    .bind(profile.role)
+    .bind(profile.team_size.and_then(|n| i32::try_from(n).ok()))
+    .bind(profile.stage.map(|s| s.label()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
 
 /// Checks the conversation exists and belongs to the caller, optionally
 /// locking it for the rest of the transaction.

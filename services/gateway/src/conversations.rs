@@ -83,6 +83,22 @@ impl pb::conversation_service_server::ConversationService for ConversationGatewa
         client.list_messages(request).await
     }
 
+    async fn get_context_profile(
+        &self,
+        request: Request<pb::GetContextProfileRequest>,
+    ) -> Result<Response<pb::GetContextProfileResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.get_context_profile(request).await
+    }
+
+    async fn clear_context_profile(
+        &self,
+        request: Request<pb::ClearContextProfileRequest>,
+    ) -> Result<Response<pb::ClearContextProfileResponse>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.clear_context_profile(request).await
+    }
+
     async fn delete_conversation(
         &self,
         request: Request<pb::DeleteConversationRequest>,
