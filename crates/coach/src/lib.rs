@@ -1,15 +1,18 @@
 //! The thought partner's behaviour as pure logic: no I/O, no clock, no
 //! randomness, so every reply is reproducible and unit-tested directly.
 //!
-//! This is the walking-skeleton responder: it reads what context the user
-//! has given, challenges the commonest faulty premises, grounds itself in a
-//! framework the knowledge service matched, and asks at most two questions.
-//! The coach issue grows it into the full persona.
+//! The offline responder follows `persona.md`: it asks before advising,
+//! challenges common assumptions (with the second-order effect that makes
+//! them risky), is direct about known anti-patterns, grounds itself in at
+//! most two frameworks the knowledge service matched, summarises what it
+//! knows, never asks more than two questions, stays under the word cap,
+//! declines code and code review, leaves decisions to the user and says so
+//! when a question is outside its topics.
 
 mod profile;
 pub mod rules;
 
-pub use profile::{ContextProfile, Stage};
+pub use profile::{ContextProfile, Stage, words};
 
 /// A framework the knowledge service matched to the user's turn.
 #[derive(Clone, Debug, PartialEq)]
@@ -20,6 +23,8 @@ pub struct FrameworkRef {
     pub author: String,
     pub application: String,
     pub diagnostic_question: String,
+    /// Where to read more (may be empty).
+    pub source_url: String,
 }
 
 /// Everything the coach may look at for one reply.
@@ -46,81 +51,161 @@ pub struct CoachReply {
 /// The persona never asks more than this many questions in one turn.
 pub const MAX_QUESTIONS: usize = 2;
 
+/// How much a part of a reply matters when the word cap forces a cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Weight {
+    /// Dropped first.
+    Optional,
+    /// Kept unless nothing else fits.
+    Useful,
+    /// Never dropped: the summary, what the persona must say, the questions.
+    Essential,
+}
+
+struct Part {
+    text: String,
+    weight: Weight,
+}
+
+fn part(text: impl Into<String>, weight: Weight) -> Part {
+    Part {
+        text: text.into(),
+        weight,
+    }
+}
+
 /// Composes the reply to one user turn.
 pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let profile = input.profile;
     let lower = input.message.to_lowercase();
-    let mut paragraphs: Vec<String> = Vec::new();
+    let padded = words(input.message);
+
+    let wants_code = asks_for_code(&lower);
+    let anti_pattern = ANTI_PATTERNS
+        .iter()
+        .find(|a| a.triggers.iter().any(|t| lower.contains(t)));
+    let challenge = CHALLENGES
+        .iter()
+        .find(|c| c.triggers.iter().any(|t| lower.contains(t)));
+    // A recognised leadership premise is on topic, whatever the wording.
+    let recognised = wants_code || anti_pattern.is_some() || challenge.is_some();
+    if !recognised && out_of_scope(&padded, profile) {
+        return CoachReply {
+            text: "That's outside what I can help with: I'm a thought partner for engineering \
+                   leadership (org design, hiring, strategy, technical quality, careers, \
+                   infrastructure and observability). What leadership question is on your mind?"
+                .to_owned(),
+            cited_frameworks: Vec::new(),
+            questions_asked: 1,
+        };
+    }
+
+    let mut parts: Vec<Part> = Vec::new();
     let mut questions: Vec<String> = Vec::new();
 
-    if asks_for_code(&lower) {
-        paragraphs.push(
+    if wants_code {
+        parts.push(part(
             "I won't write code or review pull requests; that's not where I'm useful. \
-             I can help you think through the decision behind it: the trade-offs, who it \
-             affects, and how you'll know it worked."
-                .to_owned(),
-        );
+             I can help with the decision behind it: the trade-offs, who it affects, and how \
+             you'll know it worked.",
+            Weight::Essential,
+        ));
     }
-
     if let Some(summary) = profile.summary() {
-        paragraphs.push(format!("Here's what I understand so far: {summary}."));
+        parts.push(part(
+            format!("Here's what I understand so far: {summary}."),
+            Weight::Essential,
+        ));
     }
-
-    if let Some((challenge, question)) = challenge(&lower) {
-        paragraphs.push(challenge.to_owned());
-        questions.push(question.to_owned());
+    if let Some(anti_pattern) = anti_pattern {
+        parts.push(part(
+            format!("That's a known anti-pattern: {}", anti_pattern.why),
+            Weight::Essential,
+        ));
+    }
+    if let Some(challenge) = challenge {
+        parts.push(part(
+            format!(
+                "{} Second-order effect: {}",
+                challenge.why, challenge.second_order
+            ),
+            Weight::Essential,
+        ));
+        questions.push(challenge.question.to_owned());
+    }
+    if asks_to_decide(&padded) {
+        parts.push(part(
+            "It's your call, and it should be: you know the people and constraints. Here are \
+             the options as I see them: act now, run a small time-boxed experiment first, or \
+             wait until you know more. Each trades speed against the cost of being wrong.",
+            Weight::Essential,
+        ));
+        questions
+            .push("Which constraint matters most to you here: time, risk or people?".to_owned());
     }
 
     let mut cited = Vec::new();
-    if let Some(framework) = input.frameworks.first() {
-        paragraphs.push(format!(
+    if let Some(first) = input.frameworks.first() {
+        let mut text = format!(
             "One lens that may help is {}, from {}. {}",
-            framework.name, framework.author, framework.application
-        ));
-        cited.push(framework.framework_id.clone());
+            first.name, first.author, first.application
+        );
+        if !first.source_url.is_empty() {
+            text.push_str(&format!(" (Source: {}.)", first.source_url));
+        }
+        parts.push(part(text, Weight::Useful));
+        cited.push(first.framework_id.clone());
+        if let Some(second) = input.frameworks.get(1) {
+            parts.push(part(
+                format!("Another is {}, from {}.", second.name, second.author),
+                Weight::Optional,
+            ));
+            cited.push(second.framework_id.clone());
+        }
         if profile.is_sufficient() {
-            questions.push(framework.diagnostic_question.clone());
+            questions.push(first.diagnostic_question.clone());
         }
     }
 
     // Context before advice: ask for what is still missing.
     questions.extend(profile.missing_context_questions());
+    questions.dedup();
     questions.truncate(MAX_QUESTIONS);
-
     if questions.is_empty() {
         questions
             .push("What would a good outcome look like for you three months from now?".to_owned());
     } else if !profile.is_sufficient() {
-        paragraphs.push(
-            "Before I suggest anything, I'd like to understand your situation better.".to_owned(),
-        );
+        parts.push(part(
+            "Before I suggest anything, I'd like to understand your situation better.",
+            Weight::Essential,
+        ));
     }
     let questions_asked = questions.len();
-    paragraphs.extend(questions);
-    let paragraphs = fit_to_cap(
-        paragraphs,
-        input.frameworks.first(),
-        rules::DEFAULT_WORD_CAP,
-    );
+    parts.extend(questions.into_iter().map(|q| part(q, Weight::Essential)));
 
+    let parts = fit_to_cap(parts, input.frameworks.first(), rules::DEFAULT_WORD_CAP);
     CoachReply {
-        text: paragraphs.join("\n\n"),
+        text: parts
+            .iter()
+            .map(|p| p.text.as_str())
+            .collect::<Vec<_>>()
+            .join("\n\n"),
         cited_frameworks: cited,
         questions_asked,
     }
 }
 
 /// Keeps a reply within the word cap: first the framework paragraph keeps
-/// only its first sentence, then explanations go, most general first; the
-/// summary and the questions always stay.
-fn fit_to_cap(
-    mut paragraphs: Vec<String>,
-    framework: Option<&FrameworkRef>,
-    cap: usize,
-) -> Vec<String> {
-    let words = |ps: &[String]| ps.iter().map(|p| rules::word_count(p)).sum::<usize>();
-    if words(&paragraphs) <= cap {
-        return paragraphs;
+/// only its first sentence, then parts go, least weighty and latest first.
+fn fit_to_cap(mut parts: Vec<Part>, framework: Option<&FrameworkRef>, cap: usize) -> Vec<Part> {
+    let words = |parts: &[Part]| {
+        parts
+            .iter()
+            .map(|p| rules::word_count(&p.text))
+            .sum::<usize>()
+    };
+    if words(&parts) <= cap {
+        return parts;
     }
     if let Some(framework) = framework {
         let first_sentence = framework
@@ -130,21 +215,19 @@ fn fit_to_cap(
             .unwrap_or_default()
             .trim();
         let prefix = format!("One lens that may help is {}", framework.name);
-        for paragraph in paragraphs.iter_mut().filter(|p| p.starts_with(&prefix)) {
-            *paragraph = format!("{prefix}, from {}. {first_sentence}", framework.author);
+        for p in parts.iter_mut().filter(|p| p.text.starts_with(&prefix)) {
+            p.text = format!("{prefix}, from {}. {first_sentence}", framework.author);
         }
     }
-    // Paragraphs without a question and that are not the summary may go.
-    while words(&paragraphs) > cap {
-        let Some(index) = paragraphs
-            .iter()
-            .rposition(|p| !p.contains('?') && !p.starts_with("Here's what I understand"))
-        else {
-            break;
-        };
-        paragraphs.remove(index);
+    for weight in [Weight::Optional, Weight::Useful] {
+        while words(&parts) > cap {
+            let Some(index) = parts.iter().rposition(|p| p.weight == weight) else {
+                break;
+            };
+            parts.remove(index);
+        }
     }
-    paragraphs
+    parts
 }
 
 fn asks_for_code(lower: &str) -> bool {
@@ -162,35 +245,211 @@ fn asks_for_code(lower: &str) -> bool {
     .any(|p| lower.contains(p))
 }
 
-/// Premises the persona always questions, with the question to ask.
-fn challenge(lower: &str) -> Option<(&'static str, &'static str)> {
-    if [
-        "hire more",
-        "more engineers",
-        "more headcount",
-        "need more people",
+/// `padded` is the message as [`words`] returns it.
+fn asks_to_decide(padded: &str) -> bool {
+    [
+        " should i ",
+        " decide for me ",
+        " tell me what to do ",
+        " which should i pick ",
+        " just tell me ",
     ]
     .iter()
-    .any(|p| lower.contains(p))
-    {
-        return Some((
-            "Hiring is one answer, but adding people is slow and adds coordination cost; \
-             it often makes a delivery problem worse for months before it helps.",
-            "What problem would the new engineers solve that the current team can't?",
-        ));
-    }
-    if ["velocity", "too slow", "moving slowly", "ship faster"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
-        return Some((
-            "\"Slow\" can mean many things: long cycle time, too much unplanned work, \
-             or simply a mismatch between expectations and capacity.",
-            "How are you measuring velocity today, and who is saying it's slow?",
-        ));
-    }
-    None
+    .any(|p| padded.contains(p))
 }
+
+/// Outside the persona's topics: clearly personal or unrelated asks, or an
+/// opening question with none of the vocabulary of engineering leadership
+/// (once a leader has described their situation, a terse follow-up such as
+/// "just tell me" is still part of that conversation).
+fn out_of_scope(padded: &str, profile: &ContextProfile) -> bool {
+    // Asks that are personal or unrelated whatever else they mention.
+    const UNRELATED: &[&str] = &[
+        " stock pick",
+        " which stocks ",
+        " buy stocks ",
+        " crypto",
+        " legal advice ",
+        " my lawyer ",
+        " my taxes ",
+        " tax return ",
+        " tax treatment ",
+        " medical advice ",
+        " medication ",
+        " my doctor ",
+        " champions league ",
+        " football ",
+        " soccer ",
+        " basketball ",
+    ];
+    const LEADERSHIP: &[&str] = &[
+        "engineer",
+        "team",
+        "manag",
+        "lead",
+        "hire",
+        "hiring",
+        "recruit",
+        "interview",
+        "org",
+        "report",
+        "staff",
+        "principal",
+        "promot",
+        "promo",
+        "career",
+        "ladder",
+        "level",
+        "strategy",
+        "roadmap",
+        "priorit",
+        "tech",
+        "debt",
+        "code",
+        "deploy",
+        "release",
+        "incident",
+        "on-call",
+        "oncall",
+        "paged",
+        "outage",
+        "product",
+        "architecture",
+        "platform",
+        "infra",
+        "observab",
+        "slo",
+        "process",
+        "velocity",
+        "meeting",
+        "1:1",
+        "one-on-one",
+        "feedback",
+        "performance",
+        "company",
+        "startup",
+        "cto",
+        "vp",
+        "director",
+        "ic ",
+        " em ",
+        "budget",
+        "headcount",
+        "culture",
+        "boss",
+        "peer",
+        "stakeholder",
+        "burnout",
+        "people",
+        "coach",
+        "mentor",
+        "sponsor",
+        "quality",
+        "migration",
+        "rewrite",
+        "service",
+        "system",
+        "goal",
+        "okr",
+        "metric",
+        "measure",
+        "ship",
+        "work",
+        "database",
+        "queue",
+        "cloud",
+        "vendor",
+        "tool",
+        "stack",
+        "backlog",
+        "deadline",
+        "sprint",
+    ];
+    if UNRELATED.iter().any(|p| padded.contains(p)) {
+        return true;
+    }
+    let opening = *profile == ContextProfile::default();
+    opening && !asks_to_decide(padded) && !LEADERSHIP.iter().any(|p| padded.contains(p))
+}
+
+/// A premise the persona always questions.
+struct Challenge {
+    triggers: &'static [&'static str],
+    why: &'static str,
+    second_order: &'static str,
+    question: &'static str,
+}
+
+const CHALLENGES: &[Challenge] = &[
+    Challenge {
+        triggers: &[
+            "hire more",
+            "more engineers",
+            "more headcount",
+            "need more people",
+        ],
+        why: "Hiring is one answer, but new people take months to become productive.",
+        second_order: "onboarding pulls your seniors off the work, so delivery often slows before it speeds up.",
+        question: "What problem would the new engineers solve that the current team can't?",
+    },
+    Challenge {
+        triggers: &["velocity", "too slow", "moving slowly", "ship faster"],
+        why: "\"Slow\" can mean long cycle times, too much unplanned work, or expectations that outgrew capacity.",
+        second_order: "pushing on the wrong one adds pressure and rework that make the real bottleneck worse.",
+        question: "How are you measuring velocity today, and who is saying it's slow?",
+    },
+    Challenge {
+        triggers: &["rewrite", "rewriting", "start from scratch"],
+        why: "Rewrites promise a clean slate but must rebuild years of hidden behaviour.",
+        second_order: "the old system still needs care meanwhile, so you run two systems for longer than planned.",
+        question: "What would the rewrite fix that incremental change can't?",
+    },
+    Challenge {
+        triggers: &["microservices", "micro-services", "split the monolith"],
+        why: "Microservices trade code coupling for operational and coordination cost.",
+        second_order: "every new service adds on-call, deployment and debugging load that small teams feel first.",
+        question: "What problem do you expect microservices to solve?",
+    },
+    Challenge {
+        triggers: &["platform team"],
+        why: "A platform team helps only if it owns problems several teams share.",
+        second_order: "a platform without clear customers becomes a queue that every team waits on.",
+        question: "Which shared problems would a platform team own?",
+    },
+    Challenge {
+        triggers: &["more process", "add process", "stricter process"],
+        why: "Process encodes a lesson, but each step taxes every change.",
+        second_order: "people route around heavy process, and the failures it should catch move out of sight.",
+        question: "Which failure is the new process meant to prevent?",
+    },
+    Challenge {
+        triggers: &["story points", "lines of code", "number of commits"],
+        why: "Story points and lines of code measure activity, not outcomes.",
+        second_order: "once a number becomes a target, people optimise the number instead of the result.",
+        question: "What outcome do you actually want to see change?",
+    },
+];
+
+/// Plans the persona calls out plainly.
+struct AntiPattern {
+    triggers: &'static [&'static str],
+    why: &'static str,
+}
+
+const ANTI_PATTERNS: &[AntiPattern] = &[
+    AntiPattern {
+        triggers: &["lines of code", "number of commits"],
+        why: "counting output rewards volume and punishes the engineers who simplify.",
+    },
+    AntiPattern {
+        triggers: &["stack rank", "stack ranking"],
+        why: "forced ranking turns colleagues into competitors and drives out collaboration.",
+    },
+    AntiPattern {
+        triggers: &["hire our way out", "10x engineer"],
+        why: "betting on heroes or headcount hides the system that produces the problem.",
+    },
+];
 
 #[cfg(test)]
 mod tests {
@@ -203,6 +462,7 @@ mod tests {
             author: "Donella Meadows".into(),
             application: "Draw the stocks and flows.".into(),
             diagnostic_question: "What accumulates here?".into(),
+            source_url: "https://lethain.com".into(),
         }
     }
 
@@ -276,7 +536,11 @@ mod tests {
             ),
             frameworks: &[framework()],
         });
-        assert!(reply.text.contains("What accumulates here?"));
+        assert!(
+            reply.text.contains("What accumulates here?"),
+            "{}",
+            reply.text
+        );
         assert_eq!(reply.cited_frameworks, vec!["systems-dynamics".to_owned()]);
         assert!(!reply.text.contains("Before I suggest anything"));
     }
@@ -292,6 +556,7 @@ mod tests {
                 "It matters a lot. ".repeat(60)
             ),
             diagnostic_question: "What is your diagnosis?".into(),
+            source_url: String::new(),
         };
         let earlier = "I'm a VP of 80 engineers at a series C company.";
         for message in [
@@ -316,6 +581,38 @@ mod tests {
                 vec![],
                 "{}",
                 reply.text
+            );
+        }
+    }
+
+    #[test]
+    fn off_topic_asks_are_declined_briefly_and_leadership_ones_are_not() {
+        let ask = |message: &str| {
+            reply(&CoachInput {
+                message,
+                profile: &ContextProfile::default(),
+                frameworks: &[framework()],
+            })
+        };
+        for off_topic in [
+            "What's a good lasagne recipe?",
+            "Who will win the Champions League?",
+        ] {
+            let r = ask(off_topic);
+            assert!(
+                r.text.starts_with("That's outside what I can help with"),
+                "{}",
+                r.text
+            );
+            assert!(r.cited_frameworks.is_empty());
+        }
+        for on_topic in [
+            "My team keeps missing deadlines.",
+            "How do I give my boss hard feedback?",
+        ] {
+            assert!(
+                !ask(on_topic).text.contains("outside what I can help with"),
+                "{on_topic}"
             );
         }
     }

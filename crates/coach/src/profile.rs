@@ -59,17 +59,19 @@ pub struct ContextProfile {
     pub mentioned_attempts: bool,
 }
 
+// Patterns match whole words of the normalised text (see `words`), so
+// "director" is not read as "cto" nor "them" as "em".
 const ROLES: &[(&str, &str)] = &[
-    ("cto", "CTO"),
-    ("vp of engineering", "VP of Engineering"),
-    ("vp eng", "VP of Engineering"),
-    (" vp", "VP"),
-    ("director", "director"),
-    ("engineering manager", "engineering manager"),
+    (" cto ", "CTO"),
+    (" vp of engineering ", "VP of Engineering"),
+    (" vp eng", "VP of Engineering"),
+    (" vp ", "VP"),
+    (" director ", "director"),
+    (" engineering manager ", "engineering manager"),
     (" em ", "engineering manager"),
-    ("staff engineer", "staff engineer"),
-    ("principal engineer", "principal engineer"),
-    ("tech lead", "tech lead"),
+    (" staff engineer ", "staff engineer"),
+    (" principal engineer ", "principal engineer"),
+    (" tech lead ", "tech lead"),
 ];
 
 const STAGES: &[(&str, Stage)] = &[
@@ -122,7 +124,7 @@ impl ContextProfile {
     }
 
     fn absorb(&mut self, turn: &str) {
-        let lower = format!(" {} ", turn.to_lowercase());
+        let lower = words(turn);
         if let Some((_, role)) = ROLES.iter().find(|(p, _)| lower.contains(p)) {
             self.role = Some(role);
         }
@@ -206,6 +208,30 @@ impl ContextProfile {
     }
 }
 
+/// Lower-case text with punctuation turned into spaces and a space at each
+/// end, so patterns written as `" word "` match whole words only.
+pub fn words(text: &str) -> String {
+    let chars: Vec<char> = text.to_lowercase().chars().collect();
+    let keep = |i: usize| {
+        let c = chars[i];
+        let digit_at = |j: Option<usize>| {
+            j.and_then(|j| chars.get(j))
+                .is_some_and(char::is_ascii_digit)
+        };
+        c.is_alphanumeric()
+            || matches!(c, '-' | '+' | '\'')
+            // "1:1" stays one word; "me: do" does not.
+            || (c == ':' && digit_at(i.checked_sub(1)) && digit_at(Some(i + 1)))
+    };
+    let spaced: String = (0..chars.len())
+        .map(|i| if keep(i) { chars[i] } else { ' ' })
+        .collect();
+    format!(
+        " {} ",
+        spaced.split_whitespace().collect::<Vec<_>>().join(" ")
+    )
+}
+
 /// Finds "40 engineers", "a team of 12", "12-person team".
 fn team_size(lower: &str) -> Option<u32> {
     let words: Vec<&str> = lower
@@ -262,6 +288,22 @@ mod tests {
         assert_eq!(
             ContextProfile::from_kept(Some("emperor"), None, Some("galactic")),
             ContextProfile::default()
+        );
+    }
+
+    #[test]
+    fn roles_match_whole_words() {
+        let director = ContextProfile::from_turns(["I'm a director of 60 engineers."]);
+        assert_eq!(director.role, Some("director"));
+        let none = ContextProfile::from_turns(["We refactor them in October."]);
+        assert_eq!(none.role, None);
+        assert_eq!(
+            ContextProfile::from_turns(["I'm the CTO."]).role,
+            Some("CTO")
+        );
+        assert_eq!(
+            ContextProfile::from_turns(["As an EM, I..."]).role,
+            Some("engineering manager")
         );
     }
 

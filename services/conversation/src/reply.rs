@@ -157,6 +157,7 @@ impl ReplyPipeline {
                         author: f.author,
                         application: f.summary,
                         diagnostic_question: f.diagnostic_question,
+                        source_url: f.source_url,
                     })
                     .collect(),
             ),
