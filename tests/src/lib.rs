@@ -131,16 +131,25 @@ fn spawn_service(
 impl TestApp {
     /// A fresh database, migrated, and the three services on random ports.
     pub async fn spawn() -> anyhow::Result<Self> {
-        Self::spawn_with(true).await
+        Self::spawn_with(true, None).await
     }
 
     /// Like [`TestApp::spawn`], but the knowledge service never starts: its
     /// address refuses connections, as a crashed service's would.
     pub async fn spawn_without_knowledge() -> anyhow::Result<Self> {
-        Self::spawn_with(false).await
+        Self::spawn_with(false, None).await
     }
 
-    async fn spawn_with(knowledge_up: bool) -> anyhow::Result<Self> {
+    /// Like [`TestApp::spawn`], with replies written by an OpenAI-compatible
+    /// provider at `base_url` (a test server).
+    pub async fn spawn_with_openai(base_url: &str) -> anyhow::Result<Self> {
+        Self::spawn_with(true, Some(base_url.to_owned())).await
+    }
+
+    async fn spawn_with(
+        knowledge_up: bool,
+        openai_base_url: Option<String>,
+    ) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         db.migrate().await?;
         let any_port: SocketAddr = "127.0.0.1:0".parse()?;
@@ -166,6 +175,17 @@ impl TestApp {
                 knowledge_url: format!("http://{knowledge_addr}"),
                 database_url: db.app_url.clone(),
                 database_max_connections: 4,
+                llm_provider: if openai_base_url.is_some() {
+                    tp_conversation::LlmProvider::Openai
+                } else {
+                    tp_conversation::LlmProvider::Offline
+                },
+                llm_api_key: openai_base_url.as_ref().map(|_| "sk-test-key".to_owned()),
+                llm_model: openai_base_url.as_ref().map(|_| "test-model".to_owned()),
+                llm_base_url: openai_base_url,
+                llm_first_byte_timeout_ms: 5_000,
+                llm_max_tokens: 300,
+                llm_context_tokens: 2_000,
             })
             .await?;
         let conversation_addr = conversation.local_addr();

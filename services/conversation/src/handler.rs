@@ -10,12 +10,9 @@ use tp_proto::v1 as pb;
 use tp_store::paging::Page;
 use tracing::Instrument;
 
-use crate::reply::{ReplyPipeline, deltas};
+use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
 use crate::store::{ConversationRow, ConversationStore, KeptProfile, MessageRow};
 use crate::validate;
-
-/// Words per streamed delta.
-const WORDS_PER_DELTA: usize = 6;
 
 pub struct ConversationHandler {
     store: ConversationStore,
@@ -57,14 +54,6 @@ fn message_pb(row: MessageRow) -> pb::Message {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::SendMessageResponse, Status>> + Send>>;
-
-fn delta_event(text: &str) -> pb::SendMessageResponse {
-    pb::SendMessageResponse {
-        event: Some(pb::send_message_response::Event::TextDelta(pb::TextDelta {
-            text: text.to_owned(),
-        })),
-    }
-}
 
 fn completed_event(user: MessageRow, assistant: MessageRow) -> pb::SendMessageResponse {
     pb::SendMessageResponse {
@@ -147,27 +136,20 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             let store = self.store.clone();
             let pipeline = self.pipeline.clone();
             let task = async move {
-                let reply = pipeline
-                    .respond(
-                        &ctx,
-                        &exchange.user_message.content,
-                        &exchange.earlier_user_turns,
-                        exchange.kept_profile.as_ref(),
-                    )
-                    .await;
-                // Keep producing and persisting even if the client has gone:
-                // the turn was acknowledged, so its reply must be stored.
-                for piece in deltas(&reply.text, WORDS_PER_DELTA) {
-                    if events.send(Ok(delta_event(piece))).await.is_err() {
-                        break;
+                let last = match pipeline.respond(&ctx, &exchange, &events).await {
+                    Ok(reply) => store
+                        .complete_exchange(&ctx, &exchange.user_message, &reply)
+                        .await
+                        .map(|assistant| completed_event(exchange.user_message, assistant))
+                        .map_err(Status::from),
+                    Err(ReplyError::ClientGone) => return,
+                    Err(ReplyError::Provider(e)) => {
+                        tracing::warn!(error = %e, "model provider failed; the user turn stays stored");
+                        Err(Status::unavailable(format!(
+                            "{e}; your message is saved: retry with the same idempotency_key"
+                        )))
                     }
-                }
-                let stored = store
-                    .complete_exchange(&ctx, &exchange.user_message, &reply)
-                    .await;
-                let last = stored
-                    .map(|assistant| completed_event(exchange.user_message, assistant))
-                    .map_err(Status::from);
+                };
                 let _ = events.send(last).await;
             };
             tokio::spawn(task.instrument(tracing::Span::current()));

@@ -6,10 +6,11 @@
 pub mod config;
 mod error;
 mod handler;
+mod prompt;
 mod reply;
 mod startup;
 mod store;
 mod validate;
 
-pub use config::{ConversationConfig, SCHEMA};
+pub use config::{ConversationConfig, LlmProvider, SCHEMA};
 pub use startup::{Application, ConversationService, migrate};

@@ -1,5 +1,8 @@
-//! Producing the assistant's turn: grounding from the knowledge service,
-//! then the offline coach. Only this step will differ between responders.
+//! Producing the assistant's turn: the context profile, grounding from the
+//! knowledge service, then a responder — the offline coach or a model —
+//! whose reply is streamed, checked against the persona's rules and handed
+//! back for storage. Only the "produce the reply" step differs between
+//! responders.
 
 use std::time::Duration;
 
@@ -7,13 +10,68 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use tonic::transport::Channel;
 use tp_coach::rules::{self, DEFAULT_WORD_CAP};
-use tp_coach::{CoachInput, ContextProfile, FrameworkRef};
+use tp_coach::{ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
 use tp_telemetry::TraceClient;
 
-use crate::store::KeptProfile;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+use tonic::Status;
+use tp_llm::{LlmClient, LlmError, StreamEvent, Usage};
+use tp_proto::v1 as pb;
+
+use crate::prompt;
+use crate::store::{Exchange, KeptProfile};
+
+/// Where a reply's deltas go: the client's event stream.
+pub type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
+
+/// Words per streamed delta of the offline coach (and of replays).
+pub const WORDS_PER_DELTA: usize = 6;
+
+pub fn delta_event(text: &str) -> pb::SendMessageResponse {
+    pb::SendMessageResponse {
+        event: Some(pb::send_message_response::Event::TextDelta(pb::TextDelta {
+            text: text.to_owned(),
+        })),
+    }
+}
+
+/// Who writes the reply.
+#[derive(Clone)]
+pub enum Responder {
+    Offline,
+    Model {
+        client: LlmClient,
+        max_tokens: u32,
+        context_tokens: usize,
+    },
+}
+
+impl Responder {
+    fn name(&self) -> &'static str {
+        match self {
+            Responder::Offline => OFFLINE_RESPONDER,
+            Responder::Model { client, .. } => match client.config().kind {
+                tp_llm::ProviderKind::OpenAiCompatible => "openai",
+                tp_llm::ProviderKind::Anthropic => "anthropic",
+            },
+        }
+    }
+}
+
+/// Why no reply could be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplyError {
+    /// The client hung up while a model was writing: the upstream request
+    /// is cancelled and nothing partial is stored.
+    #[error("the client went away")]
+    ClientGone,
+    #[error("the model provider failed: {0}")]
+    Provider(#[from] LlmError),
+}
 
 pub type KnowledgeClient = RetrievalServiceClient<TraceClient<Channel>>;
 
@@ -38,40 +96,50 @@ pub struct ProducedReply {
     /// The member's durable context (role, team size, stage) when this turn
     /// changed it, to keep for their next conversation.
     pub profile_to_keep: Option<ContextProfile>,
+    /// Tokens the provider reported (`None` for the offline coach).
+    pub usage: Option<Usage>,
 }
 
 #[derive(Clone)]
 pub struct ReplyPipeline {
     knowledge: KnowledgeClient,
+    responder: Responder,
     violations: Counter<u64>,
 }
 
 impl ReplyPipeline {
-    pub fn new(knowledge: KnowledgeClient) -> Self {
+    pub fn new(knowledge: KnowledgeClient, responder: Responder) -> Self {
         let violations = opentelemetry::global::meter("thoughtpartner")
             .u64_counter("coach_policy_violations")
             .with_description("Replies breaking a persona rule, by rule and responder")
             .build();
         Self {
             knowledge,
+            responder,
             violations,
         }
     }
 
-    /// The whole turn: read the context profile, ground it, compose the
-    /// reply, check it against the persona's rules and count what it breaks.
+    /// The whole turn: read the context profile, ground it, produce the
+    /// reply while streaming its deltas to `events`, check it against the
+    /// persona's rules and count what it breaks.
     pub async fn respond(
         &self,
         ctx: &RequestContext,
-        message: &str,
-        earlier_user_turns: &[String],
-        kept: Option<&KeptProfile>,
-    ) -> ProducedReply {
+        exchange: &Exchange,
+        events: &Events,
+    ) -> Result<ProducedReply, ReplyError> {
+        let message = exchange.user_message.content.as_str();
         // What was kept from earlier conversations, then what this one says.
-        let kept = kept.map(KeptProfile::to_coach).unwrap_or_default();
+        let kept = exchange
+            .kept_profile
+            .as_ref()
+            .map(KeptProfile::to_coach)
+            .unwrap_or_default();
         let mut profile = kept.clone();
         profile.absorb_all(
-            earlier_user_turns
+            exchange
+                .earlier_user_turns
                 .iter()
                 .map(String::as_str)
                 .chain(std::iter::once(message)),
@@ -79,12 +147,49 @@ impl ReplyPipeline {
         let durable = profile.durable();
         let profile_to_keep = (durable != kept).then_some(durable);
         let grounding = self.ground(ctx, message, &profile).await;
-        let reply = tp_coach::reply(&CoachInput {
-            message,
-            profile: &profile,
-            frameworks: grounding.as_deref().unwrap_or_default(),
-        });
-        let violations: Vec<&'static str> = rules::check(&reply.text, &profile, DEFAULT_WORD_CAP)
+        let frameworks = grounding.as_deref().unwrap_or_default();
+
+        let (text, cited_frameworks, usage) = match &self.responder {
+            Responder::Offline => {
+                let reply = tp_coach::reply(&tp_coach::CoachInput {
+                    message,
+                    profile: &profile,
+                    frameworks,
+                });
+                // Keep going even if the client has gone: the turn was
+                // acknowledged, and the offline reply costs nothing to store.
+                for piece in deltas(&reply.text, WORDS_PER_DELTA) {
+                    if events.send(Ok(delta_event(piece))).await.is_err() {
+                        break;
+                    }
+                }
+                (reply.text, reply.cited_frameworks, None)
+            }
+            Responder::Model {
+                client,
+                max_tokens,
+                context_tokens,
+            } => {
+                let request = prompt::build(
+                    frameworks,
+                    &profile,
+                    &exchange.transcript,
+                    message,
+                    *context_tokens,
+                    *max_tokens,
+                );
+                let (text, usage) = stream_model(client, &request, events).await?;
+                let cited = frameworks
+                    .iter()
+                    .filter(|f| text.contains(&f.name))
+                    .map(|f| f.framework_id.clone())
+                    .collect();
+                (text, cited, Some(usage))
+            }
+        };
+
+        let responder = self.responder.name();
+        let violations: Vec<&'static str> = rules::check(&text, &profile, DEFAULT_WORD_CAP)
             .iter()
             .map(rules::Rule::as_str)
             .collect();
@@ -93,25 +198,26 @@ impl ReplyPipeline {
                 1,
                 &[
                     KeyValue::new("rule", *rule),
-                    KeyValue::new("responder", OFFLINE_RESPONDER),
+                    KeyValue::new("responder", responder),
                 ],
             );
         }
         tracing::info!(
-            cited = reply.cited_frameworks.len(),
-            questions = reply.questions_asked,
+            responder,
+            cited = cited_frameworks.len(),
             violations = violations.len(),
             grounded = grounding.is_some(),
-            "reply composed"
+            "reply produced"
         );
-        ProducedReply {
-            text: reply.text,
-            cited_frameworks: reply.cited_frameworks,
+        Ok(ProducedReply {
+            text,
+            cited_frameworks,
             violations,
             grounded: grounding.is_some(),
-            responder: OFFLINE_RESPONDER,
+            responder,
             profile_to_keep,
-        }
+            usage,
+        })
     }
 
     /// Frameworks that fit the user's turn, given what we know of their
@@ -167,6 +273,29 @@ impl ReplyPipeline {
             }
         }
     }
+}
+
+/// Streams a model's reply to the client as it arrives. If the client hangs
+/// up, the model stream is dropped, which cancels the upstream request.
+async fn stream_model(
+    client: &LlmClient,
+    request: &tp_llm::ChatRequest,
+    events: &Events,
+) -> Result<(String, Usage), ReplyError> {
+    let mut stream = client.stream(request).await?;
+    let mut text = String::new();
+    while let Some(event) = stream.next().await {
+        match event? {
+            StreamEvent::Delta(delta) => {
+                if events.send(Ok(delta_event(&delta))).await.is_err() {
+                    return Err(ReplyError::ClientGone);
+                }
+                text.push_str(&delta);
+            }
+            StreamEvent::Done(usage) => return Ok((text, usage)),
+        }
+    }
+    Err(ReplyError::Provider(LlmError::Truncated))
 }
 
 /// Splits text into stream deltas of a few words each, keeping every byte

@@ -13,7 +13,7 @@ use tp_telemetry::ServerTelemetryLayer;
 
 use crate::config::{ConversationConfig, SCHEMA};
 use crate::handler::ConversationHandler;
-use crate::reply::ReplyPipeline;
+use crate::reply::{ReplyPipeline, Responder};
 use crate::store::ConversationStore;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/conversation");
@@ -31,11 +31,24 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: &ConversationConfig) -> anyhow::Result<Self> {
+        // A misconfigured provider stops start-up with a clear message,
+        // rather than failing every request.
+        let responder = match config.llm_client()? {
+            None => Responder::Offline,
+            Some(client) => Responder::Model {
+                client,
+                max_tokens: config.llm_max_tokens,
+                context_tokens: config.llm_context_tokens,
+            },
+        };
+        tracing::info!(provider = ?config.llm_provider, "responder configured");
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
         let knowledge =
             RetrievalServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
-        let handler =
-            ConversationHandler::new(ConversationStore::new(pool), ReplyPipeline::new(knowledge));
+        let handler = ConversationHandler::new(
+            ConversationStore::new(pool),
+            ReplyPipeline::new(knowledge, responder),
+        );
 
         let mut routes = Routes::builder();
         let health =

@@ -59,12 +59,14 @@ pub struct Exchange {
     pub existing_reply: Option<MessageRow>,
     /// The user's earlier turns, oldest first, for the coach's context.
     pub earlier_user_turns: Vec<String>,
+    /// The earlier turns of both sides, oldest first, for a model's prompt.
+    pub transcript: Vec<tp_llm::ChatMessage>,
     /// What was kept about the member from earlier conversations.
     pub kept_profile: Option<KeptProfile>,
 }
 
-/// How many earlier user turns the coach sees.
-const CONTEXT_TURNS: i64 = 20;
+/// How many earlier turns (both sides) the responder sees.
+const CONTEXT_TURNS: i64 = 40;
 
 // Column lists as macros, so every statement is one `&'static str` built at
 // compile time (no per-call formatting, nothing dynamic in the SQL).
@@ -256,9 +258,9 @@ impl ConversationStore {
             }
         };
 
-        let mut earlier_user_turns: Vec<String> = sqlx::query_scalar(
-            "SELECT content FROM conversation.messages
-              WHERE conversation_id = $1 AND role = 'user' AND seq < $2
+        let mut transcript: Vec<(String, String)> = sqlx::query_as(
+            "SELECT role, content FROM conversation.messages
+              WHERE conversation_id = $1 AND seq < $2
               ORDER BY seq DESC LIMIT $3",
         )
         .bind(conversation_id)
@@ -266,13 +268,28 @@ impl ConversationStore {
         .bind(CONTEXT_TURNS)
         .fetch_all(&mut *tx)
         .await?;
-        earlier_user_turns.reverse();
+        transcript.reverse();
         let kept_profile = kept_profile(&mut tx, ctx).await?;
         tx.commit().await?;
         Ok(Exchange {
             user_message,
             existing_reply,
-            earlier_user_turns,
+            earlier_user_turns: transcript
+                .iter()
+                .filter(|(role, _)| role == "user")
+                .map(|(_, content)| content.clone())
+                .collect(),
+            transcript: transcript
+                .into_iter()
+                .map(|(role, content)| tp_llm::ChatMessage {
+                    role: if role == "user" {
+                        tp_llm::Role::User
+                    } else {
+                        tp_llm::Role::Assistant
+                    },
+                    content,
+                })
+                .collect(),
             kept_profile,
         })
     }
@@ -289,8 +306,8 @@ impl ConversationStore {
         let inserted = sqlx::query_as::<_, MessageRow>(concat!(
             "INSERT INTO conversation.messages
                 (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
-                 cited_frameworks, policy_violations, grounded)
-             VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9)
+                 cited_frameworks, policy_violations, grounded, input_tokens, output_tokens)
+             VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11)
              ON CONFLICT (reply_to) DO NOTHING
              RETURNING ",
             message_columns!()
@@ -304,6 +321,16 @@ impl ConversationStore {
         .bind(&reply.cited_frameworks)
         .bind(&reply.violations)
         .bind(reply.grounded)
+        .bind(
+            reply
+                .usage
+                .map(|u| i32::try_from(u.input_tokens).unwrap_or(i32::MAX)),
+        )
+        .bind(
+            reply
+                .usage
+                .map(|u| i32::try_from(u.output_tokens).unwrap_or(i32::MAX)),
+        )
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| match &e {
@@ -318,6 +345,21 @@ impl ConversationStore {
                 touch(&mut tx, user_message.conversation_id).await?;
                 if let Some(profile) = &reply.profile_to_keep {
                     keep_profile(&mut tx, ctx, profile).await?;
+                }
+                if let Some(usage) = reply.usage {
+                    sqlx::query(
+                        "INSERT INTO conversation.tenant_token_usage AS u
+                            (tenant_id, day, input_tokens, output_tokens)
+                         VALUES ($1, current_date, $2, $3)
+                         ON CONFLICT (tenant_id, day) DO UPDATE SET
+                            input_tokens = u.input_tokens + EXCLUDED.input_tokens,
+                            output_tokens = u.output_tokens + EXCLUDED.output_tokens",
+                    )
+                    .bind(ctx.tenant_id.as_uuid())
+                    .bind(i64::from(usage.input_tokens))
+                    .bind(i64::from(usage.output_tokens))
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 stored
             }
