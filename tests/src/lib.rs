@@ -20,6 +20,8 @@ use tp_context::{Role, TenantId};
 use tp_proto::v1 as pb;
 use uuid::Uuid;
 
+pub mod fake_openai;
+
 pub use tp_proto;
 
 /// The HS256 secret the test gateway verifies with.

@@ -1,0 +1,138 @@
+//! Replies written by a model: the conversation service streams the
+//! provider's deltas, stores the reply with its token usage, checks it
+//! against the persona's rules, and keeps the user's turn when the provider
+//! fails mid-reply.
+
+use tonic::Code;
+use tp_e2e::fake_openai::{self, FakeReply};
+use tp_e2e::{TestApp, TestDatabase, new_conversation, send};
+
+#[tokio::test]
+async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
+    let fake = fake_openai::start(vec![FakeReply::Text(
+        vec![
+            "Here's what I understand so far: you want more engineers. ".into(),
+            "What problem would they solve that the team can't today?".into(),
+        ],
+        812,
+        23,
+    )])
+    .await?;
+    let app = TestApp::spawn_with_openai(&fake.base_url).await?;
+    let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let exchange = send(&mut client, &id, "We need to hire more engineers.", "k1").await?;
+    assert_eq!(
+        exchange.deltas.len(),
+        2,
+        "the provider's deltas, as they came"
+    );
+    assert_eq!(exchange.deltas.concat(), exchange.assistant().content);
+
+    // The prompt: the persona as system prompt, the user's turn last.
+    let requests = fake.requests.lock().expect("lock").clone();
+    let messages = requests[0]["messages"].as_array().expect("messages");
+    let system = messages[0]["content"].as_str().expect("system prompt");
+    assert!(system.starts_with("# Engineering Leader Thought Partner"));
+    assert!(
+        system.contains("## Grounding for this turn"),
+        "knowledge grounding is in the prompt"
+    );
+    assert_eq!(
+        messages.last().expect("a message")["content"],
+        "We need to hire more engineers."
+    );
+
+    let admin = TestDatabase::pool(&app.db.admin_url).await?;
+    let (responder, input, output, violations): (String, Option<i32>, Option<i32>, Vec<String>) =
+        sqlx::query_as(
+            "SELECT responder, input_tokens, output_tokens, policy_violations
+           FROM conversation.messages WHERE message_id = $1::uuid",
+        )
+        .bind(&exchange.assistant().message_id)
+        .fetch_one(&admin)
+        .await?;
+    assert_eq!(
+        (responder.as_str(), input, output),
+        ("openai", Some(812), Some(23))
+    );
+    assert!(violations.is_empty(), "{violations:?}");
+    let (tenant_input, tenant_output): (i64, i64) = sqlx::query_as(
+        "SELECT input_tokens, output_tokens FROM conversation.tenant_token_usage WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(&admin)
+    .await?;
+    assert_eq!((tenant_input, tenant_output), (812, 23));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyhow::Result<()> {
+    let fake = fake_openai::start(vec![
+        FakeReply::CutAfter(vec!["Half an ".into()]),
+        FakeReply::Text(
+            vec!["What outcome do you want to see change?".into()],
+            100,
+            9,
+        ),
+    ])
+    .await?;
+    let app = TestApp::spawn_with_openai(&fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let failed = send(&mut client, &id, "Velocity is too slow.", "same")
+        .await
+        .err()
+        .expect("cut");
+    assert_eq!(failed.code(), Code::Unavailable);
+    assert!(
+        failed
+            .message()
+            .contains("retry with the same idempotency_key"),
+        "{}",
+        failed.message()
+    );
+    // The acknowledged turn is stored; no partial reply is.
+    assert_eq!(app.count_rows("conversation.messages").await?, 1);
+
+    let retried = send(&mut client, &id, "Velocity is too slow.", "same").await?;
+    assert_eq!(
+        retried.assistant().content,
+        "What outcome do you want to see change?"
+    );
+    assert_eq!(app.count_rows("conversation.messages").await?, 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_misconfigured_provider_stops_start_up_with_a_clear_message() {
+    let config = tp_conversation::ConversationConfig {
+        listen_addr: "127.0.0.1:0".parse().expect("addr"),
+        knowledge_url: "http://127.0.0.1:1".into(),
+        database_url: "postgres://nobody@127.0.0.1:1/none".into(),
+        database_max_connections: 1,
+        llm_provider: tp_conversation::LlmProvider::Anthropic,
+        llm_base_url: None,
+        llm_api_key: Some("sk-present".into()),
+        llm_model: None,
+        llm_first_byte_timeout_ms: 1_000,
+        llm_max_tokens: 100,
+        llm_context_tokens: 1_000,
+    };
+    let error = tp_conversation::Application::build(&config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        error
+            .to_string()
+            .contains("TP_LLM_PROVIDER=anthropic needs TP_LLM_MODEL"),
+        "{error}"
+    );
+    assert!(!format!("{error:?}").contains("sk-present"));
+}
