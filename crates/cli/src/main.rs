@@ -56,6 +56,19 @@ enum Command {
         #[arg(long, env = "TP_JWT_HS256_SECRET", hide_env_values = true)]
         secret: String,
     },
+    /// Run the persona behaviour suite against the running service (whatever
+    /// responder it is configured with) and print a conformance report.
+    Eval {
+        /// The scenarios file.
+        #[arg(long, default_value = "tests/persona/scenarios.toml")]
+        scenarios: std::path::PathBuf,
+        /// Bearer token of a member; their kept context is cleared per scenario.
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Exit non-zero below this conformance, in percent.
+        #[arg(long, default_value_t = 0.0)]
+        min_conformance: f64,
+    },
     /// Send one message (in a new conversation unless --conversation is
     /// given) and stream the reply to stdout.
     Send {
@@ -93,6 +106,33 @@ fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     let value: MetadataValue<_> = format!("Bearer {token}").parse()?;
     request.metadata_mut().insert("authorization", value);
     Ok(request)
+}
+
+/// Sends one message and returns the whole streamed reply.
+async fn reply_text(
+    client: &mut pb::conversation_service_client::ConversationServiceClient<Channel>,
+    conversation_id: &str,
+    content: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let mut stream = client
+        .send_message(authorized(
+            pb::SendMessageRequest {
+                conversation_id: conversation_id.to_owned(),
+                content: content.to_owned(),
+                idempotency_key: uuid::Uuid::new_v4().to_string(),
+            },
+            token,
+        )?)
+        .await?
+        .into_inner();
+    let mut text = String::new();
+    while let Some(event) = stream.message().await? {
+        if let Some(pb::send_message_response::Event::TextDelta(delta)) = event.event {
+            text.push_str(&delta.text);
+        }
+    }
+    Ok(text)
 }
 
 #[tokio::main]
@@ -147,6 +187,73 @@ async fn main() -> anyhow::Result<()> {
             println!("export TP_TENANT_ID={tenant_id}");
             println!("export TP_ADMIN_TOKEN={admin_token}");
             println!("export TP_TOKEN={member_token}");
+        }
+        Command::Eval {
+            scenarios,
+            token,
+            min_conformance,
+        } => {
+            let text = std::fs::read_to_string(&scenarios)
+                .with_context(|| format!("cannot read {}", scenarios.display()))?;
+            let suite = tp_coach::conformance::Suite::parse(&text)?;
+            let mut client = pb::conversation_service_client::ConversationServiceClient::new(
+                channel(&cli.gateway).await?,
+            );
+            let mut by_rule: std::collections::BTreeMap<String, (usize, usize)> =
+                Default::default();
+            let (mut turns, mut passed) = (0usize, 0usize);
+            for scenario in &suite.scenario {
+                client
+                    .clear_context_profile(authorized(pb::ClearContextProfileRequest {}, &token)?)
+                    .await?;
+                let conversation = client
+                    .create_conversation(authorized(
+                        pb::CreateConversationRequest {
+                            title: scenario.name.clone(),
+                        },
+                        &token,
+                    )?)
+                    .await?
+                    .into_inner()
+                    .conversation
+                    .context("CreateConversation returned no conversation")?;
+                for turn in &scenario.turn {
+                    let reply = reply_text(
+                        &mut client,
+                        &conversation.conversation_id,
+                        &turn.user,
+                        &token,
+                    )
+                    .await?;
+                    let problems = tp_coach::conformance::judge(turn, &reply, &[]);
+                    turns += 1;
+                    let entry = by_rule.entry(scenario.rule.clone()).or_default();
+                    entry.1 += 1;
+                    if problems.is_empty() {
+                        passed += 1;
+                        entry.0 += 1;
+                    } else {
+                        println!(
+                            "FAIL [{}] {}: {}",
+                            scenario.rule,
+                            scenario.name,
+                            problems.join("; ")
+                        );
+                    }
+                }
+            }
+            for (rule, (ok, all)) in &by_rule {
+                println!("{rule:<24} {ok:>3}/{all:<3}");
+            }
+            let conformance = 100.0 * passed as f64 / turns.max(1) as f64;
+            println!(
+                "conformance: {conformance:.1}% of {turns} turns in {} scenarios",
+                suite.scenario.len()
+            );
+            anyhow::ensure!(
+                conformance >= min_conformance,
+                "conformance {conformance:.1}% is below {min_conformance}%"
+            );
         }
         Command::Send {
             message,

@@ -9,6 +9,7 @@
 //! declines code and code review, leaves decisions to the user and says so
 //! when a question is outside its topics.
 
+pub mod conformance;
 mod profile;
 pub mod rules;
 
