@@ -188,6 +188,7 @@ impl TestApp {
                 llm_first_byte_timeout_ms: 5_000,
                 llm_max_tokens: 300,
                 llm_context_tokens: 2_000,
+                coach_word_cap: 180,
             })
             .await?;
         let conversation_addr = conversation.local_addr();

@@ -37,6 +37,8 @@ pub struct CoachInput<'a> {
     pub profile: &'a ContextProfile,
     /// Matched frameworks, best first.
     pub frameworks: &'a [FrameworkRef],
+    /// The most words a reply may have (see [`rules::DEFAULT_WORD_CAP`]).
+    pub word_cap: usize,
 }
 
 /// The reply and what it drew on.
@@ -184,7 +186,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let questions_asked = questions.len();
     parts.extend(questions.into_iter().map(|q| part(q, Weight::Essential)));
 
-    let parts = fit_to_cap(parts, input.frameworks.first(), rules::DEFAULT_WORD_CAP);
+    let parts = fit_to_cap(parts, input.frameworks.first(), input.word_cap);
     CoachReply {
         text: parts
             .iter()
@@ -481,6 +483,7 @@ mod tests {
             message: "My team is struggling.",
             profile: &profile(&[], "My team is struggling."),
             frameworks: &[],
+            word_cap: rules::DEFAULT_WORD_CAP,
         });
         assert!(reply.text.contains("Before I suggest anything"));
         assert!(reply.text.contains("How many engineers"));
@@ -500,6 +503,7 @@ mod tests {
                 "We need to hire more engineers, we're 40 engineers at series B.",
             ),
             frameworks: &[framework()],
+            word_cap: rules::DEFAULT_WORD_CAP,
         });
         assert!(
             reply
@@ -518,6 +522,7 @@ mod tests {
             message: "Can you review my PR for the billing service?",
             profile: &ContextProfile::default(),
             frameworks: &[],
+            word_cap: rules::DEFAULT_WORD_CAP,
         });
         assert!(
             reply
@@ -536,6 +541,7 @@ mod tests {
                 message,
             ),
             frameworks: &[framework()],
+            word_cap: rules::DEFAULT_WORD_CAP,
         });
         assert!(
             reply.text.contains("What accumulates here?"),
@@ -570,6 +576,7 @@ mod tests {
                 message,
                 profile: &profile,
                 frameworks: std::slice::from_ref(&long),
+                word_cap: rules::DEFAULT_WORD_CAP,
             };
             let reply = reply(&input);
             assert!(
@@ -593,6 +600,7 @@ mod tests {
                 message,
                 profile: &ContextProfile::default(),
                 frameworks: &[framework()],
+                word_cap: rules::DEFAULT_WORD_CAP,
             })
         };
         for off_topic in [
@@ -619,12 +627,29 @@ mod tests {
     }
 
     #[test]
+    fn a_smaller_cap_is_honoured() {
+        let profile = profile(
+            &["I'm a VP of 80 engineers at a series C company."],
+            "We need a rewrite.",
+        );
+        let reply = reply(&CoachInput {
+            message: "We need a rewrite.",
+            profile: &profile,
+            frameworks: &[framework()],
+            word_cap: 90,
+        });
+        assert!(rules::word_count(&reply.text) <= 90, "{}", reply.text);
+        assert!(reply.text.contains("What would the rewrite fix"));
+    }
+
+    #[test]
     fn same_input_same_reply() {
         let known = profile(&[], "Velocity is slow.");
         let input = CoachInput {
             message: "Velocity is slow.",
             profile: &known,
             frameworks: &[framework()],
+            word_cap: rules::DEFAULT_WORD_CAP,
         };
         assert_eq!(reply(&input), reply(&input));
     }

@@ -35,6 +35,10 @@ pub struct ConversationConfig {
     pub database_url: String,
     #[arg(long, env = "TP_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+    /// The most words a reply may have (checked on every reply, and kept by
+    /// the offline coach).
+    #[arg(long, env = "TP_COACH_WORD_CAP", default_value_t = 180, value_parser = clap::value_parser!(u16).range(60..=1000))]
+    pub coach_word_cap: u16,
     /// Who writes replies.
     #[arg(long, env = "TP_LLM_PROVIDER", value_enum, default_value = "offline")]
     pub llm_provider: LlmProvider,

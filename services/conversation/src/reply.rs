@@ -9,7 +9,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Counter;
 use tonic::transport::Channel;
-use tp_coach::rules::{self, DEFAULT_WORD_CAP};
+use tp_coach::rules;
 use tp_coach::{ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
@@ -104,11 +104,12 @@ pub struct ProducedReply {
 pub struct ReplyPipeline {
     knowledge: KnowledgeClient,
     responder: Responder,
+    word_cap: usize,
     violations: Counter<u64>,
 }
 
 impl ReplyPipeline {
-    pub fn new(knowledge: KnowledgeClient, responder: Responder) -> Self {
+    pub fn new(knowledge: KnowledgeClient, responder: Responder, word_cap: usize) -> Self {
         let violations = opentelemetry::global::meter("thoughtpartner")
             .u64_counter("coach_policy_violations")
             .with_description("Replies breaking a persona rule, by rule and responder")
@@ -116,6 +117,7 @@ impl ReplyPipeline {
         Self {
             knowledge,
             responder,
+            word_cap,
             violations,
         }
     }
@@ -155,6 +157,7 @@ impl ReplyPipeline {
                     message,
                     profile: &profile,
                     frameworks,
+                    word_cap: self.word_cap,
                 });
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.
@@ -189,7 +192,7 @@ impl ReplyPipeline {
         };
 
         let responder = self.responder.name();
-        let violations: Vec<&'static str> = rules::check(&text, &profile, DEFAULT_WORD_CAP)
+        let violations: Vec<&'static str> = rules::check(&text, &profile, self.word_cap)
             .iter()
             .map(rules::Rule::as_str)
             .collect();

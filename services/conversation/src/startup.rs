@@ -47,7 +47,7 @@ impl Application {
             RetrievalServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
         let handler = ConversationHandler::new(
             ConversationStore::new(pool),
-            ReplyPipeline::new(knowledge, responder),
+            ReplyPipeline::new(knowledge, responder, usize::from(config.coach_word_cap)),
         );
 
         let mut routes = Routes::builder();
