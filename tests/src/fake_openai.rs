@@ -15,6 +15,8 @@ pub enum FakeReply {
     Text(Vec<String>, u32, u32),
     /// Streams these deltas, then closes the connection mid-reply.
     CutAfter(Vec<String>),
+    /// Streams the first delta, waits, then finishes like `Text`.
+    Slow(String, std::time::Duration, Vec<String>),
 }
 
 /// The running fake: its base URL and the JSON bodies it received.
@@ -67,6 +69,7 @@ pub async fn start(script: Vec<FakeReply>) -> anyhow::Result<FakeOpenAi> {
             {
                 log.push(body);
             }
+            let mut pause = None;
             let (deltas, ending) = match reply {
                 FakeReply::Text(deltas, input, output) => (
                     deltas,
@@ -75,18 +78,35 @@ pub async fn start(script: Vec<FakeReply>) -> anyhow::Result<FakeOpenAi> {
                     ),
                 ),
                 FakeReply::CutAfter(deltas) => (deltas, String::new()),
+                FakeReply::Slow(first, wait, rest) => {
+                    pause = Some(wait);
+                    let mut deltas = vec![first];
+                    deltas.extend(rest);
+                    (
+                        deltas,
+                        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":1}}\n\ndata: [DONE]\n\n".to_owned(),
+                    )
+                }
             };
-            let mut out = String::from(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-            );
-            for delta in deltas {
-                out.push_str(&format!(
+            let head =
+                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+            if socket.write_all(head.as_bytes()).await.is_err() {
+                continue;
+            }
+            for (i, delta) in deltas.iter().enumerate() {
+                let chunk = format!(
                     "data: {{\"object\":\"chat.completion.chunk\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":{}}}}}]}}\n\n",
                     serde_json::json!(delta)
-                ));
+                );
+                let _ = socket.write_all(chunk.as_bytes()).await;
+                if i == 0
+                    && let Some(wait) = pause
+                {
+                    let _ = socket.flush().await;
+                    tokio::time::sleep(wait).await;
+                }
             }
-            out.push_str(&ending);
-            let _ = socket.write_all(out.as_bytes()).await;
+            let _ = socket.write_all(ending.as_bytes()).await;
         }
     });
     Ok(FakeOpenAi {

@@ -137,3 +137,52 @@ async fn a_misconfigured_provider_stops_start_up_with_a_clear_message() {
     );
     assert!(!format!("{error:?}").contains("sk-present"));
 }
+
+#[tokio::test]
+async fn a_conversation_deleted_mid_stream_ends_the_stream_with_not_found() -> anyhow::Result<()> {
+    let fake = fake_openai::start(vec![FakeReply::Slow(
+        "Before I suggest anything, ".into(),
+        std::time::Duration::from_millis(500),
+        vec!["how many engineers do you have?".into()],
+    )])
+    .await?;
+    let app = TestApp::spawn_with_openai(&fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let mut other = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let mut stream = client
+        .send_message(tp_e2e::tp_proto::v1::SendMessageRequest {
+            conversation_id: id.clone(),
+            content: "We need more process.".into(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("a first delta");
+    assert!(matches!(
+        first.event,
+        Some(tp_e2e::tp_proto::v1::send_message_response::Event::TextDelta(_))
+    ));
+    other
+        .delete_conversation(tp_e2e::tp_proto::v1::DeleteConversationRequest {
+            conversation_id: id,
+        })
+        .await?;
+    let mut ended = None;
+    loop {
+        match stream.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => break,
+            Err(status) => {
+                ended = Some(status);
+                break;
+            }
+        }
+    }
+    let status = ended.expect("the stream ends with an error, not a completed event");
+    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_eq!(app.count_rows("conversation.messages").await?, 0);
+    Ok(())
+}
