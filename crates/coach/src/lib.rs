@@ -153,6 +153,11 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             "One lens that may help is {}, from {}. {}",
             first.name, first.author, first.application
         );
+        if let Some(situation) = profile.situation() {
+            text.push_str(&format!(
+                " Applied to {situation}, it is where I would start looking."
+            ));
+        }
         if !first.source_url.is_empty() {
             text.push_str(&format!(" (Source: {}.)", first.source_url));
         }
@@ -160,7 +165,12 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         cited.push(first.framework_id.clone());
         if let Some(second) = input.frameworks.get(1) {
             parts.push(part(
-                format!("Another is {}, from {}.", second.name, second.author),
+                format!(
+                    "Another is {}, from {}: {}",
+                    second.name,
+                    second.author,
+                    first_sentence(&second.application)
+                ),
                 Weight::Optional,
             ));
             cited.push(second.framework_id.clone());
@@ -198,6 +208,11 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     }
 }
 
+/// The first sentence of a text (all of it when it has one).
+fn first_sentence(text: &str) -> &str {
+    text.split_inclusive(". ").next().unwrap_or_default().trim()
+}
+
 /// Keeps a reply within the word cap: first the framework paragraph keeps
 /// only its first sentence, then parts go, least weighty and latest first.
 fn fit_to_cap(mut parts: Vec<Part>, framework: Option<&FrameworkRef>, cap: usize) -> Vec<Part> {
@@ -211,15 +226,14 @@ fn fit_to_cap(mut parts: Vec<Part>, framework: Option<&FrameworkRef>, cap: usize
         return parts;
     }
     if let Some(framework) = framework {
-        let first_sentence = framework
-            .application
-            .split_inclusive(". ")
-            .next()
-            .unwrap_or_default()
-            .trim();
+        let first_sentence = first_sentence(&framework.application);
         let prefix = format!("One lens that may help is {}", framework.name);
         for p in parts.iter_mut().filter(|p| p.text.starts_with(&prefix)) {
             p.text = format!("{prefix}, from {}. {first_sentence}", framework.author);
+            if !framework.source_url.is_empty() {
+                p.text
+                    .push_str(&format!(" (Source: {}.)", framework.source_url));
+            }
         }
     }
     for weight in [Weight::Optional, Weight::Useful] {

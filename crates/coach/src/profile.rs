@@ -57,6 +57,12 @@ pub struct ContextProfile {
     pub team_size: Option<u32>,
     pub stage: Option<Stage>,
     pub mentioned_attempts: bool,
+    /// What they tried, restated in the second person (latest wins).
+    pub tried: Option<String>,
+    /// A constraint they named (budget, freeze, deadline...), restated.
+    pub constraint: Option<String>,
+    /// The problem as they first stated it, restated.
+    pub problem: Option<String>,
 }
 
 // Patterns match whole words of the normalised text (see `words`), so
@@ -96,6 +102,79 @@ const ATTEMPTS: &[&str] = &[
     "didn't work",
     "did not work",
 ];
+
+const CONSTRAINTS: &[&str] = &[
+    "can't",
+    "cannot",
+    "budget",
+    "freeze",
+    "deadline",
+    "by the end of",
+    "must ",
+    "only have",
+    "not allowed",
+    "no headcount",
+    "board wants",
+    "ceo wants",
+];
+
+const PROBLEMS: &[&str] = &[
+    "struggl",
+    "problem",
+    "issue",
+    "keeps ",
+    "keep ",
+    "too slow",
+    "missing",
+    "late",
+    "burn",
+    "conflict",
+    "attrition",
+    "quit",
+    "leaving",
+    "broken",
+    "fail",
+    "drowning",
+    "frustrat",
+    "bottleneck",
+    "not working",
+    "doesn't work",
+    "hard to",
+];
+
+/// Longest restatement of one of the user's clauses, in words.
+const RESTATE_WORDS: usize = 14;
+
+/// The user's clause in the second person and at most [`RESTATE_WORDS`]
+/// words, so a summary restates rather than quotes.
+fn restate(sentence: &str) -> String {
+    let words: Vec<String> = sentence
+        .split_whitespace()
+        .map(|w| {
+            let lower = w.to_lowercase();
+            let swapped = match lower.trim_end_matches([',', ':']) {
+                "i" | "we" | "me" | "us" => "you",
+                "i'm" | "we're" => "you're",
+                "i've" | "we've" => "you've",
+                "i'd" | "we'd" => "you'd",
+                "my" | "our" => "your",
+                "mine" | "ours" => "yours",
+                _ => return lower,
+            };
+            swapped.to_owned()
+        })
+        .collect();
+    let mut text = words
+        .iter()
+        .take(RESTATE_WORDS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(" ");
+    if words.len() > RESTATE_WORDS {
+        text.push_str("...");
+    }
+    text
+}
 
 const TEAM_NOUNS: &[&str] = &[
     "engineers",
@@ -137,6 +216,20 @@ impl ContextProfile {
         if ATTEMPTS.iter().any(|p| lower.contains(p)) {
             self.mentioned_attempts = true;
         }
+        for sentence in turn
+            .split(['.', '!', '?', ';', '\n'])
+            .map(str::trim)
+            .filter(|s| s.split_whitespace().count() >= 3)
+        {
+            let lower = sentence.to_lowercase();
+            if ATTEMPTS.iter().any(|p| lower.contains(p)) {
+                self.tried = Some(restate(sentence));
+            } else if CONSTRAINTS.iter().any(|p| lower.contains(p)) {
+                self.constraint = Some(restate(sentence));
+            } else if self.problem.is_none() && PROBLEMS.iter().any(|p| lower.contains(p)) {
+                self.problem = Some(restate(sentence));
+            }
+        }
     }
 
     /// The durable part of a profile kept between conversations (role, team
@@ -151,15 +244,17 @@ impl ContextProfile {
             }),
             team_size,
             stage: stage.and_then(Stage::from_label),
-            mentioned_attempts: false,
+            ..Self::default()
         }
     }
 
     /// The part worth keeping for the member's next conversation.
     pub fn durable(&self) -> Self {
         Self {
-            mentioned_attempts: false,
-            ..self.clone()
+            role: self.role,
+            team_size: self.team_size,
+            stage: self.stage,
+            ..Self::default()
         }
     }
 
@@ -169,11 +264,22 @@ impl ContextProfile {
         self.team_size.is_some() && (self.stage.is_some() || self.role.is_some())
     }
 
-    /// One sentence restating the known context, or `None` when nothing is known.
+    /// One sentence restating the known situation, problem, constraint and
+    /// attempts, or `None` while role, size and stage are all unknown.
     pub fn summary(&self) -> Option<String> {
+        // A summary restates the situation; with none of role, size or
+        // stage known there is nothing to summarise yet, only to ask.
+        if self.role.is_none() && self.team_size.is_none() && self.stage.is_none() {
+            return None;
+        }
         let mut parts = Vec::new();
         if let Some(role) = self.role {
-            parts.push(format!("you're a {role}"));
+            let article = if role.starts_with(['a', 'e', 'i', 'o', 'u', 'A', 'E', 'I', 'O', 'U']) {
+                "an"
+            } else {
+                "a"
+            };
+            parts.push(format!("you're {article} {role}"));
         }
         if let Some(size) = self.team_size {
             parts.push(format!("the organisation has about {size} engineers"));
@@ -181,10 +287,34 @@ impl ContextProfile {
         if let Some(stage) = self.stage {
             parts.push(format!("it's {}", stage.describe()));
         }
-        if self.mentioned_attempts {
-            parts.push("you've already tried at least one fix".to_owned());
+        if let Some(problem) = &self.problem {
+            parts.push(format!("the problem: {problem}"));
         }
-        (!parts.is_empty()).then(|| parts.join(", "))
+        if let Some(constraint) = &self.constraint {
+            parts.push(format!("a constraint: {constraint}"));
+        }
+        match &self.tried {
+            Some(tried) => parts.push(format!("already tried: {tried}")),
+            None if self.mentioned_attempts => {
+                parts.push("you've already tried at least one fix".to_owned())
+            }
+            None => {}
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+
+    /// The organisation in a phrase ("an organisation of about 60 engineers
+    /// at a series C company"), or `None` when neither is known.
+    pub fn situation(&self) -> Option<String> {
+        match (self.team_size, self.stage) {
+            (Some(size), Some(stage)) => Some(format!(
+                "an organisation of about {size} engineers at {}",
+                stage.describe()
+            )),
+            (Some(size), None) => Some(format!("an organisation of about {size} engineers")),
+            (None, Some(stage)) => Some(stage.describe().to_owned()),
+            (None, None) => None,
+        }
     }
 
     /// Questions for the missing context, most important first.
@@ -304,6 +434,34 @@ mod tests {
         assert_eq!(
             ContextProfile::from_turns(["As an EM, I..."]).role,
             Some("engineering manager")
+        );
+    }
+
+    #[test]
+    fn problem_constraint_and_attempts_are_restated_not_quoted() {
+        let p = ContextProfile::from_turns([
+            "We're 30 engineers. Our on-call rotation keeps burning people out. We can't hire until Q3. We tried a follow-the-sun rota and it fizzled.",
+        ]);
+        assert_eq!(
+            p.problem.as_deref(),
+            Some("your on-call rotation keeps burning people out")
+        );
+        assert_eq!(p.constraint.as_deref(), Some("you can't hire until q3"));
+        assert_eq!(
+            p.tried.as_deref(),
+            Some("you tried a follow-the-sun rota and it fizzled")
+        );
+        let summary = p.summary().unwrap_or_default();
+        assert!(
+            summary.contains("the problem: your on-call rotation"),
+            "{summary}"
+        );
+        assert!(!summary.contains("Our on-call"));
+        // Only role, size and stage are kept between conversations.
+        assert_eq!(p.durable().problem, None);
+        assert_eq!(
+            restate(&"word ".repeat(20)).split_whitespace().count(),
+            RESTATE_WORDS
         );
     }
 
