@@ -20,7 +20,7 @@ use tp_context::{Role, TenantId};
 use tp_proto::v1 as pb;
 use uuid::Uuid;
 
-pub mod fake_openai;
+pub mod fake_provider;
 
 pub use tp_proto;
 
@@ -142,15 +142,22 @@ impl TestApp {
         Self::spawn_with(false, None).await
     }
 
-    /// Like [`TestApp::spawn`], with replies written by an OpenAI-compatible
-    /// provider at `base_url` (a test server).
-    pub async fn spawn_with_openai(base_url: &str) -> anyhow::Result<Self> {
-        Self::spawn_with(true, Some(base_url.to_owned())).await
+    /// Like [`TestApp::spawn`], with replies written by a model provider
+    /// (a test server) speaking `wire` at `base_url`.
+    pub async fn spawn_with_model(
+        wire: fake_provider::Wire,
+        base_url: &str,
+    ) -> anyhow::Result<Self> {
+        let provider = match wire {
+            fake_provider::Wire::OpenAi => tp_conversation::LlmProvider::Openai,
+            fake_provider::Wire::Anthropic => tp_conversation::LlmProvider::Anthropic,
+        };
+        Self::spawn_with(true, Some((provider, base_url.to_owned()))).await
     }
 
     async fn spawn_with(
         knowledge_up: bool,
-        openai_base_url: Option<String>,
+        model: Option<(tp_conversation::LlmProvider, String)>,
     ) -> anyhow::Result<Self> {
         let db = TestDatabase::create().await?;
         db.migrate().await?;
@@ -177,14 +184,14 @@ impl TestApp {
                 knowledge_url: format!("http://{knowledge_addr}"),
                 database_url: db.app_url.clone(),
                 database_max_connections: 4,
-                llm_provider: if openai_base_url.is_some() {
-                    tp_conversation::LlmProvider::Openai
-                } else {
-                    tp_conversation::LlmProvider::Offline
-                },
-                llm_api_key: openai_base_url.as_ref().map(|_| "sk-test-key".to_owned()),
-                llm_model: openai_base_url.as_ref().map(|_| "test-model".to_owned()),
-                llm_base_url: openai_base_url,
+                llm_provider: model
+                    .as_ref()
+                    .map_or(tp_conversation::LlmProvider::Offline, |(provider, _)| {
+                        *provider
+                    }),
+                llm_api_key: model.as_ref().map(|_| "sk-test-key".to_owned()),
+                llm_model: model.as_ref().map(|_| "test-model".to_owned()),
+                llm_base_url: model.map(|(_, url)| url),
                 llm_first_byte_timeout_ms: 5_000,
                 llm_max_tokens: 300,
                 llm_context_tokens: 2_000,

@@ -4,21 +4,24 @@
 //! fails mid-reply.
 
 use tonic::Code;
-use tp_e2e::fake_openai::{self, FakeReply};
+use tp_e2e::fake_provider::{self, FakeReply, Wire};
 use tp_e2e::{TestApp, TestDatabase, new_conversation, send};
 
 #[tokio::test]
 async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
-    let fake = fake_openai::start(vec![FakeReply::Text(
-        vec![
-            "Here's what I understand so far: you want more engineers. ".into(),
-            "What problem would they solve that the team can't today?".into(),
-        ],
-        812,
-        23,
-    )])
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![FakeReply::Text(
+            vec![
+                "Here's what I understand so far: you want more engineers. ".into(),
+                "What problem would they solve that the team can't today?".into(),
+            ],
+            812,
+            23,
+        )],
+    )
     .await?;
-    let app = TestApp::spawn_with_openai(&fake.base_url).await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
     let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
     let id = new_conversation(&mut client, "").await?.conversation_id;
@@ -71,16 +74,19 @@ async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyhow::Result<()> {
-    let fake = fake_openai::start(vec![
-        FakeReply::CutAfter(vec!["Half an ".into()]),
-        FakeReply::Text(
-            vec!["What outcome do you want to see change?".into()],
-            100,
-            9,
-        ),
-    ])
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::CutAfter(vec!["Half an ".into()]),
+            FakeReply::Text(
+                vec!["What outcome do you want to see change?".into()],
+                100,
+                9,
+            ),
+        ],
+    )
     .await?;
-    let app = TestApp::spawn_with_openai(&fake.base_url).await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
     let id = new_conversation(&mut client, "").await?.conversation_id;
@@ -140,13 +146,16 @@ async fn a_misconfigured_provider_stops_start_up_with_a_clear_message() {
 
 #[tokio::test]
 async fn a_conversation_deleted_mid_stream_ends_the_stream_with_not_found() -> anyhow::Result<()> {
-    let fake = fake_openai::start(vec![FakeReply::Slow(
-        "Before I suggest anything, ".into(),
-        std::time::Duration::from_millis(500),
-        vec!["how many engineers do you have?".into()],
-    )])
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![FakeReply::Slow(
+            "Before I suggest anything, ".into(),
+            std::time::Duration::from_millis(500),
+            vec!["how many engineers do you have?".into()],
+        )],
+    )
     .await?;
-    let app = TestApp::spawn_with_openai(&fake.base_url).await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
     let mut client = app.conversations(&token).await?;
     let mut other = app.conversations(&token).await?;
@@ -184,5 +193,86 @@ async fn a_conversation_deleted_mid_stream_ends_the_stream_with_not_found() -> a
     let status = ended.expect("the stream ends with an error, not a completed event");
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(app.count_rows("conversation.messages").await?, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn anthropic_replies_stream_end_to_end_too() -> anyhow::Result<()> {
+    let fake = fake_provider::start(
+        Wire::Anthropic,
+        vec![FakeReply::Text(
+            vec![
+                "Which failure is ".into(),
+                "the new process meant to prevent?".into(),
+            ],
+            640,
+            12,
+        )],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::Anthropic, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    let exchange = send(&mut client, &id, "We need more process.", "").await?;
+    assert_eq!(
+        exchange.assistant().content,
+        "Which failure is the new process meant to prevent?"
+    );
+    let requests = fake.requests.lock().expect("lock").clone();
+    assert!(
+        requests[0]["system"]
+            .as_str()
+            .expect("system")
+            .starts_with("# Engineering Leader Thought Partner")
+    );
+    let admin = TestDatabase::pool(&app.db.admin_url).await?;
+    let (responder, output): (String, Option<i32>) = sqlx::query_as(
+        "SELECT responder, output_tokens FROM conversation.messages WHERE message_id = $1::uuid",
+    )
+    .bind(&exchange.assistant().message_id)
+    .fetch_one(&admin)
+    .await?;
+    assert_eq!((responder.as_str(), output), ("anthropic", Some(12)));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_client_hanging_up_cancels_the_model_request_and_stores_no_reply() -> anyhow::Result<()> {
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![FakeReply::Slow(
+            "Let me ".into(),
+            std::time::Duration::from_secs(5),
+            vec!["think.".into()],
+        )],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    let mut stream = client
+        .send_message(tp_e2e::tp_proto::v1::SendMessageRequest {
+            conversation_id: id,
+            content: "Velocity is too slow.".into(),
+            idempotency_key: String::new(),
+        })
+        .await?
+        .into_inner();
+    stream.message().await?.expect("a first delta");
+    drop(stream);
+    drop(client);
+    let mut cancelled = false;
+    for _ in 0..200 {
+        if fake.hung_up() {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(cancelled, "the provider should see its request cancelled");
+    // The acknowledged user turn stays; no partial reply is stored.
+    assert_eq!(app.count_rows("conversation.messages").await?, 1);
     Ok(())
 }

@@ -287,7 +287,13 @@ async fn stream_model(
 ) -> Result<(String, Usage), ReplyError> {
     let mut stream = client.stream(request).await?;
     let mut text = String::new();
-    while let Some(event) = stream.next().await {
+    loop {
+        // Notice a client that hung up even while the model is silent.
+        let next = tokio::select! {
+            () = events.closed() => return Err(ReplyError::ClientGone),
+            next = stream.next() => next,
+        };
+        let Some(event) = next else { break };
         match event? {
             StreamEvent::Delta(delta) => {
                 if events.send(Ok(delta_event(&delta))).await.is_err() {
