@@ -276,3 +276,50 @@ async fn a_client_hanging_up_cancels_the_model_request_and_stores_no_reply() -> 
     assert_eq!(app.count_rows("conversation.messages").await?, 1);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_model_is_grounded_in_the_tenants_own_documents() -> anyhow::Result<()> {
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![FakeReply::Text(
+            vec!["What does Kestrel cost you today?".into()],
+            10,
+            5,
+        )],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    app.knowledge(&app.token("alice-admin", Some(tenant), tp_context::Role::Admin))
+        .await?
+        .create_document(tp_e2e::tp_proto::v1::CreateDocumentRequest {
+            title: "Platform strategy".into(),
+            content: b"# Deployments\n\nEvery service ships through the Kestrel pipeline, owned by the platform team.".to_vec(),
+            content_type: tp_e2e::tp_proto::v1::ContentType::Markdown.into(),
+        })
+        .await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    send(
+        &mut client,
+        &id,
+        "Should the Kestrel pipeline stay with one team?",
+        "",
+    )
+    .await?;
+
+    let requests = fake.requests.lock().expect("lock").clone();
+    let system = requests[0]["messages"][0]["content"]
+        .as_str()
+        .expect("system prompt");
+    assert!(
+        system.contains("## From the organisation's own documents"),
+        "{system}"
+    );
+    assert!(
+        system.contains("[Platform strategy — Deployments]"),
+        "{system}"
+    );
+    assert!(system.contains("Kestrel"));
+    Ok(())
+}

@@ -6,6 +6,13 @@ use tp_llm::{ChatMessage, ChatRequest, Role};
 /// The customer's persona specification, used as the system prompt.
 pub const PERSONA: &str = include_str!("../prompt/persona.md");
 
+/// A passage of the tenant's own documents, for a model's grounding.
+pub struct DocumentPassage {
+    pub document_title: String,
+    pub heading: String,
+    pub snippet: String,
+}
+
 /// A rough token count (about four characters a token for English), good
 /// enough to keep a transcript inside a budget.
 pub fn estimate_tokens(text: &str) -> usize {
@@ -17,6 +24,7 @@ pub fn estimate_tokens(text: &str) -> usize {
 /// are dropped first, the current message always goes.
 pub fn build(
     frameworks: &[FrameworkRef],
+    passages: &[DocumentPassage],
     profile: &ContextProfile,
     transcript: &[ChatMessage],
     message: &str,
@@ -31,6 +39,17 @@ pub fn build(
                 "- {} ({}): {} Source: {}\n",
                 f.name, f.author, f.application, f.source_url
             ));
+        }
+    }
+    if !passages.is_empty() {
+        system.push_str("\n## From the organisation's own documents\nCite the document by title when you use one:\n");
+        for p in passages {
+            let place = if p.heading.is_empty() {
+                p.document_title.clone()
+            } else {
+                format!("{} — {}", p.document_title, p.heading)
+            };
+            system.push_str(&format!("- [{place}] {}\n", p.snippet));
         }
     }
     if let Some(summary) = profile.summary() {
@@ -79,6 +98,7 @@ mod tests {
         let message = "now what?";
         let request = build(
             &[],
+            &[],
             &ContextProfile::default(),
             &transcript,
             message,
@@ -98,6 +118,7 @@ mod tests {
         assert!(contents.contains(&"recent"));
         // Even a budget of zero sends the current message.
         let tiny = build(
+            &[],
             &[],
             &ContextProfile::default(),
             &transcript,
@@ -119,7 +140,15 @@ mod tests {
             source_url: "https://staffeng.com".into(),
         };
         let profile = ContextProfile::from_turns(["I'm the CTO of 30 engineers."]);
-        let request = build(&[framework], &profile, &[], "hi", 1000, 300);
+        let passage = DocumentPassage {
+            document_title: "Strategy 2027".into(),
+            heading: "Reliability".into(),
+            snippet: "Every tier-one service keeps an error budget.".into(),
+        };
+        let request = build(&[framework], &[passage], &profile, &[], "hi", 1000, 300);
+        assert!(request.system.contains(
+            "[Strategy 2027 — Reliability] Every tier-one service keeps an error budget."
+        ));
         assert!(
             request
                 .system

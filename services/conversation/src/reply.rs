@@ -82,6 +82,13 @@ pub const OFFLINE_RESPONDER: &str = "offline";
 /// grounding beats no reply.
 const KNOWLEDGE_TIMEOUT: Duration = Duration::from_secs(2);
 const FRAMEWORKS_PER_TURN: i32 = 2;
+const PASSAGES_PER_TURN: i32 = 3;
+
+/// What the knowledge service found for one turn.
+struct Grounding {
+    frameworks: Vec<FrameworkRef>,
+    passages: Vec<prompt::DocumentPassage>,
+}
 
 /// An assistant turn, ready to stream and store.
 pub struct ProducedReply {
@@ -149,7 +156,12 @@ impl ReplyPipeline {
         let durable = profile.durable();
         let profile_to_keep = (durable != kept).then_some(durable);
         let grounding = self.ground(ctx, message, &profile).await;
-        let frameworks = grounding.as_deref().unwrap_or_default();
+        let frameworks = grounding
+            .as_ref()
+            .map_or(&[][..], |g| g.frameworks.as_slice());
+        let passages = grounding
+            .as_ref()
+            .map_or(&[][..], |g| g.passages.as_slice());
 
         let (text, cited_frameworks, usage) = match &self.responder {
             Responder::Offline => {
@@ -175,6 +187,7 @@ impl ReplyPipeline {
             } => {
                 let request = prompt::build(
                     frameworks,
+                    passages,
                     &profile,
                     &exchange.transcript,
                     message,
@@ -232,7 +245,7 @@ impl ReplyPipeline {
         ctx: &RequestContext,
         message: &str,
         profile: &ContextProfile,
-    ) -> Option<Vec<FrameworkRef>> {
+    ) -> Option<Grounding> {
         let mut request = tonic::Request::new(RetrieveRequest {
             message: message.to_owned(),
             context: Some(KnownContext {
@@ -247,7 +260,12 @@ impl ReplyPipeline {
                     .unwrap_or_default(),
             }),
             max_frameworks: FRAMEWORKS_PER_TURN,
-            max_passages: 0,
+            // The offline coach does not quote documents; a model can.
+            max_passages: if matches!(self.responder, Responder::Offline) {
+                0
+            } else {
+                PASSAGES_PER_TURN
+            },
         });
         request.set_timeout(KNOWLEDGE_TIMEOUT);
         if let Err(e) = ctx.write_to(request.metadata_mut()) {
@@ -255,21 +273,32 @@ impl ReplyPipeline {
             return None;
         }
         match self.knowledge.clone().retrieve(request).await {
-            Ok(response) => Some(
-                response
-                    .into_inner()
-                    .frameworks
-                    .into_iter()
-                    .map(|f| FrameworkRef {
-                        framework_id: f.framework_id,
-                        name: f.name,
-                        author: f.author,
-                        application: f.summary,
-                        diagnostic_question: f.diagnostic_question,
-                        source_url: f.source_url,
-                    })
-                    .collect(),
-            ),
+            Ok(response) => {
+                let response = response.into_inner();
+                Some(Grounding {
+                    frameworks: response
+                        .frameworks
+                        .into_iter()
+                        .map(|f| FrameworkRef {
+                            framework_id: f.framework_id,
+                            name: f.name,
+                            author: f.author,
+                            application: f.summary,
+                            diagnostic_question: f.diagnostic_question,
+                            source_url: f.source_url,
+                        })
+                        .collect(),
+                    passages: response
+                        .passages
+                        .into_iter()
+                        .map(|p| prompt::DocumentPassage {
+                            document_title: p.document_title,
+                            heading: p.heading,
+                            snippet: p.snippet,
+                        })
+                        .collect(),
+                })
+            }
             Err(status) => {
                 tracing::warn!(code = ?status.code(), "knowledge lookup failed; replying without grounding");
                 None
