@@ -153,10 +153,14 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             "One lens that may help is {}, from {}. {}",
             first.name, first.author, first.application
         );
-        if let Some(situation) = profile.situation() {
-            text.push_str(&format!(
+        match (profile.situation(), &profile.problem) {
+            (Some(situation), Some(problem)) => text.push_str(&format!(
+                " Applied to {situation}, where {problem}, it is where I would start looking."
+            )),
+            (Some(situation), None) => text.push_str(&format!(
                 " Applied to {situation}, it is where I would start looking."
-            ));
+            )),
+            (None, _) => {}
         }
         if !first.source_url.is_empty() {
             text.push_str(&format!(" (Source: {}.)", first.source_url));
@@ -166,7 +170,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         if let Some(second) = input.frameworks.get(1) {
             parts.push(part(
                 format!(
-                    "Another is {}, from {}: {}",
+                    "Another is {}, from {}, which looks at the same situation from a different angle: {}",
                     second.name,
                     second.author,
                     first_sentence(&second.application)
@@ -638,6 +642,38 @@ mod tests {
                 "{on_topic}"
             );
         }
+    }
+
+    #[test]
+    fn frameworks_are_tied_to_the_users_situation_with_a_source() {
+        let message = "Our backlog keeps growing.";
+        let profile = profile(
+            &["I'm a director of 60 engineers at a series C company."],
+            message,
+        );
+        let second = FrameworkRef {
+            framework_id: "engineering-strategy".into(),
+            name: "Engineering Strategy".into(),
+            author: "Will Larson".into(),
+            application: "Diagnose first. Then set policies.".into(),
+            diagnostic_question: "What is the diagnosis?".into(),
+            source_url: String::new(),
+        };
+        let reply = reply(&CoachInput {
+            message,
+            profile: &profile,
+            frameworks: &[framework(), second],
+            word_cap: rules::DEFAULT_WORD_CAP,
+        });
+        assert!(reply.text.contains(
+            "Applied to an organisation of about 60 engineers at a series C company, where your backlog keeps growing"
+        ), "{}", reply.text);
+        assert!(reply.text.contains("(Source: https://lethain.com.)"));
+        assert!(reply.text.contains("Another is Engineering Strategy, from Will Larson, which looks at the same situation from a different angle: Diagnose first."));
+        assert_eq!(
+            reply.cited_frameworks,
+            vec!["systems-dynamics", "engineering-strategy"]
+        );
     }
 
     #[test]
