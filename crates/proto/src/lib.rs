@@ -46,6 +46,26 @@ mod tests {
             .collect()
     }
 
+    /// Every public RPC has an objective in slo/public-api.md: an RPC cannot
+    /// ship without one.
+    #[test]
+    fn every_public_rpc_has_an_slo() {
+        let slos = include_str!("../../../slo/public-api.md");
+        let set = prost_types::FileDescriptorSet::decode(super::PUBLIC_DESCRIPTOR_SET)
+            .expect("a valid descriptor set");
+        let mut methods = 0;
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    methods += 1;
+                    let row = format!("`{}/{}`", service.name(), method.name());
+                    assert!(slos.contains(&row), "{row} has no SLO in slo/public-api.md");
+                }
+            }
+        }
+        assert!(methods >= 19, "found only {methods} public RPCs");
+    }
+
     #[test]
     fn public_reflection_never_describes_internal_packages() {
         let public = packages(super::PUBLIC_DESCRIPTOR_SET);
