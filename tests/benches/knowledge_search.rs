@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use tp_context::{Role, TenantId};
 use tp_e2e::tp_proto::v1 as pb;
 use tp_e2e::{KnowledgeClient, TestApp, TestDatabase};
@@ -21,16 +20,6 @@ const DOCUMENTS_PER_TENANT: usize = 10;
 const PASSAGES_PER_DOCUMENT: usize = 50;
 const ROUNDS: usize = 10;
 const SEARCHES_PER_ROUND: usize = 200;
-
-#[derive(Deserialize)]
-struct LabelledSet {
-    question: Vec<Question>,
-}
-
-#[derive(Deserialize)]
-struct Question {
-    text: String,
-}
 
 /// A small deterministic generator, so every run loads the same text.
 struct XorShift(u64);
@@ -123,9 +112,11 @@ fn millis(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/relevance/questions.toml");
-    let questions: LabelledSet = toml::from_str(&std::fs::read_to_string(path)?)?;
-    let queries: Vec<String> = questions.question.into_iter().map(|q| q.text).collect();
+    let queries: Vec<String> = tp_e2e::relevance::load()?
+        .question
+        .into_iter()
+        .map(|q| q.text)
+        .collect();
 
     let app = TestApp::spawn().await?;
     let mut rng = XorShift(0x5eed_1234_abcd_9876);

@@ -21,6 +21,7 @@ use tp_proto::v1 as pb;
 use uuid::Uuid;
 
 pub mod fake_provider;
+pub mod relevance;
 
 pub use tp_proto;
 

@@ -2,28 +2,15 @@
 //! (tests/relevance/questions.toml): recall@3 must stay at or above 0.9.
 //! MRR is reported alongside, and every miss is printed, to guide tuning.
 
-use serde::Deserialize;
 use tp_context::Role;
 use tp_e2e::TestApp;
 use tp_e2e::tp_proto::v1 as pb;
-
-#[derive(Deserialize)]
-struct LabelledSet {
-    question: Vec<Question>,
-}
-
-#[derive(Deserialize)]
-struct Question {
-    text: String,
-    expect: Vec<String>,
-}
 
 const RECALL_AT_3_FLOOR: f64 = 0.9;
 
 #[tokio::test]
 async fn recall_at_3_on_labelled_leadership_questions() -> anyhow::Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/relevance/questions.toml");
-    let set: LabelledSet = toml::from_str(&std::fs::read_to_string(path)?)?;
+    let set = tp_e2e::relevance::load()?;
     assert!(
         set.question.len() >= 40,
         "the labelled set must hold at least 40 questions"

@@ -108,12 +108,36 @@ fn authorized<T>(message: T, token: &str) -> anyhow::Result<tonic::Request<T>> {
     Ok(request)
 }
 
-/// Sends one message and returns the whole streamed reply.
+type ConversationClient = pb::conversation_service_client::ConversationServiceClient<Channel>;
+
+/// Starts a conversation and returns its id.
+async fn create_conversation(
+    client: &mut ConversationClient,
+    title: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    Ok(client
+        .create_conversation(authorized(
+            pb::CreateConversationRequest {
+                title: title.to_owned(),
+            },
+            token,
+        )?)
+        .await?
+        .into_inner()
+        .conversation
+        .context("CreateConversation returned no conversation")?
+        .conversation_id)
+}
+
+/// Sends one message, hands each delta to `on_delta` as it arrives, and
+/// returns the whole reply.
 async fn reply_text(
-    client: &mut pb::conversation_service_client::ConversationServiceClient<Channel>,
+    client: &mut ConversationClient,
     conversation_id: &str,
     content: &str,
     token: &str,
+    mut on_delta: impl FnMut(&str) -> std::io::Result<()>,
 ) -> anyhow::Result<String> {
     let mut stream = client
         .send_message(authorized(
@@ -129,6 +153,7 @@ async fn reply_text(
     let mut text = String::new();
     while let Some(event) = stream.message().await? {
         if let Some(pb::send_message_response::Event::TextDelta(delta)) = event.event {
+            on_delta(&delta.text)?;
             text.push_str(&delta.text);
         }
     }
@@ -206,23 +231,15 @@ async fn main() -> anyhow::Result<()> {
                 client
                     .clear_context_profile(authorized(pb::ClearContextProfileRequest {}, &token)?)
                     .await?;
-                let conversation = client
-                    .create_conversation(authorized(
-                        pb::CreateConversationRequest {
-                            title: scenario.name.clone(),
-                        },
-                        &token,
-                    )?)
-                    .await?
-                    .into_inner()
-                    .conversation
-                    .context("CreateConversation returned no conversation")?;
+                let conversation_id =
+                    create_conversation(&mut client, &scenario.name, &token).await?;
                 for turn in &scenario.turn {
                     let reply = reply_text(
                         &mut client,
-                        &conversation.conversation_id,
+                        &conversation_id,
                         &turn.user,
                         &token,
+                        |_| Ok(()),
                     )
                     .await?;
                     let problems = tp_coach::conformance::judge(turn, &reply, &[]);
@@ -266,37 +283,17 @@ async fn main() -> anyhow::Result<()> {
             let conversation_id = match conversation {
                 Some(id) => id,
                 None => {
-                    let created = client
-                        .create_conversation(authorized(
-                            pb::CreateConversationRequest::default(),
-                            &token,
-                        )?)
-                        .await?
-                        .into_inner()
-                        .conversation
-                        .context("CreateConversation returned no conversation")?;
-                    eprintln!("conversation {}", created.conversation_id);
-                    created.conversation_id
+                    let id = create_conversation(&mut client, "", &token).await?;
+                    eprintln!("conversation {id}");
+                    id
                 }
             };
-            let mut stream = client
-                .send_message(authorized(
-                    pb::SendMessageRequest {
-                        conversation_id,
-                        content: message,
-                        idempotency_key: uuid::Uuid::new_v4().to_string(),
-                    },
-                    &token,
-                )?)
-                .await?
-                .into_inner();
             let mut stdout = std::io::stdout();
-            while let Some(event) = stream.message().await? {
-                if let Some(pb::send_message_response::Event::TextDelta(delta)) = event.event {
-                    write!(stdout, "{}", delta.text)?;
-                    stdout.flush()?;
-                }
-            }
+            reply_text(&mut client, &conversation_id, &message, &token, |delta| {
+                write!(stdout, "{delta}")?;
+                stdout.flush()
+            })
+            .await?;
             writeln!(stdout)?;
         }
     }
