@@ -5,7 +5,7 @@ temporary directory (never committed) and put on `sys.path`, so the test
 always drives the API as it is currently declared.
 
 Environment:
-  TP_GATEWAY_ADDR       host:port of a running gateway (e.g. 127.0.0.1:50061)
+  TP_GATEWAY_ADDR       host:port of a running gateway (e.g. 127.0.0.1:31061)
   TP_JWT_HS256_SECRET   the gateway's HS256 secret, used to mint tokens
 """
 

@@ -2,7 +2,7 @@
 //! random ports, wired to each other over gRPC exactly as in production.
 //!
 //! Needs a PostgreSQL server: `TP_TEST_PG_ADDR` (host:port, default
-//! `127.0.0.1:55433`) reachable as the superuser `postgres` without a
+//! `127.0.0.1:31433`) reachable as the superuser `postgres` without a
 //! password. `deploy/local/test` starts one.
 
 use std::net::SocketAddr;
@@ -29,7 +29,7 @@ pub use tp_proto;
 pub const JWT_SECRET: &str = "test-secret-at-least-16-bytes";
 
 fn pg_addr() -> String {
-    std::env::var("TP_TEST_PG_ADDR").unwrap_or_else(|_| "127.0.0.1:55433".to_owned())
+    std::env::var("TP_TEST_PG_ADDR").unwrap_or_else(|_| "127.0.0.1:31433".to_owned())
 }
 
 /// A database of its own for one test, with the roles the product uses.
