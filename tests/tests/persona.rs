@@ -9,8 +9,8 @@ use tp_e2e::{TestApp, TestDatabase, new_conversation, send};
 
 #[tokio::test]
 async fn offline_coach_conforms_to_every_scenario() -> anyhow::Result<()> {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/persona/scenarios.toml");
-    let suite = Suite::parse(&std::fs::read_to_string(path)?)?;
+    // Compiled in, so a test binary never reads another checkout's copy.
+    let suite = Suite::parse(include_str!("../persona/scenarios.toml"))?;
     assert!(
         suite.scenario.len() >= 30,
         "the suite needs at least 30 scenarios"
