@@ -101,6 +101,42 @@ impl TestDatabase {
     }
 }
 
+/// The membership cache's time to live in the test stack's gateway.
+pub const GATEWAY_MEMBERSHIP_CACHE_TTL_SECS: u64 = 30;
+
+fn gateway_config(
+    db: &TestDatabase,
+    conversation_addr: SocketAddr,
+    knowledge_addr: SocketAddr,
+    membership_cache_ttl_secs: u64,
+) -> tp_gateway::GatewayConfig {
+    tp_gateway::GatewayConfig {
+        listen_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        conversation_url: format!("http://{conversation_addr}"),
+        knowledge_url: format!("http://{knowledge_addr}"),
+        database_url: db.app_url.clone(),
+        database_max_connections: 4,
+        membership_cache_ttl_secs,
+        jwt_hs256_secret: JWT_SECRET.to_owned(),
+    }
+}
+
+/// A conversation client for the gateway at `addr`.
+pub async fn conversations_via(
+    addr: SocketAddr,
+    token: &str,
+) -> anyhow::Result<ConversationClient> {
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    Ok(
+        pb::conversation_service_client::ConversationServiceClient::with_interceptor(
+            channel,
+            Bearer(Some(format!("Bearer {token}").parse()?)),
+        ),
+    )
+}
+
 /// The three services, running.
 pub struct TestApp {
     pub db: TestDatabase,
@@ -205,14 +241,12 @@ impl TestApp {
             conversation.run_until(stopped(stop.clone())),
         );
 
-        let gateway = tp_gateway::Application::build(&tp_gateway::GatewayConfig {
-            listen_addr: any_port,
-            conversation_url: format!("http://{conversation_addr}"),
-            knowledge_url: format!("http://{knowledge_addr}"),
-            database_url: db.app_url.clone(),
-            database_max_connections: 4,
-            jwt_hs256_secret: JWT_SECRET.to_owned(),
-        })
+        let gateway = tp_gateway::Application::build(&gateway_config(
+            &db,
+            conversation_addr,
+            knowledge_addr,
+            GATEWAY_MEMBERSHIP_CACHE_TTL_SECS,
+        ))
         .await?;
         let gateway_addr = gateway.local_addr();
         spawn_service("gateway", gateway.run_until(stopped(stop)));
@@ -224,6 +258,27 @@ impl TestApp {
             knowledge_addr,
             shutdown,
         })
+    }
+
+    /// Another gateway in front of the same services and database, as a
+    /// second replica would be.
+    pub async fn spawn_gateway(
+        &self,
+        membership_cache_ttl_secs: u64,
+    ) -> anyhow::Result<SocketAddr> {
+        let gateway = tp_gateway::Application::build(&gateway_config(
+            &self.db,
+            self.conversation_addr,
+            self.knowledge_addr,
+            membership_cache_ttl_secs,
+        ))
+        .await?;
+        let addr = gateway.local_addr();
+        spawn_service(
+            "gateway",
+            gateway.run_until(stopped(self.shutdown.subscribe())),
+        );
+        Ok(addr)
     }
 
     pub fn token(&self, sub: &str, tenant: Option<TenantId>, role: Role) -> String {
@@ -257,8 +312,7 @@ impl TestApp {
     }
 
     pub async fn conversations(&self, token: &str) -> anyhow::Result<ConversationClient> {
-        self.conversations_with_auth(Some(&format!("Bearer {token}")))
-            .await
+        conversations_via(self.gateway_addr, token).await
     }
 
     pub async fn members(&self, token: &str) -> anyhow::Result<MemberClient> {

@@ -1,11 +1,11 @@
 //! Who may do what: the principal the auth layer verified, checked against
 //! roles and the tenant's membership in the database.
 
-use sqlx::PgPool;
 use tonic::{Request, Status};
 use tp_auth::Principal;
 use tp_context::{RequestContext, Role};
-use tp_store::begin_tenant_tx;
+
+use crate::membership::Membership;
 
 /// The principal [`tp_auth::AuthLayer`] put in the extensions.
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
@@ -32,15 +32,19 @@ pub fn storage_status(e: impl std::fmt::Display) -> Status {
     Status::unavailable("storage is unavailable; retry shortly")
 }
 
-/// Membership checks against `gateway.members`.
+/// Tenant access for public calls, decided from the stored membership.
 #[derive(Clone)]
-pub struct Membership {
-    pool: PgPool,
+pub struct Access {
+    membership: Membership,
 }
 
-impl Membership {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+impl Access {
+    pub fn new(membership: Membership) -> Self {
+        Self { membership }
+    }
+
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// The caller's tenant context, if they are a member of the token's
@@ -52,16 +56,11 @@ impl Membership {
                 "operator tokens have no tenant; use a member token (with a tenant_id claim) to converse",
             ));
         };
-        let mut tx = begin_tenant_tx(&self.pool, tenant_id)
+        let role = self
+            .membership
+            .role(tenant_id, &principal.user_id)
             .await
             .map_err(storage_status)?;
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM gateway.members WHERE user_id = $1")
-                .bind(&principal.user_id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(storage_status)?;
-        tx.commit().await.map_err(storage_status)?;
         let Some(role) = role else {
             return Err(Status::permission_denied(format!(
                 "user `{}` is not a member of tenant {tenant_id} (or the tenant does not exist); \
@@ -69,7 +68,6 @@ impl Membership {
                 principal.user_id
             )));
         };
-        let role = role.parse::<Role>().map_err(storage_status)?;
         Ok(RequestContext {
             tenant_id,
             user_id: principal.user_id.clone(),
@@ -77,7 +75,7 @@ impl Membership {
         })
     }
 
-    /// Like [`Membership::require_member`], for tenant administration: the
+    /// Like [`Access::require_member`], for tenant administration: the
     /// token must say admin and the stored membership must agree.
     pub async fn require_admin(
         &self,

@@ -31,6 +31,12 @@ pub struct GatewayConfig {
     pub database_url: String,
     #[arg(long, env = "TP_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+    /// How long a membership may be served from the gateway's cache, in
+    /// seconds (0: read it from the database on every call). Changes reach
+    /// every gateway at once through Postgres notifications; this bounds
+    /// staleness should one be missed.
+    #[arg(long, env = "TP_MEMBERSHIP_CACHE_TTL_SECS", default_value_t = 30)]
+    pub membership_cache_ttl_secs: u64,
     /// Shared secret that verifies HS256 bearer tokens (local and dev).
     #[arg(long, env = "TP_JWT_HS256_SECRET", hide_env_values = true)]
     pub jwt_hs256_secret: String,
@@ -43,6 +49,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("conversation_url", &self.conversation_url)
             .field("knowledge_url", &self.knowledge_url)
             .field("database_max_connections", &self.database_max_connections)
+            .field("membership_cache_ttl_secs", &self.membership_cache_ttl_secs)
             .finish_non_exhaustive()
     }
 }

@@ -9,19 +9,19 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_telemetry::TraceClient;
 
-use crate::access::{Membership, internal_request, principal};
+use crate::access::{Access, internal_request, principal};
 
 pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
 
 pub struct ConversationGateway {
-    membership: Membership,
+    access: Access,
     conversation: ConversationClient,
 }
 
 impl ConversationGateway {
-    pub fn new(membership: Membership, conversation: ConversationClient) -> Self {
+    pub fn new(access: Access, conversation: ConversationClient) -> Self {
         Self {
-            membership,
+            access,
             conversation,
         }
     }
@@ -31,10 +31,7 @@ impl ConversationGateway {
         &self,
         request: Request<T>,
     ) -> Result<(Request<T>, ConversationClient), Status> {
-        let ctx = self
-            .membership
-            .require_member(&principal(&request)?)
-            .await?;
+        let ctx = self.access.require_member(&principal(&request)?).await?;
         Ok((internal_request(&ctx, request)?, self.conversation.clone()))
     }
 }

@@ -7,29 +7,23 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use tp_telemetry::TraceClient;
 
-use crate::access::{Membership, internal_request, principal};
+use crate::access::{Access, internal_request, principal};
 
 pub type KnowledgeClient = KnowledgeServiceClient<TraceClient<Channel>>;
 
 pub struct KnowledgeGateway {
-    membership: Membership,
+    access: Access,
     knowledge: KnowledgeClient,
 }
 
 impl KnowledgeGateway {
-    pub fn new(membership: Membership, knowledge: KnowledgeClient) -> Self {
-        Self {
-            membership,
-            knowledge,
-        }
+    pub fn new(access: Access, knowledge: KnowledgeClient) -> Self {
+        Self { access, knowledge }
     }
 
     /// Reads need a member of the token's tenant.
     async fn read<T>(&self, request: Request<T>) -> Result<(Request<T>, KnowledgeClient), Status> {
-        let ctx = self
-            .membership
-            .require_member(&principal(&request)?)
-            .await?;
+        let ctx = self.access.require_member(&principal(&request)?).await?;
         Ok((internal_request(&ctx, request)?, self.knowledge.clone()))
     }
 
@@ -40,7 +34,7 @@ impl KnowledgeGateway {
         method: &str,
     ) -> Result<(Request<T>, KnowledgeClient), Status> {
         let ctx = self
-            .membership
+            .access
             .require_admin(&principal(&request)?, method)
             .await?;
         Ok((internal_request(&ctx, request)?, self.knowledge.clone()))

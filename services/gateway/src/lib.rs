@@ -9,6 +9,7 @@ pub mod config;
 mod conversations;
 mod knowledge;
 mod members;
+pub mod membership;
 pub mod seats;
 mod startup;
 mod tenants;

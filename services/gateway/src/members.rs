@@ -7,17 +7,17 @@ use tp_proto::v1 as pb;
 use tp_store::begin_tenant_tx;
 use tp_store::paging::Page;
 
-use crate::access::{Membership, principal, storage_status};
+use crate::access::{Access, principal, storage_status};
 use crate::seats::check_seat_free;
 
 pub struct MemberAdmin {
     pool: PgPool,
-    membership: Membership,
+    access: Access,
 }
 
 impl MemberAdmin {
-    pub fn new(pool: PgPool, membership: Membership) -> Self {
-        Self { pool, membership }
+    pub fn new(pool: PgPool, access: Access) -> Self {
+        Self { pool, access }
     }
 }
 
@@ -57,7 +57,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
         let ctx = self
-            .membership
+            .access
             .require_admin(&principal(&request)?, "AddMember")
             .await?;
         let request = request.into_inner();
@@ -119,7 +119,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
         let ctx = self
-            .membership
+            .access
             .require_admin(&principal(&request)?, "RemoveMember")
             .await?;
         let request = request.into_inner();
@@ -161,6 +161,9 @@ impl pb::member_service_server::MemberService for MemberAdmin {
             .await
             .map_err(storage_status)?;
         tx.commit().await.map_err(storage_status)?;
+        self.access
+            .membership()
+            .forget(ctx.tenant_id, &request.user_id);
         tracing::info!(tenant_id = %ctx.tenant_id, "member removed");
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
@@ -170,7 +173,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
         let ctx = self
-            .membership
+            .access
             .require_admin(&principal(&request)?, "ListMembers")
             .await?;
         let request = request.into_inner();

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::service::Routes;
 use tower::ServiceBuilder;
@@ -16,11 +17,12 @@ use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use tp_server::{BoundService, Listener};
 use tp_telemetry::ServerTelemetryLayer;
 
-use crate::access::Membership;
+use crate::access::Access;
 use crate::config::{GatewayConfig, SCHEMA};
 use crate::conversations::ConversationGateway;
 use crate::knowledge::KnowledgeGateway;
 use crate::members::MemberAdmin;
+use crate::membership::{ListenerGuard, Membership};
 use crate::tenants::TenantAdmin;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/gateway");
@@ -38,6 +40,8 @@ const MIN_SECRET_BYTES: usize = 16;
 pub struct Application {
     bound: BoundService,
     auth: AuthLayer,
+    /// Keeps the membership cache current; stopped with the service.
+    membership_listener: Option<ListenerGuard>,
 }
 
 impl Application {
@@ -47,7 +51,18 @@ impl Application {
             "TP_JWT_HS256_SECRET must be at least {MIN_SECRET_BYTES} bytes"
         );
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
-        let membership = Membership::new(pool.clone());
+        let (membership, membership_listener) = if config.membership_cache_ttl_secs == 0 {
+            (Membership::uncached(pool.clone()), None)
+        } else {
+            let (membership, listener) = Membership::cached(
+                pool.clone(),
+                Duration::from_secs(config.membership_cache_ttl_secs),
+                config.database_url.clone(),
+            )
+            .await;
+            (membership, Some(listener))
+        };
+        let access = Access::new(membership);
         let conversation =
             ConversationServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
         let knowledge =
@@ -58,17 +73,17 @@ impl Application {
             tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
         routes
             .add_service(ConversationServiceServer::new(ConversationGateway::new(
-                membership.clone(),
+                access.clone(),
                 conversation,
             )))
             .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
-                membership.clone(),
+                access.clone(),
                 knowledge,
             )))
             .add_service(TenantAdminServiceServer::new(TenantAdmin::new(
                 pool.clone(),
             )))
-            .add_service(MemberServiceServer::new(MemberAdmin::new(pool, membership)));
+            .add_service(MemberServiceServer::new(MemberAdmin::new(pool, access)));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
             .await;
@@ -89,6 +104,7 @@ impl Application {
         Ok(Self {
             bound: BoundService::new("gateway", listener, routes.routes()),
             auth,
+            membership_listener,
         })
     }
 
@@ -101,6 +117,7 @@ impl Application {
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new("gateway"))
             .layer(self.auth);
+        let _listener = self.membership_listener;
         self.bound.serve(layers, shutdown).await?;
         Ok(())
     }

@@ -1,0 +1,279 @@
+//! Who is a member of which tenant, and with what role: read from
+//! `gateway.members` under the tenant's row-level security, and cached for
+//! a few seconds so that a public call does not cost a database transaction.
+//!
+//! A cached membership must never outlive its removal by more than it takes
+//! Postgres to deliver a notification. A trigger on `gateway.members`
+//! notifies `gateway_membership` on every update or delete (see
+//! `migrations/gateway/0002_membership_notify.sql`); every gateway listens
+//! and forgets that entry. While the listener is disconnected, changes
+//! could be missed, so the cache is bypassed and emptied. The time to live
+//! bounds the damage of anything this reasoning missed.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::task::JoinHandle;
+use tp_context::{Role, TenantId};
+use tp_store::begin_tenant_tx;
+
+/// The channel the `members_changed` trigger notifies.
+pub const CHANNEL: &str = "gateway_membership";
+
+/// Upper bound on cached memberships; the least used are evicted first.
+const MAX_ENTRIES: u64 = 100_000;
+
+/// How long to wait before reconnecting a failed listener.
+const RECONNECT_DELAY: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MembershipError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Store(#[from] tp_store::StoreError),
+    #[error("stored role is not valid: {0}")]
+    InvalidRole(String),
+}
+
+struct MembershipCache {
+    roles: moka::sync::Cache<(TenantId, String), Role>,
+    /// Bumped by every invalidation. A lookup that read the database before
+    /// an invalidation it did not see must not fill the cache afterwards.
+    generation: AtomicU64,
+    /// True only while the listener is connected and listening.
+    listening: AtomicBool,
+}
+
+impl MembershipCache {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            roles: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl)
+                .build(),
+            generation: AtomicU64::new(0),
+            listening: AtomicBool::new(false),
+        }
+    }
+
+    fn forget(&self, tenant: TenantId, user_id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.roles.invalidate(&(tenant, user_id.to_owned()));
+    }
+
+    fn forget_all(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.roles.invalidate_all();
+    }
+
+    /// Applies one notification payload, `<tenant uuid>/<user id>`.
+    fn apply(&self, payload: &str) {
+        let parsed = payload
+            .split_once('/')
+            .and_then(|(tenant, user)| Some((tenant.parse::<TenantId>().ok()?, user)));
+        match parsed {
+            Some((tenant, user)) => self.forget(tenant, user),
+            None => {
+                tracing::warn!("unreadable membership notification; forgetting every membership");
+                self.forget_all();
+            }
+        }
+    }
+}
+
+/// Membership lookups, cached when a time to live is configured.
+#[derive(Clone)]
+pub struct Membership {
+    pool: PgPool,
+    cache: Option<Arc<MembershipCache>>,
+}
+
+impl Membership {
+    /// Lookups that always read the database.
+    pub fn uncached(pool: PgPool) -> Self {
+        Self { pool, cache: None }
+    }
+
+    /// Lookups cached for `ttl`, kept current by a listener on `listen_url`
+    /// (its own connection, so the pool keeps all of its). The first
+    /// connection is made here, so the cache is live once this returns
+    /// (unless it failed: then it is bypassed until a retry succeeds). The
+    /// listener runs until the returned guard is dropped.
+    pub async fn cached(pool: PgPool, ttl: Duration, listen_url: String) -> (Self, ListenerGuard) {
+        let cache = Arc::new(MembershipCache::new(ttl));
+        let first = listen(&listen_url)
+            .await
+            .inspect_err(|error| {
+                tracing::warn!(%error, "membership listener cannot connect; cache bypassed");
+            })
+            .ok();
+        let listener = ListenerGuard(tokio::spawn(keep_current(cache.clone(), listen_url, first)));
+        (
+            Self {
+                pool,
+                cache: Some(cache),
+            },
+            listener,
+        )
+    }
+
+    /// The role `user_id` holds in `tenant`, or `None` if they are not a
+    /// member (or the tenant does not exist).
+    pub async fn role(
+        &self,
+        tenant: TenantId,
+        user_id: &str,
+    ) -> Result<Option<Role>, MembershipError> {
+        let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|c| c.listening.load(Ordering::Acquire))
+        else {
+            return self.stored_role(tenant, user_id).await;
+        };
+        let key = (tenant, user_id.to_owned());
+        if let Some(role) = cache.roles.get(&key) {
+            return Ok(Some(role));
+        }
+        let generation = cache.generation.load(Ordering::Acquire);
+        let role = self.stored_role(tenant, user_id).await?;
+        // Only memberships are cached: someone just added must be let in at
+        // once, so absence is always read from the database.
+        if let Some(role) = role
+            && cache.listening.load(Ordering::Acquire)
+            && cache.generation.load(Ordering::Acquire) == generation
+        {
+            cache.roles.insert(key, role);
+        }
+        Ok(role)
+    }
+
+    /// Forgets a membership this gateway just changed, so that its own next
+    /// call sees the change without waiting for the notification.
+    pub fn forget(&self, tenant: TenantId, user_id: &str) {
+        if let Some(cache) = &self.cache {
+            cache.forget(tenant, user_id);
+        }
+    }
+
+    async fn stored_role(
+        &self,
+        tenant: TenantId,
+        user_id: &str,
+    ) -> Result<Option<Role>, MembershipError> {
+        let mut tx = begin_tenant_tx(&self.pool, tenant).await?;
+        let role: Option<String> =
+            sqlx::query_scalar("SELECT role FROM gateway.members WHERE user_id = $1")
+                .bind(user_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        role.map(|r| {
+            r.parse::<Role>()
+                .map_err(|_| MembershipError::InvalidRole(r))
+        })
+        .transpose()
+    }
+}
+
+/// Stops the membership listener when dropped.
+pub struct ListenerGuard(JoinHandle<()>);
+
+impl Drop for ListenerGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Listens for membership changes until aborted, reconnecting after
+/// failures; the cache is in use only while the listener is listening.
+async fn keep_current(cache: Arc<MembershipCache>, url: String, mut connected: Option<PgListener>) {
+    loop {
+        let listener = match connected.take() {
+            Some(listener) => Ok(listener),
+            None => listen(&url).await,
+        };
+        match listener {
+            Ok(mut listener) => {
+                // Anything may have changed while nobody was listening.
+                cache.forget_all();
+                cache.listening.store(true, Ordering::Release);
+                tracing::debug!(channel = CHANNEL, "membership cache listening");
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(notification)) => cache.apply(notification.payload()),
+                        // Reconnected: notifications sent meanwhile are lost.
+                        Ok(None) => cache.forget_all(),
+                        Err(error) => {
+                            cache.listening.store(false, Ordering::Release);
+                            cache.forget_all();
+                            tracing::warn!(%error, "membership listener lost; cache bypassed until it reconnects");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "membership listener cannot connect; cache bypassed");
+            }
+        }
+        tokio::time::sleep(RECONNECT_DELAY).await;
+    }
+}
+
+async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tenant() -> TenantId {
+        TenantId::from(uuid::Uuid::new_v4())
+    }
+
+    #[test]
+    fn a_notification_forgets_exactly_its_member() {
+        let cache = MembershipCache::new(Duration::from_secs(60));
+        let (a, b) = (tenant(), tenant());
+        cache.roles.insert((a, "ann".into()), Role::Admin);
+        cache.roles.insert((a, "bob".into()), Role::Member);
+        cache.roles.insert((b, "ann".into()), Role::Member);
+        let before = cache.generation.load(Ordering::Acquire);
+
+        cache.apply(&format!("{a}/ann"));
+
+        assert_eq!(cache.roles.get(&(a, "ann".into())), None);
+        assert_eq!(cache.roles.get(&(a, "bob".into())), Some(Role::Member));
+        assert_eq!(cache.roles.get(&(b, "ann".into())), Some(Role::Member));
+        assert!(cache.generation.load(Ordering::Acquire) > before);
+    }
+
+    #[test]
+    fn user_ids_may_contain_slashes() {
+        let cache = MembershipCache::new(Duration::from_secs(60));
+        let a = tenant();
+        cache
+            .roles
+            .insert((a, "okta|team/ann".into()), Role::Member);
+        cache.apply(&format!("{a}/okta|team/ann"));
+        assert_eq!(cache.roles.get(&(a, "okta|team/ann".into())), None);
+    }
+
+    #[test]
+    fn an_unreadable_notification_forgets_everything() {
+        let cache = MembershipCache::new(Duration::from_secs(60));
+        let a = tenant();
+        cache.roles.insert((a, "ann".into()), Role::Admin);
+        cache.apply("not-a-tenant/ann");
+        cache.roles.run_pending_tasks();
+        assert_eq!(cache.roles.get(&(a, "ann".into())), None);
+    }
+}
