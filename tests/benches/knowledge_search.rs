@@ -158,6 +158,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let all_kinds = ["framework", "topic", "source"];
+    let mut floor = Vec::new();
     let mut api = Vec::new();
     let mut direct = Vec::new();
     let mut results_api = 0usize;
@@ -167,6 +168,15 @@ async fn main() -> anyhow::Result<()> {
         for i in 0..SEARCHES_PER_ROUND {
             let (tenant, client) = &mut tenants[(round * 7 + i) % TENANTS];
             let query = &queries[(round * 13 + i) % queries.len()];
+            let started = Instant::now();
+            client
+                .get_framework(pb::GetFrameworkRequest {
+                    framework_id: "staff-archetypes".into(),
+                })
+                .await?;
+            if !warm_up {
+                floor.push(started.elapsed());
+            }
             let started = Instant::now();
             let found = client
                 .search(pb::SearchRequest {
@@ -198,6 +208,7 @@ async fn main() -> anyhow::Result<()> {
         "both paths must return the same results"
     );
     api.sort();
+    floor.sort();
     direct.sort();
     let report = |name: &str, samples: &[Duration]| {
         println!(
@@ -211,6 +222,7 @@ async fn main() -> anyhow::Result<()> {
     println!("knowledge Search, {passages} passages / {TENANTS} tenants, limit 10, all kinds");
     report("API (gRPC via gateway)", &api);
     report("baseline (same search, no gRPC)", &direct);
+    report("API floor (GetFramework)", &floor);
     println!(
         "ratio API / baseline: p50 {:.2}x, p99 {:.2}x",
         percentile(&api, 0.5).as_secs_f64() / percentile(&direct, 0.5).as_secs_f64(),
