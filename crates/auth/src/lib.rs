@@ -1,7 +1,8 @@
 //! Bearer-token verification for the public API.
 //!
-//! [`TokenVerifier`] is async because production verifiers fetch keys (JWKS);
-//! [`Hs256Verifier`] is the local/dev one. [`AuthLayer`] runs the verifier
+//! [`TokenVerifier`] is async because production verifiers fetch keys:
+//! [`JwksVerifier`] checks RS256/ES256 tokens against the identity provider's
+//! JWKS; [`Hs256Verifier`] is the local/dev one. [`AuthLayer`] runs the verifier
 //! for every call and hands the [`Principal`] to handlers through request
 //! extensions. Only this crate decodes tokens.
 
@@ -14,8 +15,10 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tp_context::{RequestContext, Role, TenantId};
 
+mod jwks;
 mod layer;
 
+pub use jwks::{JwksError, JwksSettings, JwksVerifier};
 pub use layer::{AuthLayer, Authenticate};
 
 /// Who a verified token says the caller is. Operators have no tenant.
@@ -38,6 +41,10 @@ impl Principal {
 }
 
 /// The JWT claims the product reads.
+///
+/// `iss`, `aud` and `nbf` are optional so HS256 development tokens can leave
+/// them out; [`JwksVerifier`] requires `iss` and `aud` and checks `nbf` when
+/// present.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     pub sub: String,
@@ -45,6 +52,29 @@ pub struct Claims {
     pub tenant_id: Option<String>,
     pub role: String,
     pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<Audience>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+}
+
+/// The `aud` claim: one audience or several (RFC 7519 §4.1.3).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Audience {
+    pub fn contains(&self, audience: &str) -> bool {
+        match self {
+            Audience::One(one) => one == audience,
+            Audience::Many(many) => many.iter().any(|a| a == audience),
+        }
+    }
 }
 
 impl Claims {
@@ -55,6 +85,9 @@ impl Claims {
             tenant_id: tenant_id.map(|t| t.to_string()),
             role: role.as_str().to_owned(),
             exp: now_secs().saturating_add(ttl_secs),
+            iss: None,
+            aud: None,
+            nbf: None,
         }
     }
 }
@@ -74,16 +107,68 @@ pub enum AuthError {
     MissingToken,
     #[error("`authorization` metadata must be `Bearer <jwt>`")]
     NotBearer,
-    #[error("token is malformed or uses an unsupported algorithm (only HS256 is accepted)")]
+    #[error(
+        "token is malformed or uses an unsupported algorithm: send a compact JWT signed with \
+         HS256 (development) or RS256/ES256 (identity provider)"
+    )]
     Malformed,
-    #[error("token signature does not verify")]
+    #[error("token signature does not verify: it was not signed by a key this server trusts")]
     BadSignature,
     #[error("token has expired: mint a new one")]
     Expired,
+    #[error("token is not valid yet (its `nbf` is in the future): check the client's clock")]
+    NotYetValid,
     #[error("token claim `{0}` is missing or invalid")]
     InvalidClaim(&'static str),
     #[error("token has no `tenant_id` claim; only operator tokens may omit it")]
     MissingTenant,
+    #[error(
+        "token `iss` claim is not the issuer this server trusts: request the token from the \
+         configured identity provider"
+    )]
+    WrongIssuer,
+    #[error("token `aud` claim does not name this API: request a token for this API's audience")]
+    WrongAudience,
+    #[error("token header has no `kid`: send a token minted by the identity provider")]
+    MissingKeyId,
+    #[error(
+        "token `kid` names no current signing key of the identity provider: mint a fresh \
+         token (its key may have been rotated out)"
+    )]
+    UnknownKeyId,
+    #[error(
+        "token `alg` does not match the key its `kid` names: RSA keys sign RS256, P-256 keys \
+         sign ES256"
+    )]
+    KeyAlgorithmMismatch,
+    #[error(
+        "the identity provider's signing keys could not be fetched, so the token cannot be \
+         verified now: retry shortly"
+    )]
+    KeysUnavailable,
+}
+
+impl AuthError {
+    /// Maps a signature or validation failure from `jsonwebtoken`.
+    fn from_jwt(error: &jsonwebtoken::errors::Error) -> Self {
+        match error.kind() {
+            ErrorKind::ExpiredSignature => AuthError::Expired,
+            ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+            ErrorKind::InvalidSignature => AuthError::BadSignature,
+            ErrorKind::InvalidIssuer => AuthError::WrongIssuer,
+            ErrorKind::InvalidAudience => AuthError::WrongAudience,
+            ErrorKind::MissingRequiredClaim(claim) | ErrorKind::InvalidClaimFormat(claim) => {
+                AuthError::InvalidClaim(match claim.as_str() {
+                    "sub" => "sub",
+                    "iss" => "iss",
+                    "aud" => "aud",
+                    "nbf" => "nbf",
+                    _ => "exp",
+                })
+            }
+            _ => AuthError::Malformed,
+        }
+    }
 }
 
 /// Turns a bearer token into a [`Principal`].
@@ -114,17 +199,8 @@ impl Hs256Verifier {
     }
 
     fn verify_now(&self, token: &str) -> Result<Principal, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation).map_err(
-            |e| match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                ErrorKind::MissingRequiredClaim(claim) if claim == "sub" => {
-                    AuthError::InvalidClaim("sub")
-                }
-                ErrorKind::MissingRequiredClaim(_) => AuthError::InvalidClaim("exp"),
-                _ => AuthError::Malformed,
-            },
-        )?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
+            .map_err(|e| AuthError::from_jwt(&e))?;
         principal_from_claims(data.claims)
     }
 }
@@ -135,6 +211,30 @@ impl TokenVerifier for Hs256Verifier {
         token: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>> {
         Box::pin(std::future::ready(self.verify_now(token)))
+    }
+}
+
+/// The verifiers a gateway trusts, chosen per token by its `alg` header:
+/// HS256 tokens go to the shared-secret verifier (local and development),
+/// RS256 and ES256 to the identity provider's JWKS. A token whose algorithm
+/// has no configured verifier is malformed; nothing falls through from one
+/// to the other.
+pub struct ByAlgorithm {
+    pub hs256: Option<Hs256Verifier>,
+    pub jwks: Option<JwksVerifier>,
+}
+
+impl TokenVerifier for ByAlgorithm {
+    fn verify<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>> {
+        let algorithm = jsonwebtoken::decode_header(token).map(|header| header.alg);
+        match (algorithm, &self.hs256, &self.jwks) {
+            (Ok(Algorithm::HS256), Some(hs256), _) => hs256.verify(token),
+            (Ok(Algorithm::RS256 | Algorithm::ES256), _, Some(jwks)) => jwks.verify(token),
+            _ => Box::pin(std::future::ready(Err(AuthError::Malformed))),
+        }
     }
 }
 
@@ -230,6 +330,29 @@ mod tests {
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsInJvbGUiOiJvcGVyYXRvciIsImV4cCI6OTk5OTk5OTk5OX0.";
         assert_eq!(verify(none), Err(AuthError::Malformed));
         assert_eq!(verify("not.a.jwt"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn optional_claims_are_omitted_and_aud_takes_one_or_many() {
+        let json =
+            serde_json::to_value(Claims::expiring_in("u1", None, Role::Operator, 60)).unwrap();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(keys, ["exp", "role", "sub"]);
+        let one: Claims =
+            serde_json::from_str(r#"{"sub":"u1","role":"operator","exp":1,"aud":"api"}"#).unwrap();
+        assert!(one.aud.as_ref().is_some_and(|aud| aud.contains("api")));
+        let many: Claims = serde_json::from_str(
+            r#"{"sub":"u1","role":"operator","exp":1,"aud":["web","api"],"iss":"idp","nbf":0}"#,
+        )
+        .unwrap();
+        assert!(many.aud.as_ref().is_some_and(|aud| aud.contains("api")));
+        assert!(!many.aud.as_ref().is_some_and(|aud| aud.contains("other")));
+        assert_eq!((many.iss.as_deref(), many.nbf), (Some("idp"), Some(0)));
     }
 
     #[test]

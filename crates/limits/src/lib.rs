@@ -1,0 +1,62 @@
+//! Limits on how much of the service one tenant, or one user, may use.
+//!
+//! Two tower layers for the gateway, both over `http::Request` so they sit in
+//! the same stack as the auth layer:
+//!
+//! - [`RateLimitLayer`] admits a call only if both the tenant's and the
+//!   user's token bucket have a token, with limits per billing plan. One
+//!   noisy tenant, or one runaway client inside a tenant, cannot then slow
+//!   the others down or run up the model bill.
+//! - [`StreamConcurrencyLayer`] caps how many calls on the streaming methods
+//!   one tenant may have open at once; a slot is held until the reply body
+//!   ends or is dropped, which is when a server-streaming call really ends.
+//!
+//! Calls over a limit are answered with `RESOURCE_EXHAUSTED` and a
+//! `google.rpc.RetryInfo` detail, so clients know when to try again.
+//!
+//! Neither layer knows how a call is authenticated: each is given a function
+//! that reads the [`Subject`] (tenant, user, plan) from the request, which the
+//! gateway puts in the request extensions after authentication. Calls without
+//! a subject (health checks, operator calls) are not limited.
+//!
+//! The decisions themselves ([`TokenBucket`], [`RateLimiter`],
+//! [`StreamSlots`]) do no I/O and take the time as an argument.
+
+mod bucket;
+mod config;
+mod limiter;
+mod rate_layer;
+mod stream_layer;
+mod streams;
+
+pub use bucket::TokenBucket;
+pub use config::{ConfigError, LimitsConfig, Rate, RateLimits};
+pub use limiter::{DEFAULT_MAX_KEYS, LimitKind, MIN_MAX_KEYS, RateLimited, RateLimiter};
+pub use rate_layer::{RateLimit, RateLimitFuture, RateLimitLayer};
+pub use stream_layer::{
+    LimitedBody, StreamConcurrency, StreamConcurrencyFuture, StreamConcurrencyLayer,
+};
+pub use streams::{STREAM_RETRY_AFTER, StreamPermit, StreamSlots, TooManyStreams};
+
+/// Who a call is charged to. Tenant and user are opaque keys (the tenant id
+/// and the token's subject); the plan selects the limits.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Subject {
+    pub tenant: String,
+    pub user: String,
+    pub plan: String,
+}
+
+impl Subject {
+    pub fn new(
+        tenant: impl Into<String>,
+        user: impl Into<String>,
+        plan: impl Into<String>,
+    ) -> Self {
+        Self {
+            tenant: tenant.into(),
+            user: user.into(),
+            plan: plan.into(),
+        }
+    }
+}

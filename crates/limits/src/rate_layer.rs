@@ -1,0 +1,151 @@
+//! The tower layer that applies the per-tenant and per-user request rates.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::Subject;
+use crate::config::{ConfigError, LimitsConfig};
+use crate::limiter::RateLimiter;
+
+/// Checks every call that has a [`Subject`] against its tenant's and user's
+/// rate and answers excess calls with `RESOURCE_EXHAUSTED` before any handler
+/// runs. `extract` reads the subject from the request (the gateway sets it in
+/// the extensions after authentication); `None` means "not limited".
+pub struct RateLimitLayer<F> {
+    limiter: Arc<RateLimiter>,
+    extract: Arc<F>,
+}
+
+impl<F> RateLimitLayer<F> {
+    /// A layer with its own [`RateLimiter`] built from `config`.
+    pub fn new(config: &LimitsConfig, extract: F) -> Result<Self, ConfigError> {
+        Ok(Self::with_limiter(
+            Arc::new(RateLimiter::new(config)?),
+            extract,
+        ))
+    }
+
+    /// A layer over an existing limiter, e.g. one with a chosen capacity or
+    /// shared with a timer that calls [`RateLimiter::evict_idle`].
+    pub fn with_limiter(limiter: Arc<RateLimiter>, extract: F) -> Self {
+        Self {
+            limiter,
+            extract: Arc::new(extract),
+        }
+    }
+
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
+}
+
+impl<F> Clone for RateLimitLayer<F> {
+    fn clone(&self) -> Self {
+        Self {
+            limiter: Arc::clone(&self.limiter),
+            extract: Arc::clone(&self.extract),
+        }
+    }
+}
+
+impl<S, F> Layer<S> for RateLimitLayer<F> {
+    type Service = RateLimit<S, F>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit {
+            inner,
+            limiter: Arc::clone(&self.limiter),
+            extract: Arc::clone(&self.extract),
+        }
+    }
+}
+
+/// The service [`RateLimitLayer`] wraps around the inner one.
+pub struct RateLimit<S, F> {
+    inner: S,
+    limiter: Arc<RateLimiter>,
+    extract: Arc<F>,
+}
+
+impl<S: Clone, F> Clone for RateLimit<S, F> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            limiter: Arc::clone(&self.limiter),
+            extract: Arc::clone(&self.extract),
+        }
+    }
+}
+
+impl<S, F, ReqBody, ResBody> Service<http::Request<ReqBody>> for RateLimit<S, F>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    F: Fn(&http::Request<ReqBody>) -> Option<Subject>,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RateLimitFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+        // The decision is synchronous, so the inner service (readied by
+        // poll_ready) is called directly and nothing is boxed.
+        if let Some(subject) = (self.extract)(&request)
+            && let Err(limited) = self.limiter.check(&subject, Instant::now())
+        {
+            // Debug, not info: rejections grow with abuse, and logging each
+            // at info would let a flood of calls flood the logs too.
+            tracing::debug!(
+                tenant = %subject.tenant,
+                user = %subject.user,
+                plan = %subject.plan,
+                method = request.uri().path(),
+                limit = %limited.limit,
+                retry_after_ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX),
+                "call rejected: request rate limit"
+            );
+            return RateLimitFuture::Rejected {
+                response: Some(limited.to_status().into_http()),
+            };
+        }
+        RateLimitFuture::Admitted {
+            future: self.inner.call(request),
+        }
+    }
+}
+
+pin_project! {
+    /// The response of [`RateLimit`]: the inner service's, or the rejection.
+    #[project = RateLimitFutureProj]
+    pub enum RateLimitFuture<Fut, ResBody> {
+        Rejected { response: Option<http::Response<ResBody>> },
+        Admitted { #[pin] future: Fut },
+    }
+}
+
+impl<Fut, ResBody, E> Future for RateLimitFuture<Fut, ResBody>
+where
+    Fut: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = Fut::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            RateLimitFutureProj::Rejected { response } => {
+                Poll::Ready(Ok(response.take().expect("polled after completion")))
+            }
+            RateLimitFutureProj::Admitted { future } => future.poll(cx),
+        }
+    }
+}
