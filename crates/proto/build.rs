@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("thoughtpartner/v1/tenant_admin.proto"),
         root.join("thoughtpartner/v1/member.proto"),
         root.join("thoughtpartner/v1/knowledge.proto"),
+        root.join("thoughtpartner/v1/subscription.proto"),
+        root.join("thoughtpartner/v1/audit.proto"),
     ];
     let internal = [root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto")];
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];

@@ -117,7 +117,19 @@ fn gateway_config(
         database_url: db.app_url.clone(),
         database_max_connections: 4,
         membership_cache_ttl_secs,
-        jwt_hs256_secret: JWT_SECRET.to_owned(),
+        jwt_hs256_secret: Some(JWT_SECRET.to_owned()),
+        jwt_jwks_url: None,
+        jwt_issuer: None,
+        jwt_audience: None,
+        // Generous, so suites that send hundreds of messages run unthrottled;
+        // tests of the limits run a gateway with tight ones.
+        rate_tenant_per_second: 1000.0,
+        rate_tenant_burst: 2000,
+        rate_user_per_second: 500.0,
+        rate_user_burst: 1000,
+        max_streams_per_tenant: 16,
+        seat_price_minor: 3000,
+        billing_currency: "eur".to_owned(),
     }
 }
 
@@ -266,13 +278,25 @@ impl TestApp {
         &self,
         membership_cache_ttl_secs: u64,
     ) -> anyhow::Result<SocketAddr> {
-        let gateway = tp_gateway::Application::build(&gateway_config(
+        self.spawn_gateway_with(|config| {
+            config.membership_cache_ttl_secs = membership_cache_ttl_secs;
+        })
+        .await
+    }
+
+    /// Another gateway, configured like the stack's and then by `adjust`.
+    pub async fn spawn_gateway_with(
+        &self,
+        adjust: impl FnOnce(&mut tp_gateway::GatewayConfig),
+    ) -> anyhow::Result<SocketAddr> {
+        let mut config = gateway_config(
             &self.db,
             self.conversation_addr,
             self.knowledge_addr,
-            membership_cache_ttl_secs,
-        ))
-        .await?;
+            GATEWAY_MEMBERSHIP_CACHE_TTL_SECS,
+        );
+        adjust(&mut config);
+        let gateway = tp_gateway::Application::build(&config).await?;
         let addr = gateway.local_addr();
         spawn_service(
             "gateway",

@@ -94,9 +94,11 @@ async fn gateway_reflection_lists_only_the_public_api() -> anyhow::Result<()> {
         names,
         vec![
             "grpc.reflection.v1.ServerReflection",
+            "thoughtpartner.v1.AuditService",
             "thoughtpartner.v1.ConversationService",
             "thoughtpartner.v1.KnowledgeService",
             "thoughtpartner.v1.MemberService",
+            "thoughtpartner.v1.SubscriptionService",
             "thoughtpartner.v1.TenantAdminService",
         ]
     );

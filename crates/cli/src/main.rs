@@ -6,6 +6,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
+use tonic_types::StatusExt;
 use tp_auth::{Claims, mint_hs256};
 use tp_context::{Role, TenantId};
 use tp_proto::v1 as pb;
@@ -139,17 +140,34 @@ async fn reply_text(
     token: &str,
     mut on_delta: impl FnMut(&str) -> std::io::Result<()>,
 ) -> anyhow::Result<String> {
-    let mut stream = client
-        .send_message(authorized(
-            pb::SendMessageRequest {
-                conversation_id: conversation_id.to_owned(),
-                content: content.to_owned(),
-                idempotency_key: uuid::Uuid::new_v4().to_string(),
-            },
-            token,
-        )?)
-        .await?
-        .into_inner();
+    // One key for every attempt, so a retry can never send twice.
+    let idempotency_key = uuid::Uuid::new_v4().to_string();
+    let mut attempts = 0;
+    let mut stream = loop {
+        let sent = client
+            .send_message(authorized(
+                pb::SendMessageRequest {
+                    conversation_id: conversation_id.to_owned(),
+                    content: content.to_owned(),
+                    idempotency_key: idempotency_key.clone(),
+                },
+                token,
+            )?)
+            .await;
+        match sent {
+            Ok(response) => break response.into_inner(),
+            // Over a rate limit: wait as long as the gateway says, a few times.
+            Err(status) if status.code() == tonic::Code::ResourceExhausted && attempts < 5 => {
+                attempts += 1;
+                let wait = status
+                    .get_details_retry_info()
+                    .and_then(|info| info.retry_delay)
+                    .unwrap_or(std::time::Duration::from_secs(1));
+                tokio::time::sleep(wait).await;
+            }
+            Err(status) => return Err(status.into()),
+        }
+    };
     let mut text = String::new();
     while let Some(event) = stream.message().await? {
         if let Some(pb::send_message_response::Event::TextDelta(delta)) = event.event {

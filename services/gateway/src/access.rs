@@ -1,11 +1,29 @@
-//! Who may do what: the principal the auth layer verified, checked against
-//! roles and the tenant's membership in the database.
+//! Who may do what, enforced once for every public call. [`AccessLayer`]
+//! runs after [`tp_auth::AuthLayer`]: it finds the method's rule in
+//! [`crate::policy::POLICY`], looks up the caller's stored membership and
+//! the tenant's standing, lets [`crate::policy::decide`] rule, and hands
+//! handlers the verified [`RequestContext`] and [`Standing`] in the request
+//! extensions. Handlers read them with [`caller`]; none checks roles.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::HeaderValue;
+use tonic::body::Body;
 use tonic::{Request, Status};
+use tower::{Layer, Service};
 use tp_auth::Principal;
-use tp_context::{RequestContext, Role};
+use tp_context::{RequestContext, is_unauthenticated_path};
 
 use crate::membership::Membership;
+use crate::policy::{Audience, Caller, Standing, TenantStatus, decide, rule_for};
+
+/// The trailer (and, for errors, header) a past-due tenant's responses carry.
+pub const BILLING_WARNING: &str = "tp-billing-warning";
+
+const PAST_DUE_WARNING: &str = "a payment for this organisation failed; an admin should update its billing details \
+     before the tenant is suspended";
 
 /// The principal [`tp_auth::AuthLayer`] put in the extensions.
 pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
@@ -16,87 +34,18 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
         .ok_or_else(|| Status::internal("principal missing: AuthLayer is not installed"))
 }
 
-pub fn require_operator(principal: &Principal, method: &str) -> Result<(), Status> {
-    if principal.role == Role::Operator {
-        Ok(())
-    } else {
-        Err(Status::permission_denied(format!(
-            "{method} needs an operator token (role: operator); this token has role {}",
-            principal.role
-        )))
-    }
+/// The tenant context [`AccessLayer`] verified for a tenant-scoped call.
+pub fn caller<T>(request: &Request<T>) -> Result<RequestContext, Status> {
+    request
+        .extensions()
+        .get::<RequestContext>()
+        .cloned()
+        .ok_or_else(|| Status::internal("tenant context missing: AccessLayer is not installed"))
 }
 
 pub fn storage_status(e: impl std::fmt::Display) -> Status {
     tracing::error!(error = %e, "storage failure");
     Status::unavailable("storage is unavailable; retry shortly")
-}
-
-/// Tenant access for public calls, decided from the stored membership.
-#[derive(Clone)]
-pub struct Access {
-    membership: Membership,
-}
-
-impl Access {
-    pub fn new(membership: Membership) -> Self {
-        Self { membership }
-    }
-
-    pub fn membership(&self) -> &Membership {
-        &self.membership
-    }
-
-    /// The caller's tenant context, if they are a member of the token's
-    /// tenant (and so hold a seat). The role is the one stored for the
-    /// membership, not the token's.
-    pub async fn require_member(&self, principal: &Principal) -> Result<RequestContext, Status> {
-        let Some(tenant_id) = principal.tenant_id else {
-            return Err(Status::permission_denied(
-                "operator tokens have no tenant; use a member token (with a tenant_id claim) to converse",
-            ));
-        };
-        let role = self
-            .membership
-            .role(tenant_id, &principal.user_id)
-            .await
-            .map_err(storage_status)?;
-        let Some(role) = role else {
-            return Err(Status::permission_denied(format!(
-                "user `{}` is not a member of tenant {tenant_id} (or the tenant does not exist); \
-                 a tenant admin adds members with MemberService.AddMember",
-                principal.user_id
-            )));
-        };
-        Ok(RequestContext {
-            tenant_id,
-            user_id: principal.user_id.clone(),
-            role,
-        })
-    }
-
-    /// Like [`Access::require_member`], for tenant administration: the
-    /// token must say admin and the stored membership must agree.
-    pub async fn require_admin(
-        &self,
-        principal: &Principal,
-        method: &str,
-    ) -> Result<RequestContext, Status> {
-        if principal.role != Role::Admin {
-            return Err(Status::permission_denied(format!(
-                "{method} needs a tenant admin token (role: admin); this token has role {}",
-                principal.role
-            )));
-        }
-        let ctx = self.require_member(principal).await?;
-        if ctx.role != Role::Admin {
-            return Err(Status::permission_denied(format!(
-                "user `{}` is no longer an admin of tenant {}",
-                ctx.user_id, ctx.tenant_id
-            )));
-        }
-        Ok(ctx)
-    }
 }
 
 /// Builds the internal request for a forwarded call: a fresh one, so
@@ -114,4 +63,180 @@ pub fn internal_request<T>(
         outbound.metadata_mut().insert("grpc-timeout", deadline);
     }
     Ok(outbound)
+}
+
+/// Applies the access policy to every public call.
+#[derive(Clone)]
+pub struct AccessLayer {
+    membership: Membership,
+}
+
+impl AccessLayer {
+    pub fn new(membership: Membership) -> Self {
+        Self { membership }
+    }
+}
+
+impl<S> Layer<S> for AccessLayer {
+    type Service = Enforce<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Enforce {
+            inner,
+            membership: self.membership.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Enforce<S> {
+    inner: S,
+    membership: Membership,
+}
+
+/// Decides one call: `Ok(None)` for calls outside the policy (health,
+/// reflection, unknown services, which tonic answers itself).
+async fn admit(
+    membership: &Membership,
+    request: &mut http::Request<Body>,
+) -> Result<Option<Standing>, Status> {
+    let path = request.uri().path();
+    if is_unauthenticated_path(path) {
+        return Ok(None);
+    }
+    let Some(rule) = rule_for(path) else {
+        if path.starts_with("/thoughtpartner.") {
+            // A public RPC without a rule is a bug; refuse rather than guess.
+            return Err(Status::permission_denied(format!(
+                "no access rule for {path}"
+            )));
+        }
+        return Ok(None);
+    };
+    let principal = request
+        .extensions()
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::internal("principal missing: AuthLayer is not installed"))?;
+    let found = match (rule.audience, principal.tenant_id) {
+        (Audience::Member | Audience::Admin, Some(tenant)) => Some(
+            membership
+                .lookup(tenant, &principal.user_id)
+                .await
+                .map_err(storage_status)?,
+        ),
+        _ => None,
+    };
+    let standing = found.as_ref().and_then(|f| f.standing.clone());
+    let stored_role = found.as_ref().and_then(|f| f.role);
+    decide(
+        rule,
+        &Caller {
+            user_id: &principal.user_id,
+            token_role: principal.role,
+            has_tenant: principal.tenant_id.is_some(),
+            stored_role,
+            standing: standing.as_ref(),
+        },
+    )?;
+    if let (Some(tenant_id), Some(role)) = (principal.tenant_id, stored_role)
+        && rule.audience != Audience::Operator
+    {
+        request.extensions_mut().insert(RequestContext {
+            tenant_id,
+            user_id: principal.user_id.clone(),
+            role,
+        });
+    }
+    if let Some(standing) = &standing {
+        request.extensions_mut().insert(standing.clone());
+    }
+    Ok(standing)
+}
+
+impl<S> Service<http::Request<Body>> for Enforce<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        // The clone is not ready yet; keep the one that poll_ready prepared.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let membership = self.membership.clone();
+        Box::pin(async move {
+            match admit(&membership, &mut request).await {
+                Ok(standing) => {
+                    let response = inner.call(request).await?;
+                    match standing {
+                        Some(s) if s.status == TenantStatus::PastDue => Ok(warn(response)),
+                        _ => Ok(response),
+                    }
+                }
+                Err(status) => {
+                    tracing::info!(
+                        code = ?status.code(),
+                        "call refused by the access policy"
+                    );
+                    Ok(status.into_http())
+                }
+            }
+        })
+    }
+}
+
+/// Adds the billing warning: to the trailers when the response has a body
+/// that ends with them, to the headers when it is trailers-only.
+fn warn(response: http::Response<Body>) -> http::Response<Body> {
+    let value = HeaderValue::from_static(PAST_DUE_WARNING);
+    let (mut parts, body) = response.into_parts();
+    if parts.headers.contains_key("grpc-status") {
+        parts.headers.insert(BILLING_WARNING, value);
+        return http::Response::from_parts(parts, body);
+    }
+    http::Response::from_parts(parts, Body::new(WithTrailer { inner: body, value }))
+}
+
+/// A body whose trailers gain one entry.
+struct WithTrailer {
+    inner: Body,
+    value: HeaderValue,
+}
+
+impl http_body::Body for WithTrailer {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let value = self.value.clone();
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    trailers.insert(BILLING_WARNING, value);
+                    http_body::Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            }))),
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }

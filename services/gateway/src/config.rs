@@ -37,9 +37,38 @@ pub struct GatewayConfig {
     /// staleness should one be missed.
     #[arg(long, env = "TP_MEMBERSHIP_CACHE_TTL_SECS", default_value_t = 30)]
     pub membership_cache_ttl_secs: u64,
-    /// Shared secret that verifies HS256 bearer tokens (local and dev).
+    /// Shared secret that verifies HS256 bearer tokens (local and dev);
+    /// unset in production, where tokens come from the identity provider.
     #[arg(long, env = "TP_JWT_HS256_SECRET", hide_env_values = true)]
-    pub jwt_hs256_secret: String,
+    pub jwt_hs256_secret: Option<String>,
+    /// The identity provider's JWK set (RS256 and ES256 tokens).
+    #[arg(long, env = "TP_JWT_JWKS_URL")]
+    pub jwt_jwks_url: Option<String>,
+    /// The `iss` tokens from the identity provider must carry.
+    #[arg(long, env = "TP_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The `aud` tokens from the identity provider must name.
+    #[arg(long, env = "TP_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Requests per second a tenant may make (sustained), and its burst.
+    #[arg(long, env = "TP_RATE_TENANT_PER_SECOND", default_value_t = 50.0)]
+    pub rate_tenant_per_second: f64,
+    #[arg(long, env = "TP_RATE_TENANT_BURST", default_value_t = 100)]
+    pub rate_tenant_burst: u32,
+    /// Requests per second one user may make (sustained), and their burst.
+    #[arg(long, env = "TP_RATE_USER_PER_SECOND", default_value_t = 10.0)]
+    pub rate_user_per_second: f64,
+    #[arg(long, env = "TP_RATE_USER_BURST", default_value_t = 20)]
+    pub rate_user_burst: u32,
+    /// Replies a tenant may have streaming at once.
+    #[arg(long, env = "TP_MAX_STREAMS_PER_TENANT", default_value_t = 16)]
+    pub max_streams_per_tenant: usize,
+    /// The price of one seat for one month, in the currency's smallest unit.
+    #[arg(long, env = "TP_SEAT_PRICE_MINOR", default_value_t = 2900)]
+    pub seat_price_minor: i64,
+    /// ISO 4217 currency of seat prices, lower case.
+    #[arg(long, env = "TP_BILLING_CURRENCY", default_value = "eur")]
+    pub billing_currency: String,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -50,11 +79,40 @@ impl std::fmt::Debug for GatewayConfig {
             .field("knowledge_url", &self.knowledge_url)
             .field("database_max_connections", &self.database_max_connections)
             .field("membership_cache_ttl_secs", &self.membership_cache_ttl_secs)
+            .field("jwt_jwks_url", &self.jwt_jwks_url)
+            .field("jwt_issuer", &self.jwt_issuer)
+            .field("jwt_audience", &self.jwt_audience)
+            .field("rate_tenant_per_second", &self.rate_tenant_per_second)
+            .field("rate_tenant_burst", &self.rate_tenant_burst)
+            .field("rate_user_per_second", &self.rate_user_per_second)
+            .field("rate_user_burst", &self.rate_user_burst)
+            .field("max_streams_per_tenant", &self.max_streams_per_tenant)
+            .field("seat_price_minor", &self.seat_price_minor)
+            .field("billing_currency", &self.billing_currency)
             .finish_non_exhaustive()
     }
 }
 
 impl GatewayConfig {
+    /// Request-rate and stream limits. Every plan gets the same limits
+    /// for now; `LimitsConfig::plans` holds per-plan overrides.
+    pub fn limits(&self) -> tp_limits::LimitsConfig {
+        tp_limits::LimitsConfig {
+            default: tp_limits::RateLimits {
+                tenant: tp_limits::Rate {
+                    per_second: self.rate_tenant_per_second,
+                    burst: self.rate_tenant_burst,
+                },
+                user: tp_limits::Rate {
+                    per_second: self.rate_user_per_second,
+                    burst: self.rate_user_burst,
+                },
+            },
+            plans: std::collections::HashMap::new(),
+            max_streams_per_tenant: self.max_streams_per_tenant,
+        }
+    }
+
     pub fn database(&self) -> DatabaseSettings {
         DatabaseSettings {
             url: self.database_url.clone(),

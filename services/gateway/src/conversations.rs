@@ -1,5 +1,5 @@
-//! Public `ConversationService`: checks membership, then forwards to the
-//! conversation service with the verified context in metadata. The gateway
+//! Public `ConversationService`: forwards each call (admitted by the
+//! access layer) to the conversation service with the verified context in metadata. The gateway
 //! adds nothing to the payload; validation belongs to the service that owns
 //! the data.
 
@@ -9,29 +9,25 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_telemetry::TraceClient;
 
-use crate::access::{Access, internal_request, principal};
+use crate::access::{caller, internal_request};
 
 pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
 
 pub struct ConversationGateway {
-    access: Access,
     conversation: ConversationClient,
 }
 
 impl ConversationGateway {
-    pub fn new(access: Access, conversation: ConversationClient) -> Self {
-        Self {
-            access,
-            conversation,
-        }
+    pub fn new(conversation: ConversationClient) -> Self {
+        Self { conversation }
     }
 
-    /// Every conversation call needs a member of the token's tenant.
+    /// The internal request, carrying the caller's verified context.
     async fn forward<T>(
         &self,
         request: Request<T>,
     ) -> Result<(Request<T>, ConversationClient), Status> {
-        let ctx = self.access.require_member(&principal(&request)?).await?;
+        let ctx = caller(&request)?;
         Ok((internal_request(&ctx, request)?, self.conversation.clone()))
     }
 }

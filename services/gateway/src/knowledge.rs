@@ -1,5 +1,5 @@
-//! Public `KnowledgeService`: members read, tenant admins manage documents;
-//! the gateway checks which, then forwards to the knowledge service.
+//! Public `KnowledgeService`: members read, tenant admins manage documents
+//! (the access layer decides which); forwards to the knowledge service.
 
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -7,36 +7,25 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use tp_telemetry::TraceClient;
 
-use crate::access::{Access, internal_request, principal};
+use crate::access::{caller, internal_request};
 
 pub type KnowledgeClient = KnowledgeServiceClient<TraceClient<Channel>>;
 
 pub struct KnowledgeGateway {
-    access: Access,
     knowledge: KnowledgeClient,
 }
 
 impl KnowledgeGateway {
-    pub fn new(access: Access, knowledge: KnowledgeClient) -> Self {
-        Self { access, knowledge }
+    pub fn new(knowledge: KnowledgeClient) -> Self {
+        Self { knowledge }
     }
 
-    /// Reads need a member of the token's tenant.
-    async fn read<T>(&self, request: Request<T>) -> Result<(Request<T>, KnowledgeClient), Status> {
-        let ctx = self.access.require_member(&principal(&request)?).await?;
-        Ok((internal_request(&ctx, request)?, self.knowledge.clone()))
-    }
-
-    /// Document writes need one of the tenant's admins.
-    async fn write<T>(
+    /// The internal request, carrying the caller's verified context.
+    async fn forward<T>(
         &self,
         request: Request<T>,
-        method: &str,
     ) -> Result<(Request<T>, KnowledgeClient), Status> {
-        let ctx = self
-            .access
-            .require_admin(&principal(&request)?, method)
-            .await?;
+        let ctx = caller(&request)?;
         Ok((internal_request(&ctx, request)?, self.knowledge.clone()))
     }
 }
@@ -47,7 +36,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::SearchRequest>,
     ) -> Result<Response<pb::SearchResponse>, Status> {
-        let (request, mut client) = self.read(request).await?;
+        let (request, mut client) = self.forward(request).await?;
         client.search(request).await
     }
 
@@ -55,7 +44,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::ListFrameworksRequest>,
     ) -> Result<Response<pb::ListFrameworksResponse>, Status> {
-        let (request, mut client) = self.read(request).await?;
+        let (request, mut client) = self.forward(request).await?;
         client.list_frameworks(request).await
     }
 
@@ -63,7 +52,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::GetFrameworkRequest>,
     ) -> Result<Response<pb::GetFrameworkResponse>, Status> {
-        let (request, mut client) = self.read(request).await?;
+        let (request, mut client) = self.forward(request).await?;
         client.get_framework(request).await
     }
 
@@ -71,7 +60,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::CreateDocumentRequest>,
     ) -> Result<Response<pb::CreateDocumentResponse>, Status> {
-        let (request, mut client) = self.write(request, "CreateDocument").await?;
+        let (request, mut client) = self.forward(request).await?;
         client.create_document(request).await
     }
 
@@ -79,7 +68,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        let (request, mut client) = self.read(request).await?;
+        let (request, mut client) = self.forward(request).await?;
         client.list_documents(request).await
     }
 
@@ -87,7 +76,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::GetDocumentRequest>,
     ) -> Result<Response<pb::GetDocumentResponse>, Status> {
-        let (request, mut client) = self.read(request).await?;
+        let (request, mut client) = self.forward(request).await?;
         client.get_document(request).await
     }
 
@@ -95,7 +84,7 @@ impl pb::knowledge_service_server::KnowledgeService for KnowledgeGateway {
         &self,
         request: Request<pb::DeleteDocumentRequest>,
     ) -> Result<Response<pb::DeleteDocumentResponse>, Status> {
-        let (request, mut client) = self.write(request, "DeleteDocument").await?;
+        let (request, mut client) = self.forward(request).await?;
         client.delete_document(request).await
     }
 }

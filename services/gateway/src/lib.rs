@@ -5,13 +5,16 @@
 //! metadata. Only the gateway sees tokens.
 
 mod access;
+mod audit;
 pub mod config;
 mod conversations;
 mod knowledge;
 mod members;
 pub mod membership;
+pub mod policy;
 pub mod seats;
 mod startup;
+mod subscription;
 mod tenants;
 
 pub use config::{GatewayConfig, SCHEMA};

@@ -7,17 +7,19 @@ use tp_proto::v1 as pb;
 use tp_store::begin_tenant_tx;
 use tp_store::paging::Page;
 
-use crate::access::{Access, principal, storage_status};
+use crate::access::{caller, storage_status};
+use crate::audit::{self, Event};
+use crate::membership::Membership;
 use crate::seats::check_seat_free;
 
 pub struct MemberAdmin {
     pool: PgPool,
-    access: Access,
+    membership: Membership,
 }
 
 impl MemberAdmin {
-    pub fn new(pool: PgPool, access: Access) -> Self {
-        Self { pool, access }
+    pub fn new(pool: PgPool, membership: Membership) -> Self {
+        Self { pool, membership }
     }
 }
 
@@ -42,6 +44,16 @@ fn member_pb(row: MemberRow) -> pb::Member {
     }
 }
 
+fn role_argument(role: i32) -> Result<&'static str, Status> {
+    match pb::MemberRole::try_from(role) {
+        Ok(pb::MemberRole::Member) => Ok("member"),
+        Ok(pb::MemberRole::Admin) => Ok("admin"),
+        _ => Err(Status::invalid_argument(
+            "role must be MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN",
+        )),
+    }
+}
+
 fn user_id_argument(user_id: &str) -> Result<(), Status> {
     tp_context::validate_user_id(user_id).map_err(|_| {
         Status::invalid_argument(
@@ -56,21 +68,10 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         &self,
         request: Request<pb::AddMemberRequest>,
     ) -> Result<Response<pb::AddMemberResponse>, Status> {
-        let ctx = self
-            .access
-            .require_admin(&principal(&request)?, "AddMember")
-            .await?;
+        let ctx = caller(&request)?;
         let request = request.into_inner();
         user_id_argument(&request.user_id)?;
-        let role = match pb::MemberRole::try_from(request.role) {
-            Ok(pb::MemberRole::Member) => "member",
-            Ok(pb::MemberRole::Admin) => "admin",
-            _ => {
-                return Err(Status::invalid_argument(
-                    "role must be MEMBER_ROLE_MEMBER or MEMBER_ROLE_ADMIN",
-                ));
-            }
-        };
+        let role = role_argument(request.role)?;
 
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
             .await
@@ -107,6 +108,19 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         .fetch_one(&mut *tx)
         .await
         .map_err(storage_status)?;
+        audit::record(
+            &mut tx,
+            ctx.tenant_id,
+            Event {
+                actor: &ctx.user_id,
+                action: "member.added",
+                target: &request.user_id,
+                before: None,
+                after: Some(serde_json::json!({ "role": role })),
+            },
+        )
+        .await
+        .map_err(storage_status)?;
         tx.commit().await.map_err(storage_status)?;
         tracing::info!(tenant_id = %ctx.tenant_id, role, "member added");
         Ok(Response::new(pb::AddMemberResponse {
@@ -118,10 +132,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         &self,
         request: Request<pb::RemoveMemberRequest>,
     ) -> Result<Response<pb::RemoveMemberResponse>, Status> {
-        let ctx = self
-            .access
-            .require_admin(&principal(&request)?, "RemoveMember")
-            .await?;
+        let ctx = caller(&request)?;
         let request = request.into_inner();
         user_id_argument(&request.user_id)?;
 
@@ -141,7 +152,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         .fetch_one(&mut *tx)
         .await
         .map_err(storage_status)?;
-        match role.as_deref() {
+        let removed_role = match role.as_deref() {
             None => {
                 return Err(Status::not_found(format!(
                     "user `{}` is not a member of this tenant",
@@ -153,17 +164,28 @@ impl pb::member_service_server::MemberService for MemberAdmin {
                     "cannot remove the tenant's last admin; make another member admin first",
                 ));
             }
-            Some(_) => {}
-        }
+            Some(role) => role.to_owned(),
+        };
         sqlx::query("DELETE FROM gateway.members WHERE user_id = $1")
             .bind(&request.user_id)
             .execute(&mut *tx)
             .await
             .map_err(storage_status)?;
+        audit::record(
+            &mut tx,
+            ctx.tenant_id,
+            Event {
+                actor: &ctx.user_id,
+                action: "member.removed",
+                target: &request.user_id,
+                before: Some(serde_json::json!({ "role": removed_role })),
+                after: None,
+            },
+        )
+        .await
+        .map_err(storage_status)?;
         tx.commit().await.map_err(storage_status)?;
-        self.access
-            .membership()
-            .forget(ctx.tenant_id, &request.user_id);
+        self.membership.forget(ctx.tenant_id, &request.user_id);
         tracing::info!(tenant_id = %ctx.tenant_id, "member removed");
         Ok(Response::new(pb::RemoveMemberResponse {}))
     }
@@ -172,10 +194,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         &self,
         request: Request<pb::ListMembersRequest>,
     ) -> Result<Response<pb::ListMembersResponse>, Status> {
-        let ctx = self
-            .access
-            .require_admin(&principal(&request)?, "ListMembers")
-            .await?;
+        let ctx = caller(&request)?;
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -203,6 +222,76 @@ impl pb::member_service_server::MemberService for MemberAdmin {
             members: rows.into_iter().map(member_pb).collect(),
             next_page_token,
             seats,
+        }))
+    }
+
+    async fn update_member_role(
+        &self,
+        request: Request<pb::UpdateMemberRoleRequest>,
+    ) -> Result<Response<pb::UpdateMemberRoleResponse>, Status> {
+        let ctx = caller(&request)?;
+        let request = request.into_inner();
+        user_id_argument(&request.user_id)?;
+        let role = role_argument(request.role)?;
+
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+            .await
+            .map_err(storage_status)?;
+        // The tenant row lock serialises role changes and removals, so two
+        // admins demoting each other cannot leave the tenant with none.
+        sqlx::query("SELECT 1 FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
+            .bind(ctx.tenant_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(storage_status)?;
+        let (current, admins): (Option<String>, i64) = sqlx::query_as(
+            "SELECT max(role) FILTER (WHERE user_id = $1), count(*) FILTER (WHERE role = 'admin')
+               FROM gateway.members",
+        )
+        .bind(&request.user_id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        let Some(current) = current else {
+            return Err(Status::not_found(format!(
+                "user `{}` is not a member of this tenant",
+                request.user_id
+            )));
+        };
+        if current == "admin" && role != "admin" && admins <= 1 {
+            return Err(Status::failed_precondition(
+                "cannot make the tenant's last admin a member; make another member admin first",
+            ));
+        }
+        let row: MemberRow = sqlx::query_as(
+            "UPDATE gateway.members SET role = $2 WHERE user_id = $1
+             RETURNING user_id, role, create_time, join_seq",
+        )
+        .bind(&request.user_id)
+        .bind(role)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        if current != role {
+            audit::record(
+                &mut tx,
+                ctx.tenant_id,
+                Event {
+                    actor: &ctx.user_id,
+                    action: "member.role_changed",
+                    target: &request.user_id,
+                    before: Some(serde_json::json!({ "role": current })),
+                    after: Some(serde_json::json!({ "role": role })),
+                },
+            )
+            .await
+            .map_err(storage_status)?;
+        }
+        tx.commit().await.map_err(storage_status)?;
+        self.membership.forget(ctx.tenant_id, &request.user_id);
+        tracing::info!(tenant_id = %ctx.tenant_id, role, "member role updated");
+        Ok(Response::new(pb::UpdateMemberRoleResponse {
+            member: Some(member_pb(row)),
         }))
     }
 }

@@ -1,12 +1,13 @@
-//! Who is a member of which tenant, and with what role: read from
-//! `gateway.members` under the tenant's row-level security, and cached for
-//! a few seconds so that a public call does not cost a database transaction.
+//! Who is a member of which tenant, with what role, and where the tenant
+//! stands: read from `gateway.members` and `gateway.tenants` under the
+//! tenant's row-level security, and cached for a few seconds so that a
+//! public call does not cost a database transaction.
 //!
 //! A cached membership must never outlive its removal by more than it takes
-//! Postgres to deliver a notification. A trigger on `gateway.members`
-//! notifies `gateway_membership` on every update or delete (see
-//! `migrations/gateway/0002_membership_notify.sql`); every gateway listens
-//! and forgets that entry. While the listener is disconnected, changes
+//! Postgres to deliver a notification. Triggers on `gateway.members` and
+//! `gateway.tenants` notify `gateway_membership` on every update or delete
+//! (payload `<tenant>/<user>` or `<tenant>`; see the gateway migrations);
+//! every gateway listens and forgets that entry. While the listener is disconnected, changes
 //! could be missed, so the cache is bypassed and emptied. The time to live
 //! bounds the damage of anything this reasoning missed.
 
@@ -19,6 +20,8 @@ use sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 use tp_context::{Role, TenantId};
 use tp_store::begin_tenant_tx;
+
+use crate::policy::{Standing, TenantStatus};
 
 /// The channel the `members_changed` trigger notifies.
 pub const CHANNEL: &str = "gateway_membership";
@@ -37,10 +40,22 @@ pub enum MembershipError {
     Store(#[from] tp_store::StoreError),
     #[error("stored role is not valid: {0}")]
     InvalidRole(String),
+    #[error(transparent)]
+    InvalidStatus(#[from] crate::policy::UnknownStatus),
+}
+
+/// What the gateway knows about a caller's tenant and membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Found {
+    /// The tenant's standing; `None` when the tenant does not exist.
+    pub standing: Option<Standing>,
+    /// The caller's role; `None` when they are not a member.
+    pub role: Option<Role>,
 }
 
 struct MembershipCache {
     roles: moka::sync::Cache<(TenantId, String), Role>,
+    standings: moka::sync::Cache<TenantId, Standing>,
     /// Bumped by every invalidation. A lookup that read the database before
     /// an invalidation it did not see must not fill the cache afterwards.
     generation: AtomicU64,
@@ -55,6 +70,10 @@ impl MembershipCache {
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl)
                 .build(),
+            standings: moka::sync::Cache::builder()
+                .max_capacity(MAX_ENTRIES)
+                .time_to_live(ttl)
+                .build(),
             generation: AtomicU64::new(0),
             listening: AtomicBool::new(false),
         }
@@ -65,23 +84,34 @@ impl MembershipCache {
         self.roles.invalidate(&(tenant, user_id.to_owned()));
     }
 
+    fn forget_tenant(&self, tenant: TenantId) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.standings.invalidate(&tenant);
+    }
+
     fn forget_all(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.roles.invalidate_all();
+        self.standings.invalidate_all();
     }
 
-    /// Applies one notification payload, `<tenant uuid>/<user id>`.
+    /// Applies one notification payload: `<tenant uuid>/<user id>` (a
+    /// membership changed) or `<tenant uuid>` (the tenant changed).
     fn apply(&self, payload: &str) {
-        let parsed = payload
-            .split_once('/')
-            .and_then(|(tenant, user)| Some((tenant.parse::<TenantId>().ok()?, user)));
-        match parsed {
-            Some((tenant, user)) => self.forget(tenant, user),
+        match payload.split_once('/') {
+            Some((tenant, user)) => {
+                if let Ok(tenant) = tenant.parse::<TenantId>() {
+                    return self.forget(tenant, user);
+                }
+            }
             None => {
-                tracing::warn!("unreadable membership notification; forgetting every membership");
-                self.forget_all();
+                if let Ok(tenant) = payload.parse::<TenantId>() {
+                    return self.forget_tenant(tenant);
+                }
             }
         }
+        tracing::warn!("unreadable membership notification; forgetting every membership");
+        self.forget_all();
     }
 }
 
@@ -121,35 +151,38 @@ impl Membership {
         )
     }
 
-    /// The role `user_id` holds in `tenant`, or `None` if they are not a
-    /// member (or the tenant does not exist).
-    pub async fn role(
-        &self,
-        tenant: TenantId,
-        user_id: &str,
-    ) -> Result<Option<Role>, MembershipError> {
+    /// The tenant's standing and the role `user_id` holds in it.
+    pub async fn lookup(&self, tenant: TenantId, user_id: &str) -> Result<Found, MembershipError> {
         let Some(cache) = self
             .cache
             .as_ref()
             .filter(|c| c.listening.load(Ordering::Acquire))
         else {
-            return self.stored_role(tenant, user_id).await;
+            return self.stored(tenant, user_id).await;
         };
         let key = (tenant, user_id.to_owned());
-        if let Some(role) = cache.roles.get(&key) {
-            return Ok(Some(role));
+        if let (Some(role), Some(standing)) = (cache.roles.get(&key), cache.standings.get(&tenant))
+        {
+            return Ok(Found {
+                standing: Some(standing),
+                role: Some(role),
+            });
         }
         let generation = cache.generation.load(Ordering::Acquire);
-        let role = self.stored_role(tenant, user_id).await?;
-        // Only memberships are cached: someone just added must be let in at
+        let found = self.stored(tenant, user_id).await?;
+        // Only what exists is cached: someone just added must be let in at
         // once, so absence is always read from the database.
-        if let Some(role) = role
-            && cache.listening.load(Ordering::Acquire)
+        if cache.listening.load(Ordering::Acquire)
             && cache.generation.load(Ordering::Acquire) == generation
         {
-            cache.roles.insert(key, role);
+            if let Some(standing) = &found.standing {
+                cache.standings.insert(tenant, standing.clone());
+            }
+            if let Some(role) = found.role {
+                cache.roles.insert(key, role);
+            }
         }
-        Ok(role)
+        Ok(found)
     }
 
     /// Forgets a membership this gateway just changed, so that its own next
@@ -160,23 +193,45 @@ impl Membership {
         }
     }
 
-    async fn stored_role(
-        &self,
-        tenant: TenantId,
-        user_id: &str,
-    ) -> Result<Option<Role>, MembershipError> {
+    /// Forgets a tenant's standing this gateway just changed.
+    pub fn forget_tenant(&self, tenant: TenantId) {
+        if let Some(cache) = &self.cache {
+            cache.forget_tenant(tenant);
+        }
+    }
+
+    async fn stored(&self, tenant: TenantId, user_id: &str) -> Result<Found, MembershipError> {
         let mut tx = begin_tenant_tx(&self.pool, tenant).await?;
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM gateway.members WHERE user_id = $1")
-                .bind(user_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+        let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT t.status, t.status_reason, t.plan, m.role
+               FROM gateway.tenants t
+               LEFT JOIN gateway.members m ON m.tenant_id = t.tenant_id AND m.user_id = $2
+              WHERE t.tenant_id = $1",
+        )
+        .bind(tenant.as_uuid())
+        .bind(user_id)
+        .fetch_optional(&mut *tx)
+        .await?;
         tx.commit().await?;
-        role.map(|r| {
-            r.parse::<Role>()
-                .map_err(|_| MembershipError::InvalidRole(r))
+        let Some((status, reason, plan, role)) = row else {
+            return Ok(Found {
+                standing: None,
+                role: None,
+            });
+        };
+        Ok(Found {
+            standing: Some(Standing {
+                status: status.parse::<TenantStatus>()?,
+                reason,
+                plan,
+            }),
+            role: role
+                .map(|r| {
+                    r.parse::<Role>()
+                        .map_err(|_| MembershipError::InvalidRole(r))
+                })
+                .transpose()?,
         })
-        .transpose()
     }
 }
 
@@ -265,6 +320,24 @@ mod tests {
             .insert((a, "okta|team/ann".into()), Role::Member);
         cache.apply(&format!("{a}/okta|team/ann"));
         assert_eq!(cache.roles.get(&(a, "okta|team/ann".into())), None);
+    }
+
+    #[test]
+    fn a_tenant_notification_forgets_its_standing_only() {
+        let cache = MembershipCache::new(Duration::from_secs(60));
+        let (a, b) = (tenant(), tenant());
+        let standing = Standing {
+            status: TenantStatus::Active,
+            reason: String::new(),
+            plan: "standard".into(),
+        };
+        cache.standings.insert(a, standing.clone());
+        cache.standings.insert(b, standing);
+        cache.roles.insert((a, "ann".into()), Role::Admin);
+        cache.apply(&a.to_string());
+        assert_eq!(cache.standings.get(&a), None);
+        assert!(cache.standings.get(&b).is_some());
+        assert_eq!(cache.roles.get(&(a, "ann".into())), Some(Role::Admin));
     }
 
     #[test]

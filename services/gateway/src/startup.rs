@@ -5,24 +5,33 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
-use tp_auth::{AuthLayer, Hs256Verifier};
+use tp_auth::{AuthLayer, ByAlgorithm, Hs256Verifier, JwksSettings, JwksVerifier, TokenVerifier};
+use tp_billing::LocalBilling;
+use tp_context::RequestContext;
+use tp_limits::{LimitedBody, RateLimitLayer, StreamConcurrencyLayer, Subject};
+use tp_proto::v1::audit_service_server::AuditServiceServer;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
+use tp_proto::v1::subscription_service_server::SubscriptionServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use tp_server::{BoundService, Listener};
 use tp_telemetry::ServerTelemetryLayer;
 
-use crate::access::Access;
+use crate::access::AccessLayer;
+use crate::audit::AuditLog;
 use crate::config::{GatewayConfig, SCHEMA};
 use crate::conversations::ConversationGateway;
 use crate::knowledge::KnowledgeGateway;
 use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
+use crate::policy::Standing;
+use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/gateway");
@@ -36,19 +45,97 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 /// Tokens shorter than this are trivially guessable.
 const MIN_SECRET_BYTES: usize = 16;
 
+/// Calls that stream a reply, capped per tenant.
+const STREAMING_METHODS: [&str; 1] = ["/thoughtpartner.v1.ConversationService/SendMessage"];
+
+type SubjectFn = fn(&http::Request<Body>) -> Option<Subject>;
+
+/// Who a call's limits apply to: the tenant and user the access layer
+/// admitted, on their tenant's plan. Operator and infrastructure calls
+/// carry no tenant and are not limited here.
+fn limited_subject(request: &http::Request<Body>) -> Option<Subject> {
+    let ctx = request.extensions().get::<RequestContext>()?;
+    let standing = request.extensions().get::<Standing>()?;
+    Some(Subject::new(
+        ctx.tenant_id.to_string(),
+        ctx.user_id.clone(),
+        standing.plan.clone(),
+    ))
+}
+
+/// A background task that stops when the service does.
+struct TaskGuard(tokio::task::JoinHandle<()>);
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The token verifiers the configuration asks for: the dev HS256 secret,
+/// the identity provider's JWKS, or both (chosen per token by `alg`).
+async fn token_verifier(config: &GatewayConfig) -> anyhow::Result<Arc<dyn TokenVerifier>> {
+    let hs256 = match &config.jwt_hs256_secret {
+        Some(secret) => {
+            anyhow::ensure!(
+                secret.len() >= MIN_SECRET_BYTES,
+                "TP_JWT_HS256_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+            );
+            Some(Hs256Verifier::new(secret.as_bytes()))
+        }
+        None => None,
+    };
+    let jwks = match &config.jwt_jwks_url {
+        Some(url) => {
+            let (Some(issuer), Some(audience)) = (&config.jwt_issuer, &config.jwt_audience) else {
+                anyhow::bail!("TP_JWT_JWKS_URL needs TP_JWT_ISSUER and TP_JWT_AUDIENCE");
+            };
+            // Fetched now, so a wrong URL stops start-up rather than every call.
+            Some(
+                JwksVerifier::connect(JwksSettings::new(
+                    url.clone(),
+                    issuer.clone(),
+                    audience.clone(),
+                ))
+                .await?,
+            )
+        }
+        None => None,
+    };
+    anyhow::ensure!(
+        hs256.is_some() || jwks.is_some(),
+        "no token verifier: set TP_JWT_JWKS_URL (with TP_JWT_ISSUER and TP_JWT_AUDIENCE) \
+         or, for local development, TP_JWT_HS256_SECRET"
+    );
+    Ok(Arc::new(ByAlgorithm { hs256, jwks }))
+}
+
 /// A built, bound service, ready to serve.
 pub struct Application {
     bound: BoundService,
     auth: AuthLayer,
+    access: AccessLayer,
+    rates: RateLimitLayer<SubjectFn>,
+    streams: StreamConcurrencyLayer<SubjectFn>,
+    background: Vec<TaskGuard>,
     /// Keeps the membership cache current; stopped with the service.
     membership_listener: Option<ListenerGuard>,
 }
 
 impl Application {
     pub async fn build(config: &GatewayConfig) -> anyhow::Result<Self> {
+        let verifier = token_verifier(config).await?;
         anyhow::ensure!(
-            config.jwt_hs256_secret.len() >= MIN_SECRET_BYTES,
-            "TP_JWT_HS256_SECRET must be at least {MIN_SECRET_BYTES} bytes"
+            config.seat_price_minor >= 0,
+            "TP_SEAT_PRICE_MINOR must not be negative"
+        );
+        anyhow::ensure!(
+            config.billing_currency.len() == 3
+                && config
+                    .billing_currency
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase()),
+            "TP_BILLING_CURRENCY must be a lower-case ISO 4217 code such as `eur`"
         );
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
         let (membership, membership_listener) = if config.membership_cache_ttl_secs == 0 {
@@ -62,7 +149,6 @@ impl Application {
             .await;
             (membership, Some(listener))
         };
-        let access = Access::new(membership);
         let conversation =
             ConversationServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
         let knowledge =
@@ -73,17 +159,28 @@ impl Application {
             tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
         routes
             .add_service(ConversationServiceServer::new(ConversationGateway::new(
-                access.clone(),
                 conversation,
             )))
             .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
-                access.clone(),
                 knowledge,
             )))
             .add_service(TenantAdminServiceServer::new(TenantAdmin::new(
                 pool.clone(),
+                membership.clone(),
             )))
-            .add_service(MemberServiceServer::new(MemberAdmin::new(pool, access)));
+            .add_service(MemberServiceServer::new(MemberAdmin::new(
+                pool.clone(),
+                membership.clone(),
+            )))
+            .add_service(SubscriptionServiceServer::new(Subscriptions::new(
+                pool.clone(),
+                Pricing {
+                    seat_price_minor: config.seat_price_minor,
+                    currency: config.billing_currency.clone(),
+                },
+                Arc::new(LocalBilling),
+            )))
+            .add_service(AuditServiceServer::new(AuditLog::new(pool)));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
             .await;
@@ -96,14 +193,36 @@ impl Application {
         health
             .set_serving::<MemberServiceServer<MemberAdmin>>()
             .await;
+        health
+            .set_serving::<SubscriptionServiceServer<Subscriptions>>()
+            .await;
+        health.set_serving::<AuditServiceServer<AuditLog>>().await;
 
-        let auth = AuthLayer::new(Arc::new(Hs256Verifier::new(
-            config.jwt_hs256_secret.as_bytes(),
-        )));
+        let auth = AuthLayer::new(verifier);
+        let access = AccessLayer::new(membership);
+        let limits = config.limits();
+        let rate_limiter = Arc::new(tp_limits::RateLimiter::new(&limits)?);
+        let rates =
+            RateLimitLayer::with_limiter(rate_limiter.clone(), limited_subject as SubjectFn);
+        let streams =
+            StreamConcurrencyLayer::new(&limits, STREAMING_METHODS, limited_subject as SubjectFn)?;
+        // Full buckets are dropped as the map grows; this also drops them
+        // when the gateway is idle, so memory returns to its floor.
+        let sweeper = TaskGuard(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                rate_limiter.evict_idle(std::time::Instant::now());
+            }
+        }));
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
             bound: BoundService::new("gateway", listener, routes.routes()),
             auth,
+            access,
+            rates,
+            streams,
+            background: vec![sweeper],
             membership_listener,
         })
     }
@@ -113,10 +232,16 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        // Telemetry outermost, so rejected calls are traced and counted too.
+        // Telemetry outermost, so rejected calls are traced and counted too;
+        // then who the caller is, what they may do, and how much of it.
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new("gateway"))
-            .layer(self.auth);
+            .layer(self.auth)
+            .layer(self.access)
+            .layer(self.rates)
+            .map_response(|response: http::Response<LimitedBody<Body>>| response.map(Body::new))
+            .layer(self.streams);
+        let _background = self.background;
         let _listener = self.membership_listener;
         self.bound.serve(layers, shutdown).await?;
         Ok(())

@@ -1,4 +1,4 @@
-//! Public `TenantAdminService` (operators only).
+//! Public `TenantAdminService` (operators only, by the access policy).
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
@@ -7,18 +7,132 @@ use tp_context::TenantId;
 use tp_proto::v1 as pb;
 use tp_store::begin_tenant_tx;
 
-use crate::access::{principal, require_operator, storage_status};
+use crate::access::{principal, storage_status};
+use crate::audit::{self, Event, operator_actor};
+use crate::membership::Membership;
+use crate::policy::TenantStatus;
 
 const MAX_SEATS: i32 = 100_000;
 const MAX_DISPLAY_NAME_CHARS: usize = 200;
+const MAX_REASON_CHARS: usize = 500;
 
 pub struct TenantAdmin {
     pool: PgPool,
+    membership: Membership,
 }
 
 impl TenantAdmin {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+    pub fn new(pool: PgPool, membership: Membership) -> Self {
+        Self { pool, membership }
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TenantRow {
+    tenant_id: uuid::Uuid,
+    display_name: String,
+    seats: i32,
+    create_time: OffsetDateTime,
+    status: String,
+    status_reason: String,
+    plan: String,
+}
+
+const TENANT_COLUMNS: &str =
+    "tenant_id, display_name, seats, create_time, status, status_reason, plan";
+
+pub fn status_pb(status: &str) -> pb::TenantStatus {
+    match status.parse::<TenantStatus>() {
+        Ok(TenantStatus::Active) => pb::TenantStatus::Active,
+        Ok(TenantStatus::PastDue) => pb::TenantStatus::PastDue,
+        Ok(TenantStatus::Suspended) => pb::TenantStatus::Suspended,
+        Ok(TenantStatus::Cancelled) => pb::TenantStatus::Cancelled,
+        Err(_) => pb::TenantStatus::Unspecified,
+    }
+}
+
+fn tenant_pb(row: TenantRow) -> pb::Tenant {
+    pb::Tenant {
+        tenant_id: row.tenant_id.to_string(),
+        display_name: row.display_name,
+        seats: row.seats,
+        create_time: Some(tp_proto::timestamp(row.create_time)),
+        status: status_pb(&row.status).into(),
+        status_reason: row.status_reason,
+        plan: row.plan,
+    }
+}
+
+fn tenant_argument(tenant_id: &str) -> Result<TenantId, Status> {
+    tenant_id.parse::<TenantId>().map_err(|_| {
+        Status::invalid_argument(format!(
+            "tenant_id must be a tenant's UUID (from CreateTenant), got `{tenant_id}`"
+        ))
+    })
+}
+
+fn tenant_not_found(tenant: TenantId) -> Status {
+    Status::not_found(format!("no tenant {tenant}"))
+}
+
+impl TenantAdmin {
+    /// Moves a tenant to `status`, recording who did it and why; a tenant
+    /// already there with the same reason is left as it is.
+    async fn set_status(
+        &self,
+        operator: &str,
+        tenant: TenantId,
+        status: TenantStatus,
+        reason: &str,
+    ) -> Result<pb::Tenant, Status> {
+        let mut tx = begin_tenant_tx(&self.pool, tenant)
+            .await
+            .map_err(storage_status)?;
+        let before: Option<TenantRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE"
+        )))
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        let before = before.ok_or_else(|| tenant_not_found(tenant))?;
+        if before.status == status.as_str() && before.status_reason == reason {
+            tx.commit().await.map_err(storage_status)?;
+            return Ok(tenant_pb(before));
+        }
+        let after: TenantRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "UPDATE gateway.tenants SET status = $2, status_reason = $3 WHERE tenant_id = $1
+             RETURNING {TENANT_COLUMNS}"
+        )))
+        .bind(tenant.as_uuid())
+        .bind(status.as_str())
+        .bind(reason)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        let action = match status {
+            TenantStatus::Suspended => "tenant.suspended",
+            _ => "tenant.reactivated",
+        };
+        audit::record(
+            &mut tx,
+            tenant,
+            Event {
+                actor: &operator_actor(operator),
+                action,
+                target: &tenant.to_string(),
+                before: Some(serde_json::json!({
+                    "status": before.status, "reason": before.status_reason
+                })),
+                after: Some(serde_json::json!({ "status": after.status, "reason": reason })),
+            },
+        )
+        .await
+        .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        self.membership.forget_tenant(tenant);
+        tracing::info!(%tenant, status = %status, "tenant status changed");
+        Ok(tenant_pb(after))
     }
 }
 
@@ -48,7 +162,7 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
-        require_operator(&principal(&request)?, "CreateTenant")?;
+        let operator = principal(&request)?.user_id;
         let request = request.into_inner();
         validate(&request)?;
         let tenant_id = TenantId::new_random();
@@ -59,14 +173,23 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         let mut tx = begin_tenant_tx(&self.pool, tenant_id)
             .await
             .map_err(storage_status)?;
-        let create_time: OffsetDateTime = sqlx::query_scalar(
+        let row: TenantRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
             "INSERT INTO gateway.tenants (tenant_id, display_name, seats)
-             VALUES ($1, $2, $3) RETURNING create_time",
-        )
+             VALUES ($1, $2, $3) RETURNING {TENANT_COLUMNS}"
+        )))
         .bind(tenant_id.as_uuid())
         .bind(display_name)
         .bind(request.seats)
         .fetch_one(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        sqlx::query(
+            "INSERT INTO gateway.seat_changes (tenant_id, effective_at, seats) VALUES ($1, $2, $3)",
+        )
+        .bind(tenant_id.as_uuid())
+        .bind(row.create_time)
+        .bind(request.seats)
+        .execute(&mut *tx)
         .await
         .map_err(storage_status)?;
         sqlx::query(
@@ -77,16 +200,87 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         .execute(&mut *tx)
         .await
         .map_err(storage_status)?;
+        audit::record(
+            &mut tx,
+            tenant_id,
+            Event {
+                actor: &operator_actor(&operator),
+                action: "tenant.created",
+                target: &tenant_id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({
+                    "display_name": display_name,
+                    "seats": request.seats,
+                    "admin_user_id": request.admin_user_id,
+                })),
+            },
+        )
+        .await
+        .map_err(storage_status)?;
         tx.commit().await.map_err(storage_status)?;
         tracing::info!(%tenant_id, seats = request.seats, "tenant created");
 
         Ok(Response::new(pb::CreateTenantResponse {
-            tenant: Some(pb::Tenant {
-                tenant_id: tenant_id.to_string(),
-                display_name: display_name.to_owned(),
-                seats: request.seats,
-                create_time: Some(tp_proto::timestamp(create_time)),
-            }),
+            tenant: Some(tenant_pb(row)),
+        }))
+    }
+
+    async fn get_tenant(
+        &self,
+        request: Request<pb::GetTenantRequest>,
+    ) -> Result<Response<pb::GetTenantResponse>, Status> {
+        let tenant = tenant_argument(&request.get_ref().tenant_id)?;
+        let mut tx = begin_tenant_tx(&self.pool, tenant)
+            .await
+            .map_err(storage_status)?;
+        let row: Option<TenantRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {TENANT_COLUMNS} FROM gateway.tenants WHERE tenant_id = $1"
+        )))
+        .bind(tenant.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        let row = row.ok_or_else(|| tenant_not_found(tenant))?;
+        Ok(Response::new(pb::GetTenantResponse {
+            tenant: Some(tenant_pb(row)),
+        }))
+    }
+
+    async fn suspend_tenant(
+        &self,
+        request: Request<pb::SuspendTenantRequest>,
+    ) -> Result<Response<pb::SuspendTenantResponse>, Status> {
+        let operator = principal(&request)?.user_id;
+        let request = request.into_inner();
+        let tenant = tenant_argument(&request.tenant_id)?;
+        let reason = request.reason.trim();
+        let chars = reason.chars().count();
+        if chars == 0 || chars > MAX_REASON_CHARS {
+            return Err(Status::invalid_argument(format!(
+                "reason must be 1..={MAX_REASON_CHARS} characters: the tenant's users see it \
+                 with every refused write"
+            )));
+        }
+        let tenant = self
+            .set_status(&operator, tenant, TenantStatus::Suspended, reason)
+            .await?;
+        Ok(Response::new(pb::SuspendTenantResponse {
+            tenant: Some(tenant),
+        }))
+    }
+
+    async fn reactivate_tenant(
+        &self,
+        request: Request<pb::ReactivateTenantRequest>,
+    ) -> Result<Response<pb::ReactivateTenantResponse>, Status> {
+        let operator = principal(&request)?.user_id;
+        let tenant = tenant_argument(&request.get_ref().tenant_id)?;
+        let tenant = self
+            .set_status(&operator, tenant, TenantStatus::Active, "")
+            .await?;
+        Ok(Response::new(pb::ReactivateTenantResponse {
+            tenant: Some(tenant),
         }))
     }
 }
