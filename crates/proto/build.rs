@@ -16,8 +16,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("thoughtpartner/v1/knowledge.proto"),
         root.join("thoughtpartner/v1/subscription.proto"),
         root.join("thoughtpartner/v1/audit.proto"),
+        root.join("thoughtpartner/v1/quota.proto"),
     ];
-    let internal = [root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto")];
+    let internal = [
+        root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto"),
+        root.join("thoughtpartner/internal/conversation/v1/usage.proto"),
+    ];
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];
 
     // Two descriptor sets, so the gateway's reflection shows only the public

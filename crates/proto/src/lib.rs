@@ -10,6 +10,11 @@ pub mod v1 {
 }
 
 pub mod internal {
+    pub mod conversation {
+        pub mod v1 {
+            tonic::include_proto!("thoughtpartner.internal.conversation.v1");
+        }
+    }
     pub mod knowledge {
         pub mod v1 {
             tonic::include_proto!("thoughtpartner.internal.knowledge.v1");

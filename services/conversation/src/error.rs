@@ -9,6 +9,8 @@ pub enum ConversationError {
     ConversationNotFound(Uuid),
     #[error(transparent)]
     Store(#[from] tp_store::StoreError),
+    #[error("{0}")]
+    QuotaExceeded(crate::usage::QuotaExceeded),
 }
 
 impl From<sqlx::Error> for ConversationError {
@@ -23,6 +25,9 @@ impl From<ConversationError> for Status {
             ConversationError::ConversationNotFound(id) => Status::not_found(format!(
                 "conversation {id} not found (it may have been deleted, or belong to someone else)"
             )),
+            ConversationError::QuotaExceeded(exceeded) => {
+                Status::resource_exhausted(exceeded.to_string())
+            }
             ConversationError::Store(e) => {
                 tracing::error!(error = %e, "storage failure");
                 Status::unavailable("storage is unavailable; retry with the same idempotency_key")

@@ -10,6 +10,7 @@ mod prompt;
 mod reply;
 mod startup;
 mod store;
+mod usage;
 mod validate;
 
 pub use config::{ConversationConfig, LlmProvider, SCHEMA};

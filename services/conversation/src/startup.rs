@@ -6,6 +6,9 @@ use std::net::SocketAddr;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
+use tp_proto::internal::conversation::v1::usage_service_server::UsageServiceServer;
+
+use crate::usage::UsageHandler;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_server::{BoundService, Listener};
@@ -45,17 +48,28 @@ impl Application {
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
         let knowledge =
             RetrievalServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
+        let usage = UsageHandler::new(pool.clone());
         let handler = ConversationHandler::new(
             ConversationStore::new(pool),
             ReplyPipeline::new(knowledge, responder, usize::from(config.coach_word_cap)),
         );
 
         let mut routes = Routes::builder();
-        let health =
-            tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
-        routes.add_service(ConversationServiceServer::new(handler));
+        let health = tp_server::add_infrastructure(
+            &mut routes,
+            &[
+                tp_proto::PUBLIC_DESCRIPTOR_SET,
+                tp_proto::INTERNAL_DESCRIPTOR_SET,
+            ],
+        )?;
+        routes
+            .add_service(ConversationServiceServer::new(handler))
+            .add_service(UsageServiceServer::new(usage));
         health
             .set_serving::<ConversationServiceServer<ConversationHandler>>()
+            .await;
+        health
+            .set_serving::<UsageServiceServer<UsageHandler>>()
             .await;
 
         let listener = Listener::bind(config.listen_addr).await?;

@@ -239,6 +239,7 @@ impl ConversationStore {
                 (user_message, reply)
             }
             None => {
+                crate::usage::check_quotas(&mut tx, ctx).await?;
                 let user_message = sqlx::query_as::<_, MessageRow>(concat!(
                     "INSERT INTO conversation.messages
                         (message_id, tenant_id, conversation_id, role, content, idempotency_key)
@@ -254,6 +255,7 @@ impl ConversationStore {
                 .fetch_one(&mut *tx)
                 .await?;
                 touch(&mut tx, conversation_id).await?;
+                crate::usage::count_message(&mut tx, ctx).await?;
                 (user_message, None)
             }
         };
@@ -350,7 +352,7 @@ impl ConversationStore {
                     sqlx::query(
                         "INSERT INTO conversation.tenant_token_usage AS u
                             (tenant_id, day, input_tokens, output_tokens)
-                         VALUES ($1, current_date, $2, $3)
+                         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3)
                          ON CONFLICT (tenant_id, day) DO UPDATE SET
                             input_tokens = u.input_tokens + EXCLUDED.input_tokens,
                             output_tokens = u.output_tokens + EXCLUDED.output_tokens",
@@ -359,6 +361,13 @@ impl ConversationStore {
                     .bind(i64::from(usage.input_tokens))
                     .bind(i64::from(usage.output_tokens))
                     .execute(&mut *tx)
+                    .await?;
+                    crate::usage::count_tokens(
+                        &mut tx,
+                        ctx,
+                        usage.input_tokens,
+                        usage.output_tokens,
+                    )
                     .await?;
                 }
                 stored

@@ -12,6 +12,7 @@ mod knowledge;
 mod members;
 pub mod membership;
 pub mod policy;
+mod quota;
 pub mod seats;
 mod startup;
 mod subscription;

@@ -85,6 +85,9 @@ pub const POLICY: &[Rule] = &[
     rule!("SubscriptionService" / "GetSubscription", Admin, Read),
     rule!("SubscriptionService" / "UpdateSeats", Admin, Write),
     rule!("SubscriptionService" / "PreviewInvoice", Admin, Read),
+    rule!("SubscriptionService" / "GetUsage", Admin, Read),
+    rule!("QuotaService" / "GetMyQuota", Member, Read),
+    rule!("QuotaService" / "SetQuota", Admin, Write),
     rule!("AuditService" / "ListAuditEvents", Admin, Read),
 ];
 

@@ -12,12 +12,14 @@ use tp_auth::{AuthLayer, ByAlgorithm, Hs256Verifier, JwksSettings, JwksVerifier,
 use tp_billing::LocalBilling;
 use tp_context::RequestContext;
 use tp_limits::{LimitedBody, RateLimitLayer, StreamConcurrencyLayer, Subject};
+use tp_proto::internal::conversation::v1::usage_service_client::UsageServiceClient;
 use tp_proto::v1::audit_service_server::AuditServiceServer;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
+use tp_proto::v1::quota_service_server::QuotaServiceServer;
 use tp_proto::v1::subscription_service_server::SubscriptionServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use tp_server::{BoundService, Listener};
@@ -31,6 +33,7 @@ use crate::knowledge::KnowledgeGateway;
 use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
 use crate::policy::Standing;
+use crate::quota::Quotas;
 use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
 
@@ -153,6 +156,7 @@ impl Application {
             ConversationServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
         let knowledge =
             KnowledgeServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
+        let usage = UsageServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
 
         let mut routes = Routes::builder();
         let health =
@@ -179,7 +183,9 @@ impl Application {
                     currency: config.billing_currency.clone(),
                 },
                 Arc::new(LocalBilling),
+                usage.clone(),
             )))
+            .add_service(QuotaServiceServer::new(Quotas::new(pool.clone(), usage)))
             .add_service(AuditServiceServer::new(AuditLog::new(pool)));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
@@ -197,6 +203,7 @@ impl Application {
             .set_serving::<SubscriptionServiceServer<Subscriptions>>()
             .await;
         health.set_serving::<AuditServiceServer<AuditLog>>().await;
+        health.set_serving::<QuotaServiceServer<Quotas>>().await;
 
         let auth = AuthLayer::new(verifier);
         let access = AccessLayer::new(membership);

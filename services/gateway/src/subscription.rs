@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_billing::{BillingError, BillingProvider, Period, SeatChange, SeatUpdate};
 use tp_context::TenantId;
+use tp_proto::internal::conversation::v1 as internal_pb;
 use tp_proto::v1 as pb;
 use tp_store::begin_tenant_tx;
 
@@ -33,16 +34,71 @@ pub struct Subscriptions {
     pool: PgPool,
     pricing: Pricing,
     billing: Arc<dyn BillingProvider>,
+    usage: UsageClient,
 }
 
 impl Subscriptions {
-    pub fn new(pool: PgPool, pricing: Pricing, billing: Arc<dyn BillingProvider>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        pricing: Pricing,
+        billing: Arc<dyn BillingProvider>,
+        usage: UsageClient,
+    ) -> Self {
         Self {
             pool,
             pricing,
             billing,
+            usage,
         }
     }
+}
+
+/// The conversation service's internal usage API.
+pub type UsageClient =
+    tp_proto::internal::conversation::v1::usage_service_client::UsageServiceClient<
+        tp_telemetry::TraceClient<tonic::transport::Channel>,
+    >;
+
+/// The longest period `GetUsage` reports at once.
+const MAX_USAGE_DAYS: i64 = 366;
+
+/// The period a usage request names: both bounds, or neither (this
+/// calendar month so far, UTC).
+fn usage_period(
+    request: &pb::GetUsageRequest,
+    now: OffsetDateTime,
+) -> Result<(OffsetDateTime, OffsetDateTime), Status> {
+    let at = |ts: &prost_types::Timestamp, name: &str| {
+        OffsetDateTime::from_unix_timestamp(ts.seconds)
+            .map_err(|_| Status::invalid_argument(format!("{name} is out of range")))
+    };
+    let (start, end) = match (&request.start_time, &request.end_time) {
+        (None, None) => {
+            let today = now.to_offset(time::UtcOffset::UTC);
+            let start = today
+                .replace_day(1)
+                .unwrap_or(today)
+                .replace_time(time::Time::MIDNIGHT);
+            (start, now)
+        }
+        (Some(start), Some(end)) => (at(start, "start_time")?, at(end, "end_time")?),
+        _ => {
+            return Err(Status::invalid_argument(
+                "give both start_time and end_time, or neither for this month so far",
+            ));
+        }
+    };
+    if end <= start {
+        return Err(Status::invalid_argument(
+            "end_time must be after start_time",
+        ));
+    }
+    if (end - start).whole_days() > MAX_USAGE_DAYS {
+        return Err(Status::invalid_argument(format!(
+            "a usage period may span at most {MAX_USAGE_DAYS} days"
+        )));
+    }
+    Ok((start, end))
 }
 
 #[derive(sqlx::FromRow)]
@@ -209,6 +265,89 @@ impl pb::subscription_service_server::SubscriptionService for Subscriptions {
         row.seats = seats;
         Ok(Response::new(pb::UpdateSeatsResponse {
             subscription: Some(self.subscription_pb(&row)?),
+        }))
+    }
+
+    async fn get_usage(
+        &self,
+        request: Request<pb::GetUsageRequest>,
+    ) -> Result<Response<pb::GetUsageResponse>, Status> {
+        let ctx = caller(&request)?;
+        let (start, end) = usage_period(request.get_ref(), OffsetDateTime::now_utc())?;
+        // Days are whole UTC days: the end is rounded up to the next midnight
+        // so that today counts.
+        let end_day = (end - time::Duration::nanoseconds(1))
+            .to_offset(time::UtcOffset::UTC)
+            .replace_time(time::Time::MIDNIGHT)
+            + time::Duration::days(1);
+        let internal = crate::access::internal_request(
+            &ctx,
+            Request::new(internal_pb::GetMemberUsageRequest {
+                start_time: Some(tp_proto::timestamp(start)),
+                end_time: Some(tp_proto::timestamp(end_day)),
+            }),
+        )?;
+        let used = self
+            .usage
+            .clone()
+            .get_member_usage(internal)
+            .await?
+            .into_inner()
+            .members;
+
+        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+            .await
+            .map_err(storage_status)?;
+        let seats: i32 =
+            sqlx::query_scalar("SELECT seats FROM gateway.tenants WHERE tenant_id = $1")
+                .bind(ctx.tenant_id.as_uuid())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(storage_status)?;
+        let members: Vec<String> =
+            sqlx::query_scalar("SELECT user_id FROM gateway.members ORDER BY user_id")
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+
+        let mut report: Vec<pb::MemberUsage> = members
+            .iter()
+            .map(|user_id| {
+                used.iter()
+                    .find(|u| &u.user_id == user_id)
+                    .map(|u| pb::MemberUsage {
+                        user_id: u.user_id.clone(),
+                        messages: u.messages,
+                        input_tokens: u.input_tokens,
+                        output_tokens: u.output_tokens,
+                        active_days: u.active_days,
+                    })
+                    .unwrap_or_else(|| pb::MemberUsage {
+                        user_id: user_id.clone(),
+                        ..Default::default()
+                    })
+            })
+            .collect();
+        let seats_active = report.iter().filter(|u| u.messages > 0).count();
+        // Former members who used the service in the period count too.
+        report.extend(
+            used.into_iter()
+                .filter(|u| !members.contains(&u.user_id))
+                .map(|u| pb::MemberUsage {
+                    user_id: u.user_id,
+                    messages: u.messages,
+                    input_tokens: u.input_tokens,
+                    output_tokens: u.output_tokens,
+                    active_days: u.active_days,
+                }),
+        );
+        Ok(Response::new(pb::GetUsageResponse {
+            start_time: Some(tp_proto::timestamp(start)),
+            end_time: Some(tp_proto::timestamp(end)),
+            members: report,
+            seats_paid: seats,
+            seats_active: i32::try_from(seats_active).unwrap_or(i32::MAX),
         }))
     }
 
