@@ -21,6 +21,7 @@ use tp_proto::v1 as pb;
 use uuid::Uuid;
 
 pub mod fake_provider;
+pub mod fake_stripe;
 pub mod relevance;
 
 pub use tp_proto;
@@ -130,6 +131,12 @@ fn gateway_config(
         max_streams_per_tenant: 16,
         seat_price_minor: 3000,
         billing_currency: "eur".to_owned(),
+        billing_provider: tp_gateway::BillingProviderKind::Local,
+        stripe_secret_key: None,
+        stripe_seat_price_id: None,
+        stripe_webhook_secret: None,
+        stripe_api_base: None,
+        http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
     }
 }
 
@@ -303,6 +310,28 @@ impl TestApp {
             gateway.run_until(stopped(self.shutdown.subscribe())),
         );
         Ok(addr)
+    }
+
+    /// Like [`TestApp::spawn_gateway_with`], also returning where the
+    /// gateway serves HTTP webhooks (`None` unless Stripe is configured).
+    pub async fn spawn_gateway_with_http(
+        &self,
+        adjust: impl FnOnce(&mut tp_gateway::GatewayConfig),
+    ) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
+        let mut config = gateway_config(
+            &self.db,
+            self.conversation_addr,
+            self.knowledge_addr,
+            GATEWAY_MEMBERSHIP_CACHE_TTL_SECS,
+        );
+        adjust(&mut config);
+        let gateway = tp_gateway::Application::build(&config).await?;
+        let addrs = (gateway.local_addr(), gateway.http_addr());
+        spawn_service(
+            "gateway",
+            gateway.run_until(stopped(self.shutdown.subscribe())),
+        );
+        Ok(addrs)
     }
 
     pub fn token(&self, sub: &str, tenant: Option<TenantId>, role: Role) -> String {

@@ -465,3 +465,60 @@ async fn operator_tenant_calls_reject_bad_input() -> anyhow::Result<()> {
     assert_eq!(got.plan, "standard");
     Ok(())
 }
+
+#[tokio::test]
+async fn concurrent_adds_and_seat_cuts_never_seat_more_members_than_seats() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let tenant = app.create_tenant("Race Co", 5, "root").await?;
+    let admin = app.token("root", Some(tenant), Role::Admin);
+
+    // 20 admins' clicks at once for 4 free seats, while another admin
+    // cuts the seats to 3.
+    let mut adds = Vec::new();
+    for n in 0..20 {
+        let mut members = app.members(&admin).await?;
+        adds.push(tokio::spawn(async move {
+            members
+                .add_member(pb::AddMemberRequest {
+                    user_id: format!("user-{n}"),
+                    role: pb::MemberRole::Member.into(),
+                })
+                .await
+                .map(|_| ())
+        }));
+    }
+    let mut subs = subscriptions(&app).await?;
+    let cut = subs
+        .update_seats(authed(pb::UpdateSeatsRequest { seats: 3 }, &admin))
+        .await;
+    let mut added = 0;
+    for add in adds {
+        match add.await? {
+            Ok(()) => added += 1,
+            Err(status) => assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}"),
+        }
+    }
+    let sub = subs
+        .get_subscription(authed(pb::GetSubscriptionRequest {}, &admin))
+        .await?
+        .into_inner()
+        .subscription
+        .expect("subscription");
+    assert!(
+        sub.seats_used <= sub.seats,
+        "{} members hold {} seats",
+        sub.seats_used,
+        sub.seats
+    );
+    assert_eq!(sub.seats_used, 1 + added);
+    match cut {
+        // The cut won the race: at most 2 more members joined.
+        Ok(_) => assert_eq!(sub.seats, 3),
+        // Members filled more than 3 seats first: the cut was refused.
+        Err(status) => {
+            assert_eq!(status.code(), Code::FailedPrecondition);
+            assert_eq!((sub.seats, sub.seats_used), (5, 5));
+        }
+    }
+    Ok(())
+}

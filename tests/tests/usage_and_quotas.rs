@@ -61,9 +61,17 @@ async fn an_organisation_quota_refuses_the_message_after_the_last_one() -> anyho
     set_quota(&app, &admin, "", 3, 0).await?;
 
     let mut conversations = app.conversations(&member).await?;
-    let id = new_conversation(&mut conversations, "").await?.conversation_id;
+    let id = new_conversation(&mut conversations, "")
+        .await?
+        .conversation_id;
     for n in 0..3 {
-        send(&mut conversations, &id, "How do I grow my staff engineers?", &format!("k{n}")).await?;
+        send(
+            &mut conversations,
+            &id,
+            "How do I grow my staff engineers?",
+            &format!("k{n}"),
+        )
+        .await?;
     }
     let Err(refused) = send(&mut conversations, &id, "One more?", "k3").await else {
         panic!("the fourth message is over the quota");
@@ -87,7 +95,13 @@ async fn an_organisation_quota_refuses_the_message_after_the_last_one() -> anyho
         .messages;
     assert_eq!(stored.len(), 6);
     // ...while a retry of an accepted message still replays its reply.
-    let replay = send(&mut conversations, &id, "How do I grow my staff engineers?", "k0").await?;
+    let replay = send(
+        &mut conversations,
+        &id,
+        "How do I grow my staff engineers?",
+        "k0",
+    )
+    .await?;
     assert_eq!(replay.user().message_id, stored[0].message_id);
 
     let mine = my_quota(&app, &member).await?;
@@ -120,7 +134,11 @@ async fn a_member_quota_stops_that_member_only() -> anyhow::Result<()> {
         panic!("mia is over her quota");
     };
     assert_eq!(refused.code(), Code::ResourceExhausted);
-    assert!(refused.message().contains("member `mia`'s monthly message quota (1)"));
+    assert!(
+        refused
+            .message()
+            .contains("member `mia`'s monthly message quota (1)")
+    );
 
     // The admin is not limited by mia's quota.
     let mut as_admin = app.conversations(&admin).await?;

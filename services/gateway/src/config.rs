@@ -69,6 +69,36 @@ pub struct GatewayConfig {
     /// ISO 4217 currency of seat prices, lower case.
     #[arg(long, env = "TP_BILLING_CURRENCY", default_value = "eur")]
     pub billing_currency: String,
+    /// Who charges for seats: `local` (the gateway's own ledger only) or
+    /// `stripe` (needs the `TP_STRIPE_*` settings).
+    #[arg(long, env = "TP_BILLING_PROVIDER", value_enum, default_value_t = BillingProviderKind::Local)]
+    pub billing_provider: BillingProviderKind,
+    /// Stripe secret key (`sk_…` or a restricted `rk_…`), for `stripe`.
+    #[arg(long, env = "TP_STRIPE_SECRET_KEY", hide_env_values = true)]
+    pub stripe_secret_key: Option<String>,
+    /// The recurring per-seat Stripe price (`price_…`), for `stripe`.
+    #[arg(long, env = "TP_STRIPE_SEAT_PRICE_ID")]
+    pub stripe_seat_price_id: Option<String>,
+    /// The signing secret (`whsec_…`) of the Stripe webhook endpoint.
+    #[arg(long, env = "TP_STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+    pub stripe_webhook_secret: Option<String>,
+    /// Stripe's API base URL; unset for `https://api.stripe.com/` (tests
+    /// and stripe-mock point it at a local server).
+    #[arg(long, env = "TP_STRIPE_API_BASE")]
+    pub stripe_api_base: Option<String>,
+    /// Where to listen for HTTP/1.1 webhooks (`POST /webhooks/stripe`);
+    /// bound only with `TP_BILLING_PROVIDER=stripe`.
+    #[arg(long, env = "TP_HTTP_ADDR", default_value = "127.0.0.1:50061")]
+    pub http_addr: SocketAddr,
+}
+
+/// Who charges tenants for their seats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BillingProviderKind {
+    /// The gateway's seat ledger is the only record.
+    Local,
+    /// Stripe: a customer and a seat subscription per tenant.
+    Stripe,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -89,6 +119,10 @@ impl std::fmt::Debug for GatewayConfig {
             .field("max_streams_per_tenant", &self.max_streams_per_tenant)
             .field("seat_price_minor", &self.seat_price_minor)
             .field("billing_currency", &self.billing_currency)
+            .field("billing_provider", &self.billing_provider)
+            .field("stripe_seat_price_id", &self.stripe_seat_price_id)
+            .field("stripe_api_base", &self.stripe_api_base)
+            .field("http_addr", &self.http_addr)
             .finish_non_exhaustive()
     }
 }
@@ -113,10 +147,94 @@ impl GatewayConfig {
         }
     }
 
+    /// The Stripe settings, when `stripe` is the billing provider; names
+    /// every missing setting (never a value).
+    pub fn stripe(&self) -> anyhow::Result<Option<tp_stripe::StripeSettings>> {
+        if self.billing_provider != BillingProviderKind::Stripe {
+            return Ok(None);
+        }
+        let missing: Vec<&str> = [
+            ("TP_STRIPE_SECRET_KEY", &self.stripe_secret_key),
+            ("TP_STRIPE_SEAT_PRICE_ID", &self.stripe_seat_price_id),
+            ("TP_STRIPE_WEBHOOK_SECRET", &self.stripe_webhook_secret),
+        ]
+        .into_iter()
+        .filter(|(_, value)| value.as_deref().is_none_or(str::is_empty))
+        .map(|(name, _)| name)
+        .collect();
+        anyhow::ensure!(
+            missing.is_empty(),
+            "TP_BILLING_PROVIDER=stripe needs {}",
+            missing.join(", ")
+        );
+        Ok(Some(tp_stripe::StripeSettings {
+            secret_key: self.stripe_secret_key.clone().unwrap_or_default(),
+            seat_price_id: self.stripe_seat_price_id.clone().unwrap_or_default(),
+            api_base_url: self.stripe_api_base.clone(),
+            webhook_secret: self.stripe_webhook_secret.clone().unwrap_or_default(),
+        }))
+    }
+
     pub fn database(&self) -> DatabaseSettings {
         DatabaseSettings {
             url: self.database_url.clone(),
             max_connections: self.database_max_connections,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: GatewayConfig,
+    }
+
+    fn parse(extra: &[&str]) -> GatewayConfig {
+        let mut args = vec!["gateway", "--database-url", "postgres://tp_app@db/tp"];
+        args.extend_from_slice(extra);
+        Cli::try_parse_from(args).expect("valid arguments").config
+    }
+
+    #[test]
+    fn stripe_settings_are_required_with_stripe_and_never_shown() {
+        let local = parse(&[]);
+        assert_eq!(local.billing_provider, BillingProviderKind::Local);
+        assert!(local.stripe().expect("local needs nothing").is_none());
+
+        let missing = parse(&["--billing-provider", "stripe"])
+            .stripe()
+            .expect_err("settings missing")
+            .to_string();
+        for name in [
+            "TP_STRIPE_SECRET_KEY",
+            "TP_STRIPE_SEAT_PRICE_ID",
+            "TP_STRIPE_WEBHOOK_SECRET",
+        ] {
+            assert!(missing.contains(name), "{missing}");
+        }
+
+        let config = parse(&[
+            "--billing-provider",
+            "stripe",
+            "--stripe-secret-key",
+            "sk_test_KEY_VALUE",
+            "--stripe-seat-price-id",
+            "price_seat",
+            "--stripe-webhook-secret",
+            "whsec_SIGNING_VALUE",
+        ]);
+        let settings = config.stripe().expect("complete").expect("stripe");
+        assert_eq!(settings.seat_price_id, "price_seat");
+        assert_eq!(settings.api_base_url, None);
+        let shown = format!("{config:?} {settings:?}");
+        assert!(!shown.contains("KEY_VALUE"), "{shown}");
+        assert!(!shown.contains("SIGNING_VALUE"), "{shown}");
+        assert_eq!(config.http_addr.to_string(), "127.0.0.1:50061");
     }
 }

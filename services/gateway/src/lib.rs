@@ -6,6 +6,7 @@
 
 mod access;
 mod audit;
+mod billing;
 pub mod config;
 mod conversations;
 mod knowledge;
@@ -17,6 +18,7 @@ pub mod seats;
 mod startup;
 mod subscription;
 mod tenants;
+mod webhook;
 
-pub use config::{GatewayConfig, SCHEMA};
+pub use config::{BillingProviderKind, GatewayConfig, SCHEMA};
 pub use startup::{Application, GatewayService, migrate};

@@ -9,7 +9,6 @@ use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
 use tp_auth::{AuthLayer, ByAlgorithm, Hs256Verifier, JwksSettings, JwksVerifier, TokenVerifier};
-use tp_billing::LocalBilling;
 use tp_context::RequestContext;
 use tp_limits::{LimitedBody, RateLimitLayer, StreamConcurrencyLayer, Subject};
 use tp_proto::internal::conversation::v1::usage_service_client::UsageServiceClient;
@@ -27,6 +26,7 @@ use tp_telemetry::ServerTelemetryLayer;
 
 use crate::access::AccessLayer;
 use crate::audit::AuditLog;
+use crate::billing::Billing;
 use crate::config::{GatewayConfig, SCHEMA};
 use crate::conversations::ConversationGateway;
 use crate::knowledge::KnowledgeGateway;
@@ -36,6 +36,7 @@ use crate::policy::Standing;
 use crate::quota::Quotas;
 use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
+use crate::webhook::{WebhookListener, Webhooks};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/gateway");
 
@@ -123,6 +124,8 @@ pub struct Application {
     background: Vec<TaskGuard>,
     /// Keeps the membership cache current; stopped with the service.
     membership_listener: Option<ListenerGuard>,
+    /// Stripe's webhooks, with the `stripe` billing provider.
+    webhooks: Option<WebhookListener>,
 }
 
 impl Application {
@@ -140,7 +143,12 @@ impl Application {
                     .all(|c| c.is_ascii_lowercase()),
             "TP_BILLING_CURRENCY must be a lower-case ISO 4217 code such as `eur`"
         );
+        let stripe_settings = config.stripe()?;
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
+        let billing = match &stripe_settings {
+            Some(settings) => Billing::stripe(settings, pool.clone())?,
+            None => Billing::local(),
+        };
         let (membership, membership_listener) = if config.membership_cache_ttl_secs == 0 {
             (Membership::uncached(pool.clone()), None)
         } else {
@@ -168,10 +176,10 @@ impl Application {
             .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
                 knowledge,
             )))
-            .add_service(TenantAdminServiceServer::new(TenantAdmin::new(
-                pool.clone(),
-                membership.clone(),
-            )))
+            .add_service(TenantAdminServiceServer::new(
+                TenantAdmin::new(pool.clone(), membership.clone())
+                    .with_stripe(billing.stripe.clone()),
+            ))
             .add_service(MemberServiceServer::new(MemberAdmin::new(
                 pool.clone(),
                 membership.clone(),
@@ -182,11 +190,11 @@ impl Application {
                     seat_price_minor: config.seat_price_minor,
                     currency: config.billing_currency.clone(),
                 },
-                Arc::new(LocalBilling),
+                billing.provider.clone(),
                 usage.clone(),
             )))
             .add_service(QuotaServiceServer::new(Quotas::new(pool.clone(), usage)))
-            .add_service(AuditServiceServer::new(AuditLog::new(pool)));
+            .add_service(AuditServiceServer::new(AuditLog::new(pool.clone())));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
             .await;
@@ -204,6 +212,25 @@ impl Application {
             .await;
         health.set_serving::<AuditServiceServer<AuditLog>>().await;
         health.set_serving::<QuotaServiceServer<Quotas>>().await;
+
+        let webhooks = match &billing.stripe {
+            Some(stripe) => {
+                let listener = tokio::net::TcpListener::bind(config.http_addr)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "cannot listen for Stripe webhooks on TP_HTTP_ADDR {}: {e}",
+                            config.http_addr
+                        )
+                    })?;
+                Some(WebhookListener {
+                    addr: listener.local_addr()?,
+                    listener,
+                    webhooks: Arc::new(Webhooks::new(pool, stripe.clone(), membership.clone())),
+                })
+            }
+            None => None,
+        };
 
         let auth = AuthLayer::new(verifier);
         let access = AccessLayer::new(membership);
@@ -231,11 +258,17 @@ impl Application {
             streams,
             background: vec![sweeper],
             membership_listener,
+            webhooks,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.bound.local_addr()
+    }
+
+    /// Where `POST /webhooks/stripe` is served; `None` without Stripe.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.webhooks.as_ref().map(|w| w.addr)
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -248,7 +281,15 @@ impl Application {
             .layer(self.rates)
             .map_response(|response: http::Response<LimitedBody<Body>>| response.map(Body::new))
             .layer(self.streams);
-        let _background = self.background;
+        let mut background = self.background;
+        if let Some(webhooks) = self.webhooks {
+            tracing::info!(addr = %webhooks.addr, path = crate::webhook::WEBHOOK_PATH, "serving Stripe webhooks");
+            background.push(TaskGuard(tokio::spawn(crate::webhook::serve(
+                webhooks.listener,
+                webhooks.webhooks,
+            ))));
+        }
+        let _background = background;
         let _listener = self.membership_listener;
         self.bound.serve(layers, shutdown).await?;
         Ok(())

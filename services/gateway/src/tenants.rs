@@ -1,11 +1,14 @@
 //! Public `TenantAdminService` (operators only, by the access policy).
 
+use std::sync::Arc;
+
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_context::TenantId;
 use tp_proto::v1 as pb;
 use tp_store::begin_tenant_tx;
+use tp_stripe::StripeBilling;
 
 use crate::access::{principal, storage_status};
 use crate::audit::{self, Event, operator_actor};
@@ -19,11 +22,22 @@ const MAX_REASON_CHARS: usize = 500;
 pub struct TenantAdmin {
     pool: PgPool,
     membership: Membership,
+    /// With the `stripe` provider, every new tenant gets a Stripe account.
+    stripe: Option<Arc<StripeBilling>>,
 }
 
 impl TenantAdmin {
     pub fn new(pool: PgPool, membership: Membership) -> Self {
-        Self { pool, membership }
+        Self {
+            pool,
+            membership,
+            stripe: None,
+        }
+    }
+
+    pub fn with_stripe(mut self, stripe: Option<Arc<StripeBilling>>) -> Self {
+        self.stripe = stripe;
+        self
     }
 }
 
@@ -217,6 +231,17 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         )
         .await
         .map_err(storage_status)?;
+        // Stripe last, before the commit: if it fails, no tenant exists.
+        if let Some(stripe) = &self.stripe {
+            crate::billing::open_account(
+                stripe,
+                &mut tx,
+                tenant_id,
+                display_name,
+                u32::try_from(request.seats).unwrap_or(1),
+            )
+            .await?;
+        }
         tx.commit().await.map_err(storage_status)?;
         tracing::info!(%tenant_id, seats = request.seats, "tenant created");
 

@@ -1,0 +1,127 @@
+//! A gateway configured for production identity: tokens from an identity
+//! provider (RS256 and ES256, keys from its JWKS over HTTP), no HS256
+//! secret. Rotation and refresh limits are tested in `crates/auth`; this
+//! checks the gateway's wiring end to end.
+
+use std::net::SocketAddr;
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tonic::Code;
+use tp_auth::{Audience, Claims};
+use tp_context::Role;
+use tp_e2e::tp_proto::v1 as pb;
+use tp_e2e::{TestApp, conversations_via};
+
+const ISSUER: &str = "https://idp.test/";
+const AUDIENCE: &str = "thoughtpartner-api";
+const RSA_PEM: &[u8] = include_bytes!("../../crates/auth/tests/keys/rsa-a.pem");
+const RSA_JWK: &str = include_str!("../../crates/auth/tests/keys/rsa-a.jwk.json");
+const EC_PEM: &[u8] = include_bytes!("../../crates/auth/tests/keys/ec-p256.pem");
+const EC_JWK: &str = include_str!("../../crates/auth/tests/keys/ec-p256.jwk.json");
+
+/// Serves one JWK set over HTTP/1.1 until the test ends.
+async fn serve_jwks(jwks: String) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let body = jwks.clone();
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn sign(algorithm: Algorithm, pem: &[u8], kid: &str, claims: &Claims) -> anyhow::Result<String> {
+    let key = match algorithm {
+        Algorithm::ES256 => EncodingKey::from_ec_pem(pem)?,
+        _ => EncodingKey::from_rsa_pem(pem)?,
+    };
+    let mut header = Header::new(algorithm);
+    header.kid = Some(kid.to_owned());
+    Ok(jsonwebtoken::encode(&header, claims, &key)?)
+}
+
+#[tokio::test]
+async fn a_production_gateway_trusts_its_identity_provider_only() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (tenant, hs256_token) = app.tenant_with_member("Acme", "alice").await?;
+    let idp = serve_jwks(format!(r#"{{"keys":[{RSA_JWK},{EC_JWK}]}}"#)).await?;
+    let gateway = app
+        .spawn_gateway_with(|config| {
+            config.jwt_hs256_secret = None;
+            config.jwt_jwks_url = Some(format!("http://{idp}/.well-known/jwks.json"));
+            config.jwt_issuer = Some(ISSUER.to_owned());
+            config.jwt_audience = Some(AUDIENCE.to_owned());
+        })
+        .await?;
+
+    let mut claims = Claims::expiring_in("alice", Some(tenant), Role::Member, 300);
+    claims.iss = Some(ISSUER.to_owned());
+    claims.aud = Some(Audience::One(AUDIENCE.to_owned()));
+    for token in [
+        sign(Algorithm::RS256, RSA_PEM, "rsa-a", &claims)?,
+        sign(Algorithm::ES256, EC_PEM, "ec-p256", &claims)?,
+    ] {
+        conversations_via(gateway, &token)
+            .await?
+            .list_conversations(pb::ListConversationsRequest::default())
+            .await?;
+    }
+
+    let refused = |token: String| async move {
+        conversations_via(gateway, &token)
+            .await?
+            .list_conversations(pb::ListConversationsRequest::default())
+            .await
+            .map(|_| ())
+            .map_err(anyhow::Error::from)
+            .err()
+            .and_then(|e| e.downcast::<tonic::Status>().ok())
+            .ok_or_else(|| anyhow::anyhow!("the token was accepted"))
+    };
+    // The development secret is not trusted here at all.
+    let status = refused(hs256_token).await?;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    // A token for another API.
+    let mut other_api = claims.clone();
+    other_api.aud = Some(Audience::One("another-api".to_owned()));
+    let status = refused(sign(Algorithm::RS256, RSA_PEM, "rsa-a", &other_api)?).await?;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(status.message().contains("aud"), "{}", status.message());
+    // A key the provider never published.
+    let status = refused(sign(Algorithm::RS256, RSA_PEM, "rsa-unknown", &claims)?).await?;
+    assert_eq!(status.code(), Code::Unauthenticated);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gateway_without_any_verifier_refuses_to_start() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let error = app
+        .spawn_gateway_with(|config| {
+            config.jwt_hs256_secret = None;
+            config.jwt_jwks_url = None;
+        })
+        .await
+        .expect_err("no way to verify tokens");
+    assert!(error.to_string().contains("no token verifier"), "{error}");
+    Ok(())
+}
