@@ -129,6 +129,8 @@ fn gateway_config(
         rate_user_per_second: 500.0,
         rate_user_burst: 1000,
         max_streams_per_tenant: 16,
+        rate_plans: String::new(),
+        rate_hold_ms: 250,
         seat_price_minor: 3000,
         billing_currency: "eur".to_owned(),
         billing_provider: tp_gateway::BillingProviderKind::Local,

@@ -460,3 +460,37 @@ async fn streams_without_a_subject_are_not_capped() {
     }
     assert_eq!(slots.tenants_with_open_streams(), 0);
 }
+
+#[tokio::test]
+async fn rejections_are_held_and_admitted_calls_are_not() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    // A generous rate: the retry delay (under 10 ms) is far shorter than
+    // the hold, which applies in full.
+    let layer = RateLimitLayer::new(&config(rate(1000.0, 100), rate(200.0, 1)), subject_of)
+        .unwrap()
+        .hold_rejections(Duration::from_millis(60));
+    let service = layer.layer(counting_handler(&calls));
+    let bob = Subject::new("tenant-1", "bob", "free");
+    let admitted = std::time::Instant::now();
+    service
+        .clone()
+        .oneshot(request(LIST_CONVERSATIONS, Some(bob.clone()), ""))
+        .await
+        .unwrap();
+    assert!(
+        admitted.elapsed() < Duration::from_millis(60),
+        "admitted calls are not held"
+    );
+
+    let started = std::time::Instant::now();
+    let response = service
+        .clone()
+        .oneshot(request(LIST_CONVERSATIONS, Some(bob), ""))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(60));
+    let status = grpc_status(&response).expect("a gRPC status");
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert!(retry_delay(&status) < Duration::from_millis(60));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}

@@ -63,6 +63,16 @@ pub struct GatewayConfig {
     /// Replies a tenant may have streaming at once.
     #[arg(long, env = "TP_MAX_STREAMS_PER_TENANT", default_value_t = 16)]
     pub max_streams_per_tenant: usize,
+    /// Per-plan request rates, overriding the defaults above for tenants on
+    /// those plans: `plan=TENANT_RPS/TENANT_BURST:USER_RPS/USER_BURST`,
+    /// comma-separated, e.g. `enterprise=200/400:20/40`.
+    #[arg(long, env = "TP_RATE_PLANS", default_value = "")]
+    pub rate_plans: String,
+    /// How long a rejected over-the-limit call is held before its answer,
+    /// so a client that retries in a tight loop cannot spend the gateway's
+    /// CPU. 0 answers at once.
+    #[arg(long, env = "TP_RATE_HOLD_MS", default_value_t = 250)]
+    pub rate_hold_ms: u64,
     /// The price of one seat for one month, in the currency's smallest unit.
     #[arg(long, env = "TP_SEAT_PRICE_MINOR", default_value_t = 2900)]
     pub seat_price_minor: i64,
@@ -117,6 +127,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("rate_user_per_second", &self.rate_user_per_second)
             .field("rate_user_burst", &self.rate_user_burst)
             .field("max_streams_per_tenant", &self.max_streams_per_tenant)
+            .field("rate_plans", &self.rate_plans)
+            .field("rate_hold_ms", &self.rate_hold_ms)
             .field("seat_price_minor", &self.seat_price_minor)
             .field("billing_currency", &self.billing_currency)
             .field("billing_provider", &self.billing_provider)
@@ -128,10 +140,9 @@ impl std::fmt::Debug for GatewayConfig {
 }
 
 impl GatewayConfig {
-    /// Request-rate and stream limits. Every plan gets the same limits
-    /// for now; `LimitsConfig::plans` holds per-plan overrides.
-    pub fn limits(&self) -> tp_limits::LimitsConfig {
-        tp_limits::LimitsConfig {
+    /// Request-rate and stream limits: the defaults, and per-plan rates.
+    pub fn limits(&self) -> anyhow::Result<tp_limits::LimitsConfig> {
+        Ok(tp_limits::LimitsConfig {
             default: tp_limits::RateLimits {
                 tenant: tp_limits::Rate {
                     per_second: self.rate_tenant_per_second,
@@ -142,9 +153,9 @@ impl GatewayConfig {
                     burst: self.rate_user_burst,
                 },
             },
-            plans: std::collections::HashMap::new(),
+            plans: parse_rate_plans(&self.rate_plans)?,
             max_streams_per_tenant: self.max_streams_per_tenant,
-        }
+        })
     }
 
     /// The Stripe settings, when `stripe` is the billing provider; names
@@ -236,5 +247,69 @@ mod tests {
         assert!(!shown.contains("KEY_VALUE"), "{shown}");
         assert!(!shown.contains("SIGNING_VALUE"), "{shown}");
         assert_eq!(config.http_addr.to_string(), "127.0.0.1:50061");
+    }
+}
+
+/// Parses `TP_RATE_PLANS`: `plan=T/TB:U/UB,...` (tenant rate per second and
+/// burst, user rate per second and burst).
+pub fn parse_rate_plans(
+    spec: &str,
+) -> anyhow::Result<std::collections::HashMap<String, tp_limits::RateLimits>> {
+    let rate = |part: &str, plan: &str| -> anyhow::Result<tp_limits::Rate> {
+        let (per_second, burst) = part.split_once('/').ok_or_else(|| {
+            anyhow::anyhow!("TP_RATE_PLANS: plan `{plan}` needs RATE/BURST, got `{part}`")
+        })?;
+        Ok(tp_limits::Rate {
+            per_second: per_second.trim().parse().map_err(|_| {
+                anyhow::anyhow!("TP_RATE_PLANS: plan `{plan}`: `{per_second}` is not a rate")
+            })?,
+            burst: burst.trim().parse().map_err(|_| {
+                anyhow::anyhow!("TP_RATE_PLANS: plan `{plan}`: `{burst}` is not a burst")
+            })?,
+        })
+    };
+    let mut plans = std::collections::HashMap::new();
+    for entry in spec.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let (plan, rates) = entry
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("TP_RATE_PLANS: `{entry}` is not `plan=T/TB:U/UB`"))?;
+        let plan = plan.trim();
+        let (tenant, user) = rates.split_once(':').ok_or_else(|| {
+            anyhow::anyhow!("TP_RATE_PLANS: plan `{plan}` needs TENANT:USER rates")
+        })?;
+        let limits = tp_limits::RateLimits {
+            tenant: rate(tenant, plan)?,
+            user: rate(user, plan)?,
+        };
+        anyhow::ensure!(
+            plans.insert(plan.to_owned(), limits).is_none(),
+            "TP_RATE_PLANS: plan `{plan}` is given twice"
+        );
+    }
+    Ok(plans)
+}
+
+#[cfg(test)]
+mod rate_plan_tests {
+    use super::parse_rate_plans;
+
+    #[test]
+    fn plans_parse_and_mistakes_are_named() {
+        let plans = parse_rate_plans("enterprise=200/400:20/40, starter = 5/10:1/2").unwrap();
+        assert_eq!(plans.len(), 2);
+        assert_eq!(plans["enterprise"].tenant.per_second, 200.0);
+        assert_eq!(plans["enterprise"].user.burst, 40);
+        assert_eq!(plans["starter"].user.per_second, 1.0);
+        assert!(parse_rate_plans("").unwrap().is_empty());
+        for bad in [
+            "gold",
+            "gold=1/2",
+            "gold=x/2:1/1",
+            "gold=1/2:1",
+            "a=1/1:1/1,a=2/2:2/2",
+        ] {
+            let error = parse_rate_plans(bad).unwrap_err().to_string();
+            assert!(error.starts_with("TP_RATE_PLANS"), "{bad}: {error}");
+        }
     }
 }

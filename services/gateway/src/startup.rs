@@ -234,10 +234,11 @@ impl Application {
 
         let auth = AuthLayer::new(verifier);
         let access = AccessLayer::new(membership);
-        let limits = config.limits();
+        let limits = config.limits()?;
         let rate_limiter = Arc::new(tp_limits::RateLimiter::new(&limits)?);
         let rates =
-            RateLimitLayer::with_limiter(rate_limiter.clone(), limited_subject as SubjectFn);
+            RateLimitLayer::with_limiter(rate_limiter.clone(), limited_subject as SubjectFn)
+                .hold_rejections(Duration::from_millis(config.rate_hold_ms));
         let streams =
             StreamConcurrencyLayer::new(&limits, STREAMING_METHODS, limited_subject as SubjectFn)?;
         // Full buckets are dropped as the map grows; this also drops them
