@@ -20,6 +20,9 @@ async fn a_user_over_their_rate_is_told_when_to_retry() -> anyhow::Result<()> {
             config.rate_user_burst = 20;
             config.rate_tenant_per_second = 50.0;
             config.rate_tenant_burst = 100;
+            // Answer rejections at once: a held rejection lets the bucket
+            // refill meanwhile, which this count does not model.
+            config.rate_hold_ms = 0;
         })
         .await?;
     let mut noisy = conversations_via(gateway, &noisy).await?;
@@ -54,5 +57,30 @@ async fn a_user_over_their_rate_is_told_when_to_retry() -> anyhow::Result<()> {
     quiet
         .list_conversations(pb::ListConversationsRequest::default())
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rejection_is_held_before_it_is_answered() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_a, token) = app.tenant_with_member("Loop", "lou").await?;
+    let gateway = app
+        .spawn_gateway_with(|config| {
+            config.rate_user_per_second = 0.5;
+            config.rate_user_burst = 1;
+            config.rate_hold_ms = 300;
+        })
+        .await?;
+    let mut client = conversations_via(gateway, &token).await?;
+    client
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await?;
+    let started = std::time::Instant::now();
+    let refused = client
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await
+        .expect_err("over the rate");
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     Ok(())
 }
