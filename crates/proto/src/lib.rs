@@ -77,11 +77,18 @@ mod tests {
         assert!(public.iter().any(|p| p == "thoughtpartner.v1"));
         assert!(public.iter().all(|p| !p.contains("internal")), "{public:?}");
         let internal = packages(super::INTERNAL_DESCRIPTOR_SET);
+        // Internal APIs may use protobuf's well-known types (Timestamp),
+        // never the public package.
         assert!(
             internal
                 .iter()
-                .all(|p| p.starts_with("thoughtpartner.internal.")),
+                .all(|p| p.starts_with("thoughtpartner.internal.") || p == "google.protobuf"),
             "{internal:?}"
+        );
+        assert!(
+            internal
+                .iter()
+                .any(|p| p == "thoughtpartner.internal.conversation.v1")
         );
     }
 }
