@@ -84,3 +84,69 @@ async fn a_rejection_is_held_before_it_is_answered() -> anyhow::Result<()> {
     assert!(started.elapsed() >= std::time::Duration::from_millis(300));
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()> {
+    use tp_e2e::fake_provider::{self, FakeReply, Wire};
+    let hold = std::time::Duration::from_secs(2);
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::Slow("What ".into(), hold, vec!["matters most?".into()]),
+            FakeReply::Slow("What ".into(), hold, vec!["matters most?".into()]),
+            FakeReply::Text(vec!["What have you tried?".into()], 10, 5),
+            FakeReply::Text(vec!["What changed?".into()], 10, 5),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_a, busy) = app.tenant_with_member("Busy", "bea").await?;
+    let (_b, other) = app.tenant_with_member("Other", "otto").await?;
+    let gateway = app
+        .spawn_gateway_with(|config| config.max_streams_per_tenant = 2)
+        .await?;
+    let mut busy = conversations_via(gateway, &busy).await?;
+    let mut other = conversations_via(gateway, &other).await?;
+    let conversation = tp_e2e::new_conversation(&mut busy, "")
+        .await?
+        .conversation_id;
+
+    // Two replies streaming, each past its first delta: both slots held.
+    let mut open = Vec::new();
+    for key in ["s1", "s2"] {
+        let mut stream = busy
+            .send_message(pb::SendMessageRequest {
+                conversation_id: conversation.clone(),
+                content: "Our roadmap keeps slipping.".into(),
+                idempotency_key: key.into(),
+            })
+            .await?
+            .into_inner();
+        stream.message().await?.expect("a first delta");
+        open.push(stream);
+    }
+    let third = busy
+        .send_message(pb::SendMessageRequest {
+            conversation_id: conversation.clone(),
+            content: "And another thing.".into(),
+            idempotency_key: "s3".into(),
+        })
+        .await
+        .expect_err("a third concurrent stream");
+    assert_eq!(third.code(), Code::ResourceExhausted);
+    assert!(third.message().contains("at most 2"), "{}", third.message());
+    assert!(third.get_details_retry_info().is_some());
+
+    // Another tenant is not affected.
+    let other_conversation = tp_e2e::new_conversation(&mut other, "")
+        .await?
+        .conversation_id;
+    tp_e2e::send(&mut other, &other_conversation, "Hello.", "o1").await?;
+
+    // When the streams end, their slots are free again.
+    for mut stream in open {
+        while stream.message().await?.is_some() {}
+    }
+    tp_e2e::send(&mut busy, &conversation, "And another thing.", "s3").await?;
+    Ok(())
+}
