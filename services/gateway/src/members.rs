@@ -44,6 +44,29 @@ fn member_pb(row: MemberRow) -> pb::Member {
     }
 }
 
+/// Locks the tenant row, then reads `user_id`'s role and how many admins
+/// the tenant has. The lock serialises removals and role changes, so two
+/// admins demoting or removing each other cannot leave the tenant with none.
+async fn lock_and_read_role(
+    tx: &mut sqlx::PgConnection,
+    tenant: tp_context::TenantId,
+    user_id: &str,
+) -> Result<(Option<String>, i64), Status> {
+    sqlx::query("SELECT 1 FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
+        .bind(tenant.as_uuid())
+        .execute(&mut *tx)
+        .await
+        .map_err(storage_status)?;
+    sqlx::query_as(
+        "SELECT max(role) FILTER (WHERE user_id = $1), count(*) FILTER (WHERE role = 'admin')
+           FROM gateway.members",
+    )
+    .bind(user_id)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(storage_status)
+}
+
 fn role_argument(role: i32) -> Result<&'static str, Status> {
     match pb::MemberRole::try_from(role) {
         Ok(pb::MemberRole::Member) => Ok("member"),
@@ -139,19 +162,7 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
             .await
             .map_err(storage_status)?;
-        sqlx::query("SELECT 1 FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
-            .bind(ctx.tenant_id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage_status)?;
-        let (role, admins): (Option<String>, i64) = sqlx::query_as(
-            "SELECT max(role) FILTER (WHERE user_id = $1), count(*) FILTER (WHERE role = 'admin')
-               FROM gateway.members",
-        )
-        .bind(&request.user_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(storage_status)?;
+        let (role, admins) = lock_and_read_role(&mut tx, ctx.tenant_id, &request.user_id).await?;
         let removed_role = match role.as_deref() {
             None => {
                 return Err(Status::not_found(format!(
@@ -237,21 +248,8 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
             .await
             .map_err(storage_status)?;
-        // The tenant row lock serialises role changes and removals, so two
-        // admins demoting each other cannot leave the tenant with none.
-        sqlx::query("SELECT 1 FROM gateway.tenants WHERE tenant_id = $1 FOR UPDATE")
-            .bind(ctx.tenant_id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(storage_status)?;
-        let (current, admins): (Option<String>, i64) = sqlx::query_as(
-            "SELECT max(role) FILTER (WHERE user_id = $1), count(*) FILTER (WHERE role = 'admin')
-               FROM gateway.members",
-        )
-        .bind(&request.user_id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(storage_status)?;
+        let (current, admins) =
+            lock_and_read_role(&mut tx, ctx.tenant_id, &request.user_id).await?;
         let Some(current) = current else {
             return Err(Status::not_found(format!(
                 "user `{}` is not a member of this tenant",
