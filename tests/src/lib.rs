@@ -94,6 +94,18 @@ impl TestDatabase {
         Ok(())
     }
 
+    /// One connection as the role in `url`, its session scoped to
+    /// `tenant` (as an operator working by hand would): row-level security
+    /// then admits that tenant's rows only, for the owner role too.
+    pub async fn tenant_session(
+        url: &str,
+        tenant: TenantId,
+    ) -> anyhow::Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        let mut conn = Self::pool(url).await?.acquire().await?;
+        set_session_tenant(&mut conn, tenant).await?;
+        Ok(conn)
+    }
+
     pub async fn pool(url: &str) -> anyhow::Result<PgPool> {
         Ok(PgPoolOptions::new()
             .max_connections(2)
@@ -142,6 +154,17 @@ fn gateway_config(
     }
 }
 
+/// `message` with `authorization: Bearer <token>`, for clients built
+/// without the [`Bearer`] interceptor.
+pub fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    request
+}
+
 /// A conversation client for the gateway at `addr`.
 pub async fn conversations_via(
     addr: SocketAddr,
@@ -156,6 +179,18 @@ pub async fn conversations_via(
             Bearer(Some(format!("Bearer {token}").parse()?)),
         ),
     )
+}
+
+/// Scopes a test connection's session (not a transaction) to `tenant`.
+pub async fn set_session_tenant(
+    conn: &mut sqlx::PgConnection,
+    tenant: TenantId,
+) -> anyhow::Result<()> {
+    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
+        .bind(tenant.to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The three services, running.

@@ -76,12 +76,7 @@ async fn a_membership_deleted_in_sql_is_forgotten_too() -> anyhow::Result<()> {
 
     // As an operator would, by hand; row-level security applies to the
     // owner too, so under the tenant's setting.
-    let owner = tp_e2e::TestDatabase::pool(&app.db.owner_url).await?;
-    let mut conn = owner.acquire().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(tenant.to_string())
-        .execute(&mut *conn)
-        .await?;
+    let mut conn = tp_e2e::TestDatabase::tenant_session(&app.db.owner_url, tenant).await?;
     let deleted = sqlx::query("DELETE FROM gateway.members WHERE user_id = 'alice'")
         .execute(&mut *conn)
         .await?

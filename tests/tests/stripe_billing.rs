@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 use tp_context::{Role, TenantId};
 use tp_e2e::fake_stripe::{self, FakeStripe, SEAT_PRICE, sign, stripe_error, unix_now};
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, TestDatabase};
+use tp_e2e::{TestApp, TestDatabase, authed};
 
 const WEBHOOK_SECRET: &str = "whsec_test_gateway_signing_secret";
 
@@ -21,15 +21,6 @@ struct Stack {
     stripe: FakeStripe,
     grpc: SocketAddr,
     http: SocketAddr,
-}
-
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii token"),
-    );
-    request
 }
 
 async fn stack() -> anyhow::Result<Stack> {

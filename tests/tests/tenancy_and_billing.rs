@@ -4,22 +4,13 @@
 use tonic::Code;
 use tp_context::{Role, TenantId};
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, TestDatabase, new_conversation, send};
+use tp_e2e::{TestApp, TestDatabase, authed, new_conversation, send};
 
 type SubscriptionClient =
     pb::subscription_service_client::SubscriptionServiceClient<tonic::transport::Channel>;
 
 async fn subscriptions(app: &TestApp) -> anyhow::Result<SubscriptionClient> {
     Ok(SubscriptionClient::new(app.channel().await?))
-}
-
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii token"),
-    );
-    request
 }
 
 async fn audit_actions(app: &TestApp, admin: &str) -> anyhow::Result<Vec<pb::AuditEvent>> {
@@ -122,12 +113,7 @@ async fn a_past_due_tenant_works_with_a_warning_trailer() -> anyhow::Result<()> 
     let app = TestApp::spawn().await?;
     let (tenant, member) = app.tenant_with_member("Acme", "mia").await?;
     // Until the Stripe webhooks land, a failed payment is set as they will.
-    let owner = TestDatabase::pool(&app.db.owner_url).await?;
-    let mut conn = owner.acquire().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(tenant.to_string())
-        .execute(&mut *conn)
-        .await?;
+    let mut conn = TestDatabase::tenant_session(&app.db.owner_url, tenant).await?;
     sqlx::query("UPDATE gateway.tenants SET status = 'past_due'")
         .execute(&mut *conn)
         .await?;
@@ -392,12 +378,7 @@ async fn a_backdated_ledger_prorates_by_the_day() -> anyhow::Result<()> {
 async fn the_audit_log_is_append_only_even_for_the_application_role() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let (tenant, _member) = app.tenant_with_member("Acme", "mia").await?;
-    let tp_app = TestDatabase::pool(&app.db.app_url).await?;
-    let mut conn = tp_app.acquire().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(tenant.to_string())
-        .execute(&mut *conn)
-        .await?;
+    let mut conn = TestDatabase::tenant_session(&app.db.app_url, tenant).await?;
     let events: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.audit_events")
         .fetch_one(&mut *conn)
         .await?;
@@ -413,10 +394,7 @@ async fn the_audit_log_is_append_only_even_for_the_application_role() -> anyhow:
         assert!(error.to_string().contains("permission denied"), "{error}");
     }
     // Another tenant's id sees none of them.
-    sqlx::query("SELECT set_config('app.tenant_id', $1, false)")
-        .bind(TenantId::new_random().to_string())
-        .execute(&mut *conn)
-        .await?;
+    tp_e2e::set_session_tenant(&mut conn, TenantId::new_random()).await?;
     let foreign: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.audit_events")
         .fetch_one(&mut *conn)
         .await?;

@@ -5,20 +5,11 @@ use tonic::Code;
 use tp_context::Role;
 use tp_e2e::fake_provider::{self, FakeReply, Wire};
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, new_conversation, send};
+use tp_e2e::{TestApp, authed, new_conversation, send};
 
 type QuotaClient = pb::quota_service_client::QuotaServiceClient<tonic::transport::Channel>;
 type SubscriptionClient =
     pb::subscription_service_client::SubscriptionServiceClient<tonic::transport::Channel>;
-
-fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert(
-        "authorization",
-        format!("Bearer {token}").parse().expect("ascii token"),
-    );
-    request
-}
 
 async fn set_quota(
     app: &TestApp,
