@@ -103,7 +103,10 @@ async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()
     let (_a, busy) = app.tenant_with_member("Busy", "bea").await?;
     let (_b, other) = app.tenant_with_member("Other", "otto").await?;
     let gateway = app
-        .spawn_gateway_with(|config| config.max_streams_per_tenant = 2)
+        .spawn_gateway_with(|config| {
+            config.max_streams_per_tenant = 2;
+            config.stream_lanes_per_tenant = 2;
+        })
         .await?;
     let mut busy = conversations_via(gateway, &busy).await?;
     let mut other = conversations_via(gateway, &other).await?;

@@ -73,6 +73,9 @@ pub struct LimitsConfig {
     /// How many calls on the configured streaming methods one tenant may have
     /// open at once.
     pub max_streams_per_tenant: usize,
+    /// How many of a tenant's open streams run at once; the others wait in
+    /// arrival order for one of the tenant's lanes (see `streams.rs`).
+    pub lanes_per_tenant: usize,
 }
 
 impl LimitsConfig {
@@ -85,6 +88,12 @@ impl LimitsConfig {
         }
         if self.max_streams_per_tenant == 0 {
             return Err(ConfigError::ZeroStreams);
+        }
+        if self.lanes_per_tenant == 0 || self.lanes_per_tenant > self.max_streams_per_tenant {
+            return Err(ConfigError::Lanes {
+                lanes: self.lanes_per_tenant,
+                max_streams: self.max_streams_per_tenant,
+            });
         }
         Ok(())
     }
@@ -104,6 +113,10 @@ pub enum ConfigError {
     ZeroBurst { scope: String },
     #[error("max_streams_per_tenant must be at least 1")]
     ZeroStreams,
+    #[error(
+        "lanes_per_tenant is {lanes}; it must be at least 1 and at most max_streams_per_tenant ({max_streams})"
+    )]
+    Lanes { lanes: usize, max_streams: usize },
     #[error("`{0}` is not a gRPC method path (expected `/package.Service/Method`)")]
     InvalidPath(String),
     #[error("the rate limiter must be able to track at least {min} buckets (got {got})")]
@@ -138,6 +151,7 @@ mod tests {
             default: limits(10.0, 20),
             plans: HashMap::from([("enterprise".to_owned(), limits(100.0, 200))]),
             max_streams_per_tenant: 4,
+            lanes_per_tenant: 2,
         }
     }
 
@@ -178,6 +192,20 @@ mod tests {
         let mut c = config();
         c.max_streams_per_tenant = 0;
         assert_eq!(c.validate(), Err(ConfigError::ZeroStreams));
+    }
+
+    #[test]
+    fn lanes_must_fit_within_the_stream_cap() {
+        let mut c = config();
+        c.lanes_per_tenant = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(ConfigError::Lanes { lanes: 0, .. })
+        ));
+        c.lanes_per_tenant = c.max_streams_per_tenant + 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Lanes { .. })));
+        c.lanes_per_tenant = c.max_streams_per_tenant;
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]

@@ -323,6 +323,7 @@ mod tests {
             default: RateLimits { tenant, user },
             plans: HashMap::new(),
             max_streams_per_tenant: 1,
+            lanes_per_tenant: 1,
         }
     }
 

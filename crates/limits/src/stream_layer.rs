@@ -17,7 +17,8 @@ use crate::streams::{StreamPermit, StreamSlots};
 
 /// Caps how many calls on `paths` (gRPC method paths such as
 /// `/thoughtpartner.v1.ConversationService/SendMessage`) each tenant may have
-/// open. A server-streaming handler returns as soon as the stream is set up;
+/// open, and runs at most `lanes_per_tenant` of them at once: the others wait
+/// for one of their own tenant's lanes before the handler is called. A server-streaming handler returns as soon as the stream is set up;
 /// the call lasts until its reply body is finished, so the slot is tied to
 /// the body ([`LimitedBody`]) and freed when the body ends or is dropped
 /// (the client went away). Other paths and calls without a [`Subject`] pass
@@ -46,7 +47,10 @@ impl<F> StreamConcurrencyLayer<F> {
             })
             .collect::<Result<HashSet<_>, _>>()?;
         Ok(Self {
-            slots: Arc::new(StreamSlots::new(config.max_streams_per_tenant)?),
+            slots: Arc::new(StreamSlots::new(
+                config.max_streams_per_tenant,
+                config.lanes_per_tenant,
+            )?),
             paths: Arc::new(paths),
             extract: Arc::new(extract),
         })
@@ -102,13 +106,15 @@ impl<S: Clone, F> Clone for StreamConcurrency<S, F> {
 
 impl<S, F, ReqBody, ResBody> Service<http::Request<ReqBody>> for StreamConcurrency<S, F>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     F: Fn(&http::Request<ReqBody>) -> Option<Subject>,
+    ReqBody: Send + 'static,
     ResBody: Default,
 {
     type Response = http::Response<LimitedBody<ResBody>>;
     type Error = S::Error;
-    type Future = StreamConcurrencyFuture<S::Future, ResBody>;
+    type Future = StreamConcurrencyFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -134,25 +140,51 @@ where
                 }
             }
         }
-        StreamConcurrencyFuture::Admitted {
-            future: self.inner.call(request),
-            permit,
+        let has_lane = permit.as_mut().is_none_or(StreamPermit::try_lane);
+        match permit {
+            Some(waiting) if !has_lane => {
+                // All the tenant's lanes are busy: wait for one, then call
+                // the service that was made ready for this call (the usual
+                // tower hand-over: keep a fresh clone for the next call).
+                let fresh = self.inner.clone();
+                let mut ready = std::mem::replace(&mut self.inner, fresh);
+                StreamConcurrencyFuture::Queued {
+                    future: Box::pin(async move {
+                        let running = waiting.lane().await;
+                        let response = ready.call(request).await?;
+                        Ok(response.map(|body| LimitedBody {
+                            inner: body,
+                            permit: Some(running),
+                        }))
+                    }),
+                }
+            }
+            permit => StreamConcurrencyFuture::Admitted {
+                future: self.inner.call(request),
+                permit,
+            },
         }
     }
 }
 
+/// A call waiting for its tenant's lane, then running.
+type QueuedCall<ResBody, E> =
+    Pin<Box<dyn Future<Output = Result<http::Response<LimitedBody<ResBody>>, E>> + Send>>;
+
 pin_project! {
     /// The response of [`StreamConcurrency`]. Holds the permit while the
     /// handler runs (dropping the future, or a handler error, frees it) and
-    /// hands it to the body once there is one.
+    /// hands it to the body once there is one. Only a call that must wait
+    /// for a lane is boxed.
     #[project = StreamConcurrencyFutureProj]
-    pub enum StreamConcurrencyFuture<Fut, ResBody> {
+    pub enum StreamConcurrencyFuture<Fut, ResBody, E> {
         Rejected { response: Option<http::Response<LimitedBody<ResBody>>> },
         Admitted { #[pin] future: Fut, permit: Option<StreamPermit> },
+        Queued { future: QueuedCall<ResBody, E> },
     }
 }
 
-impl<Fut, ResBody, E> Future for StreamConcurrencyFuture<Fut, ResBody>
+impl<Fut, ResBody, E> Future for StreamConcurrencyFuture<Fut, ResBody, E>
 where
     Fut: Future<Output = Result<http::Response<ResBody>, E>>,
 {
@@ -171,6 +203,7 @@ where
                     permit,
                 })))
             }
+            StreamConcurrencyFutureProj::Queued { future } => future.as_mut().poll(cx),
         }
     }
 }

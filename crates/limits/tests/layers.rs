@@ -32,6 +32,7 @@ fn config(tenant: Rate, user: Rate) -> LimitsConfig {
         default: RateLimits { tenant, user },
         plans: HashMap::new(),
         max_streams_per_tenant: 2,
+        lanes_per_tenant: 2,
     }
 }
 
@@ -302,9 +303,15 @@ fn streaming_handler() -> impl tower::Service<
 /// The subject extractor as a plain function pointer, so the layer type can be named.
 type Extract = fn(&http::Request<&'static str>) -> Option<Subject>;
 
+/// Every open stream runs at once (as many lanes as the cap).
 fn stream_layer(max: usize) -> StreamConcurrencyLayer<Extract> {
+    laned_stream_layer(max, max)
+}
+
+fn laned_stream_layer(max: usize, lanes: usize) -> StreamConcurrencyLayer<Extract> {
     let mut cfg = config(rate(1.0, 1), rate(1.0, 1));
     cfg.max_streams_per_tenant = max;
+    cfg.lanes_per_tenant = lanes;
     StreamConcurrencyLayer::new(&cfg, [SEND_MESSAGE], subject_of as Extract).unwrap()
 }
 
@@ -493,4 +500,72 @@ async fn rejections_are_held_and_admitted_calls_are_not() {
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert!(retry_delay(&status) < Duration::from_millis(60));
     assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_tenants_stream_beyond_its_lanes_waits_for_one_of_its_own_streams_to_end() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = laned_stream_layer(3, 1);
+    let slots = Arc::clone(layer.slots());
+    let counted = Arc::clone(&calls);
+    let service = layer.layer(service_fn(move |_request: http::Request<&'static str>| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, Infallible>(http::Response::new(TestBody::Chunk(Some(b"hello")))) }
+    }));
+
+    let first = service
+        .clone()
+        .oneshot(request(SEND_MESSAGE, tenant("a"), ""))
+        .await
+        .unwrap();
+    assert!(first.body().holds_slot());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // A's second stream is admitted (under the cap of 3) but waits for A's
+    // only lane: the handler is not called yet.
+    let second = tokio::spawn(
+        service
+            .clone()
+            .oneshot(request(SEND_MESSAGE, tenant("a"), "")),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!second.is_finished());
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(slots.open("a"), 2);
+
+    // Tenant B has a lane of its own and runs at once.
+    let b = service
+        .clone()
+        .oneshot(request(SEND_MESSAGE, tenant("b"), ""))
+        .await
+        .unwrap();
+    assert!(grpc_status(&b).is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    // A's first stream ends: the waiting one runs.
+    drop(first);
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the waiting stream runs once a lane is free")
+        .unwrap()
+        .unwrap();
+    assert!(grpc_status(&second).is_none());
+    assert!(second.body().holds_slot());
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(slots.open("a"), 1);
+
+    // A waiting call whose client goes away gives its slot back.
+    let abandoned = tokio::spawn(
+        service
+            .clone()
+            .oneshot(request(SEND_MESSAGE, tenant("a"), "")),
+    );
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(slots.open("a"), 2);
+    abandoned.abort();
+    let _ = abandoned.await;
+    assert_eq!(slots.open("a"), 1);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    drop((second, b));
+    assert_eq!(slots.tenants_with_open_streams(), 0);
 }

@@ -63,6 +63,11 @@ pub struct GatewayConfig {
     /// Replies a tenant may have streaming at once.
     #[arg(long, env = "TP_MAX_STREAMS_PER_TENANT", default_value_t = 16)]
     pub max_streams_per_tenant: usize,
+    /// How many of a tenant's streaming replies run at once; its others
+    /// wait for one of these lanes, so a tenant's burst queues behind
+    /// itself instead of slowing every other tenant. At most the stream cap.
+    #[arg(long, env = "TP_STREAM_LANES_PER_TENANT", default_value_t = 4)]
+    pub stream_lanes_per_tenant: usize,
     /// Per-plan request rates, overriding the defaults above for tenants on
     /// those plans: `plan=TENANT_RPS/TENANT_BURST:USER_RPS/USER_BURST`,
     /// comma-separated, e.g. `enterprise=200/400:20/40`.
@@ -70,7 +75,8 @@ pub struct GatewayConfig {
     pub rate_plans: String,
     /// How long a rejected over-the-limit call is held before its answer,
     /// so a client that retries in a tight loop cannot spend the gateway's
-    /// CPU. 0 answers at once.
+    /// CPU; each hold is stretched by up to its own length again, so held
+    /// callers do not all come back at once. 0 answers at once.
     #[arg(long, env = "TP_RATE_HOLD_MS", default_value_t = 250)]
     pub rate_hold_ms: u64,
     /// The price of one seat for one month, in the currency's smallest unit.
@@ -127,6 +133,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("rate_user_per_second", &self.rate_user_per_second)
             .field("rate_user_burst", &self.rate_user_burst)
             .field("max_streams_per_tenant", &self.max_streams_per_tenant)
+            .field("stream_lanes_per_tenant", &self.stream_lanes_per_tenant)
             .field("rate_plans", &self.rate_plans)
             .field("rate_hold_ms", &self.rate_hold_ms)
             .field("seat_price_minor", &self.seat_price_minor)
@@ -155,6 +162,7 @@ impl GatewayConfig {
             },
             plans: parse_rate_plans(&self.rate_plans)?,
             max_streams_per_tenant: self.max_streams_per_tenant,
+            lanes_per_tenant: self.stream_lanes_per_tenant,
         })
     }
 
