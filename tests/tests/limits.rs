@@ -153,3 +153,78 @@ async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()
     tp_e2e::send(&mut busy, &conversation, "And another thing.", "s3").await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_tenants_reply_beyond_its_lanes_waits_while_another_tenant_is_served()
+-> anyhow::Result<()> {
+    use tp_e2e::fake_provider::{self, FakeReply, Wire};
+    // Long enough that the other tenant's whole reply fits inside it on any
+    // machine; the test only compares orders of events, never durations.
+    let hold = std::time::Duration::from_secs(3);
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::Slow("What ".into(), hold, vec!["matters most?".into()]),
+            FakeReply::Text(vec!["What changed?".into()], 10, 5),
+            FakeReply::Text(vec!["What have you tried?".into()], 10, 5),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_a, busy_token) = app.tenant_with_member("Busy", "bea").await?;
+    let (_b, other_token) = app.tenant_with_member("Other", "otto").await?;
+    let gateway = app
+        .spawn_gateway_with(|config| {
+            config.max_streams_per_tenant = 3;
+            config.stream_lanes_per_tenant = 1;
+        })
+        .await?;
+    let mut busy = conversations_via(gateway, &busy_token).await?;
+    let mut other = conversations_via(gateway, &other_token).await?;
+    let conversation = tp_e2e::new_conversation(&mut busy, "")
+        .await?
+        .conversation_id;
+    let other_conversation = tp_e2e::new_conversation(&mut other, "")
+        .await?
+        .conversation_id;
+
+    // Busy's first reply is streaming: it holds the tenant's only lane.
+    let mut first = busy
+        .send_message(pb::SendMessageRequest {
+            conversation_id: conversation.clone(),
+            content: "Our roadmap keeps slipping.".into(),
+            idempotency_key: "b1".into(),
+        })
+        .await?
+        .into_inner();
+    first.message().await?.expect("a first delta");
+
+    // Its second is admitted (under the cap of 3), not refused: it waits.
+    // (In a conversation of its own, so nothing per conversation is what
+    // holds it back.)
+    let mut second_client = conversations_via(gateway, &busy_token).await?;
+    let second_conversation = tp_e2e::new_conversation(&mut second_client, "")
+        .await?
+        .conversation_id;
+    let second = tokio::spawn(async move {
+        tp_e2e::send(
+            &mut second_client,
+            &second_conversation,
+            "And another thing.",
+            "b2",
+        )
+        .await
+    });
+
+    // The other tenant is served from its own lane meanwhile.
+    tp_e2e::send(&mut other, &other_conversation, "Hello.", "o1").await?;
+    assert!(
+        !second.is_finished(),
+        "busy's second reply waits for busy's lane, not for the other tenant"
+    );
+
+    // Busy's first reply ends; the waiting one runs and succeeds.
+    while first.message().await?.is_some() {}
+    second.await??;
+    Ok(())
+}
