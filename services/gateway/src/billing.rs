@@ -153,6 +153,32 @@ pub async fn open_account(
     Ok(account)
 }
 
+/// Cancels the subscription of a tenant whose creation failed after Stripe
+/// had opened its account. Best effort: a failure is logged with the ids an
+/// operator needs to cancel it by hand (the customer stays, unbilled).
+pub async fn abandon_account(stripe: &StripeBilling, tenant: TenantId, account: &StripeAccount) {
+    match stripe
+        .cancel(
+            &account.subscription_id,
+            &format!("tenant-{tenant}-abandoned"),
+        )
+        .await
+    {
+        Ok(_) => tracing::warn!(
+            %tenant,
+            subscription_id = %account.subscription_id,
+            "tenant not created; its Stripe subscription was cancelled"
+        ),
+        Err(e) => tracing::error!(
+            %tenant,
+            customer_id = %account.customer_id,
+            subscription_id = %account.subscription_id,
+            error = %e,
+            "tenant not created, and its Stripe subscription could not be cancelled: cancel it by hand"
+        ),
+    }
+}
+
 /// The status a tenant takes from its Stripe subscription's, given its
 /// current one; `None` leaves it as it is. An operator's suspension stands
 /// until Stripe says the subscription is over.

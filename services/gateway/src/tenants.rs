@@ -232,8 +232,9 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         .await
         .map_err(storage_status)?;
         // Stripe last, before the commit: if it fails, no tenant exists.
+        let mut opened = None;
         if let Some(stripe) = &self.stripe {
-            crate::billing::open_account(
+            let account = crate::billing::open_account(
                 stripe,
                 &mut tx,
                 tenant_id,
@@ -241,8 +242,16 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
                 u32::try_from(request.seats).unwrap_or(1),
             )
             .await?;
+            opened = Some((stripe, account));
         }
-        tx.commit().await.map_err(storage_status)?;
+        if let Err(e) = tx.commit().await {
+            // The tenant does not exist, so neither may a subscription that
+            // would bill for it: cancel what Stripe opened.
+            if let Some((stripe, account)) = opened {
+                crate::billing::abandon_account(stripe, tenant_id, &account).await;
+            }
+            return Err(storage_status(e));
+        }
         tracing::info!(%tenant_id, seats = request.seats, "tenant created");
 
         Ok(Response::new(pb::CreateTenantResponse {
