@@ -123,6 +123,9 @@ STACK_PIDS=()
 
 # stack_start DB GATEWAY_PORT CONVERSATION_PORT KNOWLEDGE_PORT: migrates DB
 # and starts the three services in the background, logging to .tp/logs.
+# Each service's HTTP ops port (/metrics, /healthz, /readyz; the gateway's
+# also takes Stripe webhooks) is its gRPC port + 10: 50061-50063 for the
+# dev stack, 31071-31073 for the Python client's.
 stack_start() {
     local db="$1" gw="$2" conv="$3" know="$4"
     local owner_url="postgres://tp_owner@127.0.0.1:$PG_PORT/$db"
@@ -134,12 +137,12 @@ stack_start() {
             || { tail -n 20 "$logs/$service.log" >&2; die "$service migrations failed"; }
     done
     export TP_DATABASE_URL="$app_url"
-    TP_KNOWLEDGE_ADDR="127.0.0.1:$know" "$TP_BIN/knowledge" serve >>"$logs/knowledge.log" 2>&1 &
+    TP_KNOWLEDGE_ADDR="127.0.0.1:$know" TP_HTTP_ADDR="127.0.0.1:$((know + 10))" "$TP_BIN/knowledge" serve >>"$logs/knowledge.log" 2>&1 &
     STACK_PIDS+=($!)
-    TP_CONVERSATION_ADDR="127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
+    TP_CONVERSATION_ADDR="127.0.0.1:$conv" TP_HTTP_ADDR="127.0.0.1:$((conv + 10))" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
         "$TP_BIN/conversation" serve >>"$logs/conversation.log" 2>&1 &
     STACK_PIDS+=($!)
-    TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_CONVERSATION_URL="http://127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
+    TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_HTTP_ADDR="127.0.0.1:$((gw + 10))" TP_CONVERSATION_URL="http://127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
         "$TP_BIN/gateway" serve >>"$logs/gateway.log" 2>&1 &
     STACK_PIDS+=($!)
     local port

@@ -152,6 +152,7 @@ fn gateway_config(
         stripe_webhook_secret: None,
         stripe_api_base: None,
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        metrics_tenant_cap: tp_telemetry::metrics::DEFAULT_TENANT_CAP,
     }
 }
 
@@ -200,6 +201,10 @@ pub struct TestApp {
     pub gateway_addr: SocketAddr,
     pub conversation_addr: SocketAddr,
     pub knowledge_addr: SocketAddr,
+    /// Each service's ops port (`/metrics`, `/healthz`, `/readyz`).
+    pub gateway_http_addr: SocketAddr,
+    pub conversation_http_addr: SocketAddr,
+    pub knowledge_http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
 }
 
@@ -260,11 +265,13 @@ impl TestApp {
 
         let knowledge = tp_knowledge::Application::build(&tp_knowledge::KnowledgeConfig {
             listen_addr: any_port,
+            http_addr: any_port,
             database_url: db.app_url.clone(),
             database_max_connections: 2,
         })
         .await?;
         let knowledge_addr = knowledge.local_addr();
+        let knowledge_http_addr = knowledge.http_addr();
         if knowledge_up {
             spawn_service("knowledge", knowledge.run_until(stopped(stop.clone())));
         } else {
@@ -275,6 +282,7 @@ impl TestApp {
         let conversation =
             tp_conversation::Application::build(&tp_conversation::ConversationConfig {
                 listen_addr: any_port,
+                http_addr: any_port,
                 knowledge_url: format!("http://{knowledge_addr}"),
                 database_url: db.app_url.clone(),
                 database_max_connections: 4,
@@ -293,6 +301,7 @@ impl TestApp {
             })
             .await?;
         let conversation_addr = conversation.local_addr();
+        let conversation_http_addr = conversation.http_addr();
         spawn_service(
             "conversation",
             conversation.run_until(stopped(stop.clone())),
@@ -306,6 +315,7 @@ impl TestApp {
         ))
         .await?;
         let gateway_addr = gateway.local_addr();
+        let gateway_http_addr = gateway.http_addr();
         spawn_service("gateway", gateway.run_until(stopped(stop)));
 
         Ok(Self {
@@ -313,6 +323,9 @@ impl TestApp {
             gateway_addr,
             conversation_addr,
             knowledge_addr,
+            gateway_http_addr,
+            conversation_http_addr,
+            knowledge_http_addr,
             shutdown,
         })
     }
@@ -351,11 +364,12 @@ impl TestApp {
     }
 
     /// Like [`TestApp::spawn_gateway_with`], also returning where the
-    /// gateway serves HTTP webhooks (`None` unless Stripe is configured).
+    /// gateway serves HTTP: the ops routes, and webhooks when Stripe is
+    /// configured.
     pub async fn spawn_gateway_with_http(
         &self,
         adjust: impl FnOnce(&mut tp_gateway::GatewayConfig),
-    ) -> anyhow::Result<(SocketAddr, Option<SocketAddr>)> {
+    ) -> anyhow::Result<(SocketAddr, SocketAddr)> {
         let mut config = gateway_config(
             &self.db,
             self.conversation_addr,
@@ -483,6 +497,73 @@ impl TestApp {
                 .await?;
         pool.close().await;
         Ok(count)
+    }
+}
+
+/// An HTTP/1.1 answer, read whole.
+#[derive(Debug)]
+pub struct HttpReply {
+    pub status: u16,
+    pub content_type: Option<String>,
+    pub body: String,
+}
+
+/// `GET path` from the HTTP listener at `addr` (an ops port), over a
+/// connection of its own.
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<HttpReply> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(addr).await?;
+    socket
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    socket.read_to_end(&mut response).await?;
+    let response = String::from_utf8(response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| anyhow::anyhow!("not an HTTP response: {response:?}"))?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no status line: {head:?}"))?;
+    let content_type = head.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        name.eq_ignore_ascii_case("content-type")
+            .then(|| value.trim().to_owned())
+    });
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        dechunk(body)?
+    } else {
+        body.to_owned()
+    };
+    Ok(HttpReply {
+        status,
+        content_type,
+        body,
+    })
+}
+
+fn dechunk(mut rest: &str) -> anyhow::Result<String> {
+    let mut body = String::new();
+    loop {
+        let (size, after) = rest
+            .split_once("\r\n")
+            .ok_or_else(|| anyhow::anyhow!("a broken chunk"))?;
+        let size = usize::from_str_radix(size.trim(), 16)?;
+        if size == 0 {
+            return Ok(body);
+        }
+        let chunk = after
+            .get(..size)
+            .ok_or_else(|| anyhow::anyhow!("a short chunk"))?;
+        body.push_str(chunk);
+        rest = after.get(size + 2..).unwrap_or_default();
     }
 }
 

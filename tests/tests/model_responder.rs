@@ -119,6 +119,7 @@ async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyho
 async fn a_misconfigured_provider_stops_start_up_with_a_clear_message() {
     let config = tp_conversation::ConversationConfig {
         listen_addr: "127.0.0.1:0".parse().expect("addr"),
+        http_addr: "127.0.0.1:0".parse().expect("addr"),
         knowledge_url: "http://127.0.0.1:1".into(),
         database_url: "postgres://nobody@127.0.0.1:1/none".into(),
         database_max_connections: 1,

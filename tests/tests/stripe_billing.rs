@@ -40,7 +40,7 @@ async fn stack() -> anyhow::Result<Stack> {
         app,
         stripe,
         grpc,
-        http: http.context("a Stripe gateway serves webhooks")?,
+        http,
     })
 }
 
@@ -512,9 +512,11 @@ async fn stripe_without_its_settings_does_not_start() -> anyhow::Result<()> {
         "{message}"
     );
     assert!(!message.contains("TP_STRIPE_SEAT_PRICE_ID"), "{message}");
-    // The local provider serves no webhooks.
+    // The local provider serves no webhooks (its HTTP port has only the
+    // ops routes).
     let (_, http) = app.spawn_gateway_with_http(|_| {}).await?;
-    assert_eq!(http, None);
+    let (status, _) = fake_stripe::post_webhook(http, b"{}", Some("t=1,v1=00")).await?;
+    assert_eq!(status, 404);
     Ok(())
 }
 

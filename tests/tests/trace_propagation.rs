@@ -1,8 +1,9 @@
 //! Telemetry of a real `SendMessage`: one trace spans gateway → conversation
 //! → knowledge (the context crosses each hop in gRPC metadata, not in
 //! memory: each server starts its span from the incoming `traceparent`),
-//! calls are measured to the end of their stream, RED metrics carry the
-//! final status, and message content never reaches a span.
+//! calls are measured to the end of their stream, the RPC metrics
+//! (`rpc.server.call.duration`, exported through OpenTelemetry as well as
+//! scraped) carry the final status, and message content never reaches a span.
 
 use std::time::Duration;
 
@@ -26,28 +27,28 @@ fn find<'a>(spans: &'a [SpanData], component: &str, rpc: &str, code: &str) -> Op
     spans.iter().find(|s| {
         attribute(s, "tp.component").as_deref() == Some(component)
             && s.name.ends_with(rpc)
-            && attribute(s, "rpc.grpc.status_code").as_deref() == Some(code)
+            && attribute(s, "rpc.status_code").as_deref() == Some(code)
     })
 }
 
-/// Requests counted for one method and final status code at one component.
+/// Calls measured for one method and final status code at one component.
 fn requests(
     telemetry: &tp_telemetry::TestTelemetry,
     component: &str,
     method: &str,
-    code: i64,
+    code: &str,
 ) -> u64 {
     let mut total = 0;
     for resource in telemetry.metrics() {
         for scope in resource.scope_metrics() {
             for metric in scope
                 .metrics()
-                .filter(|m| m.name() == "rpc.server.requests")
+                .filter(|m| m.name() == "rpc.server.call.duration")
             {
-                let AggregatedMetrics::U64(MetricData::Sum(sum)) = metric.data() else {
+                let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() else {
                     continue;
                 };
-                for point in sum.data_points() {
+                for point in histogram.data_points() {
                     let has = |key: &str, value: &opentelemetry::Value| {
                         point
                             .attributes()
@@ -55,9 +56,9 @@ fn requests(
                     };
                     if has("tp.component", &component.to_owned().into())
                         && has("rpc.method", &method.to_owned().into())
-                        && has("rpc.grpc.status_code", &code.into())
+                        && has("rpc.status_code", &code.to_owned().into())
                     {
-                        total = total.max(point.value());
+                        total = total.max(point.count());
                     }
                 }
             }
@@ -90,18 +91,18 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     let mut spans = Vec::new();
     for _ in 0..50 {
         spans = telemetry.finished_spans();
-        if find(&spans, "knowledge", "/Retrieve", "0").is_some()
-            && find(&spans, "conversation", "/SendMessage", "0").is_some()
-            && find(&spans, "gateway", "/SendMessage", "0").is_some()
+        if find(&spans, "knowledge", "/Retrieve", "OK").is_some()
+            && find(&spans, "conversation", "/SendMessage", "OK").is_some()
+            && find(&spans, "gateway", "/SendMessage", "OK").is_some()
         {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let gateway = find(&spans, "gateway", "/SendMessage", "0").expect("gateway span");
+    let gateway = find(&spans, "gateway", "/SendMessage", "OK").expect("gateway span");
     let conversation =
-        find(&spans, "conversation", "/SendMessage", "0").expect("conversation span");
-    let knowledge = find(&spans, "knowledge", "/Retrieve", "0").expect("knowledge span");
+        find(&spans, "conversation", "/SendMessage", "OK").expect("conversation span");
+    let knowledge = find(&spans, "knowledge", "/Retrieve", "OK").expect("knowledge span");
 
     let trace = gateway.span_context.trace_id();
     assert_eq!(conversation.span_context.trace_id(), trace);
@@ -116,14 +117,17 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     assert!(conversation.end_time >= knowledge.end_time);
 
     // The failed call is its own trace, with its status on the span.
-    let failed = find(&spans, "gateway", "/SendMessage", "5").expect("NOT_FOUND span");
+    let failed = find(&spans, "gateway", "/SendMessage", "NOT_FOUND").expect("NOT_FOUND span");
     assert_ne!(failed.span_context.trace_id(), trace);
 
-    // RED metrics: rate and errors by final status, at every hop.
-    assert!(requests(&telemetry, "gateway", "SendMessage", 0) >= 1);
-    assert!(requests(&telemetry, "gateway", "SendMessage", 5) >= 1);
-    assert!(requests(&telemetry, "conversation", "SendMessage", 0) >= 1);
-    assert!(requests(&telemetry, "knowledge", "Retrieve", 0) >= 1);
+    // RED metrics: rate and errors by final status, at every hop, with
+    // fully-qualified method names.
+    let send = "thoughtpartner.v1.ConversationService/SendMessage";
+    let retrieve = "thoughtpartner.internal.knowledge.v1.RetrievalService/Retrieve";
+    assert!(requests(&telemetry, "gateway", send, "OK") >= 1);
+    assert!(requests(&telemetry, "gateway", send, "NOT_FOUND") >= 1);
+    assert!(requests(&telemetry, "conversation", send, "OK") >= 1);
+    assert!(requests(&telemetry, "knowledge", retrieve, "OK") >= 1);
 
     // Message content never goes into spans.
     for span in spans.iter().filter(|s| s.span_context.trace_id() == trace) {

@@ -1,6 +1,6 @@
 //! The persona's rules, checked on every reply whoever wrote it (the offline
 //! coach or a model). Pure: the conversation service stores what this finds
-//! with the message and counts it in `coach_policy_violations`.
+//! with the message and counts it in `tp.coach.policy_violations`.
 
 use crate::ContextProfile;
 

@@ -2,6 +2,9 @@
 //! start-up only names its own handlers and layers.
 
 pub mod cli;
+pub mod ops;
+
+pub use ops::{AbortOnDrop, HttpFallback, HttpListener, HttpResponse, Ops, served_methods};
 
 use std::net::SocketAddr;
 
@@ -26,6 +29,10 @@ pub enum ServerError {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("gRPC server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("could not read a descriptor set: {0}")]
+    Descriptor(#[from] prost::DecodeError),
+    #[error("no descriptor describes the service `{0}`")]
+    UnknownService(String),
     #[error("invalid service URL `{url}`: {source}")]
     BadUrl {
         url: String,
@@ -132,16 +139,33 @@ pub fn add_infrastructure(
     Ok(reporter)
 }
 
-/// A channel to another of our services that carries the trace context.
+/// A channel to another of our services that carries the trace context and
+/// measures each call into `metrics` (`rpc.client.call.duration`).
 /// Lazy: the other service may start later, and calls reconnect on their own.
-pub fn internal_channel(url: &str) -> Result<tp_telemetry::TraceClient<Channel>, ServerError> {
+pub fn internal_channel(
+    url: &str,
+    metrics: &tp_telemetry::Metrics,
+) -> Result<tp_telemetry::TraceClient<Channel>, ServerError> {
     let channel = Endpoint::from_shared(url.to_owned())
         .map_err(|source| ServerError::BadUrl {
             url: url.to_owned(),
             source,
         })?
         .connect_lazy();
-    Ok(tp_telemetry::ClientTraceLayer.layer(channel))
+    Ok(tp_telemetry::ClientTraceLayer::new(metrics.clone()).layer(channel))
+}
+
+/// Copies the caller's tenant and member from the [`tp_context::RequestContext`]
+/// (put there by `RequireContextLayer`) into the call's canonical record;
+/// for `ServiceBuilder::map_request`, right after that layer.
+pub fn record_caller<B>(request: http::Request<B>) -> http::Request<B> {
+    if let (Some(ctx), Some(record)) = (
+        request.extensions().get::<tp_context::RequestContext>(),
+        tp_telemetry::CallRecord::of_http(&request),
+    ) {
+        record.set_caller(ctx.tenant_id, &ctx.user_id);
+    }
+    request
 }
 
 /// Resolves on Ctrl-C or SIGTERM, for graceful shutdown.

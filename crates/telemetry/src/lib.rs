@@ -5,6 +5,10 @@
 //!
 //! Message content never goes into spans or logs: the layers here record
 //! only the RPC name, the outcome and the timing.
+//!
+//! Metrics (every name in `schema.toml`) live in a per-service [`Metrics`]
+//! registry, scraped as OpenMetrics text with trace-id exemplars and also
+//! recorded into OpenTelemetry instruments for OTLP export.
 
 use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
@@ -16,10 +20,20 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
+mod call;
+pub mod metrics;
 mod propagation;
+#[cfg(test)]
+mod schema_check;
 
+pub use call::{CallFields, CallRecord};
+pub use metrics::{
+    AuthMode, AuthOutcome, GenAiProvider, LimitScope, Metrics, MetricsError,
+    OPENMETRICS_CONTENT_TYPE, PoolSample, TokenType,
+};
 pub use propagation::{
-    ClientTraceLayer, ServerTelemetry, ServerTelemetryLayer, TraceClient, current_trace_id,
+    ClientTraceLayer, Observe, ObservedBody, RpcMethods, ServerTelemetry, ServerTelemetryLayer,
+    TraceClient, current_trace_id,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -94,20 +108,26 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
         meter_provider = Some(meters);
     }
     let tracer_provider = tracer_builder.build();
-    install(service_name, tracer_provider.clone())?;
+    install(
+        service_name,
+        tracer_provider.clone(),
+        None::<tracing_subscriber::layer::Identity>,
+    )?;
     Ok(TelemetryGuard {
         tracer_provider,
         meter_provider,
     })
 }
 
-/// What tests read back: finished spans, and metrics on demand.
+/// What tests read back: finished spans, metrics on demand, and the
+/// canonical events.
 #[cfg(feature = "testing")]
 #[derive(Clone)]
 pub struct TestTelemetry {
     spans: opentelemetry_sdk::trace::InMemorySpanExporter,
     metrics: opentelemetry_sdk::metrics::InMemoryMetricExporter,
     meter_provider: SdkMeterProvider,
+    canonical: testing::CanonicalEvents,
 }
 
 #[cfg(feature = "testing")]
@@ -120,6 +140,12 @@ impl TestTelemetry {
     pub fn metrics(&self) -> Vec<opentelemetry_sdk::metrics::data::ResourceMetrics> {
         let _ = self.meter_provider.force_flush();
         self.metrics.get_finished_metrics().unwrap_or_default()
+    }
+
+    /// Every canonical event (target `canonical`) so far, as field name to
+    /// value (strings as they are, numbers in decimal).
+    pub fn canonical_events(&self) -> Vec<std::collections::BTreeMap<String, String>> {
+        self.canonical.events()
     }
 }
 
@@ -140,22 +166,28 @@ pub fn init_for_tests() -> TestTelemetry {
                 .with_periodic_exporter(metrics.clone())
                 .build();
             global::set_meter_provider(meter_provider.clone());
+            let canonical = testing::CanonicalEvents::default();
             // Several test binaries may race for the global subscriber; the
             // loser keeps its exporters empty, which the tests notice.
-            let _ = install("thoughtpartner-tests", provider);
+            let _ = install("thoughtpartner-tests", provider, Some(canonical.clone()));
             TestTelemetry {
                 spans,
                 metrics,
                 meter_provider,
+                canonical,
             }
         })
         .clone()
 }
 
-fn install(
+fn install<L>(
     service_name: &'static str,
     tracer_provider: SdkTracerProvider,
-) -> Result<(), TelemetryError> {
+    extra: Option<L>,
+) -> Result<(), TelemetryError>
+where
+    L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
+{
     global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = tracer_provider.tracer(service_name);
     global::set_tracer_provider(tracer_provider);
@@ -167,8 +199,54 @@ fn install(
         .with_target(true)
         .with_filter(filter);
     tracing_subscriber::registry()
+        .with(extra)
         .with(logs)
         .with(tracing_opentelemetry::layer().with_tracer(tracer))
         .try_init()?;
     Ok(())
+}
+
+#[cfg(feature = "testing")]
+mod testing {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::Context;
+
+    /// Keeps the fields of every `canonical` event, for tests.
+    #[derive(Clone, Default)]
+    pub struct CanonicalEvents(Arc<Mutex<Vec<BTreeMap<String, String>>>>);
+
+    impl CanonicalEvents {
+        pub fn events(&self) -> Vec<BTreeMap<String, String>> {
+            self.0.lock().map(|e| e.clone()).unwrap_or_default()
+        }
+    }
+
+    struct Fields(BTreeMap<String, String>);
+
+    impl Visit for Fields {
+        fn record_str(&mut self, field: &Field, value: &str) {
+            self.0.insert(field.name().to_owned(), value.to_owned());
+        }
+
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for CanonicalEvents {
+        fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+            if event.metadata().target() != "canonical" {
+                return;
+            }
+            let mut fields = Fields(BTreeMap::new());
+            event.record(&mut fields);
+            if let Ok(mut events) = self.0.lock() {
+                events.push(fields.0);
+            }
+        }
+    }
 }

@@ -1,15 +1,17 @@
-//! Tower layers that carry W3C trace context across gRPC hops and record
-//! RED metrics (rate, errors, duration) for every served call.
+//! Tower layers that carry W3C trace context across gRPC hops, measure every
+//! served and every internal outgoing call by the OpenTelemetry RPC
+//! conventions, and emit one canonical event per served call.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use opentelemetry::metrics::{Counter, Histogram};
+use bytes::Buf as _;
+use opentelemetry::global;
 use opentelemetry::trace::{TraceContextExt, TraceId};
-use opentelemetry::{KeyValue, global};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
@@ -17,53 +19,92 @@ use tower_service::Service;
 use tracing::Span;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::call::CallRecord;
+use crate::metrics::{Metrics, OTHER_METHOD, server_error_type, status_code_name};
+
 /// The trace id of the current span, as 32 hex digits.
 pub fn current_trace_id() -> TraceId {
     Span::current().context().span().span_context().trace_id()
 }
 
-struct RpcMetrics {
-    requests: Counter<u64>,
-    duration: Histogram<f64>,
-}
-
-/// gRPC status codes the layer itself assigns.
+/// gRPC status codes the layers themselves assign.
 const CODE_OK: i64 = 0;
 const CODE_CANCELLED: i64 = 1;
 const CODE_UNKNOWN: i64 = 2;
+const CODE_UNAVAILABLE: i64 = 14;
+
+/// The methods a server serves, so `rpc.method` stays bounded: any other
+/// path is labelled `_OTHER`. Keys are `package.Service/Method`.
+#[derive(Clone, Debug, Default)]
+pub struct RpcMethods(Arc<HashMap<Box<str>, MethodEntry>>);
+
+/// A served method's `rpc.method` label and whether it streams its response.
+type MethodEntry = (Arc<str>, bool);
+
+impl RpcMethods {
+    /// `methods`: each fully-qualified method (`package.Service/Method`)
+    /// and whether it streams its response.
+    pub fn new(methods: impl IntoIterator<Item = (String, bool)>) -> Self {
+        Self(Arc::new(
+            methods
+                .into_iter()
+                .map(|(name, streaming)| {
+                    let label: Arc<str> = Arc::from(name.as_str());
+                    (name.into_boxed_str(), (label, streaming))
+                })
+                .collect(),
+        ))
+    }
+
+    /// The `rpc.method` of a request path, and whether it is a
+    /// server-streaming method.
+    pub fn lookup(&self, path: &str) -> (Arc<str>, bool) {
+        match self.0.get(path.trim_start_matches('/')) {
+            Some((label, streaming)) => (label.clone(), *streaming),
+            None => (Arc::from(OTHER_METHOD), false),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Server side: continues the caller's trace from the `traceparent` metadata,
-/// wraps the call in a `grpc.server` span and records RED metrics labelled
-/// with `component` (the service name). A call is measured until its
-/// response body ends, so a streaming call's duration and status are those
-/// of the whole stream, read from its trailers; a client that hangs up early
-/// is counted as `CANCELLED`.
+/// wraps the call in a `grpc.server` span, measures it
+/// (`rpc.server.call.duration`, and `tp.rpc.server.time_to_first_message`
+/// for server-streaming methods), and emits its canonical event. A call is
+/// measured until its response body ends, so a streaming call's duration
+/// and status are those of the whole stream, read from its trailers; a
+/// client that hangs up early is counted as `CANCELLED`.
+///
+/// Puts a [`CallRecord`] in the request's extensions for inner layers and
+/// handlers to fill.
 #[derive(Clone)]
 pub struct ServerTelemetryLayer {
-    component: &'static str,
-    metrics: Arc<RpcMetrics>,
+    metrics: Metrics,
+    methods: RpcMethods,
+    tenant_label: bool,
 }
 
 impl ServerTelemetryLayer {
-    pub fn new(component: &'static str) -> Self {
-        let meter = global::meter("thoughtpartner");
-        let metrics = RpcMetrics {
-            requests: meter
-                .u64_counter("rpc.server.requests")
-                .with_description("Served gRPC calls, by method and final gRPC status code")
-                .build(),
-            duration: meter
-                .f64_histogram("rpc.server.duration")
-                .with_unit("s")
-                .with_description(
-                    "Duration of served gRPC calls, to the end of the response stream",
-                )
-                .build(),
-        };
+    pub fn new(metrics: Metrics, methods: RpcMethods) -> Self {
         Self {
-            component,
-            metrics: Arc::new(metrics),
+            metrics,
+            methods,
+            tenant_label: false,
         }
+    }
+
+    /// Labels the RPC metrics with `tp.tenant.id` (bounded by the tenant
+    /// cap). Only the gateway's SLI metrics carry it (see `schema.toml`).
+    pub fn with_tenant_label(mut self) -> Self {
+        self.tenant_label = true;
+        self
     }
 }
 
@@ -73,8 +114,7 @@ impl<S> Layer<S> for ServerTelemetryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ServerTelemetry {
             inner,
-            component: self.component,
-            metrics: self.metrics.clone(),
+            layer: self.clone(),
         }
     }
 }
@@ -82,16 +122,7 @@ impl<S> Layer<S> for ServerTelemetryLayer {
 #[derive(Clone)]
 pub struct ServerTelemetry<S> {
     inner: S,
-    component: &'static str,
-    metrics: Arc<RpcMetrics>,
-}
-
-/// Splits `/package.Service/Method`.
-fn rpc_names(path: &str) -> (String, String) {
-    let mut parts = path.trim_start_matches('/').splitn(2, '/');
-    let service = parts.next().unwrap_or_default().to_owned();
-    let method = parts.next().unwrap_or_default().to_owned();
-    (service, method)
+    layer: ServerTelemetryLayer,
 }
 
 fn grpc_status(headers: &http::HeaderMap) -> Option<i64> {
@@ -101,41 +132,117 @@ fn grpc_status(headers: &http::HeaderMap) -> Option<i64> {
         .and_then(|v| v.parse::<i64>().ok())
 }
 
-/// One call in flight: recorded exactly once, when it finishes.
-struct Observation {
-    span: Span,
-    metrics: Arc<RpcMetrics>,
-    attributes: [KeyValue; 3],
-    started: Instant,
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-impl Observation {
+/// What a measured call does at its first response message and at its end.
+pub trait Observe {
+    /// A DATA frame carrying a message went out (or came in).
+    fn message(&mut self);
+    /// The call ended with `code`; called exactly once.
+    fn finish(self, code: i64);
+}
+
+/// One served call in flight.
+pub struct ServerObservation {
+    span: Span,
+    metrics: Metrics,
+    method: Arc<str>,
+    streaming: bool,
+    tenant_label: bool,
+    record: CallRecord,
+    started: Instant,
+    first_message: Option<Duration>,
+}
+
+impl ServerObservation {
+    fn tenant(&self, tenant_id: Option<&str>) -> Option<Arc<str>> {
+        if !self.tenant_label {
+            return None;
+        }
+        tenant_id.map(|t| self.metrics.tenant_label(t))
+    }
+
+    fn trace_id(&self) -> TraceId {
+        self.span.context().span().span_context().trace_id()
+    }
+}
+
+impl Observe for ServerObservation {
+    fn message(&mut self) {
+        if self.first_message.is_some() || !self.streaming {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.first_message = Some(elapsed);
+        let fields = self.record.snapshot();
+        self.metrics.rpc_first_message(
+            self.method.clone(),
+            self.tenant(fields.tenant_id.as_deref()),
+            elapsed,
+            self.trace_id(),
+        );
+    }
+
     fn finish(self, code: i64) {
-        self.span.record("rpc.grpc.status_code", code);
-        let [component, service, method] = self.attributes;
-        let attributes = [
-            component,
-            service,
-            method,
-            KeyValue::new("rpc.grpc.status_code", code),
-        ];
-        self.metrics.requests.add(1, &attributes);
-        self.metrics
-            .duration
-            .record(self.started.elapsed().as_secs_f64(), &attributes);
+        let duration = self.started.elapsed();
+        let fields = self.record.snapshot();
+        let status = status_code_name(code);
+        let error_type = server_error_type(code);
+        self.metrics.rpc_server_call(
+            self.method.clone(),
+            code,
+            self.tenant(fields.tenant_id.as_deref()),
+            duration,
+            self.trace_id(),
+        );
+        let span = &self.span;
+        span.record("rpc.status_code", status);
+        if let Some(error_type) = error_type {
+            span.record("error.type", error_type);
+        }
+        if let Some(tenant) = &fields.tenant_id {
+            span.record("tp.tenant.id", tenant.as_str());
+        }
+        if let Some(member) = &fields.member_id {
+            span.record("tp.member.id", member.as_str());
+        }
+        // The canonical event: one per call, inside its span so the logs
+        // carry the trace id. Names as in schema.toml; never content.
+        span.in_scope(|| {
+            tracing::event!(
+                target: "canonical",
+                tracing::Level::INFO,
+                tp.component = self.metrics.component(),
+                rpc.method = &*self.method,
+                rpc.status_code = status,
+                "error.type" = error_type,
+                tp.tenant.id = fields.tenant_id.as_deref(),
+                tp.member.id = fields.member_id.as_deref(),
+                tp.conversation.id = fields.conversation_id.as_deref(),
+                tp.responder = fields.responder.as_deref(),
+                gen_ai.usage.input_tokens = fields.input_tokens,
+                gen_ai.usage.output_tokens = fields.output_tokens,
+                tp.call.duration_ms = millis(duration),
+                tp.call.first_message_ms = self.first_message.map(millis),
+                "call"
+            );
+        });
     }
 }
 
 pin_project! {
-    /// A response body that finishes its [`Observation`] when the stream
-    /// ends (status from the trailers) or is dropped early (`CANCELLED`).
-    pub struct ObservedBody<B> {
+    /// A response body that reports its first message and finishes its
+    /// observation when the stream ends (status from the trailers) or is
+    /// dropped early (`CANCELLED`).
+    pub struct ObservedBody<B, O: Observe> {
         #[pin]
         inner: B,
-        observation: Option<Observation>,
+        observation: Option<O>,
     }
 
-    impl<B> PinnedDrop for ObservedBody<B> {
+    impl<B, O: Observe> PinnedDrop for ObservedBody<B, O> {
         fn drop(this: Pin<&mut Self>) {
             if let Some(observation) = this.project().observation.take() {
                 observation.finish(CODE_CANCELLED);
@@ -144,9 +251,10 @@ pin_project! {
     }
 }
 
-impl<B> http_body::Body for ObservedBody<B>
+impl<B, O> http_body::Body for ObservedBody<B, O>
 where
-    B: http_body::Body,
+    B: http_body::Body<Data = bytes::Bytes>,
+    O: Observe,
 {
     type Data = B::Data;
     type Error = B::Error;
@@ -158,9 +266,16 @@ where
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         let code = match &polled {
-            Poll::Ready(Some(Ok(frame))) => frame
-                .trailers_ref()
-                .map(|t| grpc_status(t).unwrap_or(CODE_OK)),
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|data| data.has_remaining())
+                    && let Some(observation) = this.observation.as_mut()
+                {
+                    observation.message();
+                }
+                frame
+                    .trailers_ref()
+                    .map(|t| grpc_status(t).unwrap_or(CODE_OK))
+            }
             Poll::Ready(Some(Err(_))) => Some(CODE_UNKNOWN),
             Poll::Ready(None) => Some(CODE_OK),
             Poll::Pending => None,
@@ -182,6 +297,32 @@ where
     }
 }
 
+/// Finishes a call whose response has arrived: at once when its status is
+/// in the headers (a rejection, a unary error) or it has no body, else when
+/// the body ends.
+fn observe_response<B, O>(
+    response: http::Response<B>,
+    observation: O,
+) -> http::Response<tonic::body::Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    O: Observe + Send + 'static,
+{
+    let observation = match grpc_status(response.headers()) {
+        Some(code) => {
+            observation.finish(code);
+            None
+        }
+        None if response.body().is_end_stream() => {
+            observation.finish(CODE_OK);
+            None
+        }
+        None => Some(observation),
+    };
+    response.map(|inner| tonic::body::Body::new(ObservedBody { inner, observation }))
+}
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ServerTelemetry<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -198,20 +339,23 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        let started = Instant::now();
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
-        let (service, method) = rpc_names(request.uri().path());
+        let (method, streaming) = self.layer.methods.lookup(request.uri().path());
         let span = tracing::info_span!(
             "grpc.server",
-            otel.name = %format_args!("{service}/{method}"),
+            otel.name = &*method,
             otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            tp.component = self.component,
+            rpc.system.name = "grpc",
+            rpc.method = &*method,
+            tp.component = self.layer.metrics.component(),
             trace_id = tracing::field::Empty,
-            rpc.grpc.status_code = tracing::field::Empty,
+            rpc.status_code = tracing::field::Empty,
+            "error.type" = tracing::field::Empty,
+            tp.tenant.id = tracing::field::Empty,
+            tp.member.id = tracing::field::Empty,
         );
         // Fails only when no OpenTelemetry layer is installed; the span then
         // simply starts a new trace.
@@ -220,73 +364,98 @@ where
             "trace_id",
             tracing::field::display(span.context().span().span_context().trace_id()),
         );
+        let record = CallRecord::new();
+        request.extensions_mut().insert(record.clone());
 
         let future = {
             let _entered = span.enter();
             self.inner.call(request)
         };
-        let observation = Observation {
+        let observation = ServerObservation {
             span: span.clone(),
-            metrics: self.metrics.clone(),
-            attributes: [
-                KeyValue::new("tp.component", self.component),
-                KeyValue::new("rpc.service", service),
-                KeyValue::new("rpc.method", method),
-            ],
-            started: Instant::now(),
+            metrics: self.layer.metrics.clone(),
+            method,
+            streaming,
+            tenant_label: self.layer.tenant_label,
+            record,
+            started,
+            first_message: None,
         };
         Box::pin(async move {
-            let response = match tracing::Instrument::instrument(future, span).await {
-                Ok(response) => response,
+            match tracing::Instrument::instrument(future, span).await {
+                Ok(response) => Ok(observe_response(response, observation)),
                 Err(error) => {
                     observation.finish(CODE_UNKNOWN);
-                    return Err(error);
+                    Err(error)
                 }
-            };
-            // A rejected call or a unary error carries its status in the
-            // headers and has no body to wait for.
-            let header_status = grpc_status(response.headers());
-            let observation = match header_status {
-                Some(code) => {
-                    observation.finish(code);
-                    None
-                }
-                None if response.body().is_end_stream() => {
-                    observation.finish(CODE_OK);
-                    None
-                }
-                None => Some(observation),
-            };
-            Ok(response.map(|inner| tonic::body::Body::new(ObservedBody { inner, observation })))
+            }
         })
     }
 }
 
 /// Client side: writes the current span's context into the outgoing
-/// `traceparent` metadata, so the next service continues the same trace.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ClientTraceLayer;
+/// `traceparent` metadata, so the next service continues the same trace,
+/// and, given the service's [`Metrics`], measures the call
+/// (`rpc.client.call.duration`) to the end of its response stream.
+#[derive(Clone, Debug, Default)]
+pub struct ClientTraceLayer {
+    metrics: Option<Metrics>,
+}
+
+impl ClientTraceLayer {
+    pub fn new(metrics: Metrics) -> Self {
+        Self {
+            metrics: Some(metrics),
+        }
+    }
+}
 
 impl<S> Layer<S> for ClientTraceLayer {
     type Service = TraceClient<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceClient { inner }
+        TraceClient {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
 #[derive(Clone, Debug)]
 pub struct TraceClient<S> {
     inner: S,
+    metrics: Option<Metrics>,
 }
 
-impl<S, B> Service<http::Request<B>> for TraceClient<S>
+/// One outgoing call in flight.
+pub struct ClientObservation {
+    metrics: Option<Metrics>,
+    method: Arc<str>,
+    trace_id: TraceId,
+    started: Instant,
+}
+
+impl Observe for ClientObservation {
+    fn message(&mut self) {}
+
+    fn finish(self, code: i64) {
+        if let Some(metrics) = &self.metrics {
+            metrics.rpc_client_call(self.method, code, self.started.elapsed(), self.trace_id);
+        }
+    }
+}
+
+impl<S, B, ResBody> Service<http::Request<B>> for TraceClient<S>
 where
-    S: Service<http::Request<B>>,
+    S: Service<http::Request<B>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+    S::Error: 'static,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    type Response = S::Response;
+    type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -297,23 +466,60 @@ where
         global::get_text_map_propagator(|p| {
             p.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
         });
-        self.inner.call(request)
+        // Only our own services are called through this layer, so the
+        // method names are the few the code calls: bounded.
+        let observation = ClientObservation {
+            metrics: self.metrics.clone(),
+            method: Arc::from(request.uri().path().trim_start_matches('/')),
+            trace_id: context.span().span_context().trace_id(),
+            started: Instant::now(),
+        };
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            match future.await {
+                Ok(response) => Ok(observe_response(response, observation)),
+                Err(error) => {
+                    // The channel failed before any answer: the other
+                    // service could not be reached.
+                    observation.finish(CODE_UNAVAILABLE);
+                    Err(error)
+                }
+            }
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::rpc_names;
+    use super::*;
 
     #[test]
-    fn rpc_path_splits_into_service_and_method() {
-        assert_eq!(
-            rpc_names("/thoughtpartner.v1.ConversationService/SendMessage"),
+    fn unserved_paths_are_other() {
+        let methods = RpcMethods::new([
             (
-                "thoughtpartner.v1.ConversationService".into(),
-                "SendMessage".into()
-            )
-        );
-        assert_eq!(rpc_names("/"), (String::new(), String::new()));
+                "thoughtpartner.v1.ConversationService/SendMessage".to_owned(),
+                true,
+            ),
+            (
+                "thoughtpartner.v1.ConversationService/ListMessages".to_owned(),
+                false,
+            ),
+        ]);
+        let (name, streaming) =
+            methods.lookup("/thoughtpartner.v1.ConversationService/SendMessage");
+        assert_eq!(&*name, "thoughtpartner.v1.ConversationService/SendMessage");
+        assert!(streaming);
+        let (name, streaming) =
+            methods.lookup("/thoughtpartner.v1.ConversationService/ListMessages");
+        assert_eq!(&*name, "thoughtpartner.v1.ConversationService/ListMessages");
+        assert!(!streaming);
+        for path in [
+            "/thoughtpartner.v1.ConversationService/Nope",
+            "/x.Y/SendMessage",
+            "/",
+            "",
+        ] {
+            assert_eq!(&*methods.lookup(path).0, OTHER_METHOD, "{path}");
+        }
     }
 }

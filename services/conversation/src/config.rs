@@ -23,6 +23,10 @@ pub struct ConversationConfig {
     /// Where to listen for internal gRPC calls from the gateway.
     #[arg(long, env = "TP_CONVERSATION_ADDR", default_value = "127.0.0.1:50052")]
     pub listen_addr: SocketAddr,
+    /// Where to serve the ops routes over HTTP/1.1 (`GET /metrics`,
+    /// `/healthz`, `/readyz`).
+    #[arg(long, env = "TP_HTTP_ADDR", default_value = "127.0.0.1:50062")]
+    pub http_addr: SocketAddr,
     /// The knowledge service.
     #[arg(
         long,
@@ -67,6 +71,7 @@ impl std::fmt::Debug for ConversationConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConversationConfig")
             .field("listen_addr", &self.listen_addr)
+            .field("http_addr", &self.http_addr)
             .field("knowledge_url", &self.knowledge_url)
             .field("llm_provider", &self.llm_provider)
             .field("llm_base_url", &self.llm_base_url)

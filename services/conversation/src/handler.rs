@@ -116,8 +116,11 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         request: Request<pb::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
         let ctx = tp_context::from_request(&request)?;
+        // The canonical event's record: ids, responder and tokens, never text.
+        let record = tp_telemetry::CallRecord::of(&request).unwrap_or_default();
         let request = request.into_inner();
         let conversation_id = validate::conversation_id(&request.conversation_id)?;
+        record.set_conversation(conversation_id);
         validate::content(&request.content)?;
         let key = validate::idempotency_key(&request.idempotency_key)?;
 
@@ -137,11 +140,26 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             let pipeline = self.pipeline.clone();
             let task = async move {
                 let last = match pipeline.respond(&ctx, &exchange, &events).await {
-                    Ok(reply) => store
-                        .complete_exchange(&ctx, &exchange.user_message, &reply)
-                        .await
-                        .map(|assistant| completed_event(exchange.user_message, assistant))
-                        .map_err(Status::from),
+                    Ok(reply) => {
+                        record.set_responder(reply.responder);
+                        if let Some(usage) = &reply.usage {
+                            record.add_tokens(
+                                u64::from(usage.input_tokens),
+                                u64::from(usage.output_tokens),
+                            );
+                        }
+                        let stored = store
+                            .complete_exchange(&ctx, &exchange.user_message, &reply)
+                            .await;
+                        if stored.is_ok() {
+                            pipeline
+                                .metrics()
+                                .coach_reply(reply.responder, reply.violations.is_empty());
+                        }
+                        stored
+                            .map(|assistant| completed_event(exchange.user_message, assistant))
+                            .map_err(Status::from)
+                    }
                     Err(ReplyError::ClientGone) => return,
                     Err(ReplyError::Provider(e)) => {
                         tracing::warn!(error = %e, "model provider failed; the user turn stays stored");

@@ -6,15 +6,13 @@
 
 use std::time::Duration;
 
-use opentelemetry::KeyValue;
-use opentelemetry::metrics::Counter;
 use tonic::transport::Channel;
 use tp_coach::rules;
 use tp_coach::{ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
-use tp_telemetry::TraceClient;
+use tp_telemetry::{Metrics, TraceClient};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -112,21 +110,27 @@ pub struct ReplyPipeline {
     knowledge: KnowledgeClient,
     responder: Responder,
     word_cap: usize,
-    violations: Counter<u64>,
+    metrics: Metrics,
 }
 
 impl ReplyPipeline {
-    pub fn new(knowledge: KnowledgeClient, responder: Responder, word_cap: usize) -> Self {
-        let violations = opentelemetry::global::meter("thoughtpartner")
-            .u64_counter("coach_policy_violations")
-            .with_description("Replies breaking a persona rule, by rule and responder")
-            .build();
+    pub fn new(
+        knowledge: KnowledgeClient,
+        responder: Responder,
+        word_cap: usize,
+        metrics: Metrics,
+    ) -> Self {
         Self {
             knowledge,
             responder,
             word_cap,
-            violations,
+            metrics,
         }
+    }
+
+    /// The service's metrics (the handler counts stored replies).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The whole turn: read the context profile, ground it, produce the
@@ -210,13 +214,7 @@ impl ReplyPipeline {
             .map(rules::Rule::as_str)
             .collect();
         for rule in &violations {
-            self.violations.add(
-                1,
-                &[
-                    KeyValue::new("rule", *rule),
-                    KeyValue::new("responder", responder),
-                ],
-            );
+            self.metrics.coach_policy_violation(responder, rule);
         }
         tracing::info!(
             responder,

@@ -11,8 +11,8 @@ use tp_proto::internal::conversation::v1::usage_service_server::UsageServiceServ
 use crate::usage::UsageHandler;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
-use tp_server::{BoundService, Listener};
-use tp_telemetry::ServerTelemetryLayer;
+use tp_server::{BoundService, HttpListener, Listener, Ops};
+use tp_telemetry::{Metrics, RpcMethods, ServerTelemetryLayer};
 
 use crate::config::{ConversationConfig, SCHEMA};
 use crate::handler::ConversationHandler;
@@ -27,9 +27,19 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gRPC services this one serves (health and reflection aside).
+const SERVICES: [&str; 2] = [
+    tp_proto::v1::conversation_service_server::SERVICE_NAME,
+    tp_proto::internal::conversation::v1::usage_service_server::SERVICE_NAME,
+];
+
 /// A built, bound service, ready to serve.
 pub struct Application {
     bound: BoundService,
+    http: HttpListener,
+    ops: Ops,
+    metrics: Metrics,
+    methods: RpcMethods,
 }
 
 impl Application {
@@ -45,13 +55,29 @@ impl Application {
             },
         };
         tracing::info!(provider = ?config.llm_provider, "responder configured");
+        let metrics = Metrics::new("conversation");
+        let methods = tp_server::served_methods(
+            &[
+                tp_proto::PUBLIC_DESCRIPTOR_SET,
+                tp_proto::INTERNAL_DESCRIPTOR_SET,
+            ],
+            &SERVICES,
+        )?;
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
-        let knowledge =
-            RetrievalServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
+        let knowledge = RetrievalServiceClient::new(tp_server::internal_channel(
+            &config.knowledge_url,
+            &metrics,
+        )?);
         let usage = UsageHandler::new(pool.clone());
+        let ops_pool = pool.clone();
         let handler = ConversationHandler::new(
             ConversationStore::new(pool),
-            ReplyPipeline::new(knowledge, responder, usize::from(config.coach_word_cap)),
+            ReplyPipeline::new(
+                knowledge,
+                responder,
+                usize::from(config.coach_word_cap),
+                metrics.clone(),
+            ),
         );
 
         let mut routes = Routes::builder();
@@ -73,8 +99,15 @@ impl Application {
             .await;
 
         let listener = Listener::bind(config.listen_addr).await?;
+        let http = HttpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("TP_HTTP_ADDR: {e}"))?;
         Ok(Self {
             bound: BoundService::new("conversation", listener, routes.routes()),
+            http,
+            ops: Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, ops_pool),
+            metrics,
+            methods,
         })
     }
 
@@ -82,10 +115,17 @@ impl Application {
         self.bound.local_addr()
     }
 
+    /// Where the ops routes (`/metrics`, `/healthz`, `/readyz`) are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let layers = ServiceBuilder::new()
-            .layer(ServerTelemetryLayer::new("conversation"))
-            .layer(RequireContextLayer);
+            .layer(ServerTelemetryLayer::new(self.metrics, self.methods))
+            .layer(RequireContextLayer)
+            .map_request(tp_server::record_caller);
+        let _http = self.http.spawn(self.ops, None);
         self.bound.serve(layers, shutdown).await?;
         Ok(())
     }

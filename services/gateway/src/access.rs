@@ -142,6 +142,9 @@ async fn admit(
     if let (Some(tenant_id), Some(role)) = (principal.tenant_id, stored_role)
         && rule.audience != Audience::Operator
     {
+        if let Some(record) = tp_telemetry::CallRecord::of_http(request) {
+            record.set_caller(tenant_id, &principal.user_id);
+        }
         request.extensions_mut().insert(RequestContext {
             tenant_id,
             user_id: principal.user_id.clone(),

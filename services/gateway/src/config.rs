@@ -102,10 +102,16 @@ pub struct GatewayConfig {
     /// and stripe-mock point it at a local server).
     #[arg(long, env = "TP_STRIPE_API_BASE")]
     pub stripe_api_base: Option<String>,
-    /// Where to listen for HTTP/1.1 webhooks (`POST /webhooks/stripe`);
-    /// bound only with `TP_BILLING_PROVIDER=stripe`.
+    /// Where to listen for HTTP/1.1: the ops routes (`GET /metrics`,
+    /// `/healthz`, `/readyz`) and, with `TP_BILLING_PROVIDER=stripe`,
+    /// Stripe's webhooks (`POST /webhooks/stripe`).
     #[arg(long, env = "TP_HTTP_ADDR", default_value = "127.0.0.1:50061")]
     pub http_addr: SocketAddr,
+    /// Distinct tenants the metrics are labelled with (`tp.tenant.id`)
+    /// before further tenants are counted together as `_other`, so a
+    /// growing customer base cannot grow the metric series without bound.
+    #[arg(long, env = "TP_METRICS_TENANT_CAP", default_value_t = tp_telemetry::metrics::DEFAULT_TENANT_CAP)]
+    pub metrics_tenant_cap: usize,
 }
 
 /// Who charges tenants for their seats.
@@ -142,6 +148,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("stripe_seat_price_id", &self.stripe_seat_price_id)
             .field("stripe_api_base", &self.stripe_api_base)
             .field("http_addr", &self.http_addr)
+            .field("metrics_tenant_cap", &self.metrics_tenant_cap)
             .finish_non_exhaustive()
     }
 }

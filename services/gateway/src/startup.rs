@@ -21,8 +21,8 @@ use tp_proto::v1::member_service_server::MemberServiceServer;
 use tp_proto::v1::quota_service_server::QuotaServiceServer;
 use tp_proto::v1::subscription_service_server::SubscriptionServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
-use tp_server::{BoundService, Listener};
-use tp_telemetry::ServerTelemetryLayer;
+use tp_server::{AbortOnDrop, BoundService, HttpFallback, HttpListener, Listener, Ops};
+use tp_telemetry::{Metrics, RpcMethods, ServerTelemetryLayer};
 
 use crate::access::AccessLayer;
 use crate::audit::AuditLog;
@@ -36,7 +36,7 @@ use crate::policy::Standing;
 use crate::quota::Quotas;
 use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
-use crate::webhook::{WebhookListener, Webhooks};
+use crate::webhook::Webhooks;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/gateway");
 
@@ -48,6 +48,17 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 
 /// Tokens shorter than this are trivially guessable.
 const MIN_SECRET_BYTES: usize = 16;
+
+/// The gRPC services the gateway serves (health and reflection aside).
+const SERVICES: [&str; 7] = [
+    tp_proto::v1::conversation_service_server::SERVICE_NAME,
+    tp_proto::v1::knowledge_service_server::SERVICE_NAME,
+    tp_proto::v1::tenant_admin_service_server::SERVICE_NAME,
+    tp_proto::v1::member_service_server::SERVICE_NAME,
+    tp_proto::v1::subscription_service_server::SERVICE_NAME,
+    tp_proto::v1::audit_service_server::SERVICE_NAME,
+    tp_proto::v1::quota_service_server::SERVICE_NAME,
+];
 
 /// Calls that stream a reply, capped per tenant.
 const STREAMING_METHODS: [&str; 1] = ["/thoughtpartner.v1.ConversationService/SendMessage"];
@@ -124,8 +135,13 @@ pub struct Application {
     background: Vec<TaskGuard>,
     /// Keeps the membership cache current; stopped with the service.
     membership_listener: Option<ListenerGuard>,
-    /// Stripe's webhooks, with the `stripe` billing provider.
-    webhooks: Option<WebhookListener>,
+    /// The HTTP listener: ops routes, and Stripe's webhooks with the
+    /// `stripe` billing provider.
+    http: HttpListener,
+    ops: Ops,
+    webhooks: Option<Arc<Webhooks>>,
+    metrics: Metrics,
+    methods: RpcMethods,
 }
 
 impl Application {
@@ -144,6 +160,8 @@ impl Application {
             "TP_BILLING_CURRENCY must be a lower-case ISO 4217 code such as `eur`"
         );
         let stripe_settings = config.stripe()?;
+        let metrics = Metrics::with_tenant_cap("gateway", config.metrics_tenant_cap);
+        let methods = tp_server::served_methods(&[tp_proto::PUBLIC_DESCRIPTOR_SET], &SERVICES)?;
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
         let billing = match &stripe_settings {
             Some(settings) => Billing::stripe(settings, pool.clone())?,
@@ -160,11 +178,18 @@ impl Application {
             .await;
             (membership, Some(listener))
         };
-        let conversation =
-            ConversationServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
-        let knowledge =
-            KnowledgeServiceClient::new(tp_server::internal_channel(&config.knowledge_url)?);
-        let usage = UsageServiceClient::new(tp_server::internal_channel(&config.conversation_url)?);
+        let conversation = ConversationServiceClient::new(tp_server::internal_channel(
+            &config.conversation_url,
+            &metrics,
+        )?);
+        let knowledge = KnowledgeServiceClient::new(tp_server::internal_channel(
+            &config.knowledge_url,
+            &metrics,
+        )?);
+        let usage = UsageServiceClient::new(tp_server::internal_channel(
+            &config.conversation_url,
+            &metrics,
+        )?);
 
         let mut routes = Routes::builder();
         let health =
@@ -213,24 +238,14 @@ impl Application {
         health.set_serving::<AuditServiceServer<AuditLog>>().await;
         health.set_serving::<QuotaServiceServer<Quotas>>().await;
 
-        let webhooks = match &billing.stripe {
-            Some(stripe) => {
-                let listener = tokio::net::TcpListener::bind(config.http_addr)
-                    .await
-                    .map_err(|e| {
-                        anyhow::anyhow!(
-                            "cannot listen for Stripe webhooks on TP_HTTP_ADDR {}: {e}",
-                            config.http_addr
-                        )
-                    })?;
-                Some(WebhookListener {
-                    addr: listener.local_addr()?,
-                    listener,
-                    webhooks: Arc::new(Webhooks::new(pool, stripe.clone(), membership.clone())),
-                })
-            }
-            None => None,
-        };
+        let http = HttpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("TP_HTTP_ADDR: {e}"))?;
+        let ops = Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, pool.clone());
+        let webhooks = billing
+            .stripe
+            .as_ref()
+            .map(|stripe| Arc::new(Webhooks::new(pool, stripe.clone(), membership.clone())));
 
         let auth = AuthLayer::new(verifier);
         let access = AccessLayer::new(membership);
@@ -259,7 +274,11 @@ impl Application {
             streams,
             background: vec![sweeper],
             membership_listener,
+            http,
+            ops,
             webhooks,
+            metrics,
+            methods,
         })
     }
 
@@ -267,30 +286,28 @@ impl Application {
         self.bound.local_addr()
     }
 
-    /// Where `POST /webhooks/stripe` is served; `None` without Stripe.
-    pub fn http_addr(&self) -> Option<SocketAddr> {
-        self.webhooks.as_ref().map(|w| w.addr)
+    /// The HTTP listener: `/metrics`, `/healthz`, `/readyz`, and
+    /// `POST /webhooks/stripe` with the `stripe` billing provider.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         // Telemetry outermost, so rejected calls are traced and counted too;
         // then who the caller is, what they may do, and how much of it.
         let layers = ServiceBuilder::new()
-            .layer(ServerTelemetryLayer::new("gateway"))
+            .layer(ServerTelemetryLayer::new(self.metrics, self.methods).with_tenant_label())
             .layer(self.auth)
             .layer(self.access)
             .layer(self.rates)
             .map_response(|response: http::Response<LimitedBody<Body>>| response.map(Body::new))
             .layer(self.streams);
-        let mut background = self.background;
-        if let Some(webhooks) = self.webhooks {
-            tracing::info!(addr = %webhooks.addr, path = crate::webhook::WEBHOOK_PATH, "serving Stripe webhooks");
-            background.push(TaskGuard(tokio::spawn(crate::webhook::serve(
-                webhooks.listener,
-                webhooks.webhooks,
-            ))));
-        }
-        let _background = background;
+        let _background = self.background;
+        let fallback: Option<HttpFallback> = self.webhooks.map(|webhooks| {
+            tracing::info!(addr = %self.http.local_addr(), path = crate::webhook::WEBHOOK_PATH, "serving Stripe webhooks");
+            crate::webhook::routes(webhooks)
+        });
+        let _http: AbortOnDrop = self.http.spawn(self.ops, fallback);
         let _listener = self.membership_listener;
         self.bound.serve(layers, shutdown).await?;
         Ok(())

@@ -1,6 +1,6 @@
 //! `POST /webhooks/stripe`: Stripe's word on a tenant's subscription, over
-//! HTTP/1.1 on its own listener (`TP_HTTP_ADDR`, only with the `stripe`
-//! billing provider).
+//! HTTP/1.1 on the gateway's HTTP listener (`TP_HTTP_ADDR`, shared with the
+//! ops routes; served only with the `stripe` billing provider).
 //!
 //! A delivery is authenticated (`Stripe-Signature`, five minutes' tolerance,
 //! in `tp_stripe`), then the subscription it names is re-fetched from
@@ -13,8 +13,6 @@
 //! are acknowledged and change nothing. Neither payloads nor secrets are
 //! logged.
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,12 +20,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use sqlx::PgPool;
-use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tp_billing::BillingError;
 use tp_context::TenantId;
 use tp_store::begin_tenant_tx;
@@ -78,36 +71,13 @@ impl Webhooks {
     }
 }
 
-/// Serves webhooks on `listener` until dropped (aborting this future's
-/// task aborts every connection with it).
-pub async fn serve(listener: TcpListener, webhooks: Arc<Webhooks>) {
-    let mut connections = JoinSet::new();
-    loop {
-        while connections.try_join_next().is_some() {}
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(e) => {
-                tracing::warn!(error = %e, "webhook listener: accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+/// Routes the gateway's HTTP listener sends past its ops paths: the
+/// webhook, and 404 for anything else.
+pub fn routes(webhooks: Arc<Webhooks>) -> tp_server::HttpFallback {
+    Arc::new(move |request| {
         let webhooks = webhooks.clone();
-        connections.spawn(async move {
-            let service = service_fn(move |request| {
-                let webhooks = webhooks.clone();
-                async move { Ok::<_, Infallible>(webhooks.handle(request).await) }
-            });
-            let served = http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(READ_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(e) = served {
-                tracing::debug!(error = %e, "webhook connection ended with an error");
-            }
-        });
-    }
+        Box::pin(async move { webhooks.handle(request).await })
+    })
 }
 
 /// A plain-text answer.
@@ -364,11 +334,4 @@ impl Webhooks {
         self.membership.forget_tenant(tenant);
         Ok("processed")
     }
-}
-
-/// A bound webhook listener, served by [`serve`].
-pub struct WebhookListener {
-    pub listener: TcpListener,
-    pub addr: SocketAddr,
-    pub webhooks: Arc<Webhooks>,
 }

@@ -12,6 +12,10 @@ pub struct KnowledgeConfig {
     /// Where to listen for internal gRPC calls.
     #[arg(long, env = "TP_KNOWLEDGE_ADDR", default_value = "127.0.0.1:50053")]
     pub listen_addr: SocketAddr,
+    /// Where to serve the ops routes over HTTP/1.1 (`GET /metrics`,
+    /// `/healthz`, `/readyz`).
+    #[arg(long, env = "TP_HTTP_ADDR", default_value = "127.0.0.1:50063")]
+    pub http_addr: SocketAddr,
     /// Postgres URL of the application role (`tp_app`).
     #[arg(long, env = "TP_DATABASE_URL")]
     pub database_url: String,

@@ -10,8 +10,8 @@ use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
 use tp_proto::internal::knowledge::v1::retrieval_service_server::RetrievalServiceServer;
 use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
-use tp_server::{BoundService, Listener};
-use tp_telemetry::ServerTelemetryLayer;
+use tp_server::{BoundService, HttpListener, Listener, Ops};
+use tp_telemetry::{Metrics, RpcMethods, ServerTelemetryLayer};
 
 use crate::config::{KnowledgeConfig, SCHEMA};
 use crate::corpus;
@@ -38,14 +38,33 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The gRPC services this one serves (health and reflection aside).
+const SERVICES: [&str; 2] = [
+    tp_proto::v1::knowledge_service_server::SERVICE_NAME,
+    tp_proto::internal::knowledge::v1::retrieval_service_server::SERVICE_NAME,
+];
+
 /// A built, bound service, ready to serve.
 pub struct Application {
     bound: BoundService,
+    http: HttpListener,
+    ops: Ops,
+    metrics: Metrics,
+    methods: RpcMethods,
 }
 
 impl Application {
     pub async fn build(config: &KnowledgeConfig) -> anyhow::Result<Self> {
+        let metrics = Metrics::new("knowledge");
+        let methods = tp_server::served_methods(
+            &[
+                tp_proto::PUBLIC_DESCRIPTOR_SET,
+                tp_proto::INTERNAL_DESCRIPTOR_SET,
+            ],
+            &SERVICES,
+        )?;
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
+        let ops_pool = pool.clone();
         let catalog = Catalog::load(&pool).await?;
         anyhow::ensure!(
             catalog.frameworks().next().is_some(),
@@ -75,8 +94,15 @@ impl Application {
             .await;
 
         let listener = Listener::bind(config.listen_addr).await?;
+        let http = HttpListener::bind(config.http_addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("TP_HTTP_ADDR: {e}"))?;
         Ok(Self {
             bound: BoundService::new("knowledge", listener, routes.routes()),
+            http,
+            ops: Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, ops_pool),
+            metrics,
+            methods,
         })
     }
 
@@ -84,10 +110,17 @@ impl Application {
         self.bound.local_addr()
     }
 
+    /// Where the ops routes (`/metrics`, `/healthz`, `/readyz`) are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let layers = ServiceBuilder::new()
-            .layer(ServerTelemetryLayer::new("knowledge"))
-            .layer(RequireContextLayer);
+            .layer(ServerTelemetryLayer::new(self.metrics, self.methods))
+            .layer(RequireContextLayer)
+            .map_request(tp_server::record_caller);
+        let _http = self.http.spawn(self.ops, None);
         self.bound.serve(layers, shutdown).await?;
         Ok(())
     }

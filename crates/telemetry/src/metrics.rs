@@ -1,0 +1,1028 @@
+//! Every metric in `schema.toml`, recorded twice: into a per-service
+//! Prometheus registry (`prometheus-client`, which keeps trace-id exemplars
+//! and is always scrapeable on the ops port) and into OpenTelemetry
+//! instruments from the global meter provider, which exports over OTLP when
+//! `init` configured an exporter and is a no-op otherwise.
+//!
+//! A [`Metrics`] handle is made once per service, not once per process: the
+//! end-to-end tests run all three services in one process and each must
+//! expose its own registry.
+
+use std::collections::HashSet;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TraceId;
+use prometheus_client::encoding::{EncodeLabelKey, EncodeLabelValue, LabelKeyEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+/// What the ops port answers `/metrics` with: OpenMetrics, the text format
+/// that carries exemplars.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Distinct tenants one process labels its metrics with before folding the
+/// rest into [`OTHER_TENANT`].
+pub const DEFAULT_TENANT_CAP: usize = 1000;
+
+/// The `tp.tenant.id` of every tenant beyond the cap.
+pub const OTHER_TENANT: &str = "_other";
+
+/// The `rpc.method` of a path the server does not serve.
+pub const OTHER_METHOD: &str = "_OTHER";
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("could not encode the metrics: {0}")]
+    Encode(#[from] std::fmt::Error),
+}
+
+// ------------------------------------------------------------ gRPC codes
+
+/// The name of a gRPC status code, as `rpc.status_code` carries it. A
+/// number outside the protocol's codes is `UNKNOWN`, as gRPC itself treats it.
+pub fn status_code_name(code: i64) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "CANCELLED",
+        3 => "INVALID_ARGUMENT",
+        4 => "DEADLINE_EXCEEDED",
+        5 => "NOT_FOUND",
+        6 => "ALREADY_EXISTS",
+        7 => "PERMISSION_DENIED",
+        8 => "RESOURCE_EXHAUSTED",
+        9 => "FAILED_PRECONDITION",
+        10 => "ABORTED",
+        11 => "OUT_OF_RANGE",
+        12 => "UNIMPLEMENTED",
+        13 => "INTERNAL",
+        14 => "UNAVAILABLE",
+        15 => "DATA_LOSS",
+        16 => "UNAUTHENTICATED",
+        _ => "UNKNOWN",
+    }
+}
+
+/// `error.type` of a served call: the code's name for the codes the
+/// semantic conventions call server errors, `None` otherwise, so a
+/// client's mistakes (bad input, no permission, over its limit) never spend
+/// the service's error budget.
+pub fn server_error_type(code: i64) -> Option<&'static str> {
+    match code {
+        4 | 12 | 13 | 14 | 15 => Some(status_code_name(code)),
+        0 | 1 | 3 | 5..=11 | 16 => None,
+        // UNKNOWN, and anything that is no gRPC code at all.
+        _ => Some("UNKNOWN"),
+    }
+}
+
+/// `error.type` of a call this service made: any code but `OK`.
+pub fn client_error_type(code: i64) -> Option<&'static str> {
+    (code != 0).then(|| status_code_name(code))
+}
+
+// -------------------------------------------------------- the definitions
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Histogram,
+    Counter,
+    Gauge,
+}
+
+/// One metric of `schema.toml` (a unit test holds the two equal).
+#[derive(Debug)]
+pub(crate) struct Def {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: &'static str,
+    pub buckets: &'static [f64],
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+impl Def {
+    /// The Prometheus name by the OpenTelemetry rules (without the `_total`
+    /// of counters, which the encoder adds).
+    pub(crate) fn prometheus_base(&self) -> String {
+        let base = self.name.replace('.', "_");
+        match self.unit {
+            "s" => format!("{base}_seconds"),
+            _ => base,
+        }
+    }
+}
+
+const RPC_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+const GEN_AI_DURATION_BUCKETS: &[f64] = &[
+    0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92,
+];
+const TOKEN_BUCKETS: &[f64] = &[
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+const DB_BUCKETS: &[f64] = &[0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
+const AUTH_BUCKETS: &[f64] = &[0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0];
+
+pub(crate) const RPC_SERVER_CALL_DURATION: Def = Def {
+    name: "rpc.server.call.duration",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: RPC_BUCKETS,
+    labels: &[
+        "rpc.system.name",
+        "rpc.method",
+        "rpc.status_code",
+        "error.type",
+        "tp.component",
+        "tp.tenant.id",
+    ],
+    help: "Duration of served gRPC calls, to the end of the response stream",
+};
+pub(crate) const RPC_CLIENT_CALL_DURATION: Def = Def {
+    name: "rpc.client.call.duration",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: RPC_BUCKETS,
+    labels: &[
+        "rpc.system.name",
+        "rpc.method",
+        "rpc.status_code",
+        "error.type",
+        "tp.component",
+    ],
+    help: "Duration of gRPC calls this service made to another of our services",
+};
+pub(crate) const RPC_TIME_TO_FIRST_MESSAGE: Def = Def {
+    name: "tp.rpc.server.time_to_first_message",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: RPC_BUCKETS,
+    labels: &[
+        "rpc.system.name",
+        "rpc.method",
+        "tp.component",
+        "tp.tenant.id",
+    ],
+    help: "Time from a server-streaming call's arrival to its first response message (SendMessage: the first reply event)",
+};
+pub(crate) const GEN_AI_OPERATION_DURATION: Def = Def {
+    name: "gen_ai.client.operation.duration",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: GEN_AI_DURATION_BUCKETS,
+    labels: &[
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "error.type",
+    ],
+    help: "Duration of a responder's reply generation (an LLM call, or the offline coach)",
+};
+pub(crate) const GEN_AI_TIME_TO_FIRST_CHUNK: Def = Def {
+    name: "gen_ai.client.operation.time_to_first_chunk",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: GEN_AI_DURATION_BUCKETS,
+    labels: &[
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+    ],
+    help: "Time from issuing a streamed generation request to its first chunk",
+};
+pub(crate) const GEN_AI_TOKEN_USAGE: Def = Def {
+    name: "gen_ai.client.token.usage",
+    kind: Kind::Histogram,
+    unit: "{token}",
+    buckets: TOKEN_BUCKETS,
+    labels: &[
+        "gen_ai.operation.name",
+        "gen_ai.provider.name",
+        "gen_ai.request.model",
+        "gen_ai.token.type",
+    ],
+    help: "Input and output tokens per generation",
+};
+pub(crate) const DB_OPERATION_DURATION: Def = Def {
+    name: "db.client.operation.duration",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: DB_BUCKETS,
+    labels: &[
+        "db.system.name",
+        "db.operation.name",
+        "tp.component",
+        "error.type",
+    ],
+    help: "Duration of database transactions, by the operation they serve",
+};
+pub(crate) const DB_CONNECTION_COUNT: Def = Def {
+    name: "db.client.connection.count",
+    kind: Kind::Gauge,
+    unit: "{connection}",
+    buckets: &[],
+    labels: &[
+        "db.client.connection.pool.name",
+        "db.client.connection.state",
+    ],
+    help: "Open connections in the pool, by state (idle or used)",
+};
+pub(crate) const DB_CONNECTION_MAX: Def = Def {
+    name: "db.client.connection.max",
+    kind: Kind::Gauge,
+    unit: "{connection}",
+    buckets: &[],
+    labels: &["db.client.connection.pool.name"],
+    help: "The most connections the pool may open",
+};
+pub(crate) const COACH_REPLIES: Def = Def {
+    name: "tp.coach.replies",
+    kind: Kind::Counter,
+    unit: "{reply}",
+    buckets: &[],
+    labels: &["tp.responder", "tp.coach.compliant"],
+    help: "Stored coach replies, by responder and whether the persona rule checker found no violation",
+};
+pub(crate) const COACH_POLICY_VIOLATIONS: Def = Def {
+    name: "tp.coach.policy_violations",
+    kind: Kind::Counter,
+    unit: "{violation}",
+    buckets: &[],
+    labels: &["tp.responder", "tp.coach.rule"],
+    help: "Persona rule violations found in replies, by rule",
+};
+pub(crate) const AUTH_DURATION: Def = Def {
+    name: "tp.auth.duration",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: AUTH_BUCKETS,
+    labels: &["tp.auth.mode", "tp.auth.outcome"],
+    help: "Time to authenticate a call; outcome accepted, rejected (the caller's fault) or error (ours: the IdP unreachable)",
+};
+pub(crate) const RATE_LIMIT_REJECTIONS: Def = Def {
+    name: "tp.rate_limit.rejections",
+    kind: Kind::Counter,
+    unit: "{call}",
+    buckets: &[],
+    labels: &["tp.limit.scope", "tp.tenant.id"],
+    help: "Calls refused by the per-tenant and per-user limits, by scope (tenant, user, streams)",
+};
+
+/// Every metric this crate registers, in `schema.toml`'s order (the schema
+/// test compares the two).
+#[cfg(test)]
+pub(crate) const ALL: [&Def; 13] = [
+    &RPC_SERVER_CALL_DURATION,
+    &RPC_CLIENT_CALL_DURATION,
+    &RPC_TIME_TO_FIRST_MESSAGE,
+    &GEN_AI_OPERATION_DURATION,
+    &GEN_AI_TIME_TO_FIRST_CHUNK,
+    &GEN_AI_TOKEN_USAGE,
+    &DB_OPERATION_DURATION,
+    &DB_CONNECTION_COUNT,
+    &DB_CONNECTION_MAX,
+    &COACH_REPLIES,
+    &COACH_POLICY_VIOLATIONS,
+    &AUTH_DURATION,
+    &RATE_LIMIT_REJECTIONS,
+];
+
+// ----------------------------------------------------------------- labels
+
+/// A label key, kept as its OpenTelemetry name and written to Prometheus
+/// with dots as underscores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Key(&'static str);
+
+impl EncodeLabelKey for Key {
+    fn encode(&self, encoder: &mut LabelKeyEncoder) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        for (i, part) in self.0.split('.').enumerate() {
+            if i > 0 {
+                encoder.write_char('_')?;
+            }
+            encoder.write_str(part)?;
+        }
+        Ok(())
+    }
+}
+
+/// A metric's labels; an absent label (no tenant, no error) is left out
+/// rather than written empty.
+pub(crate) type LabelSet = Vec<(Key, Value)>;
+
+/// A label value: mostly static names, sometimes a tenant id or model.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Value {
+    Static(&'static str),
+    Owned(Arc<str>),
+}
+
+impl Value {
+    fn as_str(&self) -> &str {
+        match self {
+            Value::Static(s) => s,
+            Value::Owned(s) => s,
+        }
+    }
+}
+
+impl EncodeLabelValue for Value {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        EncodeLabelValue::encode(&self.as_str(), encoder)
+    }
+}
+
+/// Builds a [`LabelSet`] in a metric's declared order.
+pub(crate) struct Labels(LabelSet);
+
+impl Labels {
+    pub(crate) fn new() -> Self {
+        Self(Vec::with_capacity(6))
+    }
+
+    pub(crate) fn with(mut self, key: &'static str, value: &'static str) -> Self {
+        self.0.push((Key(key), Value::Static(value)));
+        self
+    }
+
+    pub(crate) fn with_owned(mut self, key: &'static str, value: impl Into<Arc<str>>) -> Self {
+        self.0.push((Key(key), Value::Owned(value.into())));
+        self
+    }
+
+    pub(crate) fn with_opt(self, key: &'static str, value: Option<&'static str>) -> Self {
+        match value {
+            Some(value) => self.with(key, value),
+            None => self,
+        }
+    }
+}
+
+/// The exemplar's labels: the trace that produced the observation.
+type TraceExemplar = [(&'static str, String); 1];
+
+fn exemplar(trace_id: TraceId) -> Option<TraceExemplar> {
+    (trace_id != TraceId::INVALID).then(|| [("trace_id", trace_id.to_string())])
+}
+
+fn otel_attributes(labels: &LabelSet) -> Vec<KeyValue> {
+    labels
+        .iter()
+        .map(|(key, value)| KeyValue::new(key.0, value.as_str().to_owned()))
+        .collect()
+}
+
+// ------------------------------------------------------------ instruments
+
+#[derive(Clone, Copy, Debug)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<HistogramWithExemplars<TraceExemplar>> for Buckets {
+    fn new_metric(&self) -> HistogramWithExemplars<TraceExemplar> {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+struct Hist {
+    def: &'static Def,
+    family: Family<LabelSet, HistogramWithExemplars<TraceExemplar>, Buckets>,
+    otel: opentelemetry::metrics::Histogram<f64>,
+}
+
+impl Hist {
+    fn record(&self, value: f64, labels: Labels, trace_id: TraceId) {
+        let labels = labels.0;
+        debug_assert!(
+            labels.iter().all(|(k, _)| self.def.labels.contains(&k.0)),
+            "{}: a label not in schema.toml",
+            self.def.name
+        );
+        self.otel.record(value, &otel_attributes(&labels));
+        self.family
+            .get_or_create(&labels)
+            .observe(value, exemplar(trace_id), None);
+    }
+}
+
+struct Count {
+    def: &'static Def,
+    family: Family<LabelSet, Counter>,
+    otel: opentelemetry::metrics::Counter<u64>,
+}
+
+impl Count {
+    fn add(&self, n: u64, labels: Labels) {
+        let labels = labels.0;
+        debug_assert!(
+            labels.iter().all(|(k, _)| self.def.labels.contains(&k.0)),
+            "{}: a label not in schema.toml",
+            self.def.name
+        );
+        self.otel.add(n, &otel_attributes(&labels));
+        self.family.get_or_create(&labels).inc_by(n);
+    }
+}
+
+struct Level {
+    family: Family<LabelSet, Gauge>,
+    otel: opentelemetry::metrics::Gauge<i64>,
+}
+
+impl Level {
+    fn set(&self, value: i64, labels: Labels) {
+        let labels = labels.0;
+        self.otel.record(value, &otel_attributes(&labels));
+        self.family.get_or_create(&labels).set(value);
+    }
+}
+
+/// The tenants one process has labelled metrics with, up to a cap.
+struct TenantCap {
+    cap: usize,
+    seen: RwLock<HashSet<Arc<str>>>,
+}
+
+impl TenantCap {
+    fn label(&self, tenant: &str) -> Arc<str> {
+        // A poisoned lock only means another thread panicked mid-insert; the
+        // set is still a valid set.
+        {
+            let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(known) = seen.get(tenant) {
+                return known.clone();
+            }
+            if seen.len() >= self.cap {
+                return Arc::from(OTHER_TENANT);
+            }
+        }
+        let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(known) = seen.get(tenant) {
+            return known.clone();
+        }
+        if seen.len() >= self.cap {
+            return Arc::from(OTHER_TENANT);
+        }
+        let label: Arc<str> = Arc::from(tenant);
+        seen.insert(label.clone());
+        label
+    }
+}
+
+struct Inner {
+    component: &'static str,
+    registry: Registry,
+    tenants: TenantCap,
+    rpc_server: Hist,
+    rpc_client: Hist,
+    rpc_first_message: Hist,
+    gen_ai_duration: Hist,
+    gen_ai_first_chunk: Hist,
+    gen_ai_tokens: Hist,
+    db_duration: Hist,
+    db_connections: Level,
+    db_connections_max: Level,
+    coach_replies: Count,
+    coach_violations: Count,
+    auth_duration: Hist,
+    rate_limit_rejections: Count,
+}
+
+/// One service's metrics: cheap to clone, shared by its layers and
+/// handlers, encoded by its ops port.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("component", &self.inner.component)
+            .finish_non_exhaustive()
+    }
+}
+
+fn histogram(registry: &mut Registry, def: &'static Def) -> Hist {
+    debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
+    let family = Family::new_with_constructor(Buckets(def.buckets));
+    match def.unit {
+        "s" => registry.register_with_unit(
+            def.name.replace('.', "_"),
+            def.help,
+            Unit::Seconds,
+            family.clone(),
+        ),
+        // Annotations such as `{token}` are dropped by the OpenTelemetry
+        // to Prometheus rules.
+        _ => registry.register(def.prometheus_base(), def.help, family.clone()),
+    }
+    let otel = opentelemetry::global::meter("thoughtpartner")
+        .f64_histogram(def.name)
+        .with_unit(def.unit)
+        .with_description(def.help)
+        .with_boundaries(def.buckets.to_vec())
+        .build();
+    Hist { def, family, otel }
+}
+
+fn counter(registry: &mut Registry, def: &'static Def) -> Count {
+    debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
+    let family = Family::<LabelSet, Counter>::default();
+    registry.register(def.prometheus_base(), def.help, family.clone());
+    let otel = opentelemetry::global::meter("thoughtpartner")
+        .u64_counter(def.name)
+        .with_unit(def.unit)
+        .with_description(def.help)
+        .build();
+    Count { def, family, otel }
+}
+
+fn gauge(registry: &mut Registry, def: &'static Def) -> Level {
+    debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);
+    let family = Family::<LabelSet, Gauge>::default();
+    registry.register(def.prometheus_base(), def.help, family.clone());
+    let otel = opentelemetry::global::meter("thoughtpartner")
+        .i64_gauge(def.name)
+        .with_unit(def.unit)
+        .with_description(def.help)
+        .build();
+    Level { family, otel }
+}
+
+/// Which limit refused a call (`tp.limit.scope`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitScope {
+    Tenant,
+    User,
+    Streams,
+}
+
+impl LimitScope {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LimitScope::Tenant => "tenant",
+            LimitScope::User => "user",
+            LimitScope::Streams => "streams",
+        }
+    }
+}
+
+/// How a call was authenticated (`tp.auth.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthMode {
+    Hs256,
+    Jwks,
+}
+
+/// How authentication ended (`tp.auth.outcome`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Accepted,
+    /// The caller's fault: a bad or expired token.
+    Rejected,
+    /// Ours: the identity provider could not be reached.
+    Error,
+}
+
+/// Input or output tokens (`gen_ai.token.type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenType {
+    Input,
+    Output,
+}
+
+/// Who generated a reply (`gen_ai.provider.name`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GenAiProvider {
+    OpenAi,
+    Anthropic,
+    /// The deterministic offline coach.
+    Offline,
+}
+
+impl GenAiProvider {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GenAiProvider::OpenAi => "openai",
+            GenAiProvider::Anthropic => "anthropic",
+            GenAiProvider::Offline => "thoughtpartner.offline",
+        }
+    }
+}
+
+/// Database pool occupancy, sampled when scraped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSample {
+    pub used: u64,
+    pub idle: u64,
+    pub max: u64,
+}
+
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+fn trace() -> TraceId {
+    crate::current_trace_id()
+}
+
+impl Metrics {
+    /// The metrics of one service (`tp.component`), with the default cap on
+    /// distinct tenants.
+    pub fn new(component: &'static str) -> Self {
+        Self::with_tenant_cap(component, DEFAULT_TENANT_CAP)
+    }
+
+    /// Like [`Metrics::new`], labelling at most `tenant_cap` distinct
+    /// tenants; calls of any other tenant are labelled [`OTHER_TENANT`].
+    pub fn with_tenant_cap(component: &'static str, tenant_cap: usize) -> Self {
+        let mut registry = Registry::default();
+        let inner = Inner {
+            component,
+            tenants: TenantCap {
+                cap: tenant_cap,
+                seen: RwLock::new(HashSet::new()),
+            },
+            rpc_server: histogram(&mut registry, &RPC_SERVER_CALL_DURATION),
+            rpc_client: histogram(&mut registry, &RPC_CLIENT_CALL_DURATION),
+            rpc_first_message: histogram(&mut registry, &RPC_TIME_TO_FIRST_MESSAGE),
+            gen_ai_duration: histogram(&mut registry, &GEN_AI_OPERATION_DURATION),
+            gen_ai_first_chunk: histogram(&mut registry, &GEN_AI_TIME_TO_FIRST_CHUNK),
+            gen_ai_tokens: histogram(&mut registry, &GEN_AI_TOKEN_USAGE),
+            db_duration: histogram(&mut registry, &DB_OPERATION_DURATION),
+            db_connections: gauge(&mut registry, &DB_CONNECTION_COUNT),
+            db_connections_max: gauge(&mut registry, &DB_CONNECTION_MAX),
+            coach_replies: counter(&mut registry, &COACH_REPLIES),
+            coach_violations: counter(&mut registry, &COACH_POLICY_VIOLATIONS),
+            auth_duration: histogram(&mut registry, &AUTH_DURATION),
+            rate_limit_rejections: counter(&mut registry, &RATE_LIMIT_REJECTIONS),
+            registry,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The service these metrics are of (`tp.component`).
+    pub fn component(&self) -> &'static str {
+        self.inner.component
+    }
+
+    /// The exposition, in the OpenMetrics text format
+    /// ([`OPENMETRICS_CONTENT_TYPE`]), exemplars included.
+    pub fn encode(&self) -> Result<String, MetricsError> {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
+        Ok(text)
+    }
+
+    /// The `tp.tenant.id` label for `tenant`: itself while fewer than the
+    /// cap have been seen, [`OTHER_TENANT`] after.
+    pub fn tenant_label(&self, tenant: &str) -> Arc<str> {
+        self.inner.tenants.label(tenant)
+    }
+
+    /// A served call, to the end of its response stream.
+    pub(crate) fn rpc_server_call(
+        &self,
+        method: Arc<str>,
+        code: i64,
+        tenant: Option<Arc<str>>,
+        duration: Duration,
+        trace_id: TraceId,
+    ) {
+        let mut labels = Labels::new()
+            .with("rpc.system.name", "grpc")
+            .with_owned("rpc.method", method)
+            .with("rpc.status_code", status_code_name(code))
+            .with_opt("error.type", server_error_type(code))
+            .with("tp.component", self.inner.component);
+        if let Some(tenant) = tenant {
+            labels = labels.with_owned("tp.tenant.id", tenant);
+        }
+        self.inner
+            .rpc_server
+            .record(secs(duration), labels, trace_id);
+    }
+
+    /// A server-streaming call's first response message.
+    pub(crate) fn rpc_first_message(
+        &self,
+        method: Arc<str>,
+        tenant: Option<Arc<str>>,
+        elapsed: Duration,
+        trace_id: TraceId,
+    ) {
+        let mut labels = Labels::new()
+            .with("rpc.system.name", "grpc")
+            .with_owned("rpc.method", method)
+            .with("tp.component", self.inner.component);
+        if let Some(tenant) = tenant {
+            labels = labels.with_owned("tp.tenant.id", tenant);
+        }
+        self.inner
+            .rpc_first_message
+            .record(secs(elapsed), labels, trace_id);
+    }
+
+    /// A call this service made to another of ours.
+    pub(crate) fn rpc_client_call(
+        &self,
+        method: Arc<str>,
+        code: i64,
+        duration: Duration,
+        trace_id: TraceId,
+    ) {
+        let labels = Labels::new()
+            .with("rpc.system.name", "grpc")
+            .with_owned("rpc.method", method)
+            .with("rpc.status_code", status_code_name(code))
+            .with_opt("error.type", client_error_type(code))
+            .with("tp.component", self.inner.component);
+        self.inner
+            .rpc_client
+            .record(secs(duration), labels, trace_id);
+    }
+
+    /// One reply generation (`gen_ai.client.operation.duration`), with the
+    /// current span's trace as the exemplar. `error_type` names the failure
+    /// (e.g. `timeout`, `rate_limited`, or a provider's error kind).
+    pub fn gen_ai_operation(
+        &self,
+        provider: GenAiProvider,
+        model: &str,
+        duration: Duration,
+        error_type: Option<&'static str>,
+    ) {
+        let labels = Labels::new()
+            .with("gen_ai.operation.name", "chat")
+            .with("gen_ai.provider.name", provider.as_str())
+            .with_owned("gen_ai.request.model", model)
+            .with_opt("error.type", error_type);
+        self.inner
+            .gen_ai_duration
+            .record(secs(duration), labels, trace());
+    }
+
+    /// Time from a streamed generation's request to its first chunk.
+    pub fn gen_ai_first_chunk(&self, provider: GenAiProvider, model: &str, elapsed: Duration) {
+        let labels = Labels::new()
+            .with("gen_ai.operation.name", "chat")
+            .with("gen_ai.provider.name", provider.as_str())
+            .with_owned("gen_ai.request.model", model);
+        self.inner
+            .gen_ai_first_chunk
+            .record(secs(elapsed), labels, trace());
+    }
+
+    /// Tokens one generation used, of one type.
+    pub fn gen_ai_tokens(
+        &self,
+        provider: GenAiProvider,
+        model: &str,
+        token_type: TokenType,
+        tokens: u64,
+    ) {
+        let labels = Labels::new()
+            .with("gen_ai.operation.name", "chat")
+            .with("gen_ai.provider.name", provider.as_str())
+            .with_owned("gen_ai.request.model", model)
+            .with(
+                "gen_ai.token.type",
+                match token_type {
+                    TokenType::Input => "input",
+                    TokenType::Output => "output",
+                },
+            );
+        // Token counts are far below 2^53: exact as f64.
+        self.inner
+            .gen_ai_tokens
+            .record(tokens as f64, labels, trace());
+    }
+
+    /// One database transaction, named by the operation it serves (a
+    /// bounded, code-chosen name such as `complete_exchange`).
+    pub fn db_operation(
+        &self,
+        operation: &'static str,
+        duration: Duration,
+        error_type: Option<&'static str>,
+    ) {
+        let labels = Labels::new()
+            .with("db.system.name", "postgresql")
+            .with("db.operation.name", operation)
+            .with("tp.component", self.inner.component)
+            .with_opt("error.type", error_type);
+        self.inner
+            .db_duration
+            .record(secs(duration), labels, trace());
+    }
+
+    /// A pool's occupancy, as sampled now (the ops port samples its pools
+    /// on every scrape).
+    pub fn db_pool(&self, pool: &'static str, sample: PoolSample) {
+        let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+        for (state, count) in [("idle", sample.idle), ("used", sample.used)] {
+            self.inner.db_connections.set(
+                as_i64(count),
+                Labels::new()
+                    .with("db.client.connection.pool.name", pool)
+                    .with("db.client.connection.state", state),
+            );
+        }
+        self.inner.db_connections_max.set(
+            as_i64(sample.max),
+            Labels::new().with("db.client.connection.pool.name", pool),
+        );
+    }
+
+    /// A stored coach reply; `responder` is one of a few code-chosen names.
+    pub fn coach_reply(&self, responder: &'static str, compliant: bool) {
+        self.inner.coach_replies.add(
+            1,
+            Labels::new().with("tp.responder", responder).with(
+                "tp.coach.compliant",
+                if compliant { "true" } else { "false" },
+            ),
+        );
+    }
+
+    /// One persona rule a reply broke.
+    pub fn coach_policy_violation(&self, responder: &'static str, rule: &'static str) {
+        self.inner.coach_violations.add(
+            1,
+            Labels::new()
+                .with("tp.responder", responder)
+                .with("tp.coach.rule", rule),
+        );
+    }
+
+    /// One authentication, with the current span's trace as the exemplar.
+    pub fn auth(&self, mode: AuthMode, outcome: AuthOutcome, duration: Duration) {
+        let labels = Labels::new()
+            .with(
+                "tp.auth.mode",
+                match mode {
+                    AuthMode::Hs256 => "hs256",
+                    AuthMode::Jwks => "jwks",
+                },
+            )
+            .with(
+                "tp.auth.outcome",
+                match outcome {
+                    AuthOutcome::Accepted => "accepted",
+                    AuthOutcome::Rejected => "rejected",
+                    AuthOutcome::Error => "error",
+                },
+            );
+        self.inner
+            .auth_duration
+            .record(secs(duration), labels, trace());
+    }
+
+    /// A call refused by a limit; `tenant` is bounded by the cap.
+    pub fn rate_limit_rejection(&self, scope: LimitScope, tenant: Option<&str>) {
+        let mut labels = Labels::new().with("tp.limit.scope", scope.as_str());
+        if let Some(tenant) = tenant {
+            labels = labels.with_owned("tp.tenant.id", self.tenant_label(tenant));
+        }
+        self.inner.rate_limit_rejections.add(1, labels);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_codes_have_their_protocol_names() {
+        assert_eq!(status_code_name(0), "OK");
+        assert_eq!(status_code_name(3), "INVALID_ARGUMENT");
+        assert_eq!(status_code_name(8), "RESOURCE_EXHAUSTED");
+        assert_eq!(status_code_name(16), "UNAUTHENTICATED");
+        assert_eq!(status_code_name(2), "UNKNOWN");
+        assert_eq!(status_code_name(99), "UNKNOWN");
+        assert_eq!(status_code_name(-1), "UNKNOWN");
+        // Each code's name matches tonic's own.
+        for n in 0..=16 {
+            let code = tonic::Code::from_i32(n);
+            let expected = format!("{code:?}");
+            let ours = status_code_name(i64::from(n))
+                .replace('_', "")
+                .to_lowercase();
+            assert_eq!(ours, expected.to_lowercase(), "code {n}");
+        }
+    }
+
+    #[test]
+    fn only_server_errors_have_an_error_type_on_the_server() {
+        let server: Vec<i64> = (0..=16)
+            .filter(|c| server_error_type(*c).is_some())
+            .collect();
+        assert_eq!(server, vec![2, 4, 12, 13, 14, 15]);
+        assert_eq!(server_error_type(13), Some("INTERNAL"));
+        assert_eq!(server_error_type(3), None);
+        assert_eq!(server_error_type(16), None);
+        assert_eq!(server_error_type(1), None);
+        assert_eq!(server_error_type(42), Some("UNKNOWN"));
+        // On the client, every non-OK code is an error.
+        assert_eq!(client_error_type(0), None);
+        assert_eq!(client_error_type(3), Some("INVALID_ARGUMENT"));
+        assert_eq!(client_error_type(14), Some("UNAVAILABLE"));
+    }
+
+    #[test]
+    fn tenants_beyond_the_cap_are_folded() {
+        let metrics = Metrics::with_tenant_cap("gateway", 2);
+        assert_eq!(&*metrics.tenant_label("a"), "a");
+        assert_eq!(&*metrics.tenant_label("b"), "b");
+        assert_eq!(&*metrics.tenant_label("c"), OTHER_TENANT);
+        // Tenants seen before the cap keep their own label.
+        assert_eq!(&*metrics.tenant_label("a"), "a");
+        assert_eq!(&*metrics.tenant_label("d"), OTHER_TENANT);
+
+        metrics.rate_limit_rejection(LimitScope::Tenant, Some("x"));
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(
+                r#"tp_rate_limit_rejections_total{tp_limit_scope="tenant",tp_tenant_id="_other"} 1"#
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn exposition_carries_trace_exemplars_and_prometheus_names() {
+        let metrics = Metrics::new("conversation");
+        let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        metrics.rpc_server_call(
+            Arc::from("thoughtpartner.v1.ConversationService/SendMessage"),
+            0,
+            None,
+            Duration::from_millis(30),
+            trace,
+        );
+        metrics.rpc_server_call(
+            Arc::from("thoughtpartner.v1.ConversationService/SendMessage"),
+            13,
+            Some(Arc::from("t1")),
+            Duration::from_millis(30),
+            TraceId::INVALID,
+        );
+        let text = metrics.encode().unwrap();
+        let ok_bucket = r#"rpc_server_call_duration_seconds_bucket{le="0.05",rpc_system_name="grpc",rpc_method="thoughtpartner.v1.ConversationService/SendMessage",rpc_status_code="OK",tp_component="conversation"} 1 # {trace_id="4bf92f3577b34da6a3ce929d0e0e4736"} 0.03"#;
+        assert!(text.contains(ok_bucket), "{text}");
+        assert!(
+            text.contains(r#"rpc_status_code="INTERNAL",error_type="INTERNAL",tp_component="conversation",tp_tenant_id="t1""#),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE rpc_server_call_duration_seconds histogram"));
+        assert!(text.contains("# UNIT rpc_server_call_duration_seconds seconds"));
+        assert!(text.ends_with("# EOF\n"));
+        // No exemplar without a trace.
+        let internal_lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("INTERNAL") && l.contains("_bucket"))
+            .collect();
+        assert!(!internal_lines.is_empty());
+        assert!(internal_lines.iter().all(|l| !l.contains("trace_id")));
+
+        metrics.coach_reply("offline", true);
+        metrics.gen_ai_tokens(GenAiProvider::Offline, "coach", TokenType::Output, 12);
+        metrics.db_pool(
+            "conversation",
+            PoolSample {
+                used: 1,
+                idle: 2,
+                max: 4,
+            },
+        );
+        let text = metrics.encode().unwrap();
+        assert!(
+            text.contains(
+                r#"tp_coach_replies_total{tp_responder="offline",tp_coach_compliant="true"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("gen_ai_client_token_usage_bucket{"), "{text}");
+        assert!(text.contains(r#"db_client_connection_count{db_client_connection_pool_name="conversation",db_client_connection_state="idle"} 2"#), "{text}");
+        assert!(
+            text.contains(
+                r#"db_client_connection_max{db_client_connection_pool_name="conversation"} 4"#
+            ),
+            "{text}"
+        );
+    }
+}
