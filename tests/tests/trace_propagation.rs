@@ -129,6 +129,19 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     assert!(requests(&telemetry, "conversation", send, "OK") >= 1);
     assert!(requests(&telemetry, "knowledge", retrieve, "OK") >= 1);
 
+    // Nor into the logs, at any level our crates write (debug included),
+    // though the call was logged: its canonical events are there.
+    let logs = telemetry.logs();
+    assert!(
+        logs.contains(&id),
+        "the captured logs hold the call's canonical events"
+    );
+    assert!(!logs.contains(secret), "message content reached the logs");
+    assert!(
+        !logs.contains(tp_e2e::JWT_SECRET) && !logs.contains(&token),
+        "a secret reached the logs"
+    );
+
     // Message content never goes into spans.
     for span in spans.iter().filter(|s| s.span_context.trace_id() == trace) {
         for kv in &span.attributes {

@@ -128,6 +128,7 @@ pub struct TestTelemetry {
     metrics: opentelemetry_sdk::metrics::InMemoryMetricExporter,
     meter_provider: SdkMeterProvider,
     canonical: testing::CanonicalEvents,
+    logs: testing::CapturedLogs,
 }
 
 #[cfg(feature = "testing")]
@@ -146,6 +147,13 @@ impl TestTelemetry {
     /// value (strings as they are, numbers in decimal).
     pub fn canonical_events(&self) -> Vec<std::collections::BTreeMap<String, String>> {
         self.canonical.events()
+    }
+
+    /// Every JSON log line written so far, at `debug` and above for our own
+    /// crates (more than the console shows), so tests can check that no
+    /// message content or secret reaches the logs at any level.
+    pub fn logs(&self) -> String {
+        self.logs.text()
     }
 }
 
@@ -167,14 +175,28 @@ pub fn init_for_tests() -> TestTelemetry {
                 .build();
             global::set_meter_provider(meter_provider.clone());
             let canonical = testing::CanonicalEvents::default();
+            let logs = testing::CapturedLogs::default();
+            // The same JSON lines production writes, into memory.
+            let captured = tracing_subscriber::fmt::layer()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_target(true)
+                .with_writer(logs.clone())
+                .with_filter(EnvFilter::new(testing::CAPTURE_FILTER));
             // Several test binaries may race for the global subscriber; the
             // loser keeps its exporters empty, which the tests notice.
-            let _ = install("thoughtpartner-tests", provider, Some(canonical.clone()));
+            let _ = install(
+                "thoughtpartner-tests",
+                provider,
+                Some(canonical.clone().and_then(captured)),
+            );
             TestTelemetry {
                 spans,
                 metrics,
                 meter_provider,
                 canonical,
+                logs,
             }
         })
         .clone()
@@ -214,6 +236,45 @@ mod testing {
     use tracing::field::{Field, Visit};
     use tracing_subscriber::Layer;
     use tracing_subscriber::layer::Context;
+
+    /// Our crates at `debug`, everything else at `info`.
+    pub const CAPTURE_FILTER: &str = "info,tp_gateway=debug,tp_conversation=debug,\
+        tp_knowledge=debug,tp_telemetry=debug,tp_server=debug,tp_auth=debug,tp_store=debug,\
+        tp_limits=debug,tp_llm=debug,tp_coach=debug,tp_billing=debug,tp_stripe=debug";
+
+    /// Log output kept in memory.
+    #[derive(Clone, Default)]
+    pub struct CapturedLogs(Arc<Mutex<Vec<u8>>>);
+
+    impl CapturedLogs {
+        pub fn text(&self) -> String {
+            self.0
+                .lock()
+                .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                .unwrap_or_default()
+        }
+    }
+
+    impl std::io::Write for CapturedLogs {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut bytes) = self.0.lock() {
+                bytes.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for CapturedLogs {
+        type Writer = CapturedLogs;
+
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
 
     /// Keeps the fields of every `canonical` event, for tests.
     #[derive(Clone, Default)]
