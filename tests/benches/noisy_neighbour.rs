@@ -56,12 +56,6 @@ async fn measure_b(
         .await
         {
             Ok(_) => latencies.push(started.elapsed()),
-                let l = started.elapsed();
-                if l > Duration::from_millis(11) {
-                    eprintln!("SLOW {phase} i={i} {:.1}ms", millis(l));
-                }
-                latencies.push(l)
-            }
             Err(status) => {
                 failures += 1;
                 eprintln!("B call failed: {:?} {}", status.code(), status.message());
