@@ -1,5 +1,7 @@
 //! `tp`: mint development tokens and talk to the gateway from a terminal.
 
+mod slo;
+
 use std::io::Write;
 
 use anyhow::Context;
@@ -79,6 +81,11 @@ enum Command {
         /// Bearer token of a member.
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
         token: String,
+    },
+    /// SLOs as code: generate rules, tests and dashboards from slo/*.yaml.
+    Slo {
+        #[command(subcommand)]
+        command: slo::SloCommand,
     },
 }
 
@@ -182,6 +189,7 @@ async fn reply_text(
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Slo { command } => slo::run(command)?,
         Command::Token {
             sub,
             role,
