@@ -5,7 +5,22 @@
 
 use tonic::Code;
 use tp_e2e::fake_provider::{self, FakeReply, Wire};
-use tp_e2e::{TestApp, TestDatabase, new_conversation, send};
+use tp_e2e::{TestApp, TestDatabase, http_get, new_conversation, send};
+
+/// The conversation service's exposition lines of `series` whose labels
+/// start with `labels` (written as the exposition writes them).
+async fn metric_lines(app: &TestApp, series: &str, labels: &str) -> anyhow::Result<Vec<String>> {
+    let body = http_get(app.conversation_http_addr, "/metrics").await?.body;
+    let prefix = format!("{series}{{{labels}");
+    Ok(body
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The generation metrics' labels for the fake OpenAI-compatible provider.
+const OPENAI: &str = r#"gen_ai_operation_name="chat",gen_ai_provider_name="openai",gen_ai_request_model="test-model""#;
 
 #[tokio::test]
 async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
@@ -69,6 +84,39 @@ async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
     .fetch_one(&admin)
     .await?;
     assert_eq!((tenant_input, tenant_output), (812, 23));
+
+    // The generation's metrics: the provider's reported tokens, its
+    // duration without an error, and the time to its first chunk.
+    for (token_type, tokens) in [("input", 812.0), ("output", 23.0)] {
+        let sums = metric_lines(
+            &app,
+            "gen_ai_client_token_usage_sum",
+            &format!(r#"{OPENAI},gen_ai_token_type="{token_type}"}}"#),
+        )
+        .await?;
+        let value: f64 = sums
+            .first()
+            .and_then(|l| l.split_whitespace().last())
+            .unwrap_or_default()
+            .parse()?;
+        assert_eq!(value, tokens, "{token_type}: {sums:?}");
+    }
+    let durations = metric_lines(
+        &app,
+        "gen_ai_client_operation_duration_seconds_count",
+        &format!("{OPENAI}}}"),
+    )
+    .await?;
+    assert_eq!(durations.len(), 1, "{durations:?}");
+    assert!(
+        !metric_lines(
+            &app,
+            "gen_ai_client_operation_time_to_first_chunk_seconds_count",
+            OPENAI
+        )
+        .await?
+        .is_empty()
+    );
     Ok(())
 }
 
@@ -105,6 +153,17 @@ async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyho
     );
     // The acknowledged turn is stored; no partial reply is.
     assert_eq!(app.count_rows("conversation.messages").await?, 1);
+    // The failed generation is counted by its kind of failure.
+    assert_eq!(
+        metric_lines(
+            &app,
+            "gen_ai_client_operation_duration_seconds_count",
+            &format!(r#"{OPENAI},error_type="stream_cut"}}"#)
+        )
+        .await?
+        .len(),
+        1
+    );
 
     let retried = send(&mut client, &id, "Velocity is too slow.", "same").await?;
     assert_eq!(

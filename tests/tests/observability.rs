@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tonic::Code;
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{TestApp, http_get, new_conversation, send};
+use tp_e2e::{TestApp, conversations_via, http_get, new_conversation, send};
 
 const SEND: &str = "thoughtpartner.v1.ConversationService/SendMessage";
 const SEARCH: &str = "thoughtpartner.v1.KnowledgeService/Search";
@@ -129,6 +129,52 @@ async fn scrape_until(
     Ok(samples)
 }
 
+/// The samples of `series` whose labels include all of `labels`.
+fn with_labels<'a>(
+    samples: &'a [Sample],
+    series: &str,
+    labels: &[(&str, &str)],
+) -> Vec<&'a Sample> {
+    samples
+        .iter()
+        .filter(|s| {
+            s.name == series
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
+        .collect()
+}
+
+/// The value of a `_count` or `_total` sample line (the last field).
+async fn sample_value(
+    addr: SocketAddr,
+    series: &str,
+    labels: &[(&str, &str)],
+) -> anyhow::Result<f64> {
+    let body = http_get(addr, "/metrics").await?.body;
+    let mut total = 0.0;
+    for line in body.lines().filter(|l| l.starts_with(series)) {
+        let parsed = parse(line);
+        let Some(sample) = parsed.first() else {
+            continue;
+        };
+        if sample.name == series
+            && labels
+                .iter()
+                .all(|(k, v)| sample.labels.get(*k).map(String::as_str) == Some(*v))
+        {
+            let value = line
+                .split(" # ")
+                .next()
+                .and_then(|l| l.split_whitespace().last())
+                .unwrap_or_default();
+            total += value.parse::<f64>()?;
+        }
+    }
+    Ok(total)
+}
+
 fn is_trace_id(value: &str) -> bool {
     value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit()) && value != "0".repeat(32)
 }
@@ -171,6 +217,14 @@ async fn rpc_metrics_health_and_canonical_events() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let secret = "Our on-call rota has burnt out two seniors since the reorg";
     let (tenant, conversation_id) = exercise(&app, secret).await?;
+    // A call with a token the gateway cannot verify.
+    let refused = app
+        .conversations_with_auth(Some("Bearer not.a.token"))
+        .await?
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await
+        .expect_err("a bad token is refused");
+    assert_eq!(refused.code(), Code::Unauthenticated);
 
     // The gateway: fully-qualified methods, status names, the tenant.
     let gateway = scrape_until(app.gateway_http_addr, |s| {
@@ -224,6 +278,43 @@ async fn rpc_metrics_health_and_canonical_events() -> anyhow::Result<()> {
         "gateway: no pool gauge"
     );
 
+    // Authentication, by mode and outcome: the caller's bad token is
+    // `rejected`, not an error of ours.
+    for outcome in ["accepted", "rejected"] {
+        assert!(
+            !with_labels(
+                &gateway,
+                "tp_auth_duration_seconds_bucket",
+                &[("tp_auth_mode", "hs256"), ("tp_auth_outcome", outcome)]
+            )
+            .is_empty(),
+            "gateway: no tp.auth.duration {outcome}"
+        );
+    }
+    assert!(
+        with_labels(
+            &gateway,
+            "tp_auth_duration_seconds_bucket",
+            &[("tp_auth_outcome", "error")]
+        )
+        .is_empty(),
+        "gateway: an auth error with the IdP out of the picture"
+    );
+    // The access layer's read of the membership (the cache starts empty).
+    assert!(
+        !with_labels(
+            &gateway,
+            "db_client_operation_duration_seconds_bucket",
+            &[
+                ("db_operation_name", "lookup_membership"),
+                ("db_system_name", "postgresql"),
+                ("tp_component", "gateway"),
+            ]
+        )
+        .is_empty(),
+        "gateway: no db.client.operation.duration for the membership lookup"
+    );
+
     // Internal services: their own registries, no tenant on metrics.
     let conversation = scrape_until(app.conversation_http_addr, |s| {
         !buckets(s, metric, SEND, Some("OK")).is_empty()
@@ -265,6 +356,69 @@ async fn rpc_metrics_health_and_canonical_events() -> anyhow::Result<()> {
                 && s.labels.get("tp_responder").map(String::as_str) == Some("offline")),
         "conversation: no tp.coach.replies"
     );
+    // The reply's generation, by the offline coach: its duration, time to
+    // first chunk and (estimated) tokens both ways, without an error.
+    let offline = [
+        ("gen_ai_operation_name", "chat"),
+        ("gen_ai_provider_name", "thoughtpartner.offline"),
+        ("gen_ai_request_model", "coach"),
+    ];
+    let generations = with_labels(
+        &conversation,
+        "gen_ai_client_operation_duration_seconds_bucket",
+        &offline,
+    );
+    assert!(!generations.is_empty(), "conversation: no gen_ai duration");
+    assert!(
+        generations
+            .iter()
+            .all(|s| !s.labels.contains_key("error_type")),
+        "{generations:?}"
+    );
+    assert!(
+        !with_labels(
+            &conversation,
+            "gen_ai_client_operation_time_to_first_chunk_seconds_bucket",
+            &offline
+        )
+        .is_empty(),
+        "conversation: no gen_ai time to first chunk"
+    );
+    for token_type in ["input", "output"] {
+        let mut labels = offline.to_vec();
+        labels.push(("gen_ai_token_type", token_type));
+        assert!(
+            sample_value(
+                app.conversation_http_addr,
+                "gen_ai_client_token_usage_sum",
+                &labels
+            )
+            .await?
+                > 0.0,
+            "conversation: no {token_type} tokens"
+        );
+    }
+    // The SendMessage's two transactions, and the ListMessages one, each
+    // under its operation's name; none failed.
+    for operation in ["begin_exchange", "complete_exchange", "list_messages"] {
+        let series = with_labels(
+            &conversation,
+            "db_client_operation_duration_seconds_bucket",
+            &[
+                ("db_operation_name", operation),
+                ("db_system_name", "postgresql"),
+                ("tp_component", "conversation"),
+            ],
+        );
+        assert!(
+            !series.is_empty(),
+            "conversation: no db operation {operation}"
+        );
+        assert!(
+            series.iter().all(|s| !s.labels.contains_key("error_type")),
+            "{series:?}"
+        );
+    }
     let knowledge = scrape_until(app.knowledge_http_addr, |s| {
         !buckets(s, metric, RETRIEVE, Some("OK")).is_empty()
     })
@@ -276,6 +430,22 @@ async fn rpc_metrics_health_and_canonical_events() -> anyhow::Result<()> {
             series
                 .iter()
                 .all(|s| s.labels["tp_component"] == "knowledge")
+        );
+    }
+
+    // Search ranks the corpus and the tenant's passages.
+    for operation in ["rank_entries", "rank_passages"] {
+        assert!(
+            !with_labels(
+                &knowledge,
+                "db_client_operation_duration_seconds_bucket",
+                &[
+                    ("db_operation_name", operation),
+                    ("tp_component", "knowledge")
+                ]
+            )
+            .is_empty(),
+            "knowledge: no db operation {operation}"
         );
     }
 
@@ -383,6 +553,54 @@ async fn rpc_metrics_health_and_canonical_events() -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn rate_limit_rejections_are_counted_by_scope_and_tenant() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (tenant, token) = app.tenant_with_member("Noisy", "nina").await?;
+    // A user may make two calls, then one every ten seconds; the tenant's
+    // limit is far away, so every refusal is the user's.
+    let (gateway, http) = app
+        .spawn_gateway_with_http(|config| {
+            config.rate_user_per_second = 0.1;
+            config.rate_user_burst = 2;
+            config.rate_tenant_per_second = 100.0;
+            config.rate_tenant_burst = 100;
+            config.rate_hold_ms = 0;
+        })
+        .await?;
+    let mut client = conversations_via(gateway, &token).await?;
+    let mut refused = 0;
+    for _ in 0..5 {
+        if let Err(status) = client
+            .list_conversations(pb::ListConversationsRequest::default())
+            .await
+        {
+            assert_eq!(status.code(), Code::ResourceExhausted);
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 3);
+    let tenant = tenant.to_string();
+    let counted = sample_value(
+        http,
+        "tp_rate_limit_rejections_total",
+        &[
+            ("tp_limit_scope", "user"),
+            ("tp_tenant_id", tenant.as_str()),
+        ],
+    )
+    .await?;
+    assert_eq!(counted, 3.0);
+    let by_tenant = sample_value(
+        http,
+        "tp_rate_limit_rejections_total",
+        &[("tp_limit_scope", "tenant")],
+    )
+    .await?;
+    assert_eq!(by_tenant, 0.0);
     Ok(())
 }
 

@@ -261,6 +261,10 @@ impl TokenVerifier for JwksVerifier {
     ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>> {
         Box::pin(self.verify_token(token))
     }
+
+    fn kind(&self, _token: Option<&str>) -> crate::VerifierKind {
+        crate::VerifierKind::Jwks
+    }
 }
 
 fn validation(alg: Algorithm, settings: &JwksSettings) -> Validation {

@@ -19,7 +19,7 @@ mod jwks;
 mod layer;
 
 pub use jwks::{JwksError, JwksSettings, JwksVerifier};
-pub use layer::{AuthLayer, Authenticate};
+pub use layer::{AuthAttempt, AuthLayer, AuthOutcome, Authenticate};
 
 /// Who a verified token says the caller is. Operators have no tenant.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,6 +149,12 @@ pub enum AuthError {
 }
 
 impl AuthError {
+    /// Whether the failure is ours rather than the caller's: the token may
+    /// be fine, but the identity provider's keys could not be had.
+    pub fn is_ours(&self) -> bool {
+        matches!(self, AuthError::KeysUnavailable)
+    }
+
     /// Maps a signature or validation failure from `jsonwebtoken`.
     fn from_jwt(error: &jsonwebtoken::errors::Error) -> Self {
         match error.kind() {
@@ -171,12 +177,25 @@ impl AuthError {
     }
 }
 
+/// Which kind of verifier handles a token: the shared HS256 secret or the
+/// identity provider's JWKS (what the gateway's metrics call `tp.auth.mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifierKind {
+    Hs256,
+    Jwks,
+}
+
 /// Turns a bearer token into a [`Principal`].
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify<'a>(
         &'a self,
         token: &'a str,
     ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>>;
+
+    /// The verifier `token` goes to; with no token (or one no verifier
+    /// takes), the one this verifier relies on first, so every attempt
+    /// counts under a configured mode.
+    fn kind(&self, token: Option<&str>) -> VerifierKind;
 }
 
 /// Verifies HS256 tokens signed with a shared secret (local and dev).
@@ -212,6 +231,10 @@ impl TokenVerifier for Hs256Verifier {
     ) -> Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send + 'a>> {
         Box::pin(std::future::ready(self.verify_now(token)))
     }
+
+    fn kind(&self, _token: Option<&str>) -> VerifierKind {
+        VerifierKind::Hs256
+    }
 }
 
 /// The verifiers a gateway trusts, chosen per token by its `alg` header:
@@ -234,6 +257,19 @@ impl TokenVerifier for ByAlgorithm {
             (Ok(Algorithm::HS256), Some(hs256), _) => hs256.verify(token),
             (Ok(Algorithm::RS256 | Algorithm::ES256), _, Some(jwks)) => jwks.verify(token),
             _ => Box::pin(std::future::ready(Err(AuthError::Malformed))),
+        }
+    }
+
+    fn kind(&self, token: Option<&str>) -> VerifierKind {
+        // Reading the header costs a base64 decode of a few dozen bytes.
+        let algorithm = token.and_then(|t| jsonwebtoken::decode_header(t).ok().map(|h| h.alg));
+        match algorithm {
+            Some(Algorithm::HS256) if self.hs256.is_some() => VerifierKind::Hs256,
+            Some(Algorithm::RS256 | Algorithm::ES256) if self.jwks.is_some() => VerifierKind::Jwks,
+            // No usable token: count it under the production verifier when
+            // there is one.
+            _ if self.jwks.is_some() => VerifierKind::Jwks,
+            _ => VerifierKind::Hs256,
         }
     }
 }

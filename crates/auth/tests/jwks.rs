@@ -536,4 +536,15 @@ async fn each_token_goes_to_the_verifier_of_its_algorithm() {
         dev_only.verify(&rs256_token).await,
         Err(AuthError::Malformed)
     );
+
+    // The mode each attempt is counted under: the token's verifier, else
+    // the production one when there is one.
+    use tp_auth::VerifierKind::{Hs256, Jwks};
+    assert_eq!(both.kind(Some(&hs256_token)), Hs256);
+    assert_eq!(both.kind(Some(&rs256_token)), Jwks);
+    assert_eq!(both.kind(None), Jwks);
+    assert_eq!(both.kind(Some("garbage")), Jwks);
+    assert_eq!(jwks_only.kind(Some(&hs256_token)), Jwks);
+    assert_eq!(dev_only.kind(Some(&rs256_token)), Hs256);
+    assert_eq!(dev_only.kind(None), Hs256);
 }

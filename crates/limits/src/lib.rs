@@ -38,6 +38,33 @@ pub use stream_layer::{
 };
 pub use streams::{STREAM_RETRY_AFTER, StreamPermit, StreamSlots, TooManyStreams};
 
+use std::sync::Arc;
+
+/// Which limit turned a call away, as an observer is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// The tenant's request rate.
+    Tenant,
+    /// The user's request rate.
+    User,
+    /// The tenant's cap on concurrent streaming calls.
+    Streams,
+}
+
+impl From<LimitKind> for Scope {
+    fn from(kind: LimitKind) -> Self {
+        match kind {
+            LimitKind::Tenant => Scope::Tenant,
+            LimitKind::User => Scope::User,
+        }
+    }
+}
+
+/// Told of every rejection: the limit and the tenant (never the user, an
+/// unbounded set). Set with the layers' `on_rejection`, so the gateway can
+/// count rejections without this crate knowing its metrics.
+pub type RejectionObserver = Arc<dyn Fn(Scope, &str) + Send + Sync>;
+
 /// Who a call is charged to. Tenant and user are opaque keys (the tenant id
 /// and the token's subject); the plan selects the limits.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

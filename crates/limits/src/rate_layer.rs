@@ -11,9 +11,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::Subject;
 use crate::config::{ConfigError, LimitsConfig};
 use crate::limiter::RateLimiter;
+use crate::{RejectionObserver, Scope, Subject};
 
 /// Checks every call that has a [`Subject`] against its tenant's and user's
 /// rate and answers excess calls with `RESOURCE_EXHAUSTED` before any handler
@@ -24,6 +24,7 @@ pub struct RateLimitLayer<F> {
     extract: Arc<F>,
     hold: Duration,
     spread: Arc<Spread>,
+    on_rejection: Option<RejectionObserver>,
 }
 
 impl<F> RateLimitLayer<F> {
@@ -43,7 +44,15 @@ impl<F> RateLimitLayer<F> {
             extract: Arc::new(extract),
             hold: Duration::ZERO,
             spread: Arc::new(Spread::default()),
+            on_rejection: None,
         }
+    }
+
+    /// Calls `observer` with the limit ([`Scope::Tenant`] or
+    /// [`Scope::User`]) and the tenant of every call this layer rejects.
+    pub fn on_rejection(mut self, observer: RejectionObserver) -> Self {
+        self.on_rejection = Some(observer);
+        self
     }
 
     /// Holds each rejection for `hold` before answering. A client that
@@ -78,6 +87,7 @@ impl<F> Clone for RateLimitLayer<F> {
             extract: Arc::clone(&self.extract),
             hold: self.hold,
             spread: Arc::clone(&self.spread),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -92,6 +102,7 @@ impl<S, F> Layer<S> for RateLimitLayer<F> {
             extract: Arc::clone(&self.extract),
             hold: self.hold,
             spread: Arc::clone(&self.spread),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -103,6 +114,7 @@ pub struct RateLimit<S, F> {
     extract: Arc<F>,
     hold: Duration,
     spread: Arc<Spread>,
+    on_rejection: Option<RejectionObserver>,
 }
 
 impl<S: Clone, F> Clone for RateLimit<S, F> {
@@ -113,6 +125,7 @@ impl<S: Clone, F> Clone for RateLimit<S, F> {
             extract: Arc::clone(&self.extract),
             hold: self.hold,
             spread: Arc::clone(&self.spread),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -169,6 +182,9 @@ where
                 retry_after_ms = u64::try_from(limited.retry_after.as_millis()).unwrap_or(u64::MAX),
                 "call rejected: request rate limit"
             );
+            if let Some(observer) = &self.on_rejection {
+                observer(Scope::from(limited.limit), &subject.tenant);
+            }
             let hold = self.hold + self.hold.mul_f64(self.spread.next_fraction());
             return RateLimitFuture::Rejected {
                 response: Some(limited.to_status().into_http()),

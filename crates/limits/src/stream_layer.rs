@@ -11,9 +11,9 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::Subject;
 use crate::config::{ConfigError, LimitsConfig, validate_method_path};
 use crate::streams::{StreamPermit, StreamSlots};
+use crate::{RejectionObserver, Scope, Subject};
 
 /// Caps how many calls on `paths` (gRPC method paths such as
 /// `/thoughtpartner.v1.ConversationService/SendMessage`) each tenant may have
@@ -27,6 +27,7 @@ pub struct StreamConcurrencyLayer<F> {
     slots: Arc<StreamSlots>,
     paths: Arc<HashSet<String>>,
     extract: Arc<F>,
+    on_rejection: Option<RejectionObserver>,
 }
 
 impl<F> StreamConcurrencyLayer<F> {
@@ -53,7 +54,15 @@ impl<F> StreamConcurrencyLayer<F> {
             )?),
             paths: Arc::new(paths),
             extract: Arc::new(extract),
+            on_rejection: None,
         })
+    }
+
+    /// Calls `observer` with [`Scope::Streams`] and the tenant of every
+    /// call this layer rejects.
+    pub fn on_rejection(mut self, observer: RejectionObserver) -> Self {
+        self.on_rejection = Some(observer);
+        self
     }
 
     /// The counts behind the layer (for metrics and tests).
@@ -68,6 +77,7 @@ impl<F> Clone for StreamConcurrencyLayer<F> {
             slots: Arc::clone(&self.slots),
             paths: Arc::clone(&self.paths),
             extract: Arc::clone(&self.extract),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -81,6 +91,7 @@ impl<S, F> Layer<S> for StreamConcurrencyLayer<F> {
             slots: Arc::clone(&self.slots),
             paths: Arc::clone(&self.paths),
             extract: Arc::clone(&self.extract),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -91,6 +102,7 @@ pub struct StreamConcurrency<S, F> {
     slots: Arc<StreamSlots>,
     paths: Arc<HashSet<String>>,
     extract: Arc<F>,
+    on_rejection: Option<RejectionObserver>,
 }
 
 impl<S: Clone, F> Clone for StreamConcurrency<S, F> {
@@ -100,6 +112,7 @@ impl<S: Clone, F> Clone for StreamConcurrency<S, F> {
             slots: Arc::clone(&self.slots),
             paths: Arc::clone(&self.paths),
             extract: Arc::clone(&self.extract),
+            on_rejection: self.on_rejection.clone(),
         }
     }
 }
@@ -134,6 +147,9 @@ where
                         max_streams = refused.max,
                         "call rejected: too many concurrent streams"
                     );
+                    if let Some(observer) = &self.on_rejection {
+                        observer(Scope::Streams, &subject.tenant);
+                    }
                     return StreamConcurrencyFuture::Rejected {
                         response: Some(refused.to_status().into_http()),
                     };

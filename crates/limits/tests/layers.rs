@@ -12,12 +12,13 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body::{Body, Frame};
+use std::sync::Mutex;
 use tonic::Code;
 use tonic_types::StatusExt;
 use tower::{Layer, ServiceExt, service_fn};
 use tp_limits::{
-    ConfigError, LimitsConfig, Rate, RateLimitLayer, RateLimits, STREAM_RETRY_AFTER,
-    StreamConcurrencyLayer, Subject,
+    ConfigError, LimitsConfig, Rate, RateLimitLayer, RateLimits, RejectionObserver,
+    STREAM_RETRY_AFTER, Scope, StreamConcurrencyLayer, Subject,
 };
 
 const SEND_MESSAGE: &str = "/thoughtpartner.v1.ConversationService/SendMessage";
@@ -55,6 +56,22 @@ fn request(
     request
 }
 
+/// Rejections an observer was told of: the limit and the tenant.
+type Seen = Arc<Mutex<Vec<(Scope, String)>>>;
+
+fn observer() -> (RejectionObserver, Seen) {
+    let seen: Seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let observer: RejectionObserver = Arc::new(move |scope, tenant: &str| {
+        sink.lock().unwrap().push((scope, tenant.to_owned()));
+    });
+    (observer, seen)
+}
+
+fn seen(seen: &Seen) -> Vec<(Scope, String)> {
+    seen.lock().unwrap().clone()
+}
+
 fn grpc_status<B>(response: &http::Response<B>) -> Option<tonic::Status> {
     tonic::Status::from_header_map(response.headers())
 }
@@ -88,7 +105,10 @@ fn counting_handler(
 #[tokio::test]
 async fn a_user_over_their_rate_is_rejected_with_retry_info() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = RateLimitLayer::new(&config(rate(1000.0, 100), rate(0.5, 2)), subject_of).unwrap();
+    let (observe, rejections) = observer();
+    let layer = RateLimitLayer::new(&config(rate(1000.0, 100), rate(0.5, 2)), subject_of)
+        .unwrap()
+        .on_rejection(observe);
     let service = layer.layer(counting_handler(&calls));
     let alice = Subject::new("tenant-1", "alice", "free");
 
@@ -134,6 +154,11 @@ async fn a_user_over_their_rate_is_rejected_with_retry_info() {
         2,
         "the handler ran for a rejected call"
     );
+    // The observer hears of the one rejection: the user's limit, the tenant.
+    assert_eq!(
+        seen(&rejections),
+        vec![(Scope::User, "tenant-1".to_owned())]
+    );
 
     // Another user of the same tenant is not affected.
     let bob = Subject::new("tenant-1", "bob", "free");
@@ -149,7 +174,10 @@ async fn a_user_over_their_rate_is_rejected_with_retry_info() {
 #[tokio::test]
 async fn a_tenant_over_its_rate_is_rejected_and_other_tenants_are_not() {
     let calls = Arc::new(AtomicUsize::new(0));
-    let layer = RateLimitLayer::new(&config(rate(0.01, 2), rate(1000.0, 100)), subject_of).unwrap();
+    let (observe, rejections) = observer();
+    let layer = RateLimitLayer::new(&config(rate(0.01, 2), rate(1000.0, 100)), subject_of)
+        .unwrap()
+        .on_rejection(observe);
     let service = layer.layer(counting_handler(&calls));
 
     for user in ["a", "b"] {
@@ -191,6 +219,10 @@ async fn a_tenant_over_its_rate_is_rejected_and_other_tenants_are_not() {
         .unwrap();
     assert!(grpc_status(&response).is_none());
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(
+        seen(&rejections),
+        vec![(Scope::Tenant, "tenant-1".to_owned())]
+    );
 }
 
 #[tokio::test]
@@ -321,7 +353,8 @@ fn tenant(name: &str) -> Option<Subject> {
 
 #[tokio::test]
 async fn the_third_open_stream_of_a_tenant_is_rejected_until_one_is_dropped() {
-    let layer = stream_layer(2);
+    let (observe, rejections) = observer();
+    let layer = stream_layer(2).on_rejection(observe);
     let slots = Arc::clone(layer.slots());
     let service = layer.layer(streaming_handler());
 
@@ -356,6 +389,7 @@ async fn the_third_open_stream_of_a_tenant_is_rejected_until_one_is_dropped() {
     assert_eq!(STREAM_RETRY_AFTER, Duration::from_secs(1));
     assert!(!a3.body().holds_slot());
     assert_eq!(slots.open("a"), 2);
+    assert_eq!(seen(&rejections), vec![(Scope::Streams, "a".to_owned())]);
 
     // Another tenant is not held back by the first one's streams.
     let b1 = service
@@ -388,6 +422,8 @@ async fn the_third_open_stream_of_a_tenant_is_rejected_until_one_is_dropped() {
 
     drop((a2, a4, b1));
     assert_eq!(slots.tenants_with_open_streams(), 0);
+    // Admitted calls are not rejections.
+    assert_eq!(seen(&rejections).len(), 1);
 }
 
 #[tokio::test]

@@ -109,6 +109,10 @@ pub enum LlmError {
     Config(String),
 }
 
+/// What [`LlmError::Transport`] says when reqwest gave up waiting (the
+/// connect or idle timeout), as opposed to failing outright.
+const TRANSPORT_TIMED_OUT: &str = "timed out";
+
 impl LlmError {
     /// reqwest errors can carry the URL; never the headers. Keep only the
     /// kind of failure, so no secret can leak through an error message.
@@ -116,13 +120,30 @@ impl LlmError {
         let kind = if e.is_connect() {
             "connection failed"
         } else if e.is_timeout() {
-            "timed out"
+            TRANSPORT_TIMED_OUT
         } else if e.is_body() || e.is_decode() {
             "body could not be read"
         } else {
             "request failed"
         };
         LlmError::Transport(kind.to_owned())
+    }
+
+    /// A short name for the failure from a small fixed set, for metrics
+    /// (`error.type`): never the message, which may quote the provider.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LlmError::Status { status: 429, .. } => "http_429",
+            LlmError::Status { status, .. } if *status >= 500 => "http_5xx",
+            LlmError::Status { .. } => "http_4xx",
+            LlmError::Timeout(_) => "timeout",
+            LlmError::Transport(kind) if kind == TRANSPORT_TIMED_OUT => "timeout",
+            LlmError::Transport(_) => "transport",
+            LlmError::Protocol(_) => "protocol",
+            LlmError::Provider(_) => "provider_error",
+            LlmError::Truncated => "stream_cut",
+            LlmError::Config(_) => "config",
+        }
     }
 }
 
@@ -491,6 +512,32 @@ mod tests {
                     output_tokens: 7
                 })
             ]
+        );
+    }
+
+    #[test]
+    fn error_kinds_are_a_small_fixed_set() {
+        let status = |status| LlmError::Status {
+            status,
+            attempts: 1,
+        };
+        assert_eq!(status(429).kind(), "http_429");
+        assert_eq!(status(503).kind(), "http_5xx");
+        assert_eq!(status(401).kind(), "http_4xx");
+        assert_eq!(LlmError::Timeout(Duration::from_secs(1)).kind(), "timeout");
+        assert_eq!(
+            LlmError::Transport(TRANSPORT_TIMED_OUT.into()).kind(),
+            "timeout"
+        );
+        assert_eq!(
+            LlmError::Transport("connection failed".into()).kind(),
+            "transport"
+        );
+        assert_eq!(LlmError::Truncated.kind(), "stream_cut");
+        // The provider's own words never become the kind.
+        assert_eq!(
+            LlmError::Provider("Overloaded: try later".into()).kind(),
+            "provider_error"
         );
     }
 

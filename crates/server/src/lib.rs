@@ -155,6 +155,16 @@ pub fn internal_channel(
     Ok(tp_telemetry::ClientTraceLayer::new(metrics.clone()).layer(channel))
 }
 
+/// A transaction timer for a service's stores that records each
+/// transaction into `metrics` (`db.client.operation.duration`), so
+/// `tp-store` needs no metrics of its own.
+pub fn db_timer(metrics: &tp_telemetry::Metrics) -> tp_store::TxTimer {
+    let metrics = metrics.clone();
+    tp_store::TxTimer::new(move |record| {
+        metrics.db_operation(record.operation, record.duration, record.error_type);
+    })
+}
+
 /// Copies the caller's tenant and member from the [`tp_context::RequestContext`]
 /// (put there by `RequireContextLayer`) into the call's canonical record;
 /// for `ServiceBuilder::map_request`, right after that layer.

@@ -7,12 +7,14 @@
 
 pub mod paging;
 
+use std::future::Future;
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor, PgPool, Postgres, Transaction};
+use sqlx::{Executor, PgConnection, PgPool, Postgres, Transaction};
 use tp_context::TenantId;
 
 /// The role every service connects as. Migrations grant it table privileges;
@@ -132,4 +134,241 @@ pub async fn begin_tenant_tx(
         tenant.as_uuid().hyphenated()
     );
     Ok(pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+}
+
+/// What [`TxTimer`] reports of one transaction: the operation it served (a
+/// code-chosen name from a small fixed set, never anything a caller sent),
+/// how long it took from asking the pool for a connection to its end, and
+/// why it failed, if it did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxRecord {
+    pub operation: &'static str,
+    pub duration: Duration,
+    pub error_type: Option<&'static str>,
+}
+
+/// `error_type` of a transaction that ended without a commit: the operation
+/// failed part-way (or chose to undo its work) and everything was rolled back.
+pub const ROLLED_BACK: &str = "rollback";
+
+/// A bounded name for a database error, for `error.type`: never the
+/// message, which can quote the statement or the data.
+pub fn error_type(error: &sqlx::Error) -> &'static str {
+    match error {
+        sqlx::Error::PoolTimedOut => "pool_timeout",
+        sqlx::Error::PoolClosed => "pool_closed",
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => "connection",
+        sqlx::Error::Database(_) => "database",
+        _ => "other",
+    }
+}
+
+type TxObserver = Arc<dyn Fn(TxRecord) + Send + Sync>;
+
+/// Times tenant transactions for a service's metrics, without this crate
+/// knowing the metrics: the service hands in what to do with each
+/// [`TxRecord`]. A disabled timer (the default) opens plain timed-nowhere
+/// transactions, so stores built without one (benchmarks, tools) still work.
+#[derive(Clone, Default)]
+pub struct TxTimer {
+    observer: Option<TxObserver>,
+}
+
+impl std::fmt::Debug for TxTimer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TxTimer")
+            .field("enabled", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl TxTimer {
+    pub fn new(observer: impl Fn(TxRecord) + Send + Sync + 'static) -> Self {
+        Self {
+            observer: Some(Arc::new(observer)),
+        }
+    }
+
+    /// A timer that reports nothing.
+    pub fn disabled() -> Self {
+        Self::default()
+    }
+
+    fn report(&self, operation: &'static str, started: Instant, error_type: Option<&'static str>) {
+        if let Some(observer) = &self.observer {
+            observer(TxRecord {
+                operation,
+                duration: started.elapsed(),
+                error_type,
+            });
+        }
+    }
+
+    /// [`begin_tenant_tx`], timed as `operation` until the transaction is
+    /// committed, closed or dropped. A failure to begin (no connection in
+    /// time, the database down) is reported too: that is when a request
+    /// waits longest.
+    pub async fn begin(
+        &self,
+        pool: &PgPool,
+        tenant: TenantId,
+        operation: &'static str,
+    ) -> Result<TenantTx, StoreError> {
+        let started = Instant::now();
+        match begin_tenant_tx(pool, tenant).await {
+            Ok(tx) => Ok(TenantTx {
+                tx,
+                timing: Timing {
+                    timer: self.clone(),
+                    operation,
+                    started,
+                    ended: None,
+                },
+            }),
+            Err(e) => {
+                let kind = match &e {
+                    StoreError::Database(e) => error_type(e),
+                    _ => "other",
+                };
+                self.report(operation, started, Some(kind));
+                Err(e)
+            }
+        }
+    }
+
+    /// Times one statement run outside a tenant transaction (e.g. on the
+    /// shared, non-tenant corpus) as `operation`.
+    pub async fn time<T>(
+        &self,
+        operation: &'static str,
+        statement: impl Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let started = Instant::now();
+        let result = statement.await;
+        self.report(operation, started, result.as_ref().err().map(error_type));
+        result
+    }
+}
+
+/// Reports its transaction when dropped, so every way a [`TenantTx`] ends
+/// (commit, an early `?` return, a cancelled request) is counted once.
+struct Timing {
+    timer: TxTimer,
+    operation: &'static str,
+    started: Instant,
+    /// `Some(error_type)` once the transaction ended on purpose; `None`
+    /// means it was abandoned, i.e. rolled back.
+    ended: Option<Option<&'static str>>,
+}
+
+impl Drop for Timing {
+    fn drop(&mut self) {
+        let error_type = self.ended.unwrap_or(Some(ROLLED_BACK));
+        self.timer.report(self.operation, self.started, error_type);
+    }
+}
+
+/// A tenant-scoped transaction timed by a [`TxTimer`]. It derefs to the
+/// connection, so `&mut *tx` and `&mut tx` work as with a
+/// `sqlx::Transaction`; dropping it rolls back (and is reported as
+/// [`ROLLED_BACK`]).
+pub struct TenantTx {
+    tx: Transaction<'static, Postgres>,
+    timing: Timing,
+}
+
+impl TenantTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        let TenantTx { tx, mut timing } = self;
+        let result = tx.commit().await;
+        timing.ended = Some(result.as_ref().err().map(error_type));
+        result
+    }
+
+    /// Ends a read-only transaction without waiting for a COMMIT: dropping
+    /// it queues the ROLLBACK, which sqlx sends as the connection returns
+    /// to the pool, so the caller saves a round trip and loses nothing.
+    /// Reported as a success.
+    pub fn close_read_only(self) {
+        let TenantTx { tx, mut timing } = self;
+        drop(tx);
+        timing.ended = Some(None);
+    }
+}
+
+impl std::ops::Deref for TenantTx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for TenantTx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.tx
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    fn recording() -> (TxTimer, Arc<Mutex<Vec<TxRecord>>>) {
+        let records = Arc::new(Mutex::new(Vec::new()));
+        let sink = records.clone();
+        let timer = TxTimer::new(move |record| {
+            sink.lock().unwrap_or_else(|e| e.into_inner()).push(record);
+        });
+        (timer, records)
+    }
+
+    #[tokio::test]
+    async fn timed_statements_report_their_operation_and_failure_kind() {
+        let (timer, records) = recording();
+        let ok: Result<u8, sqlx::Error> = timer.time("search", async { Ok(1) }).await;
+        assert_eq!(ok.ok(), Some(1));
+        let failed: Result<u8, sqlx::Error> = timer
+            .time("search", async { Err(sqlx::Error::PoolTimedOut) })
+            .await;
+        assert!(failed.is_err());
+        let records = records.lock().unwrap().clone();
+        let kinds: Vec<(&str, Option<&str>)> = records
+            .iter()
+            .map(|r| (r.operation, r.error_type))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![("search", None), ("search", Some("pool_timeout"))]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_begin_is_reported() {
+        let (timer, records) = recording();
+        // Nothing listens on port 1: the pool cannot hand out a connection.
+        let pool = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_millis(200))
+            .connect_lazy("postgres://tp_app@127.0.0.1:1/none")
+            .expect("a lazy pool");
+        let tenant: TenantId = "7f0c0a36-2a8e-4d43-9c5a-5b0c2a0e9d10"
+            .parse()
+            .expect("a tenant id");
+        assert!(timer.begin(&pool, tenant, "get_thing").await.is_err());
+        let records = records.lock().unwrap().clone();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].operation, "get_thing");
+        assert!(records[0].error_type.is_some());
+    }
+
+    #[test]
+    fn database_errors_have_bounded_names() {
+        assert_eq!(error_type(&sqlx::Error::PoolTimedOut), "pool_timeout");
+        assert_eq!(error_type(&sqlx::Error::RowNotFound), "other");
+        assert_eq!(
+            error_type(&sqlx::Error::Protocol("anything at all".into())),
+            "connection"
+        );
+    }
 }

@@ -4,7 +4,7 @@
 //! back for storage. Only the "produce the reply" step differs between
 //! responders.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
 use tp_coach::rules;
@@ -12,7 +12,7 @@ use tp_coach::{ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
-use tp_telemetry::{Metrics, TraceClient};
+use tp_telemetry::{GenAiProvider, Metrics, TokenType, TraceClient};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -49,6 +49,20 @@ pub enum Responder {
 }
 
 impl Responder {
+    /// `gen_ai.provider.name` and `gen_ai.request.model` of its replies.
+    fn gen_ai(&self) -> (GenAiProvider, &str) {
+        match self {
+            Responder::Offline => (GenAiProvider::Offline, OFFLINE_MODEL),
+            Responder::Model { client, .. } => (
+                match client.config().kind {
+                    tp_llm::ProviderKind::OpenAiCompatible => GenAiProvider::OpenAi,
+                    tp_llm::ProviderKind::Anthropic => GenAiProvider::Anthropic,
+                },
+                client.config().model.as_str(),
+            ),
+        }
+    }
+
     fn name(&self) -> &'static str {
         match self {
             Responder::Offline => OFFLINE_RESPONDER,
@@ -75,6 +89,13 @@ pub type KnowledgeClient = RetrievalServiceClient<TraceClient<Channel>>;
 
 /// The responder name stored with every reply the offline coach writes.
 pub const OFFLINE_RESPONDER: &str = "offline";
+
+/// The offline coach's `gen_ai.request.model`.
+pub const OFFLINE_MODEL: &str = "coach";
+
+/// `error.type` of a generation abandoned because the client hung up (the
+/// provider's failures are named by [`LlmError::kind`]).
+const CLIENT_GONE: &str = "cancelled";
 
 /// A lookup that takes longer than this is skipped: a reply without
 /// grounding beats no reply.
@@ -167,6 +188,8 @@ impl ReplyPipeline {
             .as_ref()
             .map_or(&[][..], |g| g.passages.as_slice());
 
+        let (provider, model) = self.responder.gen_ai();
+        let mut generation = Generation::start(&self.metrics, provider, model);
         let (text, cited_frameworks, usage) = match &self.responder {
             Responder::Offline => {
                 let reply = tp_coach::reply(&tp_coach::CoachInput {
@@ -178,10 +201,17 @@ impl ReplyPipeline {
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.
                 for piece in deltas(&reply.text, WORDS_PER_DELTA) {
+                    generation.chunk();
                     if events.send(Ok(delta_event(piece))).await.is_err() {
                         break;
                     }
                 }
+                // The coach counts no tokens; estimate them as the prompt
+                // budget does, so its replies and a model's share a scale.
+                generation.succeeded(Some(Usage {
+                    input_tokens: estimated_tokens(message),
+                    output_tokens: estimated_tokens(&reply.text),
+                }));
                 (reply.text, reply.cited_frameworks, None)
             }
             Responder::Model {
@@ -198,7 +228,18 @@ impl ReplyPipeline {
                     *context_tokens,
                     *max_tokens,
                 );
-                let (text, usage) = stream_model(client, &request, events).await?;
+                let (text, usage) =
+                    match stream_model(client, &request, events, &mut generation).await {
+                        Ok(reply) => reply,
+                        Err(e) => {
+                            generation.failed(match &e {
+                                ReplyError::ClientGone => CLIENT_GONE,
+                                ReplyError::Provider(e) => e.kind(),
+                            });
+                            return Err(e);
+                        }
+                    };
+                generation.succeeded(Some(usage));
                 let cited = frameworks
                     .iter()
                     .filter(|f| text.contains(&f.name))
@@ -311,6 +352,7 @@ async fn stream_model(
     client: &LlmClient,
     request: &tp_llm::ChatRequest,
     events: &Events,
+    generation: &mut Generation<'_>,
 ) -> Result<(String, Usage), ReplyError> {
     let mut stream = client.stream(request).await?;
     let mut text = String::new();
@@ -323,6 +365,7 @@ async fn stream_model(
         let Some(event) = next else { break };
         match event? {
             StreamEvent::Delta(delta) => {
+                generation.chunk();
                 if events.send(Ok(delta_event(&delta))).await.is_err() {
                     return Err(ReplyError::ClientGone);
                 }
@@ -332,6 +375,76 @@ async fn stream_model(
         }
     }
     Err(ReplyError::Provider(LlmError::Truncated))
+}
+
+fn estimated_tokens(text: &str) -> u32 {
+    u32::try_from(prompt::estimate_tokens(text)).unwrap_or(u32::MAX)
+}
+
+/// One reply generation as the `gen_ai.client.*` metrics see it: started
+/// when the responder is asked, its first chunk when the first delta
+/// arrives (from the provider, before it is forwarded), finished once.
+/// Measured here rather than in `tp-llm`, so the provider clients stay free
+/// of our metrics and the offline coach is measured the same way.
+struct Generation<'a> {
+    metrics: &'a Metrics,
+    provider: GenAiProvider,
+    model: &'a str,
+    started: Instant,
+    first_chunk_seen: bool,
+}
+
+impl<'a> Generation<'a> {
+    fn start(metrics: &'a Metrics, provider: GenAiProvider, model: &'a str) -> Self {
+        Self {
+            metrics,
+            provider,
+            model,
+            started: Instant::now(),
+            first_chunk_seen: false,
+        }
+    }
+
+    /// A chunk of the reply arrived; the first one is timed.
+    fn chunk(&mut self) {
+        if !self.first_chunk_seen {
+            self.first_chunk_seen = true;
+            self.metrics
+                .gen_ai_first_chunk(self.provider, self.model, self.started.elapsed());
+        }
+    }
+
+    /// The reply is complete; `usage` as reported (or estimated). A count
+    /// of zero is a provider that reported nothing, not a free reply, so it
+    /// is left out rather than recorded.
+    fn succeeded(self, usage: Option<Usage>) {
+        self.metrics
+            .gen_ai_operation(self.provider, self.model, self.started.elapsed(), None);
+        let Some(usage) = usage else { return };
+        for (token_type, tokens) in [
+            (TokenType::Input, usage.input_tokens),
+            (TokenType::Output, usage.output_tokens),
+        ] {
+            if tokens > 0 {
+                self.metrics.gen_ai_tokens(
+                    self.provider,
+                    self.model,
+                    token_type,
+                    u64::from(tokens),
+                );
+            }
+        }
+    }
+
+    /// No reply: `error_type` is a short name from a fixed set.
+    fn failed(self, error_type: &'static str) {
+        self.metrics.gen_ai_operation(
+            self.provider,
+            self.model,
+            self.started.elapsed(),
+            Some(error_type),
+        );
+    }
 }
 
 /// Splits text into stream deltas of a few words each, keeping every byte

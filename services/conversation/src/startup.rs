@@ -68,10 +68,11 @@ impl Application {
             &config.knowledge_url,
             &metrics,
         )?);
-        let usage = UsageHandler::new(pool.clone());
+        let db_timer = tp_server::db_timer(&metrics);
+        let usage = UsageHandler::new(pool.clone()).with_timer(db_timer.clone());
         let ops_pool = pool.clone();
         let handler = ConversationHandler::new(
-            ConversationStore::new(pool),
+            ConversationStore::new(pool).with_timer(db_timer),
             ReplyPipeline::new(
                 knowledge,
                 responder,

@@ -1,12 +1,13 @@
 //! Conversation and transcript persistence. Every function opens its own
-//! short tenant-scoped transaction through [`tp_store::begin_tenant_tx`]; the
+//! short tenant-scoped transaction through [`tp_store::TxTimer::begin`]
+//! (timed, by the operation it serves); the
 //! `user_id` filters keep one member's conversations private from other
 //! members of the same tenant, and row-level security keeps tenants apart.
 
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tp_context::RequestContext;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_store::paging::Page;
 use uuid::Uuid;
 
@@ -81,14 +82,43 @@ macro_rules! message_columns {
     };
 }
 
+/// `db.operation.name` of each transaction the service runs: one fixed
+/// name per store function, never anything from the request.
+pub mod op {
+    pub const CREATE_CONVERSATION: &str = "create_conversation";
+    pub const GET_CONVERSATION: &str = "get_conversation";
+    pub const LIST_CONVERSATIONS: &str = "list_conversations";
+    pub const DELETE_CONVERSATION: &str = "delete_conversation";
+    pub const LIST_MESSAGES: &str = "list_messages";
+    /// SendMessage: the user's turn (and the quota check), before the reply.
+    pub const BEGIN_EXCHANGE: &str = "begin_exchange";
+    /// SendMessage: the assistant's turn, usage and kept profile.
+    pub const COMPLETE_EXCHANGE: &str = "complete_exchange";
+    pub const GET_PROFILE: &str = "get_profile";
+    pub const CLEAR_PROFILE: &str = "clear_profile";
+    pub const GET_MEMBER_USAGE: &str = "get_member_usage";
+    pub const GET_QUOTA_STATUS: &str = "get_quota_status";
+    pub const SET_QUOTA: &str = "set_quota";
+}
+
 #[derive(Clone)]
 pub struct ConversationStore {
     pool: PgPool,
+    timer: TxTimer,
 }
 
 impl ConversationStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            timer: TxTimer::disabled(),
+        }
+    }
+
+    /// Reports how long each transaction took (the service's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 
     pub async fn create(
@@ -96,7 +126,10 @@ impl ConversationStore {
         ctx: &RequestContext,
         title: &str,
     ) -> Result<ConversationRow, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::CREATE_CONVERSATION)
+            .await?;
         let row = sqlx::query_as::<_, ConversationRow>(
             "INSERT INTO conversation.conversations (conversation_id, tenant_id, user_id, title)
              VALUES ($1, $2, $3, $4)
@@ -117,7 +150,10 @@ impl ConversationStore {
         ctx: &RequestContext,
         conversation_id: Uuid,
     ) -> Result<ConversationRow, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::GET_CONVERSATION)
+            .await?;
         let row = sqlx::query_as::<_, ConversationRow>(concat!(
             "SELECT ",
             conversation_columns!(),
@@ -138,7 +174,10 @@ impl ConversationStore {
         ctx: &RequestContext,
         page: &Page,
     ) -> Result<Vec<ConversationRow>, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::LIST_CONVERSATIONS)
+            .await?;
         let rows = sqlx::query_as::<_, ConversationRow>(concat!(
             "SELECT ",
             conversation_columns!(),
@@ -161,7 +200,10 @@ impl ConversationStore {
         ctx: &RequestContext,
         conversation_id: Uuid,
     ) -> Result<(), ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::DELETE_CONVERSATION)
+            .await?;
         let deleted = sqlx::query(
             "DELETE FROM conversation.conversations WHERE conversation_id = $1 AND user_id = $2",
         )
@@ -184,7 +226,10 @@ impl ConversationStore {
         conversation_id: Uuid,
         page: &Page,
     ) -> Result<Vec<MessageRow>, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::LIST_MESSAGES)
+            .await?;
         owned_conversation(&mut tx, ctx, conversation_id, false).await?;
         let rows = sqlx::query_as::<_, MessageRow>(concat!(
             "SELECT ",
@@ -212,7 +257,10 @@ impl ConversationStore {
         content: &str,
         idempotency_key: Option<&str>,
     ) -> Result<Exchange, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::BEGIN_EXCHANGE)
+            .await?;
         // Locking the conversation serialises concurrent sends, so a retry
         // racing its original sees the original's turn.
         owned_conversation(&mut tx, ctx, conversation_id, true).await?;
@@ -304,7 +352,10 @@ impl ConversationStore {
         user_message: &MessageRow,
         reply: &ProducedReply,
     ) -> Result<MessageRow, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::COMPLETE_EXCHANGE)
+            .await?;
         let inserted = sqlx::query_as::<_, MessageRow>(concat!(
             "INSERT INTO conversation.messages
                 (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
@@ -389,7 +440,10 @@ impl ConversationStore {
         &self,
         ctx: &RequestContext,
     ) -> Result<Option<KeptProfile>, ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::GET_PROFILE)
+            .await?;
         let kept = kept_profile(&mut tx, ctx).await?;
         tx.commit().await?;
         Ok(kept)
@@ -397,7 +451,10 @@ impl ConversationStore {
 
     /// Forgets what is kept about the caller.
     pub async fn clear_profile(&self, ctx: &RequestContext) -> Result<(), ConversationError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::CLEAR_PROFILE)
+            .await?;
         sqlx::query("DELETE FROM conversation.member_profiles WHERE user_id = $1")
             .bind(&ctx.user_id)
             .execute(&mut *tx)
@@ -407,7 +464,7 @@ impl ConversationStore {
     }
 }
 
-type Tx = sqlx::Transaction<'static, sqlx::Postgres>;
+type Tx = tp_store::TenantTx;
 
 async fn kept_profile(
     tx: &mut Tx,

@@ -9,7 +9,9 @@ use time::{Date, OffsetDateTime, Time};
 use tonic::{Request, Response, Status};
 use tp_context::RequestContext;
 use tp_proto::internal::conversation::v1 as pb;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
+
+use crate::store::op;
 
 use crate::error::ConversationError;
 
@@ -206,11 +208,21 @@ pub async fn count_tokens(
 /// Internal `UsageService`, for the gateway.
 pub struct UsageHandler {
     pool: PgPool,
+    timer: TxTimer,
 }
 
 impl UsageHandler {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            timer: TxTimer::disabled(),
+        }
+    }
+
+    /// Reports how long each transaction took (the service's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 }
 
@@ -245,7 +257,9 @@ impl pb::usage_service_server::UsageService for UsageHandler {
         let ctx = tp_context::from_request(&request)?;
         let start = time_of(request.get_ref().start_time.as_ref(), "start_time")?;
         let end = time_of(request.get_ref().end_time.as_ref(), "end_time")?;
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::GET_MEMBER_USAGE)
             .await
             .map_err(storage)?;
         // Whole UTC days: the aggregates are daily.
@@ -285,7 +299,9 @@ impl pb::usage_service_server::UsageService for UsageHandler {
             "" => ctx.user_id.clone(),
             other => other.to_owned(),
         };
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::GET_QUOTA_STATUS)
             .await
             .map_err(storage)?;
         let statuses = quota_statuses(&mut tx, &user).await.map_err(storage)?;
@@ -313,7 +329,9 @@ impl pb::usage_service_server::UsageService for UsageHandler {
                 "quota limits must be 0 (unlimited) or positive",
             ));
         }
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::SET_QUOTA)
             .await
             .map_err(storage)?;
         if limits.monthly_messages == 0 && limits.monthly_tokens == 0 {

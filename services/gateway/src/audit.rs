@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_context::TenantId;
 use tp_proto::v1 as pb;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_store::paging::Page;
 
 use crate::access::{caller, storage_status};
@@ -95,11 +95,21 @@ fn to_value(value: Value) -> prost_types::Value {
 /// Public `AuditService` (tenant admins).
 pub struct AuditLog {
     pool: PgPool,
+    timer: TxTimer,
 }
 
 impl AuditLog {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            timer: TxTimer::disabled(),
+        }
+    }
+
+    /// Reports how long each transaction took (the gateway's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 }
 
@@ -113,7 +123,9 @@ impl pb::audit_service_server::AuditService for AuditLog {
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "list_audit_events")
             .await
             .map_err(storage_status)?;
         // Newest first: the cursor is the last sequence number seen.

@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use tonic::Status;
 use tp_billing::{BillingError, BillingProvider, LocalBilling};
 use tp_context::TenantId;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_stripe::{
     AccountDirectory, BoxFuture, StripeAccount, StripeBilling, StripeSettings, SubscriptionStatus,
 };
@@ -33,11 +33,12 @@ impl Billing {
         }
     }
 
-    /// Stripe, its accounts kept in `pool`. No request is made yet.
-    pub fn stripe(settings: &StripeSettings, pool: PgPool) -> anyhow::Result<Self> {
+    /// Stripe, its accounts kept in `pool` (each read timed by `timer`).
+    /// No request is made yet.
+    pub fn stripe(settings: &StripeSettings, pool: PgPool, timer: TxTimer) -> anyhow::Result<Self> {
         let stripe = Arc::new(StripeBilling::new(
             settings,
-            Arc::new(PgAccountDirectory { pool }),
+            Arc::new(PgAccountDirectory { pool, timer }),
         )?);
         Ok(Self {
             provider: stripe.clone(),
@@ -49,6 +50,7 @@ impl Billing {
 /// Tenants' Stripe accounts, read in the tenant's own transaction.
 pub struct PgAccountDirectory {
     pool: PgPool,
+    timer: TxTimer,
 }
 
 impl PgAccountDirectory {
@@ -60,7 +62,9 @@ impl PgAccountDirectory {
             tracing::error!(error = %e, "storage failure reading the billing account");
             BillingError::Unavailable("the billing account could not be read".into())
         };
-        let mut tx = begin_tenant_tx(&self.pool, tenant)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant, "find_billing_account")
             .await
             .map_err(|e| unavailable(&e))?;
         let account = account_of(&mut tx, tenant, false)

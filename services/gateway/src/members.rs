@@ -4,7 +4,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_proto::v1 as pb;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_store::paging::Page;
 
 use crate::access::{caller, storage_status};
@@ -14,12 +14,23 @@ use crate::seats::check_seat_free;
 
 pub struct MemberAdmin {
     pool: PgPool,
+    timer: TxTimer,
     membership: Membership,
 }
 
 impl MemberAdmin {
     pub fn new(pool: PgPool, membership: Membership) -> Self {
-        Self { pool, membership }
+        Self {
+            pool,
+            timer: TxTimer::disabled(),
+            membership,
+        }
+    }
+
+    /// Reports how long each transaction took (the gateway's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 }
 
@@ -96,7 +107,9 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         user_id_argument(&request.user_id)?;
         let role = role_argument(request.role)?;
 
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "add_member")
             .await
             .map_err(storage_status)?;
         // Locking the tenant row serialises concurrent adds, so two admins
@@ -159,7 +172,9 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         let request = request.into_inner();
         user_id_argument(&request.user_id)?;
 
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "remove_member")
             .await
             .map_err(storage_status)?;
         let (role, admins) = lock_and_read_role(&mut tx, ctx.tenant_id, &request.user_id).await?;
@@ -209,7 +224,9 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         let request = request.into_inner();
         let page = Page::parse(request.page_size, &request.page_token)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "list_members")
             .await
             .map_err(storage_status)?;
         let seats: i32 =
@@ -245,7 +262,9 @@ impl pb::member_service_server::MemberService for MemberAdmin {
         user_id_argument(&request.user_id)?;
         let role = role_argument(request.role)?;
 
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "update_member_role")
             .await
             .map_err(storage_status)?;
         let (current, admins) =

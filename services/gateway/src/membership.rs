@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 use tp_context::{Role, TenantId};
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 
 use crate::policy::{Standing, TenantStatus};
 
@@ -120,12 +120,26 @@ impl MembershipCache {
 pub struct Membership {
     pool: PgPool,
     cache: Option<Arc<MembershipCache>>,
+    timer: TxTimer,
 }
+
+/// `db.operation.name` of a membership read (every call the cache misses).
+pub const LOOKUP_MEMBERSHIP: &str = "lookup_membership";
 
 impl Membership {
     /// Lookups that always read the database.
     pub fn uncached(pool: PgPool) -> Self {
-        Self { pool, cache: None }
+        Self {
+            pool,
+            cache: None,
+            timer: TxTimer::disabled(),
+        }
+    }
+
+    /// Reports how long each read of the database took (the metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 
     /// Lookups cached for `ttl`, kept current by a listener on `listen_url`
@@ -146,6 +160,7 @@ impl Membership {
             Self {
                 pool,
                 cache: Some(cache),
+                timer: TxTimer::disabled(),
             },
             listener,
         )
@@ -201,7 +216,10 @@ impl Membership {
     }
 
     async fn stored(&self, tenant: TenantId, user_id: &str) -> Result<Found, MembershipError> {
-        let mut tx = begin_tenant_tx(&self.pool, tenant).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant, LOOKUP_MEMBERSHIP)
+            .await?;
         let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
             "SELECT t.status, t.status_reason, t.plan, m.role
                FROM gateway.tenants t

@@ -7,7 +7,7 @@ use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use tp_proto::internal::conversation::v1 as internal_pb;
 use tp_proto::v1 as pb;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 
 use crate::access::{caller, internal_request, storage_status};
 use crate::audit::{self, Event};
@@ -15,12 +15,23 @@ use crate::subscription::UsageClient;
 
 pub struct Quotas {
     pool: PgPool,
+    timer: TxTimer,
     usage: UsageClient,
 }
 
 impl Quotas {
     pub fn new(pool: PgPool, usage: UsageClient) -> Self {
-        Self { pool, usage }
+        Self {
+            pool,
+            timer: TxTimer::disabled(),
+            usage,
+        }
+    }
+
+    /// Reports how long each transaction took (the gateway's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 }
 
@@ -85,7 +96,9 @@ impl pb::quota_service_server::QuotaService for Quotas {
                 "monthly_messages and monthly_tokens must be 0 (unlimited) or positive",
             ));
         }
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "set_quota")
             .await
             .map_err(storage_status)?;
         if !request.user_id.is_empty() {

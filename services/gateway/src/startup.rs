@@ -78,6 +78,31 @@ fn limited_subject(request: &http::Request<Body>) -> Option<Subject> {
     ))
 }
 
+// The auth and limits crates report in their own terms (they know no
+// metrics); these name them as the schema does.
+fn auth_mode(kind: tp_auth::VerifierKind) -> tp_telemetry::AuthMode {
+    match kind {
+        tp_auth::VerifierKind::Hs256 => tp_telemetry::AuthMode::Hs256,
+        tp_auth::VerifierKind::Jwks => tp_telemetry::AuthMode::Jwks,
+    }
+}
+
+fn auth_outcome(outcome: tp_auth::AuthOutcome) -> tp_telemetry::AuthOutcome {
+    match outcome {
+        tp_auth::AuthOutcome::Accepted => tp_telemetry::AuthOutcome::Accepted,
+        tp_auth::AuthOutcome::Rejected => tp_telemetry::AuthOutcome::Rejected,
+        tp_auth::AuthOutcome::Error => tp_telemetry::AuthOutcome::Error,
+    }
+}
+
+fn limit_scope(scope: tp_limits::Scope) -> tp_telemetry::LimitScope {
+    match scope {
+        tp_limits::Scope::Tenant => tp_telemetry::LimitScope::Tenant,
+        tp_limits::Scope::User => tp_telemetry::LimitScope::User,
+        tp_limits::Scope::Streams => tp_telemetry::LimitScope::Streams,
+    }
+}
+
 /// A background task that stops when the service does.
 struct TaskGuard(tokio::task::JoinHandle<()>);
 
@@ -163,8 +188,9 @@ impl Application {
         let metrics = Metrics::with_tenant_cap("gateway", config.metrics_tenant_cap);
         let methods = tp_server::served_methods(&[tp_proto::PUBLIC_DESCRIPTOR_SET], &SERVICES)?;
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
+        let db_timer = tp_server::db_timer(&metrics);
         let billing = match &stripe_settings {
-            Some(settings) => Billing::stripe(settings, pool.clone())?,
+            Some(settings) => Billing::stripe(settings, pool.clone(), db_timer.clone())?,
             None => Billing::local(),
         };
         let (membership, membership_listener) = if config.membership_cache_ttl_secs == 0 {
@@ -178,6 +204,7 @@ impl Application {
             .await;
             (membership, Some(listener))
         };
+        let membership = membership.with_timer(db_timer.clone());
         let conversation = ConversationServiceClient::new(tp_server::internal_channel(
             &config.conversation_url,
             &metrics,
@@ -203,23 +230,30 @@ impl Application {
             )))
             .add_service(TenantAdminServiceServer::new(
                 TenantAdmin::new(pool.clone(), membership.clone())
-                    .with_stripe(billing.stripe.clone()),
+                    .with_stripe(billing.stripe.clone())
+                    .with_timer(db_timer.clone()),
             ))
-            .add_service(MemberServiceServer::new(MemberAdmin::new(
-                pool.clone(),
-                membership.clone(),
-            )))
-            .add_service(SubscriptionServiceServer::new(Subscriptions::new(
-                pool.clone(),
-                Pricing {
-                    seat_price_minor: config.seat_price_minor,
-                    currency: config.billing_currency.clone(),
-                },
-                billing.provider.clone(),
-                usage.clone(),
-            )))
-            .add_service(QuotaServiceServer::new(Quotas::new(pool.clone(), usage)))
-            .add_service(AuditServiceServer::new(AuditLog::new(pool.clone())));
+            .add_service(MemberServiceServer::new(
+                MemberAdmin::new(pool.clone(), membership.clone()).with_timer(db_timer.clone()),
+            ))
+            .add_service(SubscriptionServiceServer::new(
+                Subscriptions::new(
+                    pool.clone(),
+                    Pricing {
+                        seat_price_minor: config.seat_price_minor,
+                        currency: config.billing_currency.clone(),
+                    },
+                    billing.provider.clone(),
+                    usage.clone(),
+                )
+                .with_timer(db_timer.clone()),
+            ))
+            .add_service(QuotaServiceServer::new(
+                Quotas::new(pool.clone(), usage).with_timer(db_timer.clone()),
+            ))
+            .add_service(AuditServiceServer::new(
+                AuditLog::new(pool.clone()).with_timer(db_timer.clone()),
+            ));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
             .await;
@@ -242,20 +276,39 @@ impl Application {
             .await
             .map_err(|e| anyhow::anyhow!("TP_HTTP_ADDR: {e}"))?;
         let ops = Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, pool.clone());
-        let webhooks = billing
-            .stripe
-            .as_ref()
-            .map(|stripe| Arc::new(Webhooks::new(pool, stripe.clone(), membership.clone())));
+        let webhooks = billing.stripe.as_ref().map(|stripe| {
+            Arc::new(
+                Webhooks::new(pool, stripe.clone(), membership.clone())
+                    .with_timer(db_timer.clone()),
+            )
+        });
 
-        let auth = AuthLayer::new(verifier);
+        let auth = AuthLayer::new(verifier).on_attempt({
+            let metrics = metrics.clone();
+            move |attempt| {
+                metrics.auth(
+                    auth_mode(attempt.kind),
+                    auth_outcome(attempt.outcome),
+                    attempt.duration,
+                )
+            }
+        });
+        let on_rejection: tp_limits::RejectionObserver = {
+            let metrics = metrics.clone();
+            Arc::new(move |scope, tenant: &str| {
+                metrics.rate_limit_rejection(limit_scope(scope), Some(tenant));
+            })
+        };
         let access = AccessLayer::new(membership);
         let limits = config.limits()?;
         let rate_limiter = Arc::new(tp_limits::RateLimiter::new(&limits)?);
         let rates =
             RateLimitLayer::with_limiter(rate_limiter.clone(), limited_subject as SubjectFn)
-                .hold_rejections(Duration::from_millis(config.rate_hold_ms));
+                .hold_rejections(Duration::from_millis(config.rate_hold_ms))
+                .on_rejection(on_rejection.clone());
         let streams =
-            StreamConcurrencyLayer::new(&limits, STREAMING_METHODS, limited_subject as SubjectFn)?;
+            StreamConcurrencyLayer::new(&limits, STREAMING_METHODS, limited_subject as SubjectFn)?
+                .on_rejection(on_rejection);
         // Full buckets are dropped as the map grows; this also drops them
         // when the gateway is idle, so memory returns to its floor.
         let sweeper = TaskGuard(tokio::spawn(async move {

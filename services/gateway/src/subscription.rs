@@ -12,7 +12,7 @@ use tp_billing::{BillingError, BillingProvider, Period, SeatChange, SeatUpdate};
 use tp_context::TenantId;
 use tp_proto::internal::conversation::v1 as internal_pb;
 use tp_proto::v1 as pb;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 
 use crate::access::{caller, storage_status};
 use crate::audit::{self, Event};
@@ -32,6 +32,7 @@ pub struct Pricing {
 
 pub struct Subscriptions {
     pool: PgPool,
+    timer: TxTimer,
     pricing: Pricing,
     billing: Arc<dyn BillingProvider>,
     usage: UsageClient,
@@ -46,10 +47,17 @@ impl Subscriptions {
     ) -> Self {
         Self {
             pool,
+            timer: TxTimer::disabled(),
             pricing,
             billing,
             usage,
         }
+    }
+
+    /// Reports how long each transaction took (the gateway's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 }
 
@@ -182,7 +190,9 @@ impl pb::subscription_service_server::SubscriptionService for Subscriptions {
         request: Request<pb::GetSubscriptionRequest>,
     ) -> Result<Response<pb::GetSubscriptionResponse>, Status> {
         let ctx = caller(&request)?;
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "get_subscription")
             .await
             .map_err(storage_status)?;
         let row = load(&mut tx, ctx.tenant_id, false).await?;
@@ -203,7 +213,9 @@ impl pb::subscription_service_server::SubscriptionService for Subscriptions {
                 "seats must be between 1 and {MAX_SEATS}, got {seats}"
             )));
         }
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "update_seats")
             .await
             .map_err(storage_status)?;
         let mut row = load(&mut tx, ctx.tenant_id, true).await?;
@@ -295,7 +307,9 @@ impl pb::subscription_service_server::SubscriptionService for Subscriptions {
             .into_inner()
             .members;
 
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "get_usage")
             .await
             .map_err(storage_status)?;
         let seats: i32 =
@@ -356,7 +370,9 @@ impl pb::subscription_service_server::SubscriptionService for Subscriptions {
         request: Request<pb::PreviewInvoiceRequest>,
     ) -> Result<Response<pb::PreviewInvoiceResponse>, Status> {
         let ctx = caller(&request)?;
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "preview_invoice")
             .await
             .map_err(storage_status)?;
         let row = load(&mut tx, ctx.tenant_id, false).await?;

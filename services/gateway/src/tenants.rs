@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_context::TenantId;
 use tp_proto::v1 as pb;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_stripe::StripeBilling;
 
 use crate::access::{principal, storage_status};
@@ -21,6 +21,7 @@ const MAX_REASON_CHARS: usize = 500;
 
 pub struct TenantAdmin {
     pool: PgPool,
+    timer: TxTimer,
     membership: Membership,
     /// With the `stripe` provider, every new tenant gets a Stripe account.
     stripe: Option<Arc<StripeBilling>>,
@@ -30,9 +31,16 @@ impl TenantAdmin {
     pub fn new(pool: PgPool, membership: Membership) -> Self {
         Self {
             pool,
+            timer: TxTimer::disabled(),
             membership,
             stripe: None,
         }
+    }
+
+    /// Reports how long each transaction took (the gateway's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 
     pub fn with_stripe(mut self, stripe: Option<Arc<StripeBilling>>) -> Self {
@@ -99,7 +107,9 @@ impl TenantAdmin {
         status: TenantStatus,
         reason: &str,
     ) -> Result<pb::Tenant, Status> {
-        let mut tx = begin_tenant_tx(&self.pool, tenant)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant, "set_tenant_status")
             .await
             .map_err(storage_status)?;
         let before: Option<TenantRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -184,7 +194,9 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
 
         // The new tenant's own id scopes the transaction, so row-level
         // security admits exactly its rows.
-        let mut tx = begin_tenant_tx(&self.pool, tenant_id)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant_id, "create_tenant")
             .await
             .map_err(storage_status)?;
         let row: TenantRow = sqlx::query_as(sqlx::AssertSqlSafe(format!(
@@ -264,7 +276,9 @@ impl pb::tenant_admin_service_server::TenantAdminService for TenantAdmin {
         request: Request<pb::GetTenantRequest>,
     ) -> Result<Response<pb::GetTenantResponse>, Status> {
         let tenant = tenant_argument(&request.get_ref().tenant_id)?;
-        let mut tx = begin_tenant_tx(&self.pool, tenant)
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant, "get_tenant")
             .await
             .map_err(storage_status)?;
         let row: Option<TenantRow> = sqlx::query_as(sqlx::AssertSqlSafe(format!(

@@ -23,7 +23,7 @@ use hyper::body::Incoming;
 use sqlx::PgPool;
 use tp_billing::BillingError;
 use tp_context::TenantId;
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_stripe::{StripeBilling, SubscriptionSnapshot, WebhookEvent};
 
 use crate::audit::{self, Event};
@@ -57,6 +57,7 @@ const HANDLED: [&str; 5] = [
 /// (a tenant's standing is cached with its memberships).
 pub struct Webhooks {
     pool: PgPool,
+    timer: TxTimer,
     stripe: Arc<StripeBilling>,
     membership: Membership,
 }
@@ -65,9 +66,16 @@ impl Webhooks {
     pub fn new(pool: PgPool, stripe: Arc<StripeBilling>, membership: Membership) -> Self {
         Self {
             pool,
+            timer: TxTimer::disabled(),
             stripe,
             membership,
         }
+    }
+
+    /// Reports how long each transaction took (the gateway's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 }
 
@@ -199,7 +207,11 @@ impl Webhooks {
             return Ok("ignored: not a tenant's subscription");
         };
 
-        let mut tx = begin_tenant_tx(&self.pool, tenant).await.map_err(storage)?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant, "apply_billing_event")
+            .await
+            .map_err(storage)?;
         // The tenant's lock serialises this with seat changes and other
         // deliveries for the tenant.
         let current: Option<(i32, String, String)> = sqlx::query_as(

@@ -71,7 +71,8 @@ impl Application {
             "the corpus is empty: run `knowledge migrate` first"
         );
         tracing::info!(entries = catalog.len(), "corpus ready");
-        let searcher = Searcher::new(KnowledgeStore::new(pool), Arc::new(catalog));
+        let store = KnowledgeStore::new(pool).with_timer(tp_server::db_timer(&metrics));
+        let searcher = Searcher::new(store, Arc::new(catalog));
 
         let mut routes = Routes::builder();
         let health = tp_server::add_infrastructure(

@@ -5,7 +5,7 @@
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use tp_context::{RequestContext, TenantId};
-use tp_store::begin_tenant_tx;
+use tp_store::TxTimer;
 use tp_store::paging::Page;
 use uuid::Uuid;
 
@@ -195,14 +195,40 @@ pub struct PassageHit {
     pub score: f32,
 }
 
+/// `db.operation.name` of each statement or transaction the service runs
+/// for a request: one fixed name per store function.
+pub mod op {
+    /// Search and Retrieve: ranking the built-in corpus.
+    pub const RANK_ENTRIES: &str = "rank_entries";
+    /// Search and Retrieve: ranking the tenant's document passages.
+    pub const RANK_PASSAGES: &str = "rank_passages";
+    /// Search: the snippets of the hits.
+    pub const HEADLINES: &str = "headlines";
+    pub const CREATE_DOCUMENT: &str = "create_document";
+    pub const LIST_DOCUMENTS: &str = "list_documents";
+    pub const GET_DOCUMENT: &str = "get_document";
+    pub const DELETE_DOCUMENT: &str = "delete_document";
+}
+
 #[derive(Clone)]
 pub struct KnowledgeStore {
     pool: PgPool,
+    timer: TxTimer,
 }
 
 impl KnowledgeStore {
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            timer: TxTimer::disabled(),
+        }
+    }
+
+    /// Reports how long each statement and transaction took (the
+    /// service's metrics).
+    pub fn with_timer(mut self, timer: TxTimer) -> Self {
+        self.timer = timer;
+        self
     }
 
     /// Ranks corpus entries of the given kinds against every term of the
@@ -219,7 +245,7 @@ impl KnowledgeStore {
         kinds: &[&str],
         limit: i64,
     ) -> Result<Vec<EntryHit>, KnowledgeError> {
-        Ok(sqlx::query_as(concat!(
+        let statement = sqlx::query_as(concat!(
             search_query_cte!(),
             "SELECT e.entry_id,
                     ts_rank(e.search, q.query, 0)
@@ -235,8 +261,8 @@ impl KnowledgeStore {
         .bind(PASSAGE_TERMS)
         .bind(kinds)
         .bind(limit)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&self.pool);
+        Ok(self.timer.time(op::RANK_ENTRIES, statement).await?)
     }
 
     /// Ranks the tenant's document passages by the query's rarest terms;
@@ -250,7 +276,10 @@ impl KnowledgeStore {
         common: &[String],
         limit: i64,
     ) -> Result<Vec<PassageHit>, KnowledgeError> {
-        let mut tx = begin_tenant_tx(&self.pool, tenant).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, tenant, op::RANK_PASSAGES)
+            .await?;
         let hits = sqlx::query_as(concat!(
             search_query_cte!(),
             "SELECT p.document_id, d.title AS document_title, p.heading, p.text, p.score
@@ -275,7 +304,7 @@ impl KnowledgeStore {
         // transaction queues the ROLLBACK, which sqlx flushes in the
         // background as the connection returns to the pool; awaiting a
         // COMMIT would put one more round trip before the headlines.
-        drop(tx);
+        tx.close_read_only();
         Ok(hits)
     }
 
@@ -291,7 +320,7 @@ impl KnowledgeStore {
         if texts.is_empty() {
             return Ok(Vec::new());
         }
-        Ok(sqlx::query_scalar(concat!(
+        let statement = sqlx::query_scalar(concat!(
             search_query_cte!(),
             "SELECT coalesce(ts_headline('english', t.text, q.query,
                         'MaxFragments=1, MinWords=12, MaxWords=35, StartSel=**, StopSel=**'), '')
@@ -303,8 +332,8 @@ impl KnowledgeStore {
         .bind(&query.typed)
         .bind(PASSAGE_TERMS)
         .bind(texts)
-        .fetch_all(&self.pool)
-        .await?)
+        .fetch_all(&self.pool);
+        Ok(self.timer.time(op::HEADLINES, statement).await?)
     }
 
     /// Stores a document and its passages in one transaction.
@@ -316,7 +345,10 @@ impl KnowledgeStore {
         content_type: &str,
         passages: &[Passage],
     ) -> Result<DocumentRow, KnowledgeError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::CREATE_DOCUMENT)
+            .await?;
         let document_id = Uuid::new_v4();
         let row: DocumentRow = sqlx::query_as(
             "INSERT INTO knowledge.documents
@@ -359,7 +391,10 @@ impl KnowledgeStore {
         ctx: &RequestContext,
         page: &Page,
     ) -> Result<Vec<DocumentRow>, KnowledgeError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::LIST_DOCUMENTS)
+            .await?;
         let rows = sqlx::query_as(concat!(
             "SELECT ",
             document_columns!(),
@@ -381,7 +416,10 @@ impl KnowledgeStore {
         ctx: &RequestContext,
         document_id: Uuid,
     ) -> Result<DocumentRow, KnowledgeError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::GET_DOCUMENT)
+            .await?;
         let row = sqlx::query_as(concat!(
             "SELECT ",
             document_columns!(),
@@ -400,7 +438,10 @@ impl KnowledgeStore {
         ctx: &RequestContext,
         document_id: Uuid,
     ) -> Result<(), KnowledgeError> {
-        let mut tx = begin_tenant_tx(&self.pool, ctx.tenant_id).await?;
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::DELETE_DOCUMENT)
+            .await?;
         let deleted = sqlx::query("DELETE FROM knowledge.documents WHERE document_id = $1")
             .bind(document_id)
             .execute(&mut *tx)
