@@ -68,11 +68,11 @@ async fn measure_b(
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    // The gateway's default lanes per tenant; TP_BENCH_STREAM_LANES tries
-    // others (16, the stream cap, turns lanes off).
-    let lanes: usize = match std::env::var("TP_BENCH_STREAM_LANES") {
-        Ok(value) => value.parse()?,
-        Err(_) => 4,
+    // The gateway's default is no lanes (every open stream runs);
+    // TP_BENCH_STREAM_LANES=N runs the flood with N lanes per tenant.
+    let lanes: Option<usize> = match std::env::var("TP_BENCH_STREAM_LANES") {
+        Ok(value) => Some(value.parse()?),
+        Err(_) => None,
     };
     let app = TestApp::spawn().await?;
     let gateway = app
@@ -185,8 +185,9 @@ async fn main() -> anyhow::Result<()> {
         );
     };
     println!(
-        "noisy neighbour: tenant A floods SendMessage from {FLOOD_STREAMS} streams; tenant B sends every {} ms; {lanes} stream lanes per tenant",
-        B_INTERVAL.as_millis()
+        "noisy neighbour: tenant A floods SendMessage from {FLOOD_STREAMS} streams; tenant B sends every {} ms; stream lanes per tenant: {}",
+        B_INTERVAL.as_millis(),
+        lanes.map_or("as many as open streams".to_owned(), |n| n.to_string())
     );
     report("B unloaded", &unloaded, unloaded_failures);
     report("B under A's flood", &loaded, loaded_failures);

@@ -141,7 +141,7 @@ fn gateway_config(
         rate_user_per_second: 500.0,
         rate_user_burst: 1000,
         max_streams_per_tenant: 16,
-        stream_lanes_per_tenant: 16,
+        stream_lanes_per_tenant: None,
         rate_plans: String::new(),
         rate_hold_ms: 250,
         seat_price_minor: 3000,

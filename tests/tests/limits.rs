@@ -105,7 +105,7 @@ async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()
     let gateway = app
         .spawn_gateway_with(|config| {
             config.max_streams_per_tenant = 2;
-            config.stream_lanes_per_tenant = 2;
+            config.stream_lanes_per_tenant = Some(2);
         })
         .await?;
     let mut busy = conversations_via(gateway, &busy).await?;
@@ -176,7 +176,7 @@ async fn a_tenants_reply_beyond_its_lanes_waits_while_another_tenant_is_served()
     let gateway = app
         .spawn_gateway_with(|config| {
             config.max_streams_per_tenant = 3;
-            config.stream_lanes_per_tenant = 1;
+            config.stream_lanes_per_tenant = Some(1);
         })
         .await?;
     let mut busy = conversations_via(gateway, &busy_token).await?;

@@ -65,9 +65,12 @@ pub struct GatewayConfig {
     pub max_streams_per_tenant: usize,
     /// How many of a tenant's streaming replies run at once; its others
     /// wait for one of these lanes, so a tenant's burst queues behind
-    /// itself instead of slowing every other tenant. At most the stream cap.
-    #[arg(long, env = "TP_STREAM_LANES_PER_TENANT", default_value_t = 4)]
-    pub stream_lanes_per_tenant: usize,
+    /// itself instead of slowing every other tenant. At most the stream cap;
+    /// unset, every open stream runs (the noisy-neighbour benchmark met its
+    /// target without lanes once held rejections were spread, and with an
+    /// LLM responder a lane is held for a whole multi-second reply).
+    #[arg(long, env = "TP_STREAM_LANES_PER_TENANT")]
+    pub stream_lanes_per_tenant: Option<usize>,
     /// Per-plan request rates, overriding the defaults above for tenants on
     /// those plans: `plan=TENANT_RPS/TENANT_BURST:USER_RPS/USER_BURST`,
     /// comma-separated, e.g. `enterprise=200/400:20/40`.
@@ -169,7 +172,9 @@ impl GatewayConfig {
             },
             plans: parse_rate_plans(&self.rate_plans)?,
             max_streams_per_tenant: self.max_streams_per_tenant,
-            lanes_per_tenant: self.stream_lanes_per_tenant,
+            lanes_per_tenant: self
+                .stream_lanes_per_tenant
+                .unwrap_or(self.max_streams_per_tenant),
         })
     }
 
