@@ -149,5 +149,22 @@ async fn every_public_rpc_admits_exactly_the_roles_its_rule_names() -> anyhow::R
         }
     }
     assert_eq!(checked, POLICY.len() * 3);
+
+    // No RPC without observability: every public method just called shows
+    // in the gateway's RPC metrics (the SLO side is checked against the
+    // descriptors in crates/proto).
+    let metrics = tp_e2e::http_get(app.gateway_http_addr, "/metrics").await?;
+    assert_eq!(metrics.status, 200);
+    for rule in POLICY {
+        let series = format!("rpc_method=\"{}\"", rule.method.trim_start_matches('/'));
+        assert!(
+            metrics.body.lines().any(|line| {
+                line.starts_with("rpc_server_call_duration_seconds_count{")
+                    && line.contains(&series)
+            }),
+            "{} emitted no rpc.server.call.duration",
+            rule.method
+        );
+    }
     Ok(())
 }
