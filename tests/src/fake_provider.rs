@@ -120,51 +120,60 @@ pub async fn start(wire: Wire, script: Vec<FakeReply>) -> anyhow::Result<FakePro
             if let Ok(mut log) = log.lock() {
                 log.push(body);
             }
-            let (first, pause, rest, end) = match reply {
-                FakeReply::Text(deltas, input, output) => {
-                    (deltas, None, Vec::new(), Some((input, output)))
+            // Requests are read and logged in arrival order, and each gets
+            // the next scripted reply; the replies themselves are written
+            // concurrently, as a real provider's would be, so a slow reply
+            // does not hold back the next caller's.
+            let hung_up = hung_up.clone();
+            tokio::spawn(async move {
+                let (first, pause, rest, end) = match reply {
+                    FakeReply::Text(deltas, input, output) => {
+                        (deltas, None, Vec::new(), Some((input, output)))
+                    }
+                    FakeReply::CutAfter(deltas) => (deltas, None, Vec::new(), None),
+                    FakeReply::Slow(first, wait, rest) => {
+                        (vec![first], Some(wait), rest, Some((1, 1)))
+                    }
+                };
+                let mut out = String::from(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
+                );
+                out.push_str(&opening(wire, end.map_or(1, |(input, _)| input)));
+                for text in &first {
+                    out.push_str(&delta(wire, text));
                 }
-                FakeReply::CutAfter(deltas) => (deltas, None, Vec::new(), None),
-                FakeReply::Slow(first, wait, rest) => (vec![first], Some(wait), rest, Some((1, 1))),
-            };
-            let mut out = String::from(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n",
-            );
-            out.push_str(&opening(wire, end.map_or(1, |(input, _)| input)));
-            for text in &first {
-                out.push_str(&delta(wire, text));
-            }
-            if socket.write_all(out.as_bytes()).await.is_err() {
-                continue;
-            }
-            let _ = socket.flush().await;
-            if let Some(wait) = pause {
-                // Keep-alives while waiting show whether the client is still there.
-                let started = std::time::Instant::now();
-                while started.elapsed() < wait {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    let keep_alive = if wire == Wire::OpenAi {
-                        ": keep-alive\n\n"
-                    } else {
-                        "event: ping\ndata: {\"type\":\"ping\"}\n\n"
-                    };
-                    if socket.write_all(keep_alive.as_bytes()).await.is_err() {
-                        hung_up.store(true, Ordering::SeqCst);
-                        break;
+                if socket.write_all(out.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = socket.flush().await;
+                if let Some(wait) = pause {
+                    // Keep-alives while waiting show whether the client is still there.
+                    let started = std::time::Instant::now();
+                    while started.elapsed() < wait {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        let keep_alive = if wire == Wire::OpenAi {
+                            ": keep-alive\n\n"
+                        } else {
+                            "event: ping\ndata: {\"type\":\"ping\"}\n\n"
+                        };
+                        if socket.write_all(keep_alive.as_bytes()).await.is_err() {
+                            hung_up.store(true, Ordering::SeqCst);
+                            break;
+                        }
+                    }
+                    if hung_up.load(Ordering::SeqCst) {
+                        return;
                     }
                 }
-                if hung_up.load(Ordering::SeqCst) {
-                    continue;
+                let mut tail = String::new();
+                for text in &rest {
+                    tail.push_str(&delta(wire, text));
                 }
-            }
-            let mut tail = String::new();
-            for text in &rest {
-                tail.push_str(&delta(wire, text));
-            }
-            if let Some((input, output)) = end {
-                tail.push_str(&ending(wire, input, output));
-            }
-            let _ = socket.write_all(tail.as_bytes()).await;
+                if let Some((input, output)) = end {
+                    tail.push_str(&ending(wire, input, output));
+                }
+                let _ = socket.write_all(tail.as_bytes()).await;
+            });
         }
     });
     let base_url = match wire {

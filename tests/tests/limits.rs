@@ -158,9 +158,10 @@ async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()
 async fn a_tenants_reply_beyond_its_lanes_waits_while_another_tenant_is_served()
 -> anyhow::Result<()> {
     use tp_e2e::fake_provider::{self, FakeReply, Wire};
-    // Long enough that the other tenant's whole reply fits inside it on any
-    // machine; the test only compares orders of events, never durations.
-    let hold = std::time::Duration::from_secs(3);
+    // Far longer than the other tenant's whole reply takes on any machine
+    // (the test never waits it out: it hangs up on the slow reply instead),
+    // so it only compares orders of events, never durations.
+    let hold = std::time::Duration::from_secs(60);
     let fake = fake_provider::start(
         Wire::OpenAi,
         vec![
@@ -218,13 +219,24 @@ async fn a_tenants_reply_beyond_its_lanes_waits_while_another_tenant_is_served()
 
     // The other tenant is served from its own lane meanwhile.
     tp_e2e::send(&mut other, &other_conversation, "Hello.", "o1").await?;
-    assert!(
-        !second.is_finished(),
-        "busy's second reply waits for busy's lane, not for the other tenant"
+    if second.is_finished() {
+        let outcome = second.await?.map(|_| ());
+        panic!("busy's second reply did not wait for busy's lane: {outcome:?}");
+    }
+    // Without lanes busy's second request would reach the provider within
+    // moments; with them it never does while the first reply streams. (A
+    // slow machine can only make this pass without lanes, never fail with.)
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let provider_calls = fake.requests.lock().map(|r| r.len()).unwrap_or(0);
+    assert_eq!(
+        provider_calls, 2,
+        "only busy's first reply and the other tenant's reached the provider"
     );
 
-    // Busy's first reply ends; the waiting one runs and succeeds.
-    while first.message().await?.is_some() {}
+    // Busy's first reply ends (its client hangs up); the waiting one runs
+    // and succeeds.
+    drop(first);
     second.await??;
+    assert_eq!(fake.requests.lock().map(|r| r.len()).unwrap_or(0), 3);
     Ok(())
 }
