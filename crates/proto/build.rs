@@ -17,6 +17,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("thoughtpartner/v1/subscription.proto"),
         root.join("thoughtpartner/v1/audit.proto"),
         root.join("thoughtpartner/v1/quota.proto"),
+        root.join("thoughtpartner/v1/operations.proto"),
     ];
     let internal = [
         root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto"),

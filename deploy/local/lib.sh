@@ -143,6 +143,7 @@ stack_start() {
         "$TP_BIN/conversation" serve >>"$logs/conversation.log" 2>&1 &
     STACK_PIDS+=($!)
     TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_HTTP_ADDR="127.0.0.1:$((gw + 10))" TP_CONVERSATION_URL="http://127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
+        TP_SLO_SCRAPE_URLS="http://127.0.0.1:$((conv + 10))/metrics,http://127.0.0.1:$((know + 10))/metrics" \
         "$TP_BIN/gateway" serve >>"$logs/gateway.log" 2>&1 &
     STACK_PIDS+=($!)
     local port
@@ -212,4 +213,26 @@ slo_checks() {
         || { grep -v '^  SUCCESS$' "$out" | grep -B1 -A30 FAILED >&2; rm -f "$out"; die "promtool test rules failed"; }
     log "promtool: $(ls "$dir"/rules/*.yaml | wc -l) rule files valid, $(grep -c '^  SUCCESS$' "$out") rule test files passed"
     rm -f "$out"
+}
+
+# slo_page_check HTTP_ADDR: loads the gateway's SLO status page in headless
+# Chromium (installed from Debian if missing) and checks the rendered DOM
+# names every SLO of slo/*.yaml; a screenshot goes to .tp/slo.png.
+slo_page_check() {
+    local addr="$1" browser dom name missing=0
+    browser=$(command -v chromium || command -v chromium-browser || true)
+    if [ -z "$browser" ]; then
+        apt_install --no-install-recommends chromium
+        browser=$(command -v chromium) || die "chromium could not be installed"
+    fi
+    local flags=(--headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$TP_ROOT/.tp/chromium")
+    dom=$("$browser" "${flags[@]}" --dump-dom "http://$addr/slo" 2>/dev/null) || die "chromium could not load http://$addr/slo"
+    "$browser" "${flags[@]}" --window-size=1400,2000 --screenshot="$TP_ROOT/.tp/slo.png" "http://$addr/slo" >/dev/null 2>&1 || true
+    for name in $(sed -n '/^kind: SLO$/,/^  name:/{s/^  name: *//p}' "$TP_ROOT"/slo/*.yaml); do
+        if ! grep -q -- "$name" <<<"$dom"; then
+            echo "  /slo does not show SLO $name" >&2
+            missing=1
+        fi
+    done
+    [ "$missing" = 0 ] || die "the SLO status page is missing SLOs (see above)"
 }

@@ -121,6 +121,7 @@ fn gateway_config(
     db: &TestDatabase,
     conversation_addr: SocketAddr,
     knowledge_addr: SocketAddr,
+    conversation_http_addr: SocketAddr,
     membership_cache_ttl_secs: u64,
 ) -> tp_gateway::GatewayConfig {
     tp_gateway::GatewayConfig {
@@ -153,6 +154,10 @@ fn gateway_config(
         stripe_api_base: None,
         http_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         metrics_tenant_cap: tp_telemetry::metrics::DEFAULT_TENANT_CAP,
+        // Short, so a test sees its calls in GetSloStatus within a moment;
+        // a sample is an in-process encode and one loopback scrape.
+        slo_sample_interval_ms: 200,
+        slo_scrape_urls: format!("http://{conversation_http_addr}/metrics"),
     }
 }
 
@@ -311,6 +316,7 @@ impl TestApp {
             &db,
             conversation_addr,
             knowledge_addr,
+            conversation_http_addr,
             GATEWAY_MEMBERSHIP_CACHE_TTL_SECS,
         ))
         .await?;
@@ -351,6 +357,7 @@ impl TestApp {
             &self.db,
             self.conversation_addr,
             self.knowledge_addr,
+            self.conversation_http_addr,
             GATEWAY_MEMBERSHIP_CACHE_TTL_SECS,
         );
         adjust(&mut config);
@@ -374,6 +381,7 @@ impl TestApp {
             &self.db,
             self.conversation_addr,
             self.knowledge_addr,
+            self.conversation_http_addr,
             GATEWAY_MEMBERSHIP_CACHE_TTL_SECS,
         );
         adjust(&mut config);

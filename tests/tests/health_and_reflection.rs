@@ -98,6 +98,7 @@ async fn gateway_reflection_lists_only_the_public_api() -> anyhow::Result<()> {
             "thoughtpartner.v1.ConversationService",
             "thoughtpartner.v1.KnowledgeService",
             "thoughtpartner.v1.MemberService",
+            "thoughtpartner.v1.OperationsService",
             "thoughtpartner.v1.QuotaService",
             "thoughtpartner.v1.SubscriptionService",
             "thoughtpartner.v1.TenantAdminService",

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod dashboards;
 pub mod duration;
 pub mod generate;
+pub mod live;
 pub mod maths;
 pub mod openslo;
 pub mod promtests;

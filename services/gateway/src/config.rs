@@ -115,6 +115,19 @@ pub struct GatewayConfig {
     /// growing customer base cannot grow the metric series without bound.
     #[arg(long, env = "TP_METRICS_TENANT_CAP", default_value_t = tp_telemetry::metrics::DEFAULT_TENANT_CAP)]
     pub metrics_tenant_cap: usize,
+    /// How often the SLO history (`GetSloStatus`, `GET /slo`) samples the
+    /// services' counters, in milliseconds.
+    #[arg(long, env = "TP_SLO_SAMPLE_INTERVAL_MS", default_value_t = 10_000)]
+    pub slo_sample_interval_ms: u64,
+    /// The other services' `/metrics`, comma-separated `http://host:port/path`,
+    /// read for the SLOs they measure (the coaching SLO counts replies in
+    /// conversation). The gateway's own metrics are read in-process.
+    #[arg(
+        long,
+        env = "TP_SLO_SCRAPE_URLS",
+        default_value = "http://127.0.0.1:50062/metrics,http://127.0.0.1:50063/metrics"
+    )]
+    pub slo_scrape_urls: String,
 }
 
 /// Who charges tenants for their seats.
@@ -152,6 +165,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("stripe_api_base", &self.stripe_api_base)
             .field("http_addr", &self.http_addr)
             .field("metrics_tenant_cap", &self.metrics_tenant_cap)
+            .field("slo_sample_interval_ms", &self.slo_sample_interval_ms)
+            .field("slo_scrape_urls", &self.slo_scrape_urls)
             .finish_non_exhaustive()
     }
 }

@@ -89,6 +89,7 @@ pub const POLICY: &[Rule] = &[
     rule!("QuotaService" / "GetMyQuota", Member, Read),
     rule!("QuotaService" / "SetQuota", Admin, Write),
     rule!("AuditService" / "ListAuditEvents", Admin, Read),
+    rule!("OperationsService" / "GetSloStatus", Operator, Read),
 ];
 
 /// The rule for a gRPC path, if it is a public RPC.

@@ -18,6 +18,7 @@ use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
 use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
+use tp_proto::v1::operations_service_server::OperationsServiceServer;
 use tp_proto::v1::quota_service_server::QuotaServiceServer;
 use tp_proto::v1::subscription_service_server::SubscriptionServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
@@ -34,6 +35,7 @@ use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
 use crate::policy::Standing;
 use crate::quota::Quotas;
+use crate::slo_status::{Operations, SloMonitor};
 use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
 use crate::webhook::Webhooks;
@@ -50,7 +52,7 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 const MIN_SECRET_BYTES: usize = 16;
 
 /// The gRPC services the gateway serves (health and reflection aside).
-const SERVICES: [&str; 7] = [
+const SERVICES: [&str; 8] = [
     tp_proto::v1::conversation_service_server::SERVICE_NAME,
     tp_proto::v1::knowledge_service_server::SERVICE_NAME,
     tp_proto::v1::tenant_admin_service_server::SERVICE_NAME,
@@ -58,6 +60,7 @@ const SERVICES: [&str; 7] = [
     tp_proto::v1::subscription_service_server::SERVICE_NAME,
     tp_proto::v1::audit_service_server::SERVICE_NAME,
     tp_proto::v1::quota_service_server::SERVICE_NAME,
+    tp_proto::v1::operations_service_server::SERVICE_NAME,
 ];
 
 /// Calls that stream a reply, capped per tenant.
@@ -167,6 +170,9 @@ pub struct Application {
     webhooks: Option<Arc<Webhooks>>,
     metrics: Metrics,
     methods: RpcMethods,
+    /// The SLO history behind `GetSloStatus` and `GET /slo`.
+    slo_monitor: Arc<SloMonitor>,
+    slo_refresh_secs: u64,
 }
 
 impl Application {
@@ -218,6 +224,12 @@ impl Application {
             &metrics,
         )?);
 
+        anyhow::ensure!(
+            config.slo_sample_interval_ms > 0,
+            "TP_SLO_SAMPLE_INTERVAL_MS must be positive"
+        );
+        let slo_monitor = Arc::new(SloMonitor::new(metrics.clone(), &config.slo_scrape_urls)?);
+
         let mut routes = Routes::builder();
         let health =
             tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
@@ -253,7 +265,10 @@ impl Application {
             ))
             .add_service(AuditServiceServer::new(
                 AuditLog::new(pool.clone()).with_timer(db_timer.clone()),
-            ));
+            ))
+            .add_service(OperationsServiceServer::new(Operations::new(
+                slo_monitor.clone(),
+            )));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
             .await;
@@ -271,6 +286,9 @@ impl Application {
             .await;
         health.set_serving::<AuditServiceServer<AuditLog>>().await;
         health.set_serving::<QuotaServiceServer<Quotas>>().await;
+        health
+            .set_serving::<OperationsServiceServer<Operations>>()
+            .await;
 
         let http = HttpListener::bind(config.http_addr)
             .await
@@ -318,6 +336,12 @@ impl Application {
                 rate_limiter.evict_idle(std::time::Instant::now());
             }
         }));
+        // The SLO history's first sample is its baseline: counts from before
+        // this gateway started are not in any window.
+        let slo_sample_interval = Duration::from_millis(config.slo_sample_interval_ms);
+        let slo_sampler = TaskGuard(slo_monitor.clone().spawn_sampler(slo_sample_interval));
+        // The page refreshes about as often as there is something new.
+        let slo_refresh_secs = slo_sample_interval.as_secs().clamp(1, 60);
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
             bound: BoundService::new("gateway", listener, routes.routes()),
@@ -325,7 +349,9 @@ impl Application {
             access,
             rates,
             streams,
-            background: vec![sweeper],
+            background: vec![sweeper, slo_sampler],
+            slo_monitor,
+            slo_refresh_secs,
             membership_listener,
             http,
             ops,
@@ -339,7 +365,7 @@ impl Application {
         self.bound.local_addr()
     }
 
-    /// The HTTP listener: `/metrics`, `/healthz`, `/readyz`, and
+    /// The HTTP listener: `/metrics`, `/healthz`, `/readyz`, `/slo`, and
     /// `POST /webhooks/stripe` with the `stripe` billing provider.
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr()
@@ -360,7 +386,8 @@ impl Application {
             tracing::info!(addr = %self.http.local_addr(), path = crate::webhook::WEBHOOK_PATH, "serving Stripe webhooks");
             crate::webhook::routes(webhooks)
         });
-        let _http: AbortOnDrop = self.http.spawn(self.ops, fallback);
+        let fallback = crate::slo_status::routes(self.slo_monitor, self.slo_refresh_secs, fallback);
+        let _http: AbortOnDrop = self.http.spawn(self.ops, Some(fallback));
         let _listener = self.membership_listener;
         self.bound.serve(layers, shutdown).await?;
         Ok(())
