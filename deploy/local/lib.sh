@@ -228,7 +228,13 @@ slo_page_check() {
     local flags=(--headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$TP_ROOT/.tp/chromium")
     dom=$("$browser" "${flags[@]}" --dump-dom "http://$addr/slo" 2>/dev/null) || die "chromium could not load http://$addr/slo"
     "$browser" "${flags[@]}" --window-size=1400,2000 --screenshot="$TP_ROOT/.tp/slo.png" "http://$addr/slo" >/dev/null 2>&1 || true
-    for name in $(sed -n '/^kind: SLO$/,/^  name:/{s/^  name: *//p}' "$TP_ROOT"/slo/*.yaml); do
+    local names expected
+    names=$(sed -n '/^kind: SLO$/,/^  name:/{s/^  name: *//p}' "$TP_ROOT"/slo/*.yaml)
+    expected=$(cat "$TP_ROOT"/slo/*.yaml | grep -c '^kind: SLO$')
+    # A change in the specs' layout must not turn this into a check of nothing.
+    [ "$(wc -w <<<"$names")" = "$expected" ] && [ "$expected" -gt 0 ] \
+        || die "read $(wc -w <<<"$names") SLO names from slo/*.yaml, expected $expected"
+    for name in $names; do
         if ! grep -q -- "$name" <<<"$dom"; then
             echo "  /slo does not show SLO $name" >&2
             missing=1
