@@ -65,6 +65,12 @@ impl Listener {
         self.local_addr
     }
 
+    /// The plain listener, for a server that accepts by itself (the ops
+    /// HTTP port).
+    pub(crate) fn into_tcp(self) -> TcpListener {
+        self.listener
+    }
+
     /// The accepted connections, for `Server::serve_with_incoming_shutdown`,
     /// with `TCP_NODELAY`: without it, small gRPC frames wait on delayed
     /// ACKs and every hop costs tens of milliseconds.

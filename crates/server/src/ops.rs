@@ -28,7 +28,7 @@ use tonic_health::pb::health_server::Health as _;
 use tonic_health::server::{HealthReporter, HealthService};
 use tp_telemetry::{Metrics, OPENMETRICS_CONTENT_TYPE, PoolSample, RpcMethods};
 
-use crate::ServerError;
+use crate::{Listener, ServerError};
 
 /// An HTTP answer on the ops port.
 pub type HttpResponse = Response<Full<Bytes>>;
@@ -233,34 +233,26 @@ impl Ops {
 }
 
 /// A bound ops listener; bound at build time so tests can ask for port 0.
-pub struct HttpListener {
-    listener: TcpListener,
-    local_addr: SocketAddr,
-}
+pub struct HttpListener(Listener);
 
 impl HttpListener {
     pub async fn bind(addr: SocketAddr) -> Result<Self, ServerError> {
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        let local_addr = listener
-            .local_addr()
-            .map_err(|source| ServerError::Bind { addr, source })?;
-        Ok(Self {
-            listener,
-            local_addr,
-        })
+        Listener::bind(addr).await.map(Self)
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.0.local_addr()
     }
 
     /// Serves the ops routes, and `fallback` for every other path (404
     /// without one), on a task stopped when the returned guard drops.
     pub fn spawn(self, ops: Ops, fallback: Option<HttpFallback>) -> AbortOnDrop {
-        tracing::info!(addr = %self.local_addr, "serving ops HTTP (/metrics, /healthz, /readyz)");
-        AbortOnDrop(tokio::spawn(serve(self.listener, Arc::new(ops), fallback)))
+        tracing::info!(addr = %self.local_addr(), "serving ops HTTP (/metrics, /healthz, /readyz)");
+        AbortOnDrop(tokio::spawn(serve(
+            self.0.into_tcp(),
+            Arc::new(ops),
+            fallback,
+        )))
     }
 }
 
