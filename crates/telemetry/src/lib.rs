@@ -223,7 +223,20 @@ where
     tracing_subscriber::registry()
         .with(extra)
         .with(logs)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                // Busy/idle timing reads the clock on every poll of every
+                // span, and code locations and thread ids are attributes
+                // no one queries: measured, they were a large share of the
+                // layer's cost (`tests/benches/telemetry_cost.rs`).
+                .with_tracked_inactivity(false)
+                .with_location(false)
+                .with_threads(false)
+                // Our spans are `info`; without a filter every `trace` span
+                // of h2, hyper and tonic became an OpenTelemetry span too.
+                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+        )
         .try_init()?;
     Ok(())
 }
