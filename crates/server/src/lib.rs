@@ -165,6 +165,9 @@ pub fn internal_channel(
 /// transaction into `metrics` (`db.client.operation.duration`), so
 /// `tp-store` needs no metrics of its own.
 pub fn db_timer(metrics: &tp_telemetry::Metrics) -> tp_store::TxTimer {
+    if !tp_telemetry::enabled() {
+        return tp_store::TxTimer::disabled();
+    }
     let metrics = metrics.clone();
     tp_store::TxTimer::new(move |record| {
         metrics.db_operation(record.operation, record.duration, record.error_type);

@@ -83,10 +83,36 @@ fn resource(service_name: &'static str) -> Resource {
     }
 }
 
+/// Whether this process records telemetry: true unless `TP_TELEMETRY=off`.
+///
+/// Off exists for one reason: the load generator's same-run baseline of
+/// what telemetry costs. A process started with it has no spans, no RPC or
+/// database metrics, no canonical events and logs only warnings and errors;
+/// its SLOs see nothing. Read once per process.
+pub fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED
+        .get_or_init(|| !std::env::var("TP_TELEMETRY").is_ok_and(|v| v.eq_ignore_ascii_case("off")))
+}
+
 /// Installs logging, tracing and metrics for one service. Call it once, from
 /// inside the Tokio runtime (the OTLP exporter needs one). `RUST_LOG` filters
-/// the logs (default `info`).
+/// the logs (default `info`). With telemetry off ([`enabled`]), only
+/// warnings and errors are logged and nothing else is installed.
 pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError> {
+    if !enabled() {
+        tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_filter(tracing_subscriber::filter::LevelFilter::WARN),
+            )
+            .try_init()?;
+        return Ok(TelemetryGuard {
+            tracer_provider: SdkTracerProvider::builder().build(),
+            meter_provider: None,
+        });
+    }
     let resource = resource(service_name);
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut meter_provider = None;

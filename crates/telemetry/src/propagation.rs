@@ -89,6 +89,9 @@ pub struct ServerTelemetryLayer {
     metrics: Metrics,
     methods: RpcMethods,
     tenant_label: bool,
+    /// False with `TP_TELEMETRY=off` ([`crate::enabled`]): calls pass
+    /// straight through.
+    enabled: bool,
 }
 
 impl ServerTelemetryLayer {
@@ -97,6 +100,7 @@ impl ServerTelemetryLayer {
             metrics,
             methods,
             tenant_label: false,
+            enabled: crate::enabled(),
         }
     }
 
@@ -340,6 +344,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+        if !self.layer.enabled {
+            let future = self.inner.call(request);
+            return Box::pin(async move { Ok(future.await?.map(tonic::body::Body::new)) });
+        }
         let started = Instant::now();
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
@@ -403,9 +411,11 @@ pub struct ClientTraceLayer {
 }
 
 impl ClientTraceLayer {
+    /// Measures calls with `metrics`, unless telemetry is off
+    /// ([`crate::enabled`]).
     pub fn new(metrics: Metrics) -> Self {
         Self {
-            metrics: Some(metrics),
+            metrics: crate::enabled().then_some(metrics),
         }
     }
 }

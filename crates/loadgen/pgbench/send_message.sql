@@ -1,0 +1,76 @@
+-- The SQL of one SendMessage with the offline coach, statement by statement
+-- as the services issue it (read from PostgreSQL's log with
+-- log_statement = all), for `pgbench --protocol=prepared`. Each client
+-- (:client_id) writes to its own conversation, as each load stream does.
+--
+-- Differences from the services, all making this script's rate higher
+-- (the baseline harder to reach), except the first:
+-- * the services send BEGIN and set_config as one simple query; pgbench
+--   cannot combine a statement with \gset in prepared mode, so here BEGIN
+--   is its own round trip (one extra per transaction);
+-- * the user message is always the same (the services' vary) and the
+--   profile the coach keeps is never rewritten (the services rewrite it
+--   when a message changes what is known about the member).
+
+-- knowledge: the frameworks to ground the reply (Retrieve; no transaction).
+WITH terms AS MATERIALIZED (
+    SELECT t.lexeme, coalesce(c.ndoc, 0) AS ndoc
+      FROM (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', 'We need to hire more engineers. We''re 40 engineers at series B. director'))
+             WHERE lexeme <> ALL('{ask,build,chang,cover,dynam,engin,first,make,manag,mani,need,new,one,peopl,plan,problem,product,question,rather,set,system,team,technic,without,work,write}'::text[])) AS t
+      LEFT JOIN knowledge.corpus_lexicon c ON c.word = t.lexeme
+ ), q AS MATERIALIZED (
+    SELECT (SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery FROM terms) AS query,
+           (SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery
+              FROM (SELECT lexeme FROM terms ORDER BY ndoc, lexeme LIMIT 8) AS rarest)
+               AS passage_query,
+           websearch_to_tsquery('english', 'We need to hire more engineers. We''re 40 engineers at series B. director') AS all_terms
+ ) SELECT e.entry_id,
+          ts_rank(e.search, q.query, 0)
+              * CASE WHEN e.search @@ q.all_terms THEN 2.0::real ELSE 1.0::real END AS score
+     FROM knowledge.entries e, q
+    WHERE q.query IS NOT NULL AND e.search @@ q.query AND e.kind = ANY('{framework,topic}')
+    ORDER BY score DESC, e.entry_id
+    LIMIT 8;
+
+-- conversation, begin_exchange: the user's turn, committed before the reply.
+BEGIN;
+SELECT set_config('app.tenant_id', tenant_id::text, true) AS tenant_set, tenant_id AS tenant,
+       conversation_id AS conv, user_id AS usr
+  FROM loadgen.pgbench_targets WHERE client_id = :client_id \gset
+SELECT 1 FROM conversation.conversations
+ WHERE conversation_id = :conv AND user_id = :usr FOR UPDATE;
+SELECT user_id, monthly_messages, monthly_tokens FROM conversation.quotas
+ WHERE user_id IN ('', :usr) ORDER BY user_id;
+INSERT INTO conversation.messages
+    (message_id, tenant_id, conversation_id, role, content, idempotency_key)
+VALUES (gen_random_uuid(), :tenant, :conv, 'user',
+        'We need to hire more engineers. We''re 40 engineers at series B.', NULL)
+RETURNING message_id AS user_message_id, conversation_id, seq AS user_seq, role, content, create_time \gset
+UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
+WITH member AS (
+     INSERT INTO conversation.member_usage AS u (tenant_id, user_id, day, messages)
+     VALUES (:tenant, :usr, (now() AT TIME ZONE 'UTC')::date, 1)
+     ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
+ )
+ INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, messages)
+ VALUES (:tenant, (now() AT TIME ZONE 'UTC')::date, 1)
+ ON CONFLICT (tenant_id, day) DO UPDATE SET messages = t.messages + 1;
+SELECT role, content FROM conversation.messages
+ WHERE conversation_id = :conv AND seq < :user_seq
+ ORDER BY seq DESC LIMIT 40;
+SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;
+COMMIT;
+
+-- conversation, complete_exchange: the assistant's turn.
+BEGIN;
+SELECT set_config('app.tenant_id', :tenant, true);
+INSERT INTO conversation.messages
+    (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
+     cited_frameworks, policy_violations, grounded, input_tokens, output_tokens)
+VALUES (gen_random_uuid(), :tenant, :conv, 'assistant',
+        'Here''s what I understand so far: you''re a director; the organisation has about 40 engineers; it''s a series B company; the problem: you need to hire more engineers. Before I suggest anything: what is the hiring meant to fix? Is it a throughput problem, a coverage problem (on-call, a domain no one owns), or a bet on a new product line? And who will these engineers report to, with what managers? Headcount changes the system: every ten engineers add roughly a team, and every team adds coordination. One lens: Technical Coherence asks whether more people will build one product or several diverging ones. Which of those outcomes worries you most?',
+        :user_message_id, 'offline', '{technical-coherence}', '{}', true, NULL, NULL)
+ON CONFLICT (reply_to) DO NOTHING
+RETURNING message_id, conversation_id, seq, role, content, create_time;
+UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
+COMMIT;

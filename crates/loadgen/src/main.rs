@@ -1,0 +1,73 @@
+//! `tp-loadgen`: starts the product (three service processes) against a
+//! fresh database, drives its public gRPC API with many tenants and
+//! members, and reports every scenario next to baselines measured in the
+//! same run: a bare tonic echo server, `pgbench` running SendMessage's own
+//! SQL, and the product with telemetry off. Loopback only; stops by itself.
+//!
+//! ```sh
+//! deploy/local/bench            # starts PostgreSQL, builds, runs this
+//! cargo run --release -p tp-loadgen -- run --admin-url postgres://postgres@127.0.0.1:31434/postgres
+//! ```
+
+mod api;
+mod driver;
+mod echo;
+mod pgbench;
+mod procstat;
+mod report;
+mod run;
+mod seed;
+mod stack;
+mod workers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "tp-loadgen", about = "Load generator with same-run baselines")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the stack, seed it, run the scenarios and baselines, report.
+    Run(run::RunArgs),
+    /// Serve the bare-tonic echo baseline (started by `run`).
+    EchoServer {
+        #[arg(long)]
+        addr: SocketAddr,
+    },
+    /// Print a JSON report (`run --json`) as the human-readable table.
+    Show { json: PathBuf },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => {
+                let report = run::run(args).await?;
+                if report.failed_calls() > 0 {
+                    anyhow::bail!(
+                        "{} calls failed during the measured windows (see the table above)",
+                        report.failed_calls()
+                    );
+                }
+                Ok(())
+            }
+            Command::EchoServer { addr } => echo::serve(addr).await,
+            Command::Show { json } => {
+                let report: report::Report = serde_json::from_slice(&std::fs::read(&json)?)?;
+                print!("{}", report.render());
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,199 @@
+//! The report: every phase's figures, the same-run comparisons and the
+//! targets they are checked against, as a table and as JSON.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::driver::PhaseResult;
+use crate::pgbench::PgbenchResult;
+use crate::procstat::ProcessCost;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Machine {
+    pub cores: usize,
+    pub cpu: String,
+    pub kernel: String,
+    pub postgres: String,
+}
+
+impl Machine {
+    pub fn describe(postgres: String) -> Self {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find_map(|l| l.strip_prefix("model name"))
+                    .map(|rest| rest.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        Self {
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu,
+            kernel,
+            postgres,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Settings {
+    pub concurrency: usize,
+    pub warmup_secs: f64,
+    pub duration_secs: f64,
+    pub tenants: usize,
+    pub members_per_tenant: usize,
+    pub transcript_turns: usize,
+    pub passages: usize,
+    pub scaling_tenants: usize,
+}
+
+/// One target from the performance issue, checked against this run.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetCheck {
+    pub name: String,
+    pub measured: String,
+    pub target: String,
+    pub met: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub settings: Settings,
+    /// Each service a second after start, before any load.
+    pub idle: Vec<ProcessCost>,
+    pub phases: Vec<PhaseResult>,
+    pub pgbench: Option<PgbenchResult>,
+    pub targets: Vec<TargetCheck>,
+}
+
+impl Report {
+    pub fn phase(&self, name: &str) -> Option<&PhaseResult> {
+        self.phases.iter().find(|p| p.name == name)
+    }
+
+    pub fn failed_calls(&self) -> u64 {
+        self.phases.iter().map(|p| p.errors).sum()
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let m = &self.machine;
+        let s = &self.settings;
+        let _ = writeln!(
+            out,
+            "\nmachine: {} cores, {}, Linux {}, {}",
+            m.cores, m.cpu, m.kernel, m.postgres
+        );
+        let _ = writeln!(
+            out,
+            "settings: {} concurrent, {:.0} s warm-up + {:.0} s measured per phase; {} tenants x {} members; \
+             transcripts of {} turns; {} tenant passages; {} tenants in the scaling run\n",
+            s.concurrency,
+            s.warmup_secs,
+            s.duration_secs,
+            s.tenants,
+            s.members_per_tenant,
+            s.transcript_turns,
+            s.passages,
+            s.scaling_tenants
+        );
+        let _ = writeln!(
+            out,
+            "{:<34} {:<30} {:>9} {:>8} {:>8} {:>8} {:>8} {:>17} {:>6}",
+            "phase",
+            "operation",
+            "calls/s",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9",
+            "1st event p50/p99",
+            "failed"
+        );
+        for phase in &self.phases {
+            for op in &phase.ops {
+                let first = op.first_event.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |f| format!("{:.2}/{:.2}", f.p50_ms, f.p99_ms),
+                );
+                let failed: u64 = op.errors.values().sum();
+                let _ = writeln!(
+                    out,
+                    "{:<34} {:<30} {:>9.1} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>17} {:>6}",
+                    phase.name,
+                    op.op,
+                    op.rate_per_sec,
+                    op.latency.p50_ms,
+                    op.latency.p90_ms,
+                    op.latency.p99_ms,
+                    op.latency.p999_ms,
+                    first,
+                    failed
+                );
+                for (code, n) in &op.errors {
+                    let _ = writeln!(out, "{:<34}   {code}: {n}", "");
+                }
+            }
+        }
+        if let Some(pg) = &self.pgbench {
+            let _ = writeln!(
+                out,
+                "{:<34} {:<30} {:>9.1} (average {:.2} ms, {} failed)",
+                "pgbench (SendMessage's SQL)",
+                "script",
+                pg.rate_per_sec,
+                pg.latency_avg_ms,
+                pg.failed
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nprocesses (RSS MiB at start / peak, CPU seconds in the window):"
+        );
+        let idle: Vec<String> = self
+            .idle
+            .iter()
+            .map(|p| format!("{} {:.1}", p.name, mib(p.rss_start_kib)))
+            .collect();
+        let _ = writeln!(out, "  {:<32} {}", "idle", idle.join(", "));
+        for phase in &self.phases {
+            let costs: Vec<String> = phase
+                .processes
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {:.1}/{:.1} MiB {:.1} s",
+                        p.name,
+                        mib(p.rss_start_kib),
+                        mib(p.rss_peak_kib),
+                        p.cpu_seconds
+                    )
+                })
+                .collect();
+            if !costs.is_empty() {
+                let _ = writeln!(out, "  {:<32} {}", phase.name, costs.join(", "));
+            }
+        }
+        let _ = writeln!(out, "\ntargets (ratios and figures from this run):");
+        for t in &self.targets {
+            let _ = writeln!(
+                out,
+                "  [{}] {}: {} (target {})",
+                if t.met { "met" } else { "NOT MET" },
+                t.name,
+                t.measured,
+                t.target
+            );
+        }
+        out
+    }
+}
+
+pub fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}

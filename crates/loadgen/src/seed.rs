@@ -1,0 +1,262 @@
+//! What the scenarios need in the database, made through the public API
+//! where the API can make it (tenants, members, conversations, documents)
+//! and in bulk SQL only for the long transcripts (10,000 turns through
+//! SendMessage would take minutes and measure nothing new).
+
+use futures_util::StreamExt;
+use sqlx::PgPool;
+use tonic::transport::Channel;
+use tp_context::{Role, TenantId};
+use tp_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::api::{Member, authorized, bearer};
+
+type Tenants = pb::tenant_admin_service_client::TenantAdminServiceClient<Channel>;
+type Members = pb::member_service_client::MemberServiceClient<Channel>;
+type Conversations = pb::conversation_service_client::ConversationServiceClient<Channel>;
+type Knowledge = pb::knowledge_service_client::KnowledgeServiceClient<Channel>;
+
+/// One tenant made for the load: its admin and its members.
+#[derive(Clone, Debug)]
+pub struct SeededTenant {
+    pub admin: Member,
+    pub members: Vec<Member>,
+}
+
+/// Creates `count` tenants with `members` members each (and an admin),
+/// through the gateway as an operator, 16 at a time.
+pub async fn tenants(
+    channel: Channel,
+    secret: &str,
+    prefix: &str,
+    count: usize,
+    members: usize,
+) -> anyhow::Result<Vec<SeededTenant>> {
+    let operator = bearer(secret, "loadgen-operator", None, Role::Operator)?;
+    let made: Vec<anyhow::Result<SeededTenant>> = futures_util::stream::iter(0..count)
+        .map(|i| {
+            let channel = channel.clone();
+            let operator = operator.clone();
+            async move {
+                let admin_id = format!("{prefix}-{i}-admin");
+                let tenant = Tenants::new(channel.clone())
+                    .create_tenant(authorized(
+                        &operator,
+                        pb::CreateTenantRequest {
+                            display_name: format!("Load {prefix} {i}"),
+                            seats: i32::try_from(members + 1)?,
+                            admin_user_id: admin_id.clone(),
+                        },
+                    ))
+                    .await?
+                    .into_inner()
+                    .tenant
+                    .ok_or_else(|| anyhow::anyhow!("CreateTenant returned no tenant"))?;
+                let tenant_id: TenantId = tenant.tenant_id.parse()?;
+                let admin = Member::new(secret, tenant_id, &admin_id, Role::Admin)?;
+                let mut seeded = SeededTenant {
+                    admin,
+                    members: Vec::with_capacity(members),
+                };
+                for m in 0..members {
+                    let user_id = format!("{prefix}-{i}-member-{m}");
+                    Members::new(channel.clone())
+                        .add_member(seeded.admin.via_gateway(pb::AddMemberRequest {
+                            user_id: user_id.clone(),
+                            role: pb::MemberRole::Member.into(),
+                        }))
+                        .await?;
+                    seeded
+                        .members
+                        .push(Member::new(secret, tenant_id, &user_id, Role::Member)?);
+                }
+                Ok(seeded)
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    made.into_iter().collect()
+}
+
+/// A new conversation of `member`'s; returns its id.
+pub async fn conversation(
+    channel: Channel,
+    member: &Member,
+    title: &str,
+) -> anyhow::Result<String> {
+    let conversation = Conversations::new(channel)
+        .create_conversation(member.via_gateway(pb::CreateConversationRequest {
+            title: title.to_owned(),
+        }))
+        .await?
+        .into_inner()
+        .conversation
+        .ok_or_else(|| anyhow::anyhow!("CreateConversation returned no conversation"))?;
+    Ok(conversation.conversation_id)
+}
+
+/// A user turn's text, about as long as leaders write.
+const USER_TURN: &str = "We are 40 engineers at series B and the platform team keeps getting \
+    pulled into feature work. How should I think about protecting their roadmap?";
+
+/// An assistant turn's text, about as long as the coach's replies.
+const ASSISTANT_TURN: &str = "Before I suggest anything, let me check I have the picture. \
+    You lead about 40 engineers, the platform team is being pulled into feature work, and \
+    you want its roadmap protected. Two questions first: who decides what the platform team \
+    works on today, and what happens to a feature team when platform says no? One lens that \
+    may help is Trunk and Branches: a small trunk team keeps shared infrastructure coherent \
+    while branch teams own product surfaces. If platform is the trunk, the question becomes \
+    how much of its capacity is reserved for the trunk, and who arbitrates when a branch needs \
+    help. The pull into feature work is usually a symptom: either the paved road does not \
+    cover what feature teams need, or no one owns saying no. Which of those feels closer?";
+
+/// Adds `turns` turns (user and assistant alternating, each answer
+/// linked to its question as SendMessage links them) to a conversation,
+/// as the schema owner in one statement per 1,000 turns.
+pub async fn long_transcript(
+    owner: &PgPool,
+    tenant_id: TenantId,
+    conversation_id: &str,
+    turns: usize,
+) -> anyhow::Result<()> {
+    let conversation_id: Uuid = conversation_id.parse()?;
+    let mut tx = owner.begin().await?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant_id.to_string())
+        .execute(&mut *tx)
+        .await?;
+    let pairs = turns / 2;
+    for start in (0..pairs).step_by(500) {
+        let batch = (pairs - start).min(500);
+        let mut ids = Vec::with_capacity(batch * 2);
+        let mut roles = Vec::with_capacity(batch * 2);
+        let mut contents = Vec::with_capacity(batch * 2);
+        let mut reply_to: Vec<Option<Uuid>> = Vec::with_capacity(batch * 2);
+        for _ in 0..batch {
+            let question = Uuid::new_v4();
+            ids.extend([question, Uuid::new_v4()]);
+            roles.extend(["user", "assistant"]);
+            contents.extend([USER_TURN, ASSISTANT_TURN]);
+            reply_to.extend([None, Some(question)]);
+        }
+        sqlx::query(
+            "INSERT INTO conversation.messages
+                (message_id, tenant_id, conversation_id, role, content, reply_to, responder)
+             SELECT id, $5, $6, role, content, reply_to,
+                    CASE WHEN role = 'assistant' THEN 'offline' END
+               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[])
+                    WITH ORDINALITY AS t (id, role, content, reply_to, n)
+              ORDER BY n",
+        )
+        .bind(&ids)
+        .bind(&roles)
+        .bind(&contents)
+        .bind(&reply_to)
+        .bind(tenant_id.as_uuid())
+        .bind(conversation_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A small deterministic generator, so every run loads the same text.
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
+        items[(self.next() % items.len() as u64) as usize]
+    }
+}
+
+const SUBJECTS: &[&str] = &[
+    "The platform team",
+    "Our on-call rotation",
+    "The hiring committee",
+    "Each staff engineer",
+    "The reliability branch",
+    "Product engineering",
+    "The director group",
+    "Every new manager",
+    "The incident review",
+    "Our promotion process",
+];
+const VERBS: &[&str] = &[
+    "owns",
+    "reviews",
+    "measures",
+    "reduces",
+    "documents",
+    "sponsors",
+    "prioritises",
+    "escalates",
+    "instruments",
+    "retires",
+];
+const OBJECTS: &[&str] = &[
+    "error budgets for tier-one services",
+    "the career ladder for senior and staff levels",
+    "deployment pipelines and developer productivity",
+    "alert fatigue and noisy pages",
+    "technical debt in the billing domain",
+    "interview loops and closing candidates",
+    "service level objectives per customer journey",
+    "reorganisations and reporting lines",
+    "the migration to the new data platform",
+    "postmortems and follow-up actions",
+];
+
+/// Passages per generated document: one per paragraph.
+pub const PASSAGES_PER_DOCUMENT: usize = 50;
+
+fn document(rng: &mut XorShift, number: usize) -> String {
+    let mut text = format!("# Handbook, part {number}\n\n");
+    for passage in 0..PASSAGES_PER_DOCUMENT {
+        if passage % 10 == 0 {
+            text.push_str(&format!("## Section {}\n\n", passage / 10 + 1));
+        }
+        for _ in 0..3 {
+            text.push_str(&format!(
+                "{} {} {} ({} engineers, {} weeks). ",
+                rng.pick(SUBJECTS),
+                rng.pick(VERBS),
+                rng.pick(OBJECTS),
+                rng.next() % 200 + 5,
+                rng.next() % 12 + 1
+            ));
+        }
+        text.push_str("\n\n");
+    }
+    text
+}
+
+/// Adds `documents` generated Markdown documents to the admin's tenant.
+pub async fn documents(
+    channel: Channel,
+    admin: &Member,
+    documents: usize,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let mut rng = XorShift(seed | 1);
+    let mut knowledge = Knowledge::new(channel);
+    for number in 0..documents {
+        knowledge
+            .create_document(admin.via_gateway(pb::CreateDocumentRequest {
+                title: format!("Handbook part {number}"),
+                content: document(&mut rng, number).into_bytes(),
+                content_type: pb::ContentType::Markdown.into(),
+            }))
+            .await?;
+    }
+    Ok(())
+}

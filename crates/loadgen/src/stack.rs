@@ -1,0 +1,237 @@
+//! The product under load: the three service binaries started as child
+//! processes on free loopback ports, as `deploy/local/run` starts them,
+//! so each one's memory and CPU can be read on its own.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+
+/// The secret the stack verifies tokens with; the load generator mints them.
+pub const SIGNING_SECRET: &str = "tp-loadgen-signing-secret-not-for-production";
+
+/// Which services to start and how.
+#[derive(Clone, Debug)]
+pub struct StackConfig {
+    pub bin_dir: PathBuf,
+    pub app_url: String,
+    pub log_dir: PathBuf,
+    /// False starts every service with `TP_TELEMETRY=off`.
+    pub telemetry: bool,
+}
+
+pub struct ServiceProcess {
+    pub name: &'static str,
+    pub pid: u32,
+    child: Child,
+}
+
+pub struct Stack {
+    pub gateway: SocketAddr,
+    pub conversation: SocketAddr,
+    processes: Vec<ServiceProcess>,
+}
+
+/// A port on loopback nothing listens on right now.
+pub fn free_port() -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    Ok(listener.local_addr()?)
+}
+
+fn binary(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let path = bin_dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{} not found: build the services first (`cargo build --release --bins`), \
+             or pass --bin-dir",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Runs every service's migrations as the schema owner.
+pub async fn migrate(bin_dir: &Path, owner_url: &str) -> anyhow::Result<()> {
+    for name in ["gateway", "conversation", "knowledge"] {
+        let output = Command::new(binary(bin_dir, name)?)
+            .args(["migrate", "--database-url", owner_url])
+            .env("RUST_LOG", "warn")
+            .output()
+            .await
+            .with_context(|| format!("running {name} migrate"))?;
+        if !output.status.success() {
+            bail!(
+                "{name} migrate failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+    }
+    Ok(())
+}
+
+impl Stack {
+    pub async fn start(config: &StackConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.log_dir)?;
+        let gateway = free_port()?;
+        let conversation = free_port()?;
+        let knowledge = free_port()?;
+        let http: Vec<SocketAddr> = (0..3).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let mut stack = Stack {
+            gateway,
+            conversation,
+            processes: Vec::new(),
+        };
+        let url = |addr: SocketAddr| format!("http://{addr}");
+        let spawn_plan: [(&'static str, Vec<(&str, String)>); 3] = [
+            (
+                "knowledge",
+                vec![
+                    ("TP_KNOWLEDGE_ADDR", knowledge.to_string()),
+                    ("TP_HTTP_ADDR", http[2].to_string()),
+                ],
+            ),
+            (
+                "conversation",
+                vec![
+                    ("TP_CONVERSATION_ADDR", conversation.to_string()),
+                    ("TP_HTTP_ADDR", http[1].to_string()),
+                    ("TP_KNOWLEDGE_URL", url(knowledge)),
+                ],
+            ),
+            (
+                "gateway",
+                vec![
+                    ("TP_GATEWAY_ADDR", gateway.to_string()),
+                    ("TP_HTTP_ADDR", http[0].to_string()),
+                    ("TP_CONVERSATION_URL", url(conversation)),
+                    ("TP_KNOWLEDGE_URL", url(knowledge)),
+                    ("TP_JWT_HS256_SECRET", SIGNING_SECRET.to_owned()),
+                    (
+                        "TP_SLO_SCRAPE_URLS",
+                        format!("http://{}/metrics,http://{}/metrics", http[1], http[2]),
+                    ),
+                    // The load is the point here, not the product's
+                    // per-tenant limits (measured in their own benchmark).
+                    ("TP_RATE_TENANT_PER_SECOND", "1000000".to_owned()),
+                    ("TP_RATE_TENANT_BURST", "1000000".to_owned()),
+                    ("TP_RATE_USER_PER_SECOND", "1000000".to_owned()),
+                    ("TP_RATE_USER_BURST", "1000000".to_owned()),
+                    ("TP_MAX_STREAMS_PER_TENANT", "100000".to_owned()),
+                ],
+            ),
+        ];
+        for (name, env) in spawn_plan {
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(config.log_dir.join(format!("{name}.log")))?;
+            let mut command = Command::new(binary(&config.bin_dir, name)?);
+            command
+                .arg("serve")
+                .env("TP_DATABASE_URL", &config.app_url)
+                .env("TP_TELEMETRY", if config.telemetry { "on" } else { "off" })
+                .envs(env)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone()?)
+                .stderr(log)
+                .kill_on_drop(true);
+            let child = command
+                .spawn()
+                .with_context(|| format!("starting {name}"))?;
+            let pid = child.id().context("a started service has a pid")?;
+            stack.processes.push(ServiceProcess { name, pid, child });
+        }
+        for (name, addr) in [
+            ("knowledge", http[2]),
+            ("conversation", http[1]),
+            ("gateway", http[0]),
+        ] {
+            stack.wait_ready(name, addr, &config.log_dir).await?;
+        }
+        Ok(stack)
+    }
+
+    async fn wait_ready(
+        &mut self,
+        name: &str,
+        http: SocketAddr,
+        log_dir: &Path,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(200) = http_status(http, "/readyz").await {
+                return Ok(());
+            }
+            for process in &mut self.processes {
+                if let Some(status) = process.child.try_wait()? {
+                    bail!(
+                        "{} exited ({status}) while starting; see {}",
+                        process.name,
+                        log_dir.join(format!("{}.log", process.name)).display()
+                    );
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} was not ready within 30 s; see {}",
+                    log_dir.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Each service's name and process id.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        self.processes
+            .iter()
+            .map(|p| (p.name.to_owned(), p.pid))
+            .collect()
+    }
+
+    /// SIGTERM to every service, then waits for them (killing any still
+    /// running after 10 s).
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        for process in &self.processes {
+            terminate(process.pid);
+        }
+        for process in &mut self.processes {
+            match tokio::time::timeout(Duration::from_secs(10), process.child.wait()).await {
+                Ok(status) => {
+                    status?;
+                }
+                Err(_) => process.child.kill().await?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Sends SIGTERM, which the services answer with a graceful shutdown.
+pub fn terminate(pid: u32) {
+    if let Ok(pid) = libc::pid_t::try_from(pid) {
+        // SAFETY: kill(2) with a pid we started; at worst it is gone (ESRCH).
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// The status code of a plain HTTP/1.1 GET (the ops routes).
+pub async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).await?;
+    // "HTTP/1.1 200"
+    let code = std::str::from_utf8(&head[9..12])?.parse()?;
+    Ok(code)
+}
