@@ -33,6 +33,10 @@ pub struct Phase {
     pub concurrency: usize,
     pub warmup: Duration,
     pub duration: Duration,
+    /// Paced: all workers together start about this many calls a second
+    /// (each one call every `concurrency / rate` seconds, staggered),
+    /// instead of each starting its next call as soon as the last ends.
+    pub rate: Option<f64>,
 }
 
 /// Latency percentiles in milliseconds.
@@ -177,13 +181,25 @@ pub async fn run<W: Worker>(
         })
     };
 
+    let interval = phase
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|rate| Duration::from_secs_f64(workers.len() as f64 / rate));
+    let stagger = interval.map(|i| i / u32::try_from(workers.len().max(1)).unwrap_or(u32::MAX));
     let mut tasks = Vec::with_capacity(workers.len());
-    for mut worker in workers {
+    for (n, mut worker) in workers.into_iter().enumerate() {
         let calls = calls.clone();
         let failures = failures.clone();
+        let mut next_start = stagger.map(|s| started + s * u32::try_from(n).unwrap_or(0));
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
             loop {
+                if let (Some(at), Some(interval)) = (next_start, interval) {
+                    tokio::time::sleep_until(at.into()).await;
+                    // Late (the last call ran long): start now, and do not
+                    // burst to catch up.
+                    next_start = Some(at.max(Instant::now() - interval) + interval);
+                }
                 let call_start = Instant::now();
                 if call_start >= end {
                     break;
@@ -261,6 +277,31 @@ pub async fn run<W: Worker>(
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_paced_phase_keeps_to_its_rate() {
+        let phase = Phase {
+            name: "paced".into(),
+            concurrency: 4,
+            warmup: Duration::from_millis(100),
+            duration: Duration::from_millis(1000),
+            rate: Some(100.0),
+        };
+        let workers = (0..4)
+            .map(|_| Sleeper {
+                pause: Duration::from_millis(1),
+                n: 1,
+            })
+            .collect();
+        let result = run(&phase, workers, Vec::new()).await;
+        let op = result.op("sleep").expect("the op was recorded");
+        let total = op.ok + op.errors.values().sum::<u64>();
+        // Closed loop these workers would make ~4,000 calls a second.
+        assert!(
+            (90..=110).contains(&total),
+            "calls in one second at 100/s: {total}"
+        );
+    }
+
     /// Answers after a fixed pause; every fifth call fails.
     struct Sleeper {
         pause: Duration,
@@ -290,6 +331,7 @@ mod tests {
             concurrency: 4,
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(500),
+            rate: None,
         };
         let workers = (0..4)
             .map(|_| Sleeper {

@@ -18,7 +18,7 @@ use http_body_util::Full;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::{Request, Status};
 use tp_proto::v1 as pb;
-use tp_slo::live::{History, SliPlan, SloReport, parse_exposition};
+use tp_slo::live::{History, SliPlan, SloReport};
 use tp_slo::{Exhaustion, Severity};
 use tp_telemetry::Metrics;
 
@@ -241,8 +241,7 @@ impl SloMonitor {
     }
 
     fn read(&self, text: &str) -> tp_slo::live::Reading {
-        self.plan
-            .read(&parse_exposition(text, |name| self.plan.reads_metric(name)))
+        self.plan.read(&self.plan.selected_samples(text))
     }
 
     /// Samples now and then every `interval`, until the task is aborted.
