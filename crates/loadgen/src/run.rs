@@ -120,13 +120,6 @@ impl RunArgs {
     fn runs(&self, group: PhaseGroup) -> bool {
         self.phases.is_empty() || self.phases.contains(&group)
     }
-
-    /// Half a phase: comparisons run as two halves a side (A-B-B-A).
-    fn half_phase(&self, name: &str) -> Phase {
-        let mut phase = self.phase(name, self.concurrency);
-        phase.duration /= 2;
-        phase
-    }
 }
 
 /// Connections the workers share, as many clients' would be.
@@ -140,6 +133,21 @@ const PACED_SEND: &str = "send-message paced at 1/2 capacity";
 const LIST_ONE_STREAM: &str = "list-messages (1 stream)";
 const MIXED: &str = "mixed 70/20/10";
 const HOP: &str = "gateway hop (1 stream)";
+const TELEMETRY_ON: &str = "telemetry on, slice ";
+const TELEMETRY_OFF: &str = "telemetry off, slice ";
+const ONE_TENANT: &str = "tenants: 1, slice ";
+const MANY_TENANTS: &str = "tenants: many, slice ";
+/// Slices per side in the comparisons that alternate.
+const SLICES: u32 = 4;
+
+/// Which side goes first in slice pair `pair`: A-B, B-A, A-B, ...
+fn ab_ba(pair: u32) -> [bool; 2] {
+    if pair.is_multiple_of(2) {
+        [true, false]
+    } else {
+        [false, true]
+    }
+}
 
 struct Database {
     host: String,
@@ -446,7 +454,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     };
 
     let echo = EchoServer::start().await?;
-    let mut stack = Stack::start(&stack_config(true)).await?;
+    let stack = Stack::start(&stack_config(true)).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle: Vec<ProcessCost> = stack
         .processes()
@@ -462,7 +470,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         })
         .collect();
 
-    let mut gateway = channels(stack.gateway, CONNECTIONS).await?;
+    let gateway = channels(stack.gateway, CONNECTIONS).await?;
     let seeded = seed_all(&args, &db, gateway[0].clone()).await?;
     let c = args.concurrency;
     let mut phases: Vec<PhaseResult> = Vec::new();
@@ -561,33 +569,56 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         phases.push(driver::run(&args.phase(HOP, 1), workers, stack.processes()).await);
     }
 
-    // One tenant against many, the same total load, A-B-B-A.
+    // One tenant against many, the same total load, in alternating slices.
     if args.runs(PhaseGroup::Tenants) {
-        for (name, senders) in [
-            ("tenants: 1 (a)", &seeded.one_tenant),
-            ("tenants: many (a)", &seeded.many_tenants),
-            ("tenants: many (b)", &seeded.many_tenants),
-            ("tenants: 1 (b)", &seeded.one_tenant),
-        ] {
-            let workers = api_workers(&gateway, c, Mix::SEND, senders, &seeded);
-            phases.push(driver::run(&args.half_phase(name), workers, stack.processes()).await);
+        let mut slice = args.phase("", c);
+        slice.duration /= SLICES;
+        slice.warmup = slice.warmup.min(Duration::from_millis(500));
+        for pair in 0..SLICES {
+            for one in ab_ba(pair) {
+                let (prefix, senders) = if one {
+                    (ONE_TENANT, &seeded.one_tenant)
+                } else {
+                    (MANY_TENANTS, &seeded.many_tenants)
+                };
+                slice.name = format!("{prefix}{}", pair + 1);
+                let workers = api_workers(&gateway, c, Mix::SEND, senders, &seeded);
+                phases.push(driver::run(&slice, workers, stack.processes()).await);
+            }
         }
     }
 
-    // Telemetry on against off: the stack restarted each time, A-B-B-A.
+    // Telemetry on against off: a second stack with telemetry off runs
+    // beside the first, and the load alternates between them in short
+    // slices (on-off, off-on, ...), so both see the same machine: slices
+    // of whole phases minutes apart differed by up to 30 % on this machine.
     if args.runs(PhaseGroup::Telemetry) {
-        for (name, telemetry) in [
-            ("telemetry off (a)", false),
-            ("telemetry on (a)", true),
-            ("telemetry on (b)", true),
-            ("telemetry off (b)", false),
-        ] {
-            stack.stop().await?;
-            stack = Stack::start(&stack_config(telemetry)).await?;
-            gateway = channels(stack.gateway, CONNECTIONS).await?;
-            let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
-            phases.push(driver::run(&args.half_phase(name), workers, stack.processes()).await);
+        let quiet = Stack::start(&stack_config(false)).await?;
+        let quiet_gateway = channels(quiet.gateway, CONNECTIONS).await?;
+        let mut slice = args.phase("", c);
+        slice.duration /= SLICES;
+        slice.warmup = slice.warmup.min(Duration::from_millis(500));
+        for pair in 0..SLICES {
+            for telemetry in ab_ba(pair) {
+                let (channels, processes) = if telemetry {
+                    (&gateway, stack.processes())
+                } else {
+                    (&quiet_gateway, quiet.processes())
+                };
+                slice.name = format!(
+                    "{}{}",
+                    if telemetry {
+                        TELEMETRY_ON
+                    } else {
+                        TELEMETRY_OFF
+                    },
+                    pair + 1
+                );
+                let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, &seeded);
+                phases.push(driver::run(&slice, workers, processes).await);
+            }
         }
+        quiet.stop().await?;
     }
     stack.stop().await?;
     drop(echo);
@@ -683,17 +714,15 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
             }
         }
     }
-    let halves = |a: &str, b: &str| -> Vec<&PhaseResult> {
-        [a, b].iter().filter_map(|n| report.phase(n)).collect()
+    let slices = |prefix: &str| -> Vec<&PhaseResult> {
+        report
+            .phases
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .collect()
     };
-    let on = rate(
-        &halves("telemetry on (a)", "telemetry on (b)"),
-        op::SEND_MESSAGE,
-    );
-    let off = rate(
-        &halves("telemetry off (a)", "telemetry off (b)"),
-        op::SEND_MESSAGE,
-    );
+    let on = rate(&slices(TELEMETRY_ON), op::SEND_MESSAGE);
+    let off = rate(&slices(TELEMETRY_OFF), op::SEND_MESSAGE);
     if off > 0.0 {
         let loss = 1.0 - on / off;
         checks.push(check(
@@ -704,12 +733,12 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         ));
     }
     if let Some(list) = report
-        .phase("list-messages")
+        .phase(LIST_ONE_STREAM)
         .and_then(|p| p.op(op::LIST_MESSAGES))
     {
         checks.push(check(
             &format!(
-                "ListMessages page of 50 from {} turns, p99",
+                "ListMessages page of 50 from {} turns (every depth), p99, 1 stream",
                 report.settings.transcript_turns
             ),
             format!("{:.2} ms", list.latency.p99_ms),
@@ -753,14 +782,8 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         "<= 24 MiB each",
         idle_peak > 0 && mib(idle_peak) <= 24.0,
     ));
-    let one = rate(
-        &halves("tenants: 1 (a)", "tenants: 1 (b)"),
-        op::SEND_MESSAGE,
-    );
-    let many = rate(
-        &halves("tenants: many (a)", "tenants: many (b)"),
-        op::SEND_MESSAGE,
-    );
+    let one = rate(&slices(ONE_TENANT), op::SEND_MESSAGE);
+    let many = rate(&slices(MANY_TENANTS), op::SEND_MESSAGE);
     if one > 0.0 {
         let ratio = many / one;
         checks.push(check(
@@ -878,10 +901,10 @@ mod tests {
             )]
         };
         let r = report(vec![
-            phase("telemetry off (a)", 5.0, send(1000)),
-            phase("telemetry on (a)", 5.0, send(960)),
-            phase("telemetry on (b)", 5.0, send(940)),
-            phase("telemetry off (b)", 5.0, send(1000)),
+            phase(&format!("{TELEMETRY_ON}1"), 5.0, send(960)),
+            phase(&format!("{TELEMETRY_OFF}1"), 5.0, send(1000)),
+            phase(&format!("{TELEMETRY_OFF}2"), 5.0, send(1000)),
+            phase(&format!("{TELEMETRY_ON}2"), 5.0, send(940)),
         ]);
         let checks = targets(&r);
         let check = find(&checks, "throughput lost to full telemetry");
@@ -889,8 +912,8 @@ mod tests {
         assert!(check.met, "{check:?}");
         assert!(check.measured.contains("5.0 %"), "{}", check.measured);
         let r = report(vec![
-            phase("telemetry off (a)", 5.0, send(1000)),
-            phase("telemetry on (a)", 5.0, send(900)),
+            phase(&format!("{TELEMETRY_OFF}1"), 5.0, send(1000)),
+            phase(&format!("{TELEMETRY_ON}1"), 5.0, send(900)),
         ]);
         assert!(!find(&targets(&r), "throughput lost").met);
     }
@@ -970,10 +993,10 @@ mod tests {
     fn tenant_scaling_needs_nine_tenths_of_the_single_tenant_rate() {
         let send = |ok| vec![op_with(op::SEND_MESSAGE, ok, 5.0, 10.0, 20.0, None)];
         let r = report(vec![
-            phase("tenants: 1 (a)", 5.0, send(1000)),
-            phase("tenants: many (a)", 5.0, send(880)),
-            phase("tenants: many (b)", 5.0, send(880)),
-            phase("tenants: 1 (b)", 5.0, send(1000)),
+            phase(&format!("{ONE_TENANT}1"), 5.0, send(1000)),
+            phase(&format!("{MANY_TENANTS}1"), 5.0, send(880)),
+            phase(&format!("{MANY_TENANTS}2"), 5.0, send(880)),
+            phase(&format!("{ONE_TENANT}2"), 5.0, send(1000)),
         ]);
         assert!(!find(&targets(&r), "SendMessage throughput, 1000 tenants").met);
     }

@@ -264,10 +264,16 @@ impl SliPlan {
     /// selected ones a few MiB.
     pub fn selected_samples(&self, text: &str) -> Vec<Sample> {
         text.lines()
-            .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
-            .filter_map(|line| parse_line(line, &|name: &str| self.reads_metric(name)))
-            .filter(|sample| self.selects(sample))
+            .filter_map(|line| self.selected_sample(line))
             .collect()
+    }
+
+    /// One line of an exposition, if it is a sample some SLI selects.
+    pub fn selected_sample(&self, line: &str) -> Option<Sample> {
+        if line.starts_with('#') || line.trim().is_empty() {
+            return None;
+        }
+        parse_line(line, &|name: &str| self.reads_metric(name)).filter(|s| self.selects(s))
     }
 
     fn selects(&self, sample: &Sample) -> bool {

@@ -684,8 +684,16 @@ impl Metrics {
     /// ([`OPENMETRICS_CONTENT_TYPE`]), exemplars included.
     pub fn encode(&self) -> Result<String, MetricsError> {
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.inner.registry)?;
+        self.encode_to(&mut text)?;
         Ok(text)
+    }
+
+    /// The exposition written piece by piece to `out`, for a reader that
+    /// consumes it line by line instead of holding it whole (with 1,000
+    /// tenants it is tens of MB).
+    pub fn encode_to(&self, out: &mut impl std::fmt::Write) -> Result<(), MetricsError> {
+        prometheus_client::encoding::text::encode(out, &self.inner.registry)?;
+        Ok(())
     }
 
     /// The `tp.tenant.id` label for `tenant`: itself while fewer than the

@@ -202,8 +202,15 @@ impl SloMonitor {
     /// Reads every source once and records the sample.
     pub async fn sample(&self) {
         let mut readings = Vec::with_capacity(self.targets.len() + 1);
-        readings.push(match self.metrics.encode() {
-            Ok(text) => Some(self.read(&text)),
+        // The gateway's own exposition (every tenant's series) is read as
+        // it is written, a line at a time, never held whole.
+        let mut own = SelectedLines {
+            plan: &self.plan,
+            line: String::new(),
+            samples: Vec::new(),
+        };
+        readings.push(match self.metrics.encode_to(&mut own) {
+            Ok(()) => Some(self.plan.read(&own.finish())),
             Err(e) => {
                 tracing::warn!(error = %e, "SLO sampler: encoding the gateway's metrics failed");
                 None
@@ -276,6 +283,34 @@ impl SloMonitor {
             span: history.span(),
             untracked: history.untracked(),
         })
+    }
+}
+
+/// Collects the samples an SLI selects from an exposition written into it.
+struct SelectedLines<'a> {
+    plan: &'a SliPlan,
+    line: String,
+    samples: Vec<tp_slo::live::Sample>,
+}
+
+impl SelectedLines<'_> {
+    fn finish(mut self) -> Vec<tp_slo::live::Sample> {
+        let rest = std::mem::take(&mut self.line);
+        self.samples.extend(self.plan.selected_sample(&rest));
+        self.samples
+    }
+}
+
+impl std::fmt::Write for SelectedLines<'_> {
+    fn write_str(&mut self, mut s: &str) -> std::fmt::Result {
+        while let Some(end) = s.find('\n') {
+            self.line.push_str(&s[..end]);
+            self.samples.extend(self.plan.selected_sample(&self.line));
+            self.line.clear();
+            s = &s[end + 1..];
+        }
+        self.line.push_str(s);
+        Ok(())
     }
 }
 
@@ -624,5 +659,43 @@ mod tests {
         assert!(html.contains("http-equiv=\"refresh\""));
         assert!(!html.contains("NaN"));
         assert!(!html.contains("src=\"http"), "no external assets");
+    }
+
+    #[test]
+    fn an_exposition_written_in_pieces_selects_what_the_whole_text_selects() {
+        let monitor = SloMonitor::new(Metrics::new("gateway"), "").unwrap();
+        let mut text = String::from("# TYPE rpc_server_call_duration_seconds histogram\n");
+        for tenant in ["t1", "t2"] {
+            for le in ["0.005", "0.1", "0.25", "0.5", "1.0", "2.5", "+Inf"] {
+                text.push_str(&format!(
+                    "rpc_server_call_duration_seconds_bucket{{le=\"{le}\",rpc_method=\"thoughtpartner.v1.ConversationService/ListMessages\",\
+                     rpc_status_code=\"OK\",rpc_system_name=\"grpc\",tp_component=\"gateway\",tp_tenant_id=\"{tenant}\"}} 7\n"
+                ));
+            }
+            text.push_str(&format!(
+                "rpc_server_call_duration_seconds_count{{rpc_method=\"thoughtpartner.v1.ConversationService/ListMessages\",\
+                 rpc_status_code=\"OK\",rpc_system_name=\"grpc\",tp_component=\"gateway\",tp_tenant_id=\"{tenant}\"}} 7\n"
+            ));
+        }
+        text.push_str("# EOF");
+        let whole = monitor.plan.selected_samples(&text);
+        assert!(
+            !whole.is_empty(),
+            "the ListMessages SLOs select some of these"
+        );
+        for piece in [1, 7, 64, 1000] {
+            let mut lines = SelectedLines {
+                plan: &monitor.plan,
+                line: String::new(),
+                samples: Vec::new(),
+            };
+            let bytes = text.as_bytes();
+            for chunk in bytes.chunks(piece) {
+                // ASCII only, so any split is on a character boundary.
+                std::fmt::Write::write_str(&mut lines, std::str::from_utf8(chunk).unwrap())
+                    .unwrap();
+            }
+            assert_eq!(lines.finish(), whole, "written {piece} bytes at a time");
+        }
     }
 }
