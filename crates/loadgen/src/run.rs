@@ -588,36 +588,33 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         }
     }
 
-    // Telemetry on against off: a second stack with telemetry off runs
-    // beside the first, and the load alternates between them in short
-    // slices (on-off, off-on, ...), so both see the same machine: slices
-    // of whole phases minutes apart differed by up to 30 % on this machine.
+    // Telemetry on against off: two fresh stacks side by side, one with
+    // telemetry off, and the load alternating between them in short slices
+    // (on-off, off-on, ...), so both see the same machine: whole phases
+    // minutes apart differed by up to 30 % here. Both are fresh, so the
+    // first stack's history (1,000 tenants' series) is not counted against
+    // telemetry.
     if args.runs(PhaseGroup::Telemetry) {
+        let loud = Stack::start(&stack_config(true)).await?;
         let quiet = Stack::start(&stack_config(false)).await?;
+        let loud_gateway = channels(loud.gateway, CONNECTIONS).await?;
         let quiet_gateway = channels(quiet.gateway, CONNECTIONS).await?;
         let mut slice = args.phase("", c);
         slice.duration /= SLICES;
         slice.warmup = slice.warmup.min(Duration::from_millis(500));
         for pair in 0..SLICES {
             for telemetry in ab_ba(pair) {
-                let (channels, processes) = if telemetry {
-                    (&gateway, stack.processes())
+                let (prefix, channels, processes) = if telemetry {
+                    (TELEMETRY_ON, &loud_gateway, loud.processes())
                 } else {
-                    (&quiet_gateway, quiet.processes())
+                    (TELEMETRY_OFF, &quiet_gateway, quiet.processes())
                 };
-                slice.name = format!(
-                    "{}{}",
-                    if telemetry {
-                        TELEMETRY_ON
-                    } else {
-                        TELEMETRY_OFF
-                    },
-                    pair + 1
-                );
+                slice.name = format!("{prefix}{}", pair + 1);
                 let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, &seeded);
                 phases.push(driver::run(&slice, workers, processes).await);
             }
         }
+        loud.stop().await?;
         quiet.stop().await?;
     }
     stack.stop().await?;

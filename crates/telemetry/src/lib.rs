@@ -21,6 +21,7 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 mod call;
+mod log_fields;
 pub mod metrics;
 mod propagation;
 #[cfg(test)]
@@ -208,6 +209,7 @@ pub fn init_for_tests() -> TestTelemetry {
                 .with_current_span(true)
                 .with_span_list(false)
                 .with_target(true)
+                .fmt_fields(log_fields::TraceIdOnly)
                 .with_writer(logs.clone())
                 .with_filter(EnvFilter::new(testing::CAPTURE_FILTER));
             // Several test binaries may race for the global subscriber; the
@@ -245,6 +247,7 @@ where
         .with_current_span(true)
         .with_span_list(false)
         .with_target(true)
+        .fmt_fields(log_fields::TraceIdOnly)
         .with_filter(filter);
     tracing_subscriber::registry()
         .with(extra)
