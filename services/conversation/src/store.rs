@@ -281,10 +281,10 @@ impl ConversationStore {
             None => None,
         };
 
-        let (user_message, existing_reply) = match stored {
+        let (user_message, existing_reply, new_turn) = match stored {
             Some(user_message) => {
                 let reply = stored_reply(&mut tx, user_message.message_id).await?;
-                (user_message, reply)
+                (user_message, reply, false)
             }
             None => {
                 crate::usage::check_quotas(&mut tx, ctx).await?;
@@ -303,8 +303,7 @@ impl ConversationStore {
                 .fetch_one(&mut *tx)
                 .await?;
                 touch(&mut tx, conversation_id).await?;
-                crate::usage::count_message(&mut tx, ctx).await?;
-                (user_message, None)
+                (user_message, None, true)
             }
         };
 
@@ -320,6 +319,13 @@ impl ConversationStore {
         .await?;
         transcript.reverse();
         let kept_profile = kept_profile(&mut tx, ctx).await?;
+        // Last before the commit: counting locks the tenant's row for the
+        // day until the commit, and every member of the tenant sending at
+        // that moment waits for it (measured with tp-loadgen: one tenant's
+        // 32 members sent 28 % less than 1,000 tenants' did).
+        if new_turn {
+            crate::usage::count_message(&mut tx, ctx).await?;
+        }
         tx.commit().await?;
         Ok(Exchange {
             user_message,
