@@ -41,6 +41,10 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
 }
 
+/// How long a pooled connection may sit idle before it is checked with a
+/// ping on its way out of the pool.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
+
 /// Connects as the application role and refuses a role that row-level
 /// security would not bind: a superuser, a `BYPASSRLS` role, or the owner of
 /// the service's schema or tables.
@@ -49,6 +53,19 @@ pub async fn connect_app(settings: &DatabaseSettings, schema: &str) -> Result<Pg
     let pool = PgPoolOptions::new()
         .max_connections(settings.max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        // sqlx pings every connection before handing it out: one more round
+        // trip and statement on every transaction (three per SendMessage).
+        // A connection in steady use is known to be alive; only one that sat
+        // idle (e.g. across a database restart) is checked.
+        .test_before_acquire(false)
+        .before_acquire(|connection, meta| {
+            Box::pin(async move {
+                if meta.idle_for > PING_IF_IDLE_FOR {
+                    sqlx::Connection::ping(connection).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_with(options)
         .await?;
     check_app_role(&pool, schema).await?;
