@@ -529,6 +529,13 @@ async fn rpc_metrics_health_and_canonical_events() -> anyhow::Result<()> {
     );
     assert_eq!(field(reply, "tp.member.id").as_deref(), Some("alice"));
     assert_eq!(field(reply, "tp.responder").as_deref(), Some("offline"));
+    // How the reply came out: knowledge answered, and the offline coach
+    // keeps the persona's rules.
+    assert_eq!(field(reply, "tp.reply.grounded").as_deref(), Some("true"));
+    assert_eq!(
+        field(reply, "tp.reply.policy_violations").as_deref(),
+        Some("0")
+    );
     assert!(
         conversation_sends
             .iter()

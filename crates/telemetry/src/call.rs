@@ -14,6 +14,10 @@ pub struct CallFields {
     pub responder: Option<String>,
     pub input_tokens: Option<u64>,
     pub output_tokens: Option<u64>,
+    /// Whether the reply was grounded in retrieved knowledge.
+    pub grounded: Option<bool>,
+    /// How many persona rules the reply broke.
+    pub policy_violations: Option<u64>,
 }
 
 /// A shared handle on one call's [`CallFields`]. The server layer puts it in
@@ -63,6 +67,14 @@ impl CallRecord {
         let mut fields = self.fields();
         fields.input_tokens = Some(fields.input_tokens.unwrap_or(0).saturating_add(input));
         fields.output_tokens = Some(fields.output_tokens.unwrap_or(0).saturating_add(output));
+    }
+
+    /// How the reply came out: grounded or not, and how many persona rules
+    /// it broke (which ones are counted by rule in the metrics).
+    pub fn set_reply_quality(&self, grounded: bool, policy_violations: usize) {
+        let mut fields = self.fields();
+        fields.grounded = Some(grounded);
+        fields.policy_violations = Some(u64::try_from(policy_violations).unwrap_or(u64::MAX));
     }
 
     /// A copy of what is known so far.

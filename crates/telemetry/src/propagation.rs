@@ -228,6 +228,8 @@ impl Observe for ServerObservation {
                 tp.responder = fields.responder.as_deref(),
                 gen_ai.usage.input_tokens = fields.input_tokens,
                 gen_ai.usage.output_tokens = fields.output_tokens,
+                tp.reply.grounded = fields.grounded,
+                tp.reply.policy_violations = fields.policy_violations,
                 tp.call.duration_ms = millis(duration),
                 tp.call.first_message_ms = self.first_message.map(millis),
                 "call"

@@ -142,6 +142,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
                 let last = match pipeline.respond(&ctx, &exchange, &events).await {
                     Ok(reply) => {
                         record.set_responder(reply.responder);
+                        record.set_reply_quality(reply.grounded, reply.violations.len());
                         if let Some(usage) = &reply.usage {
                             record.add_tokens(
                                 u64::from(usage.input_tokens),

@@ -257,7 +257,9 @@ impl ReplyPipeline {
         for rule in &violations {
             self.metrics.coach_policy_violation(responder, rule);
         }
-        tracing::info!(
+        // Debug only: the canonical event carries grounded and violations
+        // too, and at info this line doubled the service's log volume.
+        tracing::debug!(
             responder,
             cited = cited_frameworks.len(),
             violations = violations.len(),
