@@ -262,6 +262,12 @@ where
                 .with_tracked_inactivity(false)
                 .with_location(false)
                 .with_threads(false)
+                // Entering a span would also make its context the current
+                // OpenTelemetry context, on every poll of every instrumented
+                // future (a reply's stream polls its task per delta).
+                // Nothing here reads that context: propagation and the
+                // exemplars take the context from the tracing span itself.
+                .with_context_activation(false)
                 // Our spans are `info`; without a filter every `trace` span
                 // of h2, hyper and tonic became an OpenTelemetry span too.
                 .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
