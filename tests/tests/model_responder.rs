@@ -78,7 +78,8 @@ async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
     );
     assert!(violations.is_empty(), "{violations:?}");
     let (tenant_input, tenant_output): (i64, i64) = sqlx::query_as(
-        "SELECT input_tokens, output_tokens FROM conversation.tenant_token_usage WHERE tenant_id = $1",
+        "SELECT sum(input_tokens)::bigint, sum(output_tokens)::bigint
+           FROM conversation.tenant_token_usage WHERE tenant_id = $1",
     )
     .bind(tenant.as_uuid())
     .fetch_one(&admin)

@@ -234,3 +234,57 @@ async fn usage_counts_messages_tokens_and_active_seats() -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// A tenant's daily count is spread over several rows by member (so its
+/// members do not queue on one row's lock); the organisation's quota is
+/// still checked against their sum.
+#[tokio::test]
+async fn a_tenants_count_spread_over_rows_still_meets_its_quota() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let tenant = app.create_tenant("Spread", 10, "spread-admin").await?;
+    let admin = app.token("spread-admin", Some(tenant), Role::Admin);
+    let members: Vec<String> = (0..6).map(|i| format!("member-{i}")).collect();
+    for member in &members {
+        app.members(&admin)
+            .await?
+            .add_member(pb::AddMemberRequest {
+                user_id: member.clone(),
+                role: pb::MemberRole::Member.into(),
+            })
+            .await?;
+    }
+    set_quota(&app, &admin, "", 6, 0).await?;
+    let mut first = None;
+    for member in &members {
+        let token = app.token(member, Some(tenant), Role::Member);
+        let mut conversations = app.conversations(&token).await?;
+        let id = new_conversation(&mut conversations, "")
+            .await?
+            .conversation_id;
+        send(
+            &mut conversations,
+            &id,
+            "How do I grow my staff engineers?",
+            "k0",
+        )
+        .await?;
+        first.get_or_insert((conversations, id));
+    }
+
+    let db = tp_e2e::TestDatabase::pool(&app.db.admin_url).await?;
+    let (rows, messages): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), sum(messages)::bigint FROM conversation.tenant_token_usage WHERE tenant_id = $1",
+    )
+    .bind(tenant.as_uuid())
+    .fetch_one(&db)
+    .await?;
+    assert_eq!(messages, 6);
+    assert!(rows > 1, "six members' messages on {rows} row(s)");
+
+    let (mut conversations, id) = first.expect("a conversation");
+    let Err(refused) = send(&mut conversations, &id, "One more?", "k1").await else {
+        panic!("the seventh message is over the organisation's quota of six");
+    };
+    assert_eq!(refused.code(), Code::ResourceExhausted);
+    Ok(())
+}

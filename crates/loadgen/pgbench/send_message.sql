@@ -47,18 +47,18 @@ VALUES (gen_random_uuid(), :tenant, :conv, 'user',
         'We need to hire more engineers. We''re 40 engineers at series B.', NULL)
 RETURNING message_id AS user_message_id, conversation_id, seq AS user_seq, role, content, create_time \gset
 UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
+SELECT role, content FROM conversation.messages
+ WHERE conversation_id = :conv AND seq < :user_seq
+ ORDER BY seq DESC LIMIT 40;
+SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;
 WITH member AS (
      INSERT INTO conversation.member_usage AS u (tenant_id, user_id, day, messages)
      VALUES (:tenant, :usr, (now() AT TIME ZONE 'UTC')::date, 1)
      ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
  )
- INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, messages)
- VALUES (:tenant, (now() AT TIME ZONE 'UTC')::date, 1)
- ON CONFLICT (tenant_id, day) DO UPDATE SET messages = t.messages + 1;
-SELECT role, content FROM conversation.messages
- WHERE conversation_id = :conv AND seq < :user_seq
- ORDER BY seq DESC LIMIT 40;
-SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;
+ INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
+ VALUES (:tenant, (now() AT TIME ZONE 'UTC')::date, (hashtext(:usr) & 7)::smallint, 1)
+ ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1;
 COMMIT;
 
 -- conversation, complete_exchange: the assistant's turn.

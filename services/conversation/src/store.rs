@@ -408,15 +408,17 @@ impl ConversationStore {
                 if let Some(usage) = reply.usage {
                     sqlx::query(
                         "INSERT INTO conversation.tenant_token_usage AS u
-                            (tenant_id, day, input_tokens, output_tokens)
-                         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, $2, $3)
-                         ON CONFLICT (tenant_id, day) DO UPDATE SET
+                            (tenant_id, day, shard, input_tokens, output_tokens)
+                         VALUES ($1, (now() AT TIME ZONE 'UTC')::date,
+                                 (hashtext($4) & 7)::smallint, $2, $3)
+                         ON CONFLICT (tenant_id, day, shard) DO UPDATE SET
                             input_tokens = u.input_tokens + EXCLUDED.input_tokens,
                             output_tokens = u.output_tokens + EXCLUDED.output_tokens",
                     )
                     .bind(ctx.tenant_id.as_uuid())
                     .bind(i64::from(usage.input_tokens))
                     .bind(i64::from(usage.output_tokens))
+                    .bind(&ctx.user_id)
                     .execute(&mut *tx)
                     .await?;
                     crate::usage::count_tokens(

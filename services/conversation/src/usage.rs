@@ -162,7 +162,9 @@ pub async fn check_quotas(
     Ok(())
 }
 
-/// Counts one stored user turn.
+/// Counts one stored user turn. The tenant's count for the day is spread
+/// over 8 rows by member (`shard`), so a tenant's members do not all wait
+/// on one row's lock.
 pub async fn count_message(tx: &mut PgConnection, ctx: &RequestContext) -> Result<(), sqlx::Error> {
     sqlx::query(
         "WITH member AS (
@@ -170,9 +172,9 @@ pub async fn count_message(tx: &mut PgConnection, ctx: &RequestContext) -> Resul
              VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date, 1)
              ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
          )
-         INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, messages)
-         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, 1)
-         ON CONFLICT (tenant_id, day) DO UPDATE SET messages = t.messages + 1",
+         INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
+         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, (hashtext($2) & 7)::smallint, 1)
+         ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1",
     )
     .bind(ctx.tenant_id.as_uuid())
     .bind(&ctx.user_id)
