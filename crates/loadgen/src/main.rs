@@ -12,6 +12,7 @@
 mod api;
 mod driver;
 mod echo;
+mod otlp;
 mod pgbench;
 mod procstat;
 mod report;

@@ -68,6 +68,11 @@ pub struct Report {
     pub idle: Vec<ProcessCost>,
     pub phases: Vec<PhaseResult>,
     pub pgbench: Option<PgbenchResult>,
+    /// What the stacks with telemetry on exported to the OTLP receiver.
+    #[serde(default)]
+    pub otlp_spans: u64,
+    #[serde(default)]
+    pub otlp_metric_exports: u64,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -179,6 +184,11 @@ impl Report {
                 let _ = writeln!(out, "  {:<32} {}", phase.name, costs.join(", "));
             }
         }
+        let _ = writeln!(
+            out,
+            "\nOTLP receiver: {} spans and {} metric exports from the stacks with telemetry on",
+            self.otlp_spans, self.otlp_metric_exports
+        );
         let _ = writeln!(out, "\ntargets (ratios and figures from this run):");
         for t in &self.targets {
             let _ = writeln!(

@@ -446,11 +446,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     let db = fresh_database(&args.admin_url, &args.database).await?;
     let owner_url = format!("postgres://tp_owner@{}:{}/{}", db.host, db.port, db.name);
     migrate(&bin_dir, &owner_url).await?;
+    // Telemetry on means exported, as to a collector in production.
+    let (otlp_endpoint, otlp) = crate::otlp::start().await?;
     let stack_config = |telemetry| StackConfig {
         bin_dir: bin_dir.clone(),
         app_url: db.app_url.clone(),
         log_dir: args.log_dir.clone(),
         telemetry,
+        otlp_endpoint: Some(otlp_endpoint.clone()),
     };
 
     let echo = EchoServer::start().await?;
@@ -635,6 +638,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         idle,
         phases,
         pgbench: pgbench_result,
+        otlp_spans: otlp.spans(),
+        otlp_metric_exports: otlp.metric_exports(),
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -867,6 +872,8 @@ mod tests {
                 cpu_seconds: 0.0,
             }],
             phases,
+            otlp_spans: 0,
+            otlp_metric_exports: 0,
             pgbench: Some(crate::pgbench::PgbenchResult {
                 clients: 32,
                 seconds: 10.0,

@@ -22,6 +22,8 @@ pub struct StackConfig {
     pub log_dir: PathBuf,
     /// False starts every service with `TP_TELEMETRY=off`.
     pub telemetry: bool,
+    /// Where services with telemetry on export spans and metrics (OTLP/gRPC).
+    pub otlp_endpoint: Option<String>,
 }
 
 pub struct ServiceProcess {
@@ -134,6 +136,13 @@ impl Stack {
                 .arg("serve")
                 .env("TP_DATABASE_URL", &config.app_url)
                 .env("TP_TELEMETRY", if config.telemetry { "on" } else { "off" })
+                .envs(
+                    config
+                        .otlp_endpoint
+                        .iter()
+                        .filter(|_| config.telemetry)
+                        .map(|url| ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str())),
+                )
                 .envs(env)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone()?)
