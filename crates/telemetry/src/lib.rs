@@ -84,6 +84,9 @@ fn resource(service_name: &'static str) -> Resource {
     }
 }
 
+/// The target of the canonical event (one per served call).
+pub(crate) const CANONICAL_TARGET: &str = "canonical";
+
 /// Whether this process records telemetry: true unless `TP_TELEMETRY=off`.
 ///
 /// Off exists for one reason: the load generator's same-run baseline of
@@ -270,7 +273,16 @@ where
                 .with_context_activation(false)
                 // Our spans are `info`; without a filter every `trace` span
                 // of h2, hyper and tonic became an OpenTelemetry span too.
-                .with_filter(tracing_subscriber::filter::LevelFilter::INFO),
+                // The canonical event is a log line, not a span event: its
+                // fields are the span's own attributes again, and as a span
+                // event each was converted and exported a second time.
+                .with_filter(
+                    tracing_subscriber::filter::filter_fn(|meta| {
+                        *meta.level() <= tracing::Level::INFO
+                            && !(meta.is_event() && meta.target() == CANONICAL_TARGET)
+                    })
+                    .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO),
+                ),
         )
         .try_init()?;
     Ok(())
@@ -348,7 +360,7 @@ mod testing {
 
     impl<S: tracing::Subscriber> Layer<S> for CanonicalEvents {
         fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-            if event.metadata().target() != "canonical" {
+            if event.metadata().target() != crate::CANONICAL_TARGET {
                 return;
             }
             let mut fields = Fields(BTreeMap::new());

@@ -216,7 +216,7 @@ impl Observe for ServerObservation {
         // carry the trace id. Names as in schema.toml; never content.
         span.in_scope(|| {
             tracing::event!(
-                target: "canonical",
+                target: crate::CANONICAL_TARGET,
                 tracing::Level::INFO,
                 tp.component = self.metrics.component(),
                 rpc.method = &*self.method,
