@@ -14,92 +14,12 @@ use tp_e2e::tp_proto::v1 as pb;
 use tp_e2e::{KnowledgeClient, TestApp, TestDatabase};
 use tp_knowledge::search::{Catalog, Searcher};
 use tp_knowledge::store::KnowledgeStore;
+use tp_loadgen::handbook::{PASSAGES_PER_DOCUMENT, XorShift, document};
 
 const TENANTS: usize = 20;
 const DOCUMENTS_PER_TENANT: usize = 10;
-const PASSAGES_PER_DOCUMENT: usize = 50;
 const ROUNDS: usize = 10;
 const SEARCHES_PER_ROUND: usize = 200;
-
-/// A small deterministic generator, so every run loads the same text.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-}
-
-const SUBJECTS: &[&str] = &[
-    "The platform team",
-    "Our on-call rotation",
-    "The hiring committee",
-    "Each staff engineer",
-    "The reliability branch",
-    "Product engineering",
-    "The director group",
-    "Every new manager",
-    "The incident review",
-    "Our promotion process",
-    "The domain team",
-    "The strategy doc",
-];
-const VERBS: &[&str] = &[
-    "owns",
-    "reviews",
-    "measures",
-    "reduces",
-    "documents",
-    "sponsors",
-    "prioritises",
-    "escalates",
-    "instruments",
-    "standardises",
-    "budgets for",
-    "retires",
-];
-const OBJECTS: &[&str] = &[
-    "error budgets for tier-one services",
-    "the career ladder for senior and staff levels",
-    "deployment pipelines and developer productivity",
-    "alert fatigue and noisy pages",
-    "technical debt in the billing domain",
-    "interview loops and closing candidates",
-    "service level objectives per customer journey",
-    "reorganisations and reporting lines",
-    "the migration to the new data platform",
-    "headcount plans for next quarter",
-    "postmortems and follow-up actions",
-    "architecture decisions across teams",
-];
-
-fn document(rng: &mut XorShift, tenant: usize, number: usize) -> String {
-    let mut text = format!("# Tenant {tenant} handbook, part {number}\n\n");
-    for passage in 0..PASSAGES_PER_DOCUMENT {
-        if passage % 10 == 0 {
-            text.push_str(&format!("## Section {}\n\n", passage / 10 + 1));
-        }
-        for _ in 0..3 {
-            text.push_str(&format!(
-                "{} {} {} ({} engineers, {} weeks). ",
-                rng.pick(SUBJECTS),
-                rng.pick(VERBS),
-                rng.pick(OBJECTS),
-                rng.next() % 200 + 5,
-                rng.next() % 12 + 1
-            ));
-        }
-        text.push_str("\n\n");
-    }
-    text
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;

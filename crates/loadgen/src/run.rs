@@ -325,7 +325,8 @@ async fn seed_all(args: &RunArgs, db: &Database, gateway: Channel) -> anyhow::Re
     }
 
     let documents = if searching {
-        args.passages.div_ceil(seed::PASSAGES_PER_DOCUMENT)
+        args.passages
+            .div_ceil(tp_loadgen::handbook::PASSAGES_PER_DOCUMENT)
     } else {
         0
     };
@@ -336,7 +337,7 @@ async fn seed_all(args: &RunArgs, db: &Database, gateway: Channel) -> anyhow::Re
     );
     for (i, tenant) in tenants.iter().take(document_tenants).enumerate() {
         let share = documents / document_tenants + usize::from(i < documents % document_tenants);
-        seed::documents(gateway.clone(), &tenant.admin, share, i as u64 + 1).await?;
+        seed::documents(gateway.clone(), &tenant.admin, i, share).await?;
     }
     let searchers = tenants
         .iter()

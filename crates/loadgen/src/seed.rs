@@ -10,6 +10,8 @@ use tp_context::{Role, TenantId};
 use tp_proto::v1 as pb;
 use uuid::Uuid;
 
+use tp_loadgen::handbook::{XorShift, document};
+
 use crate::api::{Member, authorized, bearer};
 
 type Tenants = pb::tenant_admin_service_client::TenantAdminServiceClient<Channel>;
@@ -163,97 +165,20 @@ pub async fn long_transcript(
     Ok(())
 }
 
-/// A small deterministic generator, so every run loads the same text.
-pub struct XorShift(pub u64);
-
-impl XorShift {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[(self.next() % items.len() as u64) as usize]
-    }
-}
-
-const SUBJECTS: &[&str] = &[
-    "The platform team",
-    "Our on-call rotation",
-    "The hiring committee",
-    "Each staff engineer",
-    "The reliability branch",
-    "Product engineering",
-    "The director group",
-    "Every new manager",
-    "The incident review",
-    "Our promotion process",
-];
-const VERBS: &[&str] = &[
-    "owns",
-    "reviews",
-    "measures",
-    "reduces",
-    "documents",
-    "sponsors",
-    "prioritises",
-    "escalates",
-    "instruments",
-    "retires",
-];
-const OBJECTS: &[&str] = &[
-    "error budgets for tier-one services",
-    "the career ladder for senior and staff levels",
-    "deployment pipelines and developer productivity",
-    "alert fatigue and noisy pages",
-    "technical debt in the billing domain",
-    "interview loops and closing candidates",
-    "service level objectives per customer journey",
-    "reorganisations and reporting lines",
-    "the migration to the new data platform",
-    "postmortems and follow-up actions",
-];
-
-/// Passages per generated document: one per paragraph.
-pub const PASSAGES_PER_DOCUMENT: usize = 50;
-
-fn document(rng: &mut XorShift, number: usize) -> String {
-    let mut text = format!("# Handbook, part {number}\n\n");
-    for passage in 0..PASSAGES_PER_DOCUMENT {
-        if passage % 10 == 0 {
-            text.push_str(&format!("## Section {}\n\n", passage / 10 + 1));
-        }
-        for _ in 0..3 {
-            text.push_str(&format!(
-                "{} {} {} ({} engineers, {} weeks). ",
-                rng.pick(SUBJECTS),
-                rng.pick(VERBS),
-                rng.pick(OBJECTS),
-                rng.next() % 200 + 5,
-                rng.next() % 12 + 1
-            ));
-        }
-        text.push_str("\n\n");
-    }
-    text
-}
-
 /// Adds `documents` generated Markdown documents to the admin's tenant.
 pub async fn documents(
     channel: Channel,
     admin: &Member,
+    tenant: usize,
     documents: usize,
-    seed: u64,
 ) -> anyhow::Result<()> {
-    let mut rng = XorShift(seed | 1);
+    let mut rng = XorShift(0x5eed_1234_abcd_9876 ^ tenant as u64);
     let mut knowledge = Knowledge::new(channel);
     for number in 0..documents {
         knowledge
             .create_document(admin.via_gateway(pb::CreateDocumentRequest {
                 title: format!("Handbook part {number}"),
-                content: document(&mut rng, number).into_bytes(),
+                content: document(&mut rng, tenant, number).into_bytes(),
                 content_type: pb::ContentType::Markdown.into(),
             }))
             .await?;
