@@ -57,7 +57,7 @@ WITH member AS (
      ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
  )
  INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
- VALUES (:tenant, (now() AT TIME ZONE 'UTC')::date, (hashtext(:usr) & 7)::smallint, 1)
+ VALUES (:tenant, (now() AT TIME ZONE 'UTC')::date, conversation.usage_shard(:usr), 1)
  ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1;
 COMMIT;
 

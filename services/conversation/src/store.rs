@@ -281,10 +281,11 @@ impl ConversationStore {
             None => None,
         };
 
-        let (user_message, existing_reply, new_turn) = match stored {
+        let new_turn = stored.is_none();
+        let (user_message, existing_reply) = match stored {
             Some(user_message) => {
                 let reply = stored_reply(&mut tx, user_message.message_id).await?;
-                (user_message, reply, false)
+                (user_message, reply)
             }
             None => {
                 crate::usage::check_quotas(&mut tx, ctx).await?;
@@ -303,7 +304,7 @@ impl ConversationStore {
                 .fetch_one(&mut *tx)
                 .await?;
                 touch(&mut tx, conversation_id).await?;
-                (user_message, None, true)
+                (user_message, None)
             }
         };
 
@@ -410,7 +411,7 @@ impl ConversationStore {
                         "INSERT INTO conversation.tenant_token_usage AS u
                             (tenant_id, day, shard, input_tokens, output_tokens)
                          VALUES ($1, (now() AT TIME ZONE 'UTC')::date,
-                                 (hashtext($4) & 7)::smallint, $2, $3)
+                                 conversation.usage_shard($4), $2, $3)
                          ON CONFLICT (tenant_id, day, shard) DO UPDATE SET
                             input_tokens = u.input_tokens + EXCLUDED.input_tokens,
                             output_tokens = u.output_tokens + EXCLUDED.output_tokens",

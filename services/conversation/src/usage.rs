@@ -173,7 +173,7 @@ pub async fn count_message(tx: &mut PgConnection, ctx: &RequestContext) -> Resul
              ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
          )
          INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
-         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, (hashtext($2) & 7)::smallint, 1)
+         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, conversation.usage_shard($2), 1)
          ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1",
     )
     .bind(ctx.tenant_id.as_uuid())
