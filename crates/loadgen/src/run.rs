@@ -444,6 +444,15 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
             .context("the executable has a directory")?
             .to_owned(),
     };
+    // Each run's service logs start empty: every stack appends to them,
+    // and across runs they grew to gigabytes (a full disk, once).
+    std::fs::create_dir_all(&args.log_dir)?;
+    for service in ["gateway", "conversation", "knowledge"] {
+        match std::fs::remove_file(args.log_dir.join(format!("{service}.log"))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+            _ => {}
+        }
+    }
     let db = fresh_database(&args.admin_url, &args.database).await?;
     let owner_url = format!("postgres://tp_owner@{}:{}/{}", db.host, db.port, db.name);
     migrate(&bin_dir, &owner_url).await?;
