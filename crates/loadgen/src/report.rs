@@ -73,7 +73,21 @@ pub struct Report {
     pub otlp_spans: u64,
     #[serde(default)]
     pub otlp_metric_exports: u64,
+    /// Each telemetry stack's CPU over the whole comparison, per call.
+    #[serde(default)]
+    pub telemetry_cpu: Option<TelemetryCpu>,
     pub targets: Vec<TargetCheck>,
+}
+
+/// CPU time of the three services per SendMessage, telemetry on and off,
+/// read from the first slice's start to a second after the last one ends:
+/// work a stack defers (span batches exported, log lines flushed) often
+/// runs during the other stack's slice, where the per-slice figures do
+/// not count it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TelemetryCpu {
+    pub on_us_per_call: f64,
+    pub off_us_per_call: f64,
 }
 
 impl Report {
@@ -189,6 +203,16 @@ impl Report {
             "\nOTLP receiver: {} spans and {} metric exports from the stacks with telemetry on",
             self.otlp_spans, self.otlp_metric_exports
         );
+        if let Some(cpu) = &self.telemetry_cpu {
+            let _ = writeln!(
+                out,
+                "CPU of the three services per SendMessage over the whole telemetry comparison: \
+                 {:.0} us on, {:.0} us off ({:+.0} us)",
+                cpu.on_us_per_call,
+                cpu.off_us_per_call,
+                cpu.on_us_per_call - cpu.off_us_per_call
+            );
+        }
         let _ = writeln!(out, "\ntargets (ratios and figures from this run):");
         for t in &self.targets {
             let _ = writeln!(

@@ -16,8 +16,8 @@ use tonic::transport::Channel;
 use crate::api::channels;
 use crate::driver::{self, Phase, PhaseResult};
 use crate::pgbench;
-use crate::procstat::{ProcessCost, rss_kib};
-use crate::report::{Machine, Report, Settings, TargetCheck, mib};
+use crate::procstat::{ProcessCost, cpu_seconds, rss_kib};
+use crate::report::{Machine, Report, Settings, TargetCheck, TelemetryCpu, mib};
 use crate::seed;
 use crate::stack::{SIGNING_SECRET, Stack, StackConfig, free_port, migrate};
 use crate::workers::{ApiWorker, EchoWorker, HopWorker, Mix, Reader, Sender};
@@ -419,6 +419,15 @@ fn api_workers(
         .collect()
 }
 
+/// CPU seconds used so far by a stack's three services.
+fn stack_cpu(stack: &Stack) -> f64 {
+    stack
+        .processes()
+        .iter()
+        .filter_map(|(_, pid)| cpu_seconds(*pid))
+        .sum()
+}
+
 fn check(name: &str, measured: String, target: &str, met: bool) -> TargetCheck {
     TargetCheck {
         name: name.to_owned(),
@@ -607,6 +616,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     // minutes apart differed by up to 30 % here. Both are fresh, so the
     // first stack's history (1,000 tenants' series) is not counted against
     // telemetry.
+    let mut telemetry_cpu = None;
     if args.runs(PhaseGroup::Telemetry) {
         let loud = Stack::start(&stack_config(true)).await?;
         let quiet = Stack::start(&stack_config(false)).await?;
@@ -615,6 +625,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let mut slice = args.phase("", c);
         slice.duration /= SLICES;
         slice.warmup = slice.warmup.min(Duration::from_millis(500));
+        let cpu_before = (stack_cpu(&loud), stack_cpu(&quiet));
+        let first_slice = phases.len();
         for pair in 0..SLICES {
             for telemetry in ab_ba(pair) {
                 let (prefix, channels, processes) = if telemetry {
@@ -626,6 +638,23 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
                 let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, &seeded);
                 phases.push(driver::run(&slice, workers, processes).await);
             }
+        }
+        // Let deferred work (batched span exports, log flushes) finish.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let calls = |prefix: &str| -> u64 {
+            phases[first_slice..]
+                .iter()
+                .filter(|p| p.name.starts_with(prefix))
+                .filter_map(|p| p.op(crate::workers::op::SEND_MESSAGE))
+                .map(|o| o.ok)
+                .sum()
+        };
+        let (on_calls, off_calls) = (calls(TELEMETRY_ON), calls(TELEMETRY_OFF));
+        if on_calls > 0 && off_calls > 0 {
+            telemetry_cpu = Some(TelemetryCpu {
+                on_us_per_call: (stack_cpu(&loud) - cpu_before.0) * 1e6 / on_calls as f64,
+                off_us_per_call: (stack_cpu(&quiet) - cpu_before.1) * 1e6 / off_calls as f64,
+            });
         }
         loud.stop().await?;
         quiet.stop().await?;
@@ -650,6 +679,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         pgbench: pgbench_result,
         otlp_spans: otlp.spans(),
         otlp_metric_exports: otlp.metric_exports(),
+        telemetry_cpu,
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -884,6 +914,7 @@ mod tests {
             phases,
             otlp_spans: 0,
             otlp_metric_exports: 0,
+            telemetry_cpu: None,
             pgbench: Some(crate::pgbench::PgbenchResult {
                 clients: 32,
                 seconds: 10.0,

@@ -21,8 +21,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 mod call;
+mod canonical_log;
 mod log_fields;
 pub mod metrics;
+mod otel_layer;
 mod propagation;
 #[cfg(test)]
 mod schema_check;
@@ -43,12 +45,15 @@ pub enum TelemetryError {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    #[error("could not start the log writer's thread: {0}")]
+    LogWriter(#[from] std::io::Error),
 }
 
 /// Flushes and shuts down the exporters when dropped.
 pub struct TelemetryGuard {
     tracer_provider: SdkTracerProvider,
     meter_provider: Option<SdkMeterProvider>,
+    logs: Option<canonical_log::BatchedWriter>,
 }
 
 impl Drop for TelemetryGuard {
@@ -60,6 +65,10 @@ impl Drop for TelemetryGuard {
             && let Err(e) = meters.shutdown()
         {
             eprintln!("meter shutdown: {e}");
+        }
+        // Last, so the exporters' own shutdown messages are written too.
+        if let Some(logs) = &self.logs {
+            logs.shutdown();
         }
     }
 }
@@ -115,6 +124,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
         return Ok(TelemetryGuard {
             tracer_provider: SdkTracerProvider::builder().build(),
             meter_provider: None,
+            logs: None,
         });
     }
     let resource = resource(service_name);
@@ -138,14 +148,17 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
         meter_provider = Some(meters);
     }
     let tracer_provider = tracer_builder.build();
+    let logs = canonical_log::BatchedWriter::stdout()?;
     install(
         service_name,
         tracer_provider.clone(),
-        None::<tracing_subscriber::layer::Identity>,
+        json_lines(logs.clone()),
+        global_filter(None),
     )?;
     Ok(TelemetryGuard {
         tracer_provider,
         meter_provider,
+        logs: Some(logs),
     })
 }
 
@@ -206,21 +219,19 @@ pub fn init_for_tests() -> TestTelemetry {
             global::set_meter_provider(meter_provider.clone());
             let canonical = testing::CanonicalEvents::default();
             let logs = testing::CapturedLogs::default();
-            // The same JSON lines production writes, into memory.
-            let captured = tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_target(true)
-                .fmt_fields(log_fields::TraceIdOnly)
-                .with_writer(logs.clone())
-                .with_filter(EnvFilter::new(testing::CAPTURE_FILTER));
+            // The same JSON lines production writes, into memory, at the
+            // capture filter's levels; stdout still at `RUST_LOG`'s.
+            let captured = json_lines(logs.clone());
+            let stdout = json_lines(std::io::stdout).with_filter(
+                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+            );
             // Several test binaries may race for the global subscriber; the
             // loser keeps its exporters empty, which the tests notice.
             let _ = install(
                 "thoughtpartner-tests",
                 provider,
-                Some(canonical.clone().and_then(captured)),
+                canonical.clone().and_then(captured).and_then(stdout),
+                global_filter(Some(testing::CAPTURE_FILTER)),
             );
             TestTelemetry {
                 spans,
@@ -233,10 +244,53 @@ pub fn init_for_tests() -> TestTelemetry {
         .clone()
 }
 
+/// The target of every call's span. [`global_filter`] always lets it
+/// through, so traces, trace propagation and exemplars do not depend on
+/// how much an operator chooses to log.
+pub(crate) const RPC_SPAN_TARGET: &str = "rpc";
+
+/// What exists at all: `RUST_LOG` (default `info`) plus the calls' spans.
+/// It is the only filter for the services' layers: a layer with a filter
+/// of its own looks every span up again on every enter and exit to ask
+/// whether it is enabled for it, and spans are entered on every poll of
+/// every instrumented future (see `otel_layer`).
+fn global_filter(directives: Option<&str>) -> EnvFilter {
+    let filter = match directives {
+        Some(directives) => EnvFilter::new(directives),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    match format!("{RPC_SPAN_TARGET}=info").parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    }
+}
+
+/// The JSON log lines: the canonical event encoded by
+/// [`canonical_log::WithCanonical`], every other event by
+/// tracing-subscriber's JSON formatter; spans contribute only their trace
+/// id ([`log_fields::TraceIdOnly`]).
+fn json_lines<S, W>(writer: W) -> impl Layer<S> + Send + Sync + 'static
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt::layer()
+        .event_format(canonical_log::WithCanonical(
+            tracing_subscriber::fmt::format()
+                .json()
+                .with_current_span(true)
+                .with_span_list(false)
+                .with_target(true),
+        ))
+        .fmt_fields(log_fields::TraceIdOnly)
+        .with_writer(writer)
+}
+
 fn install<L>(
     service_name: &'static str,
     tracer_provider: SdkTracerProvider,
-    extra: Option<L>,
+    logs: L,
+    filter: EnvFilter,
 ) -> Result<(), TelemetryError>
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
@@ -244,46 +298,24 @@ where
     global::set_text_map_propagator(TraceContextPropagator::new());
     let tracer = tracer_provider.tracer(service_name);
     global::set_tracer_provider(tracer_provider);
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt::layer()
-        .json()
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_target(true)
-        .fmt_fields(log_fields::TraceIdOnly)
-        .with_filter(filter);
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(tracer)
+        // Busy/idle timing reads the clock on every poll of every span,
+        // and code locations and thread ids are attributes no one
+        // queries: measured, they were a large share of the layer's cost
+        // (`tests/benches/telemetry_cost.rs`).
+        .with_tracked_inactivity(false)
+        .with_location(false)
+        .with_threads(false)
+        // Entering a span would also make its context the current
+        // OpenTelemetry context, on every poll of every instrumented
+        // future. Nothing here reads that context: propagation and the
+        // exemplars take the context from the tracing span itself.
+        .with_context_activation(false);
     tracing_subscriber::registry()
-        .with(extra)
         .with(logs)
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                // Busy/idle timing reads the clock on every poll of every
-                // span, and code locations and thread ids are attributes
-                // no one queries: measured, they were a large share of the
-                // layer's cost (`tests/benches/telemetry_cost.rs`).
-                .with_tracked_inactivity(false)
-                .with_location(false)
-                .with_threads(false)
-                // Entering a span would also make its context the current
-                // OpenTelemetry context, on every poll of every instrumented
-                // future (a reply's stream polls its task per delta).
-                // Nothing here reads that context: propagation and the
-                // exemplars take the context from the tracing span itself.
-                .with_context_activation(false)
-                // Our spans are `info`; without a filter every `trace` span
-                // of h2, hyper and tonic became an OpenTelemetry span too.
-                // The canonical event is a log line, not a span event: its
-                // fields are the span's own attributes again, and as a span
-                // event each was converted and exported a second time.
-                .with_filter(
-                    tracing_subscriber::filter::filter_fn(|meta| {
-                        *meta.level() <= tracing::Level::INFO
-                            && !(meta.is_event() && meta.target() == CANONICAL_TARGET)
-                    })
-                    .with_max_level_hint(tracing_subscriber::filter::LevelFilter::INFO),
-                ),
-        )
+        .with(otel_layer::SpansOnly(spans))
+        .with(filter)
         .try_init()?;
     Ok(())
 }

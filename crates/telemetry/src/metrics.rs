@@ -370,17 +370,38 @@ impl Labels {
     }
 }
 
-/// The exemplar's labels: the trace that produced the observation.
-type TraceExemplar = [(&'static str, String); 1];
+/// A trace id as an exemplar's label value, written out in hex only when
+/// the exposition is encoded: observing is on every call's path, encoding
+/// only on a scrape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct TraceIdLabel(TraceId);
 
-fn exemplar(trace_id: TraceId) -> Option<TraceExemplar> {
-    (trace_id != TraceId::INVALID).then(|| [("trace_id", trace_id.to_string())])
+impl EncodeLabelValue for TraceIdLabel {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use std::fmt::Write as _;
+        write!(encoder, "{}", self.0)
+    }
 }
 
+/// The exemplar's labels: the trace that produced the observation.
+type TraceExemplar = [(&'static str, TraceIdLabel); 1];
+
+fn exemplar(trace_id: TraceId) -> Option<TraceExemplar> {
+    (trace_id != TraceId::INVALID).then_some([("trace_id", TraceIdLabel(trace_id))])
+}
+
+/// The labels as OpenTelemetry attributes, without copying a value: static
+/// names stay static and owned values share their `Arc`.
 fn otel_attributes(labels: &LabelSet) -> Vec<KeyValue> {
     labels
         .iter()
-        .map(|(key, value)| KeyValue::new(key.0, value.as_str().to_owned()))
+        .map(|(key, value)| match value {
+            Value::Static(s) => KeyValue::new(key.0, *s),
+            Value::Owned(s) => KeyValue::new(key.0, opentelemetry::StringValue::from(s.clone())),
+        })
         .collect()
 }
 

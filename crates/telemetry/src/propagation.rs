@@ -191,6 +191,7 @@ impl Observe for ServerObservation {
 
     fn finish(self, code: i64) {
         let duration = self.started.elapsed();
+        let trace_id = self.trace_id();
         let fields = self.record.snapshot();
         let status = status_code_name(code);
         let error_type = server_error_type(code);
@@ -199,7 +200,7 @@ impl Observe for ServerObservation {
             code,
             self.tenant(fields.tenant_id.as_deref()),
             duration,
-            self.trace_id(),
+            trace_id,
         );
         let span = &self.span;
         span.record("rpc.status_code", status);
@@ -212,29 +213,28 @@ impl Observe for ServerObservation {
         if let Some(member) = &fields.member_id {
             span.record("tp.member.id", member.as_str());
         }
-        // The canonical event: one per call, inside its span so the logs
-        // carry the trace id. Names as in schema.toml; never content.
-        span.in_scope(|| {
-            tracing::event!(
-                target: crate::CANONICAL_TARGET,
-                tracing::Level::INFO,
-                tp.component = self.metrics.component(),
-                rpc.method = &*self.method,
-                rpc.status_code = status,
-                "error.type" = error_type,
-                tp.tenant.id = fields.tenant_id.as_deref(),
-                tp.member.id = fields.member_id.as_deref(),
-                tp.conversation.id = fields.conversation_id.as_deref(),
-                tp.responder = fields.responder.as_deref(),
-                gen_ai.usage.input_tokens = fields.input_tokens,
-                gen_ai.usage.output_tokens = fields.output_tokens,
-                tp.reply.grounded = fields.grounded,
-                tp.reply.policy_violations = fields.policy_violations,
-                tp.call.duration_ms = millis(duration),
-                tp.call.first_message_ms = self.first_message.map(millis),
-                "call"
-            );
-        });
+        // The canonical event: one per call, with the trace id the log line
+        // is found by. Names as in schema.toml; never content.
+        tracing::event!(
+            target: crate::CANONICAL_TARGET,
+            tracing::Level::INFO,
+            tp.component = self.metrics.component(),
+            rpc.method = &*self.method,
+            rpc.status_code = status,
+            "error.type" = error_type,
+            tp.tenant.id = fields.tenant_id.as_deref(),
+            tp.member.id = fields.member_id.as_deref(),
+            tp.conversation.id = fields.conversation_id.as_deref(),
+            tp.responder = fields.responder.as_deref(),
+            gen_ai.usage.input_tokens = fields.input_tokens,
+            gen_ai.usage.output_tokens = fields.output_tokens,
+            tp.reply.grounded = fields.grounded,
+            tp.reply.policy_violations = fields.policy_violations,
+            tp.call.duration_ms = millis(duration),
+            tp.call.first_message_ms = self.first_message.map(millis),
+            trace_id = %trace_id,
+            "call"
+        );
     }
 }
 
@@ -355,6 +355,7 @@ where
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
         let span = tracing::info_span!(
+            target: crate::RPC_SPAN_TARGET,
             "grpc.server",
             otel.name = &*method,
             otel.kind = "server",
