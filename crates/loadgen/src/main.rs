@@ -2,7 +2,8 @@
 //! fresh database, drives its public gRPC API with many tenants and
 //! members, and reports every scenario next to baselines measured in the
 //! same run: a bare tonic echo server, `pgbench` running SendMessage's own
-//! SQL, and the product with telemetry off. Loopback only; stops by itself.
+//! SQL, a bare HTTP/2 proxy in place of the gateway, and the product with
+//! telemetry off. Loopback only; stops by itself.
 //!
 //! ```sh
 //! deploy/local/bench            # starts PostgreSQL, builds, runs this
@@ -15,6 +16,7 @@ mod echo;
 mod otlp;
 mod pgbench;
 mod procstat;
+mod proxy;
 mod report;
 mod run;
 mod seed;
@@ -42,6 +44,13 @@ enum Command {
         #[arg(long)]
         addr: SocketAddr,
     },
+    /// Serve the gateway hop's floor, a bare HTTP/2 proxy (started by `run`).
+    ProxyServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        upstream: SocketAddr,
+    },
     /// Print a JSON report (`run --json`) as the human-readable table.
     Show { json: PathBuf },
 }
@@ -64,6 +73,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             }
             Command::EchoServer { addr } => echo::serve(addr).await,
+            Command::ProxyServer { addr, upstream } => proxy::serve(addr, upstream).await,
             Command::Show { json } => {
                 let report: report::Report = serde_json::from_slice(&std::fs::read(&json)?)?;
                 print!("{}", report.render());

@@ -24,6 +24,8 @@ pub mod op {
     pub const GET_CONVERSATION_DIRECT: &str = "GetConversation direct";
     pub const SEND_MESSAGE_VIA_GATEWAY: &str = "SendMessage via gateway";
     pub const SEND_MESSAGE_DIRECT: &str = "SendMessage direct";
+    pub const GET_CONVERSATION_VIA_PROXY: &str = "GetConversation via bare proxy";
+    pub const SEND_MESSAGE_VIA_PROXY: &str = "SendMessage via bare proxy";
 }
 
 /// What leaders send: varied, so the coach takes its different paths.
@@ -313,15 +315,19 @@ async fn send_message(
 /// gateway and straight to the conversation service.
 pub struct HopWorker {
     via_gateway: Conversations,
+    via_proxy: Conversations,
     direct: Conversations,
     sender: Sender,
     turn: u64,
 }
 
 impl HopWorker {
-    pub fn new(gateway: Channel, conversation: Channel, sender: Sender) -> Self {
+    /// `proxy` is the bare proxy in front of `conversation`: called with
+    /// the direct path's headers, it measures a hop with nothing in it.
+    pub fn new(gateway: Channel, proxy: Channel, conversation: Channel, sender: Sender) -> Self {
         Self {
             via_gateway: Conversations::new(gateway),
+            via_proxy: Conversations::new(proxy),
             direct: Conversations::new(conversation),
             sender,
             turn: 0,
@@ -329,24 +335,35 @@ impl HopWorker {
     }
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Gateway,
+    Proxy,
+    Direct,
+}
+
 impl Worker for HopWorker {
     async fn call(&mut self) -> Outcome {
         self.turn += 1;
-        // Calls alternate gateway / direct; pairs alternate unary / stream,
-        // so both paths see the same mix and the same machine state.
-        let direct = !self.turn.is_multiple_of(2);
-        let unary = (self.turn / 2).is_multiple_of(2);
-        let name = match (unary, direct) {
-            (true, false) => op::GET_CONVERSATION_VIA_GATEWAY,
-            (true, true) => op::GET_CONVERSATION_DIRECT,
-            (false, false) => op::SEND_MESSAGE_VIA_GATEWAY,
-            (false, true) => op::SEND_MESSAGE_DIRECT,
+        // Calls rotate gateway / proxy / direct; rounds alternate unary /
+        // stream, so every path sees the same mix and the same machine state.
+        let path = [Path::Gateway, Path::Proxy, Path::Direct][(self.turn % 3) as usize];
+        let unary = (self.turn / 3).is_multiple_of(2);
+        let name = match (unary, path) {
+            (true, Path::Gateway) => op::GET_CONVERSATION_VIA_GATEWAY,
+            (true, Path::Proxy) => op::GET_CONVERSATION_VIA_PROXY,
+            (true, Path::Direct) => op::GET_CONVERSATION_DIRECT,
+            (false, Path::Gateway) => op::SEND_MESSAGE_VIA_GATEWAY,
+            (false, Path::Proxy) => op::SEND_MESSAGE_VIA_PROXY,
+            (false, Path::Direct) => op::SEND_MESSAGE_DIRECT,
         };
+        // The proxy forwards what it gets: it is called as conversation is.
+        let direct = path != Path::Gateway;
         let member = &self.sender.member;
-        let client = if direct {
-            &mut self.direct
-        } else {
-            &mut self.via_gateway
+        let client = match path {
+            Path::Gateway => &mut self.via_gateway,
+            Path::Proxy => &mut self.via_proxy,
+            Path::Direct => &mut self.direct,
         };
         let conversation_id = self.sender.conversation_id.clone();
         if unary {
@@ -372,7 +389,7 @@ impl Worker for HopWorker {
         } else {
             let message = pb::SendMessageRequest {
                 conversation_id,
-                content: MESSAGES[(self.turn / 4) as usize % MESSAGES.len()].to_owned(),
+                content: MESSAGES[(self.turn / 6) as usize % MESSAGES.len()].to_owned(),
                 idempotency_key: String::new(),
             };
             let request = if direct {
