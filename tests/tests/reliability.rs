@@ -1,0 +1,98 @@
+//! Nothing acknowledged is lost, nothing is stored twice: retries with the
+//! same idempotency key, one after another and racing each other, through
+//! the real gateway, conversation service and PostgreSQL.
+
+use std::collections::HashSet;
+
+use tp_e2e::TestDatabase;
+use tp_e2e::{TestApp, conversations_via, new_conversation, send};
+
+/// Rows of one conversation, counted as the superuser (no RLS in the way).
+async fn stored_turns(app: &TestApp, conversation_id: &str) -> anyhow::Result<(i64, i64)> {
+    let pool = TestDatabase::pool(&app.db.admin_url).await?;
+    let counts: (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE role = 'user'),
+                count(*) FILTER (WHERE role = 'assistant')
+           FROM conversation.messages WHERE conversation_id = $1::uuid",
+    )
+    .bind(conversation_id)
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    Ok(counts)
+}
+
+#[tokio::test]
+async fn a_retried_send_stores_one_exchange_and_replays_it() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let conversation = new_conversation(&mut client, "Retries").await?;
+    let id = &conversation.conversation_id;
+    let content = "My staff engineers keep getting pulled into incidents. We're 60 engineers.";
+
+    let first = send(&mut client, id, content, "retry-1").await?;
+    let again = send(&mut client, id, content, "retry-1").await?;
+    assert_eq!(again.user().message_id, first.user().message_id);
+    assert_eq!(again.assistant().message_id, first.assistant().message_id);
+    // The replay streams the stored reply, not a new one.
+    assert_eq!(again.deltas.concat(), first.assistant().content);
+    assert_eq!(stored_turns(&app, id).await?, (1, 1));
+
+    // A new key is a new turn.
+    let next = send(&mut client, id, content, "retry-2").await?;
+    assert_ne!(next.user().message_id, first.user().message_id);
+    assert_eq!(stored_turns(&app, id).await?, (2, 2));
+    Ok(())
+}
+
+#[tokio::test]
+async fn twenty_racing_retries_get_one_reply_and_store_one_exchange() -> anyhow::Result<()> {
+    const RETRIES: usize = 20;
+    let app = TestApp::spawn().await?;
+    // Room for all twenty streams at once: the cap on a tenant's streams
+    // is tested in `limits.rs`; here every retry must get through.
+    let gateway = app
+        .spawn_gateway_with(|config| config.max_streams_per_tenant = 2 * RETRIES)
+        .await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = conversations_via(gateway, &token).await?;
+    let conversation = new_conversation(&mut client, "Racing retries").await?;
+    let id = conversation.conversation_id.clone();
+    let content = "Should I promote my strongest engineer to manager? We're 25 engineers.";
+
+    let calls = (0..RETRIES).map(|_| {
+        let token = token.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let mut client = conversations_via(gateway, &token).await?;
+            anyhow::Ok(send(&mut client, &id, content, "same-key").await?)
+        })
+    });
+    let mut exchanges = Vec::new();
+    for call in futures_util::future::join_all(calls).await {
+        exchanges.push(call??);
+    }
+
+    let users: HashSet<_> = exchanges
+        .iter()
+        .map(|e| e.user().message_id.clone())
+        .collect();
+    let replies: HashSet<_> = exchanges
+        .iter()
+        .map(|e| e.assistant().message_id.clone())
+        .collect();
+    assert_eq!(users.len(), 1, "one user turn for every caller");
+    assert_eq!(replies.len(), 1, "one reply for every caller");
+    let stored = &exchanges[0].assistant().content;
+    for exchange in &exchanges {
+        assert_eq!(&exchange.assistant().content, stored);
+        assert_eq!(
+            &exchange.deltas.concat(),
+            stored,
+            "every caller streamed the reply that was stored"
+        );
+    }
+    assert_eq!(stored_turns(&app, &id).await?, (1, 1));
+    Ok(())
+}
