@@ -3,8 +3,10 @@
 //! the real gateway, conversation service and PostgreSQL.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use tp_e2e::TestDatabase;
+use tp_e2e::fake_provider::{self, FakeReply, Wire};
 use tp_e2e::{TestApp, conversations_via, new_conversation, send};
 
 /// Rows of one conversation, counted as the superuser (no RLS in the way).
@@ -93,6 +95,109 @@ async fn twenty_racing_retries_get_one_reply_and_store_one_exchange() -> anyhow:
             "every caller streamed the reply that was stored"
         );
     }
+    assert_eq!(stored_turns(&app, &id).await?, (1, 1));
+    Ok(())
+}
+
+/// Twenty racing retries through a model that would answer each request
+/// differently: only the original asks the model, the others wait for its
+/// reply, and every caller streams that one reply.
+#[tokio::test]
+async fn racing_retries_wait_for_the_originals_model_reply() -> anyhow::Result<()> {
+    const RETRIES: usize = 20;
+    let original = [
+        "Here's what I understand so far: ",
+        "you want one answer. What matters most to you?",
+    ];
+    let mut script = vec![FakeReply::Slow(
+        original[0].to_owned(),
+        Duration::from_millis(400),
+        vec![original[1].to_owned()],
+    )];
+    // Had a retry asked too, it would have got one of these.
+    script.extend(
+        (1..RETRIES)
+            .map(|i| FakeReply::Text(vec![format!("A different reply, number {i}?")], 10, 5)),
+    );
+    let fake = fake_provider::start(Wire::OpenAi, script).await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let gateway = app
+        .spawn_gateway_with(|config| config.max_streams_per_tenant = 2 * RETRIES)
+        .await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = conversations_via(gateway, &token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let calls = (0..RETRIES).map(|i| {
+        let (token, id) = (token.clone(), id.clone());
+        tokio::spawn(async move {
+            // The original first; the retries while its reply is streaming.
+            tokio::time::sleep(Duration::from_millis(if i == 0 { 0 } else { 100 })).await;
+            let mut client = conversations_via(gateway, &token).await?;
+            anyhow::Ok(
+                send(
+                    &mut client,
+                    &id,
+                    "Should I split the platform team?",
+                    "one-key",
+                )
+                .await?,
+            )
+        })
+    });
+    let mut exchanges = Vec::new();
+    for call in futures_util::future::join_all(calls).await {
+        exchanges.push(call??);
+    }
+    assert_eq!(
+        fake.requests.lock().expect("lock").len(),
+        1,
+        "only the original asked the model"
+    );
+    for exchange in &exchanges {
+        assert_eq!(exchange.assistant().content, original.concat());
+        assert_eq!(exchange.deltas.concat(), original.concat());
+    }
+    assert_eq!(stored_turns(&app, &id).await?, (1, 1));
+    Ok(())
+}
+
+/// When the model fails the original, its retry does not wait for a reply
+/// that will never come: the lease is released and the retry writes it.
+#[tokio::test]
+async fn a_retry_after_a_failed_reply_writes_it_at_once() -> anyhow::Result<()> {
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::CutAfter(vec!["Here's what I under".into()]),
+            FakeReply::Text(vec!["What would a good outcome look like?".into()], 10, 5),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let failed = send(&mut client, &id, "Our on-call is burning people out.", "k").await;
+    let status = failed.err().expect("the cut reply fails the call");
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+    assert_eq!(
+        stored_turns(&app, &id).await?,
+        (1, 0),
+        "the user's turn is kept"
+    );
+
+    let retried = tokio::time::timeout(
+        Duration::from_secs(5),
+        send(&mut client, &id, "Our on-call is burning people out.", "k"),
+    )
+    .await
+    .expect("the retry does not wait out the lease")?;
+    assert_eq!(
+        retried.assistant().content,
+        "What would a good outcome look like?"
+    );
     assert_eq!(stored_turns(&app, &id).await?, (1, 1));
     Ok(())
 }

@@ -42,9 +42,11 @@ SELECT 1 FROM conversation.conversations
 SELECT user_id, monthly_messages, monthly_tokens FROM conversation.quotas
  WHERE user_id IN ('', :usr) ORDER BY user_id;
 INSERT INTO conversation.messages
-    (message_id, tenant_id, conversation_id, role, content, idempotency_key)
+    (message_id, tenant_id, conversation_id, role, content, idempotency_key,
+     reply_lease_until)
 VALUES (gen_random_uuid(), :tenant, :conv, 'user',
-        'We need to hire more engineers. We''re 40 engineers at series B.', NULL)
+        'We need to hire more engineers. We''re 40 engineers at series B.', NULL,
+        now() + make_interval(secs => 120))
 RETURNING message_id AS user_message_id, conversation_id, seq AS user_seq, role, content, create_time \gset
 UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
 SELECT role, content FROM conversation.messages

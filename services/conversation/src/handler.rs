@@ -11,7 +11,9 @@ use tp_store::paging::Page;
 use tracing::Instrument;
 
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
-use crate::store::{ConversationRow, ConversationStore, KeptProfile, MessageRow};
+use crate::store::{
+    AwaitedReply, ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, ReplyOwner,
+};
 use crate::validate;
 
 pub struct ConversationHandler {
@@ -131,48 +133,15 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             .await?;
 
         let (events, receiver) = mpsc::channel(16);
-        if let Some(reply) = exchange.existing_reply {
-            tracing::info!(%conversation_id, "idempotent retry: replaying the stored reply");
-            let task = replay(events, exchange.user_message, reply);
-            tokio::spawn(task.instrument(tracing::Span::current()));
-        } else {
-            let store = self.store.clone();
-            let pipeline = self.pipeline.clone();
-            let task = async move {
-                let last = match pipeline.respond(&ctx, &exchange, &events).await {
-                    Ok(reply) => {
-                        record.set_responder(reply.responder);
-                        record.set_reply_quality(reply.grounded, reply.violations.len());
-                        if let Some(usage) = &reply.usage {
-                            record.add_tokens(
-                                u64::from(usage.input_tokens),
-                                u64::from(usage.output_tokens),
-                            );
-                        }
-                        let stored = store
-                            .complete_exchange(&ctx, &exchange.user_message, &reply)
-                            .await;
-                        if stored.is_ok() {
-                            pipeline
-                                .metrics()
-                                .coach_reply(reply.responder, reply.violations.is_empty());
-                        }
-                        stored
-                            .map(|assistant| completed_event(exchange.user_message, assistant))
-                            .map_err(Status::from)
-                    }
-                    Err(ReplyError::ClientGone) => return,
-                    Err(ReplyError::Provider(e)) => {
-                        tracing::warn!(error = %e, "model provider failed; the user turn stays stored");
-                        Err(Status::unavailable(format!(
-                            "{e}; your message is saved: retry with the same idempotency_key"
-                        )))
-                    }
-                };
-                let _ = events.send(last).await;
-            };
-            tokio::spawn(task.instrument(tracing::Span::current()));
-        }
+        let task = respond(
+            self.store.clone(),
+            self.pipeline.clone(),
+            ctx,
+            record,
+            exchange,
+            events,
+        );
+        tokio::spawn(task.instrument(tracing::Span::current()));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 
@@ -238,11 +207,114 @@ fn profile_pb(kept: Option<KeptProfile>) -> pb::ContextProfile {
 }
 
 /// Streams a stored reply exactly as a fresh one would arrive.
-async fn replay(
-    events: mpsc::Sender<Result<pb::SendMessageResponse, Status>>,
-    user: MessageRow,
-    assistant: MessageRow,
+type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
+
+/// How often a retry racing its original looks for the original's reply.
+const AWAIT_REPLY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Streams the reply to a stored user turn: writes it if this call holds
+/// the turn's reply lease, replays it if it is stored, and otherwise (a
+/// retry racing its original) waits for the original's reply, taking the
+/// lease over if the original gives it up. So every caller of one
+/// idempotency key streams the one reply that is stored.
+async fn respond(
+    store: ConversationStore,
+    pipeline: ReplyPipeline,
+    ctx: tp_context::RequestContext,
+    record: tp_telemetry::CallRecord,
+    exchange: Exchange,
+    events: Events,
 ) {
+    let user = exchange.user_message.clone();
+    let mut owner = exchange.reply;
+    let exchange = Exchange {
+        reply: ReplyOwner::This,
+        ..exchange
+    };
+    loop {
+        match owner {
+            ReplyOwner::Stored(reply) => {
+                tracing::info!(conversation_id = %user.conversation_id, "idempotent retry: replaying the stored reply");
+                return replay(events, user, reply).await;
+            }
+            ReplyOwner::This => {
+                return write_reply(store, pipeline, ctx, record, exchange, events).await;
+            }
+            ReplyOwner::Another => {
+                tokio::time::sleep(AWAIT_REPLY_EVERY).await;
+                if events.is_closed() {
+                    return;
+                }
+                owner = match store.await_reply(&ctx, &user).await {
+                    Ok(AwaitedReply::Stored(reply)) => ReplyOwner::Stored(reply),
+                    Ok(AwaitedReply::TakenOver) => ReplyOwner::This,
+                    Ok(AwaitedReply::StillPending) => ReplyOwner::Another,
+                    Err(e) => {
+                        let _ = events.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
+            }
+        }
+    }
+}
+
+/// Produces the reply (this call holds the lease), streams it and stores
+/// it; gives the lease up when it cannot finish, so a retry can.
+async fn write_reply(
+    store: ConversationStore,
+    pipeline: ReplyPipeline,
+    ctx: tp_context::RequestContext,
+    record: tp_telemetry::CallRecord,
+    exchange: Exchange,
+    events: Events,
+) {
+    let release = |store: ConversationStore, ctx, user| async move {
+        if let Err(e) = store.release_reply(&ctx, &user).await {
+            tracing::warn!(error = %e, "could not release the reply lease; it expires by itself");
+        }
+    };
+    let last = match pipeline.respond(&ctx, &exchange, &events).await {
+        Ok(reply) => {
+            record.set_responder(reply.responder);
+            record.set_reply_quality(reply.grounded, reply.violations.len());
+            if let Some(usage) = &reply.usage {
+                record.add_tokens(
+                    u64::from(usage.input_tokens),
+                    u64::from(usage.output_tokens),
+                );
+            }
+            let stored = store
+                .complete_exchange(&ctx, &exchange.user_message, &reply)
+                .await;
+            match stored {
+                Ok(assistant) => {
+                    pipeline
+                        .metrics()
+                        .coach_reply(reply.responder, reply.violations.is_empty());
+                    Ok(completed_event(exchange.user_message, assistant))
+                }
+                Err(e) => {
+                    release(store, ctx, exchange.user_message).await;
+                    Err(Status::from(e))
+                }
+            }
+        }
+        Err(ReplyError::ClientGone) => {
+            return release(store, ctx, exchange.user_message).await;
+        }
+        Err(ReplyError::Provider(e)) => {
+            tracing::warn!(error = %e, "model provider failed; the user turn stays stored");
+            release(store, ctx, exchange.user_message).await;
+            Err(Status::unavailable(format!(
+                "{e}; your message is saved: retry with the same idempotency_key"
+            )))
+        }
+    };
+    let _ = events.send(last).await;
+}
+
+async fn replay(events: Events, user: MessageRow, assistant: MessageRow) {
     for piece in deltas(&assistant.content, WORDS_PER_DELTA) {
         if events.send(Ok(delta_event(piece))).await.is_err() {
             return;

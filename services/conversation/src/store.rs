@@ -56,8 +56,8 @@ impl KeptProfile {
 pub struct Exchange {
     /// The persisted user turn (new, or the one stored under the same key).
     pub user_message: MessageRow,
-    /// The stored reply, when this is a retry of a completed exchange.
-    pub existing_reply: Option<MessageRow>,
+    /// Who writes the reply: this call, another call, or no one (stored).
+    pub reply: ReplyOwner,
     /// The user's earlier turns, oldest first, for the coach's context.
     pub earlier_user_turns: Vec<String>,
     /// The earlier turns of both sides, oldest first, for a model's prompt.
@@ -65,6 +65,33 @@ pub struct Exchange {
     /// What was kept about the member from earlier conversations.
     pub kept_profile: Option<KeptProfile>,
 }
+
+/// Who writes the reply to a user turn.
+#[derive(Debug)]
+pub enum ReplyOwner {
+    /// This call holds the turn's reply lease: it writes the reply.
+    This,
+    /// Another call holds the lease (the original of a racing retry): wait
+    /// for its reply with [`ConversationStore::await_reply`].
+    Another,
+    /// The reply is stored: replay it.
+    Stored(MessageRow),
+}
+
+/// What [`ConversationStore::await_reply`] found.
+#[derive(Debug)]
+pub enum AwaitedReply {
+    Stored(MessageRow),
+    /// The other call gave up or its lease ran out; this call now holds it.
+    TakenOver,
+    StillPending,
+}
+
+/// How long a call may take to write a reply before a retry takes over:
+/// longer than any reply takes (the model's deadline included), since a
+/// retry that takes over too early writes a second reply that loses the
+/// race to be stored.
+pub const REPLY_LEASE_SECS: i32 = 120;
 
 /// How many earlier turns (both sides) the responder sees.
 const CONTEXT_TURNS: i64 = 40;
@@ -94,6 +121,10 @@ pub mod op {
     pub const BEGIN_EXCHANGE: &str = "begin_exchange";
     /// SendMessage: the assistant's turn, usage and kept profile.
     pub const COMPLETE_EXCHANGE: &str = "complete_exchange";
+    /// SendMessage, a retry racing its original: has the reply arrived?
+    pub const AWAIT_REPLY: &str = "await_reply";
+    /// SendMessage: the reply could not be written; a retry may write it.
+    pub const RELEASE_REPLY: &str = "release_reply";
     pub const GET_PROFILE: &str = "get_profile";
     pub const CLEAR_PROFILE: &str = "clear_profile";
     pub const GET_MEMBER_USAGE: &str = "get_member_usage";
@@ -282,17 +313,26 @@ impl ConversationStore {
         };
 
         let new_turn = stored.is_none();
-        let (user_message, existing_reply) = match stored {
+        let (user_message, reply) = match stored {
             Some(user_message) => {
-                let reply = stored_reply(&mut tx, user_message.message_id).await?;
-                (user_message, reply)
+                // The conversation's lock serialises this with the other
+                // retries: at most one of them claims the lease.
+                let owner = match stored_reply(&mut tx, user_message.message_id).await? {
+                    Some(reply) => ReplyOwner::Stored(reply),
+                    None if claim_reply(&mut tx, user_message.message_id).await? => {
+                        ReplyOwner::This
+                    }
+                    None => ReplyOwner::Another,
+                };
+                (user_message, owner)
             }
             None => {
                 crate::usage::check_quotas(&mut tx, ctx).await?;
                 let user_message = sqlx::query_as::<_, MessageRow>(concat!(
                     "INSERT INTO conversation.messages
-                        (message_id, tenant_id, conversation_id, role, content, idempotency_key)
-                     VALUES ($1, $2, $3, 'user', $4, $5)
+                        (message_id, tenant_id, conversation_id, role, content, idempotency_key,
+                         reply_lease_until)
+                     VALUES ($1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6))
                      RETURNING ",
                     message_columns!()
                 ))
@@ -301,10 +341,11 @@ impl ConversationStore {
                 .bind(conversation_id)
                 .bind(content)
                 .bind(idempotency_key)
+                .bind(f64::from(REPLY_LEASE_SECS))
                 .fetch_one(&mut *tx)
                 .await?;
                 touch(&mut tx, conversation_id).await?;
-                (user_message, None)
+                (user_message, ReplyOwner::This)
             }
         };
 
@@ -330,7 +371,7 @@ impl ConversationStore {
         tx.commit().await?;
         Ok(Exchange {
             user_message,
-            existing_reply,
+            reply,
             earlier_user_turns: transcript
                 .iter()
                 .filter(|(role, _)| role == "user")
@@ -349,6 +390,51 @@ impl ConversationStore {
                 .collect(),
             kept_profile,
         })
+    }
+
+    /// For a retry waiting on another call's reply: the reply if it is
+    /// stored by now; else the lease if the other call let it go or ran
+    /// out of time; else still pending.
+    pub async fn await_reply(
+        &self,
+        ctx: &RequestContext,
+        user_message: &MessageRow,
+    ) -> Result<AwaitedReply, ConversationError> {
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::AWAIT_REPLY)
+            .await?;
+        owned_conversation(&mut tx, ctx, user_message.conversation_id, true).await?;
+        let found = match stored_reply(&mut tx, user_message.message_id).await? {
+            Some(reply) => AwaitedReply::Stored(reply),
+            None if claim_reply(&mut tx, user_message.message_id).await? => AwaitedReply::TakenOver,
+            None => AwaitedReply::StillPending,
+        };
+        tx.commit().await?;
+        Ok(found)
+    }
+
+    /// Gives up the reply lease of a user turn this call could not answer
+    /// (the model failed, the client left), so that a retry waiting on it,
+    /// or the next one, writes the reply at once.
+    pub async fn release_reply(
+        &self,
+        ctx: &RequestContext,
+        user_message: &MessageRow,
+    ) -> Result<(), ConversationError> {
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::RELEASE_REPLY)
+            .await?;
+        sqlx::query(
+            "UPDATE conversation.messages SET reply_lease_until = NULL
+              WHERE message_id = $1",
+        )
+        .bind(user_message.message_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Persists the assistant's reply to a user turn. When a concurrent retry
@@ -531,6 +617,23 @@ async fn owned_conversation(
     found
         .map(|_| ())
         .ok_or(ConversationError::ConversationNotFound(conversation_id))
+}
+
+/// Takes the reply lease of a user turn unless another call holds an
+/// unexpired one; true when taken.
+async fn claim_reply(tx: &mut Tx, user_message_id: Uuid) -> Result<bool, ConversationError> {
+    let claimed = sqlx::query(
+        "UPDATE conversation.messages
+            SET reply_lease_until = now() + make_interval(secs => $2)
+          WHERE message_id = $1
+            AND (reply_lease_until IS NULL OR reply_lease_until < now())",
+    )
+    .bind(user_message_id)
+    .bind(f64::from(REPLY_LEASE_SECS))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(claimed == 1)
 }
 
 /// The assistant turn that answers a user turn, if one is stored.
