@@ -125,3 +125,96 @@ async fn a_gateway_without_any_verifier_refuses_to_start() -> anyhow::Result<()>
     assert!(error.to_string().contains("no token verifier"), "{error}");
     Ok(())
 }
+
+/// Every way a token can be forged, stale or hostile is `Unauthenticated`
+/// with a reason a client developer can act on, and none of them stops the
+/// gateway from serving the next good token.
+#[tokio::test]
+async fn token_attacks_are_unauthenticated_and_harm_nothing() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (tenant, _) = app.tenant_with_member("Acme", "alice").await?;
+    let idp = serve_jwks(format!(r#"{{"keys":[{RSA_JWK}]}}"#)).await?;
+    let gateway = app
+        .spawn_gateway_with(|config| {
+            config.jwt_hs256_secret = None;
+            config.jwt_jwks_url = Some(format!("http://{idp}/.well-known/jwks.json"));
+            config.jwt_issuer = Some(ISSUER.to_owned());
+            config.jwt_audience = Some(AUDIENCE.to_owned());
+        })
+        .await?;
+    let mut claims = Claims::expiring_in("alice", Some(tenant), Role::Member, 300);
+    claims.iss = Some(ISSUER.to_owned());
+    claims.aud = Some(Audience::One(AUDIENCE.to_owned()));
+    let good = sign(Algorithm::RS256, RSA_PEM, "rsa-a", &claims)?;
+    let now = claims.exp - 300;
+
+    // HS256 "signed" with the provider's published key: the classic
+    // algorithm-confusion forgery.
+    let mut confused = Header::new(Algorithm::HS256);
+    confused.kid = Some("rsa-a".to_owned());
+    let alg_confusion = jsonwebtoken::encode(
+        &confused,
+        &claims,
+        &EncodingKey::from_secret(RSA_JWK.as_bytes()),
+    )?;
+    let mut expired = claims.clone();
+    expired.exp = now - 3600;
+    let mut early = claims.clone();
+    early.nbf = Some(now + 3600);
+    let mut other_issuer = claims.clone();
+    other_issuer.iss = Some("https://evil.test/".to_owned());
+    // No `sub`, no `role`: signed properly, but not our claims.
+    let missing_claims = {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-a".to_owned());
+        let payload = serde_json::json!({"exp": now + 300, "iss": ISSUER, "aud": AUDIENCE});
+        jsonwebtoken::encode(&header, &payload, &EncodingKey::from_rsa_pem(RSA_PEM)?)?
+    };
+    let truncated = good[..good.len() - 8].to_owned();
+    let oversized = format!("{good}.{}", "A".repeat(tp_auth::MAX_TOKEN_BYTES));
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("alg confusion", alg_confusion, "malformed"),
+        (
+            "expired",
+            sign(Algorithm::RS256, RSA_PEM, "rsa-a", &expired)?,
+            "expired",
+        ),
+        (
+            "not yet valid",
+            sign(Algorithm::RS256, RSA_PEM, "rsa-a", &early)?,
+            "nbf",
+        ),
+        (
+            "wrong issuer",
+            sign(Algorithm::RS256, RSA_PEM, "rsa-a", &other_issuer)?,
+            "iss",
+        ),
+        ("missing claims", missing_claims, ""),
+        ("truncated signature", truncated, ""),
+        ("garbage", "!!!.@@@.###".to_owned(), "malformed"),
+        ("not base64 JSON", "e30.e30.e30".to_owned(), ""),
+        ("oversized", oversized, "longer than"),
+    ];
+    for (attack, token, reason) in cases {
+        let status = conversations_via(gateway, &token)
+            .await?
+            .list_conversations(pb::ListConversationsRequest::default())
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{attack}: the token was accepted"));
+        assert_eq!(status.code(), Code::Unauthenticated, "{attack}: {status:?}");
+        assert!(
+            status.message().contains(reason),
+            "{attack}: {}",
+            status.message()
+        );
+    }
+
+    // Still serving.
+    conversations_via(gateway, &good)
+        .await?
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await?;
+    Ok(())
+}

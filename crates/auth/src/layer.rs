@@ -89,7 +89,11 @@ fn bearer_token(headers: &http::HeaderMap) -> Result<&str, AuthError> {
     if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
         return Err(AuthError::NotBearer);
     }
-    Ok(token.trim())
+    let token = token.trim();
+    if token.len() > crate::MAX_TOKEN_BYTES {
+        return Err(AuthError::TooLong);
+    }
+    Ok(token)
 }
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Authenticate<S>
@@ -255,5 +259,14 @@ mod tests {
         assert_eq!(bearer_token(&headers), Err(AuthError::NotBearer));
         headers.insert("authorization", "bearer abc.def.ghi".parse().unwrap());
         assert_eq!(bearer_token(&headers), Ok("abc.def.ghi"));
+        let huge = format!("Bearer {}", "a".repeat(crate::MAX_TOKEN_BYTES + 1));
+        headers.insert("authorization", huge.parse().unwrap());
+        assert_eq!(bearer_token(&headers), Err(AuthError::TooLong));
+        let largest = format!("Bearer {}", "a".repeat(crate::MAX_TOKEN_BYTES));
+        headers.insert("authorization", largest.parse().unwrap());
+        assert_eq!(
+            bearer_token(&headers).map(str::len),
+            Ok(crate::MAX_TOKEN_BYTES)
+        );
     }
 }

@@ -101,12 +101,19 @@ fn now_secs() -> u64 {
 
 /// Why a call was not authenticated. Every message tells a client developer
 /// what to fix, without echoing the token.
+/// The longest bearer token read. Real JWTs are well under 2 KiB; a
+/// longer one is refused before any decoding, so a client cannot make the
+/// gateway base64-decode and parse megabytes per call.
+pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AuthError {
     #[error("missing `authorization` metadata: send `authorization: Bearer <jwt>`")]
     MissingToken,
     #[error("`authorization` metadata must be `Bearer <jwt>`")]
     NotBearer,
+    #[error("token is longer than {MAX_TOKEN_BYTES} bytes: send a compact JWT, not a document")]
+    TooLong,
     #[error(
         "token is malformed or uses an unsupported algorithm: send a compact JWT signed with \
          HS256 (development) or RS256/ES256 (identity provider)"
