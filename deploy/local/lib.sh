@@ -89,6 +89,16 @@ pg_discard() {
     done
 }
 
+# pg_ctl_command: the command line that runs pg_ctl on the cluster
+# pg_start last started, as its owner (append `stop -m fast`, `restart`...).
+pg_ctl_command() {
+    if [ "$(id -u)" -eq 0 ]; then
+        echo "runuser -u postgres -- $PG_BIN/pg_ctl -D $PG_DATA"
+    else
+        echo "$PG_BIN/pg_ctl -D $PG_DATA"
+    fi
+}
+
 pg_stop() {
     if [ -n "${PG_DATA:-}" ] && [ -n "${PG_BIN:-}" ]; then
         pg_as_owner "$PG_BIN/pg_ctl" -D "$PG_DATA" stop -m fast >/dev/null 2>&1 || true
