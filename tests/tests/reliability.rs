@@ -201,3 +201,68 @@ async fn a_retry_after_a_failed_reply_writes_it_at_once() -> anyhow::Result<()> 
     assert_eq!(stored_turns(&app, &id).await?, (1, 1));
     Ok(())
 }
+
+/// A reply still streaming when the caller's deadline passes ends with
+/// `DeadlineExceeded` at the deadline, at every hop: the model request is
+/// cancelled and no partial reply is stored.
+#[tokio::test]
+async fn a_stream_ends_at_the_callers_deadline_and_stops_the_work_behind_it() -> anyhow::Result<()>
+{
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![FakeReply::Slow(
+            "Let me ".into(),
+            Duration::from_secs(10),
+            vec!["think.".into()],
+        )],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    let deadline = Duration::from_millis(800);
+    let mut request = tonic::Request::new(tp_e2e::tp_proto::v1::SendMessageRequest {
+        conversation_id: id,
+        content: "Velocity is too slow.".into(),
+        idempotency_key: String::new(),
+    });
+    request.set_timeout(deadline);
+    let started = std::time::Instant::now();
+    let mut stream = client.send_message(request).await?.into_inner();
+    stream.message().await?.expect("a first delta");
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => break None,
+                Err(status) => break Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the stream does not outlive its deadline by seconds");
+    let took = started.elapsed();
+    let status = ended.expect("the stream ends with an error, not a reply");
+    assert_eq!(status.code(), tonic::Code::DeadlineExceeded, "{status:?}");
+    assert!(took >= deadline, "not before the deadline: {took:?}");
+    assert!(
+        took < deadline + Duration::from_millis(700),
+        "at the deadline: {took:?}"
+    );
+
+    // The work behind it stops: the model request is cancelled, nothing
+    // partial is stored.
+    let mut cancelled = false;
+    for _ in 0..100 {
+        if fake.hung_up() {
+            cancelled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(cancelled, "the model request is cancelled");
+    assert_eq!(app.count_rows("conversation.messages").await?, 1);
+    Ok(())
+}

@@ -2,7 +2,10 @@
 //! start-up only names its own handlers and layers.
 
 pub mod cli;
+mod deadline;
 pub mod ops;
+
+pub use deadline::{Deadline, DeadlineBody, DeadlineLayer, parse_grpc_timeout};
 
 pub use ops::{AbortOnDrop, HttpFallback, HttpListener, HttpResponse, Ops, served_methods};
 

@@ -209,6 +209,9 @@ fn profile_pb(kept: Option<KeptProfile>) -> pb::ContextProfile {
 /// Streams a stored reply exactly as a fresh one would arrive.
 type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
 
+/// How often releasing a reply lease is retried while the database is away.
+const RELEASE_RETRY_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// How often a retry racing its original looks for the original's reply.
 const AWAIT_REPLY_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -269,12 +272,24 @@ async fn write_reply(
     exchange: Exchange,
     events: Events,
 ) {
+    // Retried until it holds: when the reply could not be stored because
+    // the database was down, releasing fails too, and a lease left to
+    // expire would hold the turn's retries for `REPLY_LEASE_SECS`.
     let release = |store: ConversationStore, ctx, user| async move {
-        if let Err(e) = store.release_reply(&ctx, &user).await {
-            tracing::warn!(error = %e, "could not release the reply lease; it expires by itself");
+        let give_up = tokio::time::Instant::now()
+            + std::time::Duration::from_secs(crate::store::REPLY_LEASE_SECS.unsigned_abs().into());
+        while let Err(e) = store.release_reply(&ctx, &user).await {
+            if tokio::time::Instant::now() >= give_up {
+                tracing::warn!(error = %e, "could not release the reply lease; it expires by itself");
+                return;
+            }
+            tokio::time::sleep(RELEASE_RETRY_EVERY).await;
         }
     };
-    let last = match pipeline.respond(&ctx, &exchange, &events).await {
+    // The caller hears first; releasing the lease comes after, since with
+    // the database down it waits out the pool's acquire timeout too (a
+    // retry arriving before it waits on the lease, then takes it over).
+    let (last, release_lease) = match pipeline.respond(&ctx, &exchange, &events).await {
         Ok(reply) => {
             record.set_responder(reply.responder);
             record.set_reply_quality(reply.grounded, reply.violations.len());
@@ -292,12 +307,12 @@ async fn write_reply(
                     pipeline
                         .metrics()
                         .coach_reply(reply.responder, reply.violations.is_empty());
-                    Ok(completed_event(exchange.user_message, assistant))
+                    (
+                        Ok(completed_event(exchange.user_message.clone(), assistant)),
+                        false,
+                    )
                 }
-                Err(e) => {
-                    release(store, ctx, exchange.user_message).await;
-                    Err(Status::from(e))
-                }
+                Err(e) => (Err(Status::from(e)), true),
             }
         }
         Err(ReplyError::ClientGone) => {
@@ -305,13 +320,20 @@ async fn write_reply(
         }
         Err(ReplyError::Provider(e)) => {
             tracing::warn!(error = %e, "model provider failed; the user turn stays stored");
-            release(store, ctx, exchange.user_message).await;
-            Err(Status::unavailable(format!(
-                "{e}; your message is saved: retry with the same idempotency_key"
-            )))
+            (
+                Err(Status::unavailable(format!(
+                    "{e}; your message is saved: retry with the same idempotency_key"
+                ))),
+                true,
+            )
         }
     };
     let _ = events.send(last).await;
+    // The stream ends when the sender is gone.
+    drop(events);
+    if release_lease {
+        release(store, ctx, exchange.user_message).await;
+    }
 }
 
 async fn replay(events: Events, user: MessageRow, assistant: MessageRow) {

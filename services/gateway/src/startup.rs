@@ -376,6 +376,7 @@ impl Application {
         // then who the caller is, what they may do, and how much of it.
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new(self.metrics, self.methods).with_tenant_label())
+            .layer(tp_server::DeadlineLayer)
             .layer(self.auth)
             .layer(self.access)
             .layer(self.rates)

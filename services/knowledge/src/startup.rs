@@ -119,6 +119,7 @@ impl Application {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new(self.metrics, self.methods))
+            .layer(tp_server::DeadlineLayer)
             .layer(RequireContextLayer)
             .map_request(tp_server::record_caller);
         let _http = self.http.spawn(self.ops, None);
