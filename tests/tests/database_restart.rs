@@ -27,12 +27,19 @@ async fn pg_ctl(args: &str) -> anyhow::Result<()> {
     let ctl = std::env::var("TP_TEST_PG_CTL").map_err(|_| {
         anyhow::anyhow!("TP_TEST_PG_CTL is not set: run the suite with deploy/local/test")
     })?;
-    let status = tokio::process::Command::new("sh")
+    // Its chatter ("trying to start server anyway") is kept for a failure.
+    let output = tokio::process::Command::new("sh")
         .arg("-c")
-        .arg(format!("{ctl} {args} >/dev/null"))
-        .status()
+        .arg(format!("{ctl} {args}"))
+        .output()
         .await?;
-    anyhow::ensure!(status.success(), "pg_ctl {args} failed: {status}");
+    anyhow::ensure!(
+        output.status.success(),
+        "pg_ctl {args} failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     Ok(())
 }
 

@@ -161,8 +161,12 @@ where
         polled
     }
 
+    // An inner body at its end ends the response whatever the timer says:
+    // a trailers-only answer (an error status in the headers) must go out
+    // as HEADERS with END_STREAM, which grpcio insists on (an empty DATA
+    // frame after it reads as `UNKNOWN: Stream removed`).
     fn is_end_stream(&self) -> bool {
-        self.inner.as_ref().is_none_or(|b| b.is_end_stream()) && self.sleep.is_none()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> http_body::SizeHint {
@@ -176,6 +180,41 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
+
+    #[tokio::test]
+    async fn a_trailers_only_answer_ends_at_once_under_a_deadline() {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let empty = DeadlineBody::new(http_body_util::Empty::<bytes::Bytes>::new(), Some(deadline));
+        assert!(
+            empty.is_end_stream(),
+            "nothing follows an error status in the headers"
+        );
+        let streaming = DeadlineBody::new(
+            http_body_util::StreamBody::new(futures_util::stream::pending::<
+                Result<Frame<bytes::Bytes>, std::convert::Infallible>,
+            >()),
+            Some(deadline),
+        );
+        assert!(!streaming.is_end_stream());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_past_its_deadline_ends_with_deadline_exceeded() {
+        use http_body_util::BodyExt as _;
+        let deadline = Instant::now() + Duration::from_millis(100);
+        let mut body = DeadlineBody::new(
+            http_body_util::StreamBody::new(futures_util::stream::pending::<
+                Result<Frame<bytes::Bytes>, std::convert::Infallible>,
+            >()),
+            Some(deadline),
+        );
+        let frame = body.frame().await.expect("a frame").expect("no error");
+        let trailers = frame.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], CODE_DEADLINE_EXCEEDED);
+        assert!(body.is_end_stream());
+        assert!(body.frame().await.is_none());
+    }
 
     #[test]
     fn grpc_timeout_values_parse_as_the_protocol_defines_them() {
