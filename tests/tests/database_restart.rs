@@ -16,9 +16,9 @@ use tp_e2e::TestDatabase;
 use tp_e2e::{TestApp, new_conversation, send};
 
 const WORKERS: usize = 8;
-const LOAD: Duration = Duration::from_secs(9);
+const LOAD: Duration = Duration::from_secs(10);
 const DOWN_AFTER: Duration = Duration::from_secs(2);
-const OUTAGE: Duration = Duration::from_secs(3);
+const OUTAGE: Duration = Duration::from_secs(4);
 /// How long the failed turns may take to complete once the database is back.
 const RECOVERY: Duration = Duration::from_secs(10);
 
@@ -27,18 +27,21 @@ async fn pg_ctl(args: &str) -> anyhow::Result<()> {
     let ctl = std::env::var("TP_TEST_PG_CTL").map_err(|_| {
         anyhow::anyhow!("TP_TEST_PG_CTL is not set: run the suite with deploy/local/test")
     })?;
-    // Its chatter ("trying to start server anyway") is kept for a failure.
-    let output = tokio::process::Command::new("sh")
+    // Not `output()`: the server `restart` starts inherits pg_ctl's stdout
+    // and stderr, so captured pipes would stay open as long as it runs.
+    // Its log goes nowhere after the restart; the status says if it failed.
+    let status = tokio::process::Command::new("sh")
         .arg("-c")
         .arg(format!("{ctl} {args}"))
-        .output()
-        .await?;
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(90), status)
+        .await
+        .map_err(|_| anyhow::anyhow!("`{ctl} {args}` did not finish in 90 s"))??;
     anyhow::ensure!(
-        output.status.success(),
-        "pg_ctl {args} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+        status.success(),
+        "`{ctl} {args}` failed ({status}); see the cluster's server.log"
     );
     Ok(())
 }
@@ -163,9 +166,11 @@ async fn acknowledged_turns_survive_a_database_restart_under_load() -> anyhow::R
         .map(|(_, took)| *took)
         .max()
         .unwrap_or_default();
-    // No call waited for the database to come back: each one during the
-    // outage failed within the pool's acquire timeout (plus the reply).
-    let bound = tp_store::ACQUIRE_TIMEOUT + Duration::from_secs(1);
+    // No call waited for the database to come back. A call reaches the
+    // database at most twice in a row before it can fail (knowledge's
+    // retrieval, which the reply then goes without, and conversation's
+    // store), each waiting at most the pool's acquire timeout.
+    let bound = 2 * tp_store::ACQUIRE_TIMEOUT + Duration::from_millis(500);
     assert!(
         outcomes.slowest_call < bound && bound < OUTAGE,
         "calls fail fast while the database is down: slowest call {:?}, slowest failure {slowest:?}, outage {outage:?}",
