@@ -12,7 +12,7 @@ use tracing::Instrument;
 
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
 use crate::store::{
-    AwaitedReply, ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, ReplyOwner,
+    ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, REPLY_LEASE, ReplyOwner,
 };
 use crate::validate;
 
@@ -206,7 +206,7 @@ fn profile_pb(kept: Option<KeptProfile>) -> pb::ContextProfile {
     }
 }
 
-/// Streams a stored reply exactly as a fresh one would arrive.
+/// The sending side of a SendMessage response stream.
 type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
 
 /// How often releasing a reply lease is retried while the database is away.
@@ -225,20 +225,15 @@ async fn respond(
     pipeline: ReplyPipeline,
     ctx: tp_context::RequestContext,
     record: tp_telemetry::CallRecord,
-    exchange: Exchange,
+    mut exchange: Exchange,
     events: Events,
 ) {
-    let user = exchange.user_message.clone();
-    let mut owner = exchange.reply;
-    let exchange = Exchange {
-        reply: ReplyOwner::This,
-        ..exchange
-    };
+    let mut owner = std::mem::replace(&mut exchange.reply, ReplyOwner::This);
     loop {
         match owner {
             ReplyOwner::Stored(reply) => {
-                tracing::info!(conversation_id = %user.conversation_id, "idempotent retry: replaying the stored reply");
-                return replay(events, user, reply).await;
+                tracing::info!(conversation_id = %exchange.user_message.conversation_id, "idempotent retry: replaying the stored reply");
+                return replay(events, exchange.user_message, reply).await;
             }
             ReplyOwner::This => {
                 return write_reply(store, pipeline, ctx, record, exchange, events).await;
@@ -248,10 +243,8 @@ async fn respond(
                 if events.is_closed() {
                     return;
                 }
-                owner = match store.await_reply(&ctx, &user).await {
-                    Ok(AwaitedReply::Stored(reply)) => ReplyOwner::Stored(reply),
-                    Ok(AwaitedReply::TakenOver) => ReplyOwner::This,
-                    Ok(AwaitedReply::StillPending) => ReplyOwner::Another,
+                owner = match store.await_reply(&ctx, &exchange.user_message).await {
+                    Ok(owner) => owner,
                     Err(e) => {
                         let _ = events.send(Err(Status::from(e))).await;
                         return;
@@ -274,10 +267,9 @@ async fn write_reply(
 ) {
     // Retried until it holds: when the reply could not be stored because
     // the database was down, releasing fails too, and a lease left to
-    // expire would hold the turn's retries for `REPLY_LEASE_SECS`.
+    // expire would hold the turn's retries for `REPLY_LEASE`.
     let release = |store: ConversationStore, ctx, user| async move {
-        let give_up = tokio::time::Instant::now()
-            + std::time::Duration::from_secs(crate::store::REPLY_LEASE_SECS.unsigned_abs().into());
+        let give_up = tokio::time::Instant::now() + REPLY_LEASE;
         while let Err(e) = store.release_reply(&ctx, &user).await {
             if tokio::time::Instant::now() >= give_up {
                 tracing::warn!(error = %e, "could not release the reply lease; it expires by itself");
@@ -336,6 +328,7 @@ async fn write_reply(
     }
 }
 
+/// Streams a stored reply exactly as a fresh one would arrive.
 async fn replay(events: Events, user: MessageRow, assistant: MessageRow) {
     for piece in deltas(&assistant.content, WORDS_PER_DELTA) {
         if events.send(Ok(delta_event(piece))).await.is_err() {

@@ -78,20 +78,11 @@ pub enum ReplyOwner {
     Stored(MessageRow),
 }
 
-/// What [`ConversationStore::await_reply`] found.
-#[derive(Debug)]
-pub enum AwaitedReply {
-    Stored(MessageRow),
-    /// The other call gave up or its lease ran out; this call now holds it.
-    TakenOver,
-    StillPending,
-}
-
 /// How long a call may take to write a reply before a retry takes over:
 /// longer than any reply takes (the model's deadline included), since a
 /// retry that takes over too early writes a second reply that loses the
 /// race to be stored.
-pub const REPLY_LEASE_SECS: i32 = 120;
+pub const REPLY_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// How many earlier turns (both sides) the responder sees.
 const CONTEXT_TURNS: i64 = 40;
@@ -315,15 +306,7 @@ impl ConversationStore {
         let new_turn = stored.is_none();
         let (user_message, reply) = match stored {
             Some(user_message) => {
-                // The conversation's lock serialises this with the other
-                // retries: at most one of them claims the lease.
-                let owner = match stored_reply(&mut tx, user_message.message_id).await? {
-                    Some(reply) => ReplyOwner::Stored(reply),
-                    None if claim_reply(&mut tx, user_message.message_id).await? => {
-                        ReplyOwner::This
-                    }
-                    None => ReplyOwner::Another,
-                };
+                let owner = reply_owner(&mut tx, user_message.message_id).await?;
                 (user_message, owner)
             }
             None => {
@@ -341,7 +324,7 @@ impl ConversationStore {
                 .bind(conversation_id)
                 .bind(content)
                 .bind(idempotency_key)
-                .bind(f64::from(REPLY_LEASE_SECS))
+                .bind(REPLY_LEASE.as_secs_f64())
                 .fetch_one(&mut *tx)
                 .await?;
                 touch(&mut tx, conversation_id).await?;
@@ -394,24 +377,20 @@ impl ConversationStore {
 
     /// For a retry waiting on another call's reply: the reply if it is
     /// stored by now; else the lease if the other call let it go or ran
-    /// out of time; else still pending.
+    /// out of time; else still another's.
     pub async fn await_reply(
         &self,
         ctx: &RequestContext,
         user_message: &MessageRow,
-    ) -> Result<AwaitedReply, ConversationError> {
+    ) -> Result<ReplyOwner, ConversationError> {
         let mut tx = self
             .timer
             .begin(&self.pool, ctx.tenant_id, op::AWAIT_REPLY)
             .await?;
         owned_conversation(&mut tx, ctx, user_message.conversation_id, true).await?;
-        let found = match stored_reply(&mut tx, user_message.message_id).await? {
-            Some(reply) => AwaitedReply::Stored(reply),
-            None if claim_reply(&mut tx, user_message.message_id).await? => AwaitedReply::TakenOver,
-            None => AwaitedReply::StillPending,
-        };
+        let owner = reply_owner(&mut tx, user_message.message_id).await?;
         tx.commit().await?;
-        Ok(found)
+        Ok(owner)
     }
 
     /// Gives up the reply lease of a user turn this call could not answer
@@ -619,6 +598,18 @@ async fn owned_conversation(
         .ok_or(ConversationError::ConversationNotFound(conversation_id))
 }
 
+/// Who writes the reply to a stored user turn: no one if it is stored,
+/// else this call if it can take the lease. The caller holds the
+/// conversation's row lock, which serialises racing retries: at most one
+/// of them takes the lease.
+async fn reply_owner(tx: &mut Tx, user_message_id: Uuid) -> Result<ReplyOwner, ConversationError> {
+    Ok(match stored_reply(tx, user_message_id).await? {
+        Some(reply) => ReplyOwner::Stored(reply),
+        None if claim_reply(tx, user_message_id).await? => ReplyOwner::This,
+        None => ReplyOwner::Another,
+    })
+}
+
 /// Takes the reply lease of a user turn unless another call holds an
 /// unexpired one; true when taken.
 async fn claim_reply(tx: &mut Tx, user_message_id: Uuid) -> Result<bool, ConversationError> {
@@ -629,7 +620,7 @@ async fn claim_reply(tx: &mut Tx, user_message_id: Uuid) -> Result<bool, Convers
             AND (reply_lease_until IS NULL OR reply_lease_until < now())",
     )
     .bind(user_message_id)
-    .bind(f64::from(REPLY_LEASE_SECS))
+    .bind(REPLY_LEASE.as_secs_f64())
     .execute(&mut **tx)
     .await?
     .rows_affected();
