@@ -35,6 +35,8 @@ use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter}
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::CANONICAL_TARGET;
+// Written under `span`, as the other log lines carry it.
+use crate::log_fields::TRACE_ID;
 
 /// How late a log line may reach stdout.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -42,10 +44,6 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 /// Past this many buffered bytes, the line's writer flushes at once
 /// rather than let the buffer grow.
 const FLUSH_AT_BYTES: usize = 256 * 1024;
-
-/// The event field holding the call's trace id; written under `span`, as
-/// the other log lines carry it.
-pub(crate) const TRACE_ID_FIELD: &str = "trace_id";
 
 /// The JSON formatter for log lines, with the canonical event encoded
 /// here: events of the canonical target are written by [`encode_line`],
@@ -150,7 +148,7 @@ impl JsonFields<'_> {
 
 impl Visit for JsonFields<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == TRACE_ID_FIELD {
+        if field.name() == TRACE_ID {
             self.trace_id = Some(value.to_owned());
             return;
         }
@@ -184,7 +182,7 @@ impl Visit for JsonFields<'_> {
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == TRACE_ID_FIELD {
+        if field.name() == TRACE_ID {
             self.trace_id = Some(format!("{value:?}"));
             return;
         }

@@ -222,9 +222,7 @@ pub fn init_for_tests() -> TestTelemetry {
             // The same JSON lines production writes, into memory, at the
             // capture filter's levels; stdout still at `RUST_LOG`'s.
             let captured = json_lines(logs.clone());
-            let stdout = json_lines(std::io::stdout).with_filter(
-                EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-            );
+            let stdout = json_lines(std::io::stdout).with_filter(rust_log());
             // Several test binaries may race for the global subscriber; the
             // loser keeps its exporters empty, which the tests notice.
             let _ = install(
@@ -249,6 +247,11 @@ pub fn init_for_tests() -> TestTelemetry {
 /// how much an operator chooses to log.
 pub(crate) const RPC_SPAN_TARGET: &str = "rpc";
 
+/// `RUST_LOG`, or `info` when it is unset or unreadable.
+fn rust_log() -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
 /// What exists at all: `RUST_LOG` (default `info`) plus the calls' spans.
 /// It is the only filter for the services' layers: a layer with a filter
 /// of its own looks every span up again on every enter and exit to ask
@@ -257,7 +260,7 @@ pub(crate) const RPC_SPAN_TARGET: &str = "rpc";
 fn global_filter(directives: Option<&str>) -> EnvFilter {
     let filter = match directives {
         Some(directives) => EnvFilter::new(directives),
-        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        None => rust_log(),
     };
     match format!("{RPC_SPAN_TARGET}=info").parse() {
         Ok(directive) => filter.add_directive(directive),

@@ -17,8 +17,9 @@ use tracing_subscriber::fmt::FormatFields;
 use tracing_subscriber::fmt::FormattedFields;
 use tracing_subscriber::fmt::format::Writer;
 
-/// The span field that is kept.
-const TRACE_ID: &str = "trace_id";
+/// The field holding a call's trace id: on its span, for these log lines,
+/// and on its canonical event.
+pub(crate) const TRACE_ID: &str = "trace_id";
 
 /// Formats a span's fields as `{"trace_id":"…"}`, or `{}` before the
 /// trace id is recorded; every other field is ignored.

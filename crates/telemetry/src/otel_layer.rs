@@ -29,7 +29,7 @@ use tracing_subscriber::layer::Context;
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::CANONICAL_TARGET;
-use crate::canonical_log::TRACE_ID_FIELD;
+use crate::log_fields::TRACE_ID;
 
 pub struct SpansOnly<L>(pub L);
 
@@ -66,7 +66,7 @@ where
         // written inside it; the exported span has it as its identity.
         if values.len() == 1
             && let Some(metadata) = ctx.metadata(span)
-            && let Some(trace_id) = metadata.fields().field(TRACE_ID_FIELD)
+            && let Some(trace_id) = metadata.fields().field(TRACE_ID)
             && values.contains(&trace_id)
         {
             return;
