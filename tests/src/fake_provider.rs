@@ -42,6 +42,18 @@ impl FakeProvider {
     pub fn hung_up(&self) -> bool {
         self.client_hung_up.load(Ordering::SeqCst)
     }
+
+    /// Whether a client hangs up within `limit`, looking every 20 ms.
+    pub async fn hangs_up_within(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.hung_up() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
 }
 
 fn delta(wire: Wire, text: &str) -> String {

@@ -59,23 +59,34 @@ fn sign(algorithm: Algorithm, pem: &[u8], kid: &str, claims: &Claims) -> anyhow:
     Ok(jsonwebtoken::encode(&header, claims, &key)?)
 }
 
+/// A gateway configured as in production: the identity provider's JWKS
+/// at `idp`, its issuer and this API's audience, no HS256 secret.
+async fn production_gateway(app: &TestApp, idp: SocketAddr) -> anyhow::Result<SocketAddr> {
+    app.spawn_gateway_with(|config| {
+        config.jwt_hs256_secret = None;
+        config.jwt_jwks_url = Some(format!("http://{idp}/.well-known/jwks.json"));
+        config.jwt_issuer = Some(ISSUER.to_owned());
+        config.jwt_audience = Some(AUDIENCE.to_owned());
+    })
+    .await
+}
+
+/// A member's claims as the identity provider issues them.
+fn provider_claims(tenant: tp_context::TenantId) -> Claims {
+    let mut claims = Claims::expiring_in("alice", Some(tenant), Role::Member, 300);
+    claims.iss = Some(ISSUER.to_owned());
+    claims.aud = Some(Audience::One(AUDIENCE.to_owned()));
+    claims
+}
+
 #[tokio::test]
 async fn a_production_gateway_trusts_its_identity_provider_only() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let (tenant, hs256_token) = app.tenant_with_member("Acme", "alice").await?;
     let idp = serve_jwks(format!(r#"{{"keys":[{RSA_JWK},{EC_JWK}]}}"#)).await?;
-    let gateway = app
-        .spawn_gateway_with(|config| {
-            config.jwt_hs256_secret = None;
-            config.jwt_jwks_url = Some(format!("http://{idp}/.well-known/jwks.json"));
-            config.jwt_issuer = Some(ISSUER.to_owned());
-            config.jwt_audience = Some(AUDIENCE.to_owned());
-        })
-        .await?;
+    let gateway = production_gateway(&app, idp).await?;
 
-    let mut claims = Claims::expiring_in("alice", Some(tenant), Role::Member, 300);
-    claims.iss = Some(ISSUER.to_owned());
-    claims.aud = Some(Audience::One(AUDIENCE.to_owned()));
+    let claims = provider_claims(tenant);
     for token in [
         sign(Algorithm::RS256, RSA_PEM, "rsa-a", &claims)?,
         sign(Algorithm::ES256, EC_PEM, "ec-p256", &claims)?,
@@ -134,17 +145,8 @@ async fn token_attacks_are_unauthenticated_and_harm_nothing() -> anyhow::Result<
     let app = TestApp::spawn().await?;
     let (tenant, _) = app.tenant_with_member("Acme", "alice").await?;
     let idp = serve_jwks(format!(r#"{{"keys":[{RSA_JWK}]}}"#)).await?;
-    let gateway = app
-        .spawn_gateway_with(|config| {
-            config.jwt_hs256_secret = None;
-            config.jwt_jwks_url = Some(format!("http://{idp}/.well-known/jwks.json"));
-            config.jwt_issuer = Some(ISSUER.to_owned());
-            config.jwt_audience = Some(AUDIENCE.to_owned());
-        })
-        .await?;
-    let mut claims = Claims::expiring_in("alice", Some(tenant), Role::Member, 300);
-    claims.iss = Some(ISSUER.to_owned());
-    claims.aud = Some(Audience::One(AUDIENCE.to_owned()));
+    let gateway = production_gateway(&app, idp).await?;
+    let claims = provider_claims(tenant);
     let good = sign(Algorithm::RS256, RSA_PEM, "rsa-a", &claims)?;
     let now = claims.exp - 300;
 
