@@ -1,3 +1,5 @@
-//! What the load generator shares with the benchmarks in `tests/benches`.
+//! What the load generator shares with the benchmarks in `tests/benches`
+//! and the fault tests in `tests/tests/process_faults.rs`.
 
 pub mod handbook;
+pub mod stack;

@@ -20,8 +20,9 @@ mod proxy;
 mod report;
 mod run;
 mod seed;
-mod stack;
 mod workers;
+
+use tp_loadgen::stack;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

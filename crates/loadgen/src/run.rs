@@ -19,7 +19,7 @@ use crate::pgbench;
 use crate::procstat::{ProcessCost, cpu_seconds, rss_kib};
 use crate::report::{Machine, Report, Settings, TargetCheck, TelemetryCpu, mib};
 use crate::seed;
-use crate::stack::{SIGNING_SECRET, Stack, StackConfig, free_port, migrate};
+use crate::stack::{Launcher, SIGNING_SECRET, Stack, StackConfig, free_port, migrate};
 use crate::workers::{ApiWorker, EchoWorker, HopWorker, Mix, Reader, Sender};
 
 #[derive(Clone, Debug, clap::Args)]
@@ -485,15 +485,17 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     }
     let db = fresh_database(&args.admin_url, &args.database).await?;
     let owner_url = format!("postgres://tp_owner@{}:{}/{}", db.host, db.port, db.name);
-    migrate(&bin_dir, &owner_url).await?;
+    let launcher = Launcher::BinDir(bin_dir.clone());
+    migrate(&launcher, &owner_url).await?;
     // Telemetry on means exported, as to a collector in production.
     let (otlp_endpoint, otlp) = crate::otlp::start().await?;
     let stack_config = |telemetry| StackConfig {
-        bin_dir: bin_dir.clone(),
+        launcher: launcher.clone(),
         app_url: db.app_url.clone(),
         log_dir: args.log_dir.clone(),
         telemetry,
         otlp_endpoint: Some(otlp_endpoint.clone()),
+        extra_env: Vec::new(),
     };
 
     let echo = BaselineProcess::start().await?;

@@ -4,7 +4,7 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -14,27 +14,63 @@ use tokio::process::{Child, Command};
 /// The secret the stack verifies tokens with; the load generator mints them.
 pub const SIGNING_SECRET: &str = "tp-loadgen-signing-secret-not-for-production";
 
+/// How a service's process is started.
+#[derive(Clone, Debug)]
+pub enum Launcher {
+    /// `gateway`, `conversation` and `knowledge` in one directory, as
+    /// `cargo build --bins` leaves them.
+    BinDir(PathBuf),
+    /// One binary serving whichever service `TP_SERVICE` names: the
+    /// end-to-end tests' `tp-e2e-service`, which cargo builds for them (it
+    /// builds no other package's binaries for a package's tests).
+    OneBinary(PathBuf),
+}
+
+impl Launcher {
+    fn command(&self, name: &str) -> anyhow::Result<Command> {
+        Ok(match self {
+            Launcher::BinDir(dir) => Command::new(binary(dir, name)?),
+            Launcher::OneBinary(path) => {
+                let mut command = Command::new(path);
+                command.env("TP_SERVICE", name);
+                command
+            }
+        })
+    }
+}
+
+/// One service's own environment: (variable, value).
+type ServiceEnv = Vec<(&'static str, String)>;
+
 /// Which services to start and how.
 #[derive(Clone, Debug)]
 pub struct StackConfig {
-    pub bin_dir: PathBuf,
+    pub launcher: Launcher,
     pub app_url: String,
     pub log_dir: PathBuf,
     /// False starts every service with `TP_TELEMETRY=off`.
     pub telemetry: bool,
     /// Where services with telemetry on export spans and metrics (OTLP/gRPC).
     pub otlp_endpoint: Option<String>,
+    /// More environment for one service: (service, variable, value). Set
+    /// after the stack's own, so it can override them.
+    pub extra_env: Vec<(&'static str, String, String)>,
 }
 
 pub struct ServiceProcess {
     pub name: &'static str,
     pub pid: u32,
     child: Child,
+    /// The ops port (`/readyz`), to wait for after a restart.
+    http: SocketAddr,
+    env: Vec<(String, String)>,
 }
 
 pub struct Stack {
     pub gateway: SocketAddr,
     pub conversation: SocketAddr,
+    pub knowledge: SocketAddr,
+    config: StackConfig,
     processes: Vec<ServiceProcess>,
 }
 
@@ -57,9 +93,10 @@ fn binary(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs every service's migrations as the schema owner.
-pub async fn migrate(bin_dir: &Path, owner_url: &str) -> anyhow::Result<()> {
+pub async fn migrate(launcher: &Launcher, owner_url: &str) -> anyhow::Result<()> {
     for name in ["gateway", "conversation", "knowledge"] {
-        let output = Command::new(binary(bin_dir, name)?)
+        let output = launcher
+            .command(name)?
             .args(["migrate", "--database-url", owner_url])
             .env("RUST_LOG", "warn")
             .output()
@@ -85,12 +122,15 @@ impl Stack {
         let mut stack = Stack {
             gateway,
             conversation,
+            knowledge,
+            config: config.clone(),
             processes: Vec::new(),
         };
         let url = |addr: SocketAddr| format!("http://{addr}");
-        let spawn_plan: [(&'static str, Vec<(&str, String)>); 3] = [
+        let spawn_plan: [(&'static str, SocketAddr, ServiceEnv); 3] = [
             (
                 "knowledge",
+                http[2],
                 vec![
                     ("TP_KNOWLEDGE_ADDR", knowledge.to_string()),
                     ("TP_HTTP_ADDR", http[2].to_string()),
@@ -98,6 +138,7 @@ impl Stack {
             ),
             (
                 "conversation",
+                http[1],
                 vec![
                     ("TP_CONVERSATION_ADDR", conversation.to_string()),
                     ("TP_HTTP_ADDR", http[1].to_string()),
@@ -106,6 +147,7 @@ impl Stack {
             ),
             (
                 "gateway",
+                http[0],
                 vec![
                     ("TP_GATEWAY_ADDR", gateway.to_string()),
                     ("TP_HTTP_ADDR", http[0].to_string()),
@@ -126,33 +168,27 @@ impl Stack {
                 ],
             ),
         ];
-        for (name, env) in spawn_plan {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(config.log_dir.join(format!("{name}.log")))?;
-            let mut command = Command::new(binary(&config.bin_dir, name)?);
-            command
-                .arg("serve")
-                .env("TP_DATABASE_URL", &config.app_url)
-                .env("TP_TELEMETRY", if config.telemetry { "on" } else { "off" })
-                .envs(
-                    config
-                        .otlp_endpoint
-                        .iter()
-                        .filter(|_| config.telemetry)
-                        .map(|url| ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str())),
-                )
-                .envs(env)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .kill_on_drop(true);
-            let child = command
-                .spawn()
-                .with_context(|| format!("starting {name}"))?;
+        for (name, http, env) in spawn_plan {
+            let mut env: Vec<(String, String)> = env
+                .into_iter()
+                .map(|(key, value)| (key.to_owned(), value))
+                .collect();
+            env.extend(
+                config
+                    .extra_env
+                    .iter()
+                    .filter(|(service, _, _)| *service == name)
+                    .map(|(_, key, value)| (key.clone(), value.clone())),
+            );
+            let child = stack.spawn(name, &env)?;
             let pid = child.id().context("a started service has a pid")?;
-            stack.processes.push(ServiceProcess { name, pid, child });
+            stack.processes.push(ServiceProcess {
+                name,
+                pid,
+                child,
+                http,
+                env,
+            });
         }
         for (name, addr) in [
             ("knowledge", http[2]),
@@ -162,6 +198,81 @@ impl Stack {
             stack.wait_ready(name, addr, &config.log_dir).await?;
         }
         Ok(stack)
+    }
+
+    fn spawn(&self, name: &str, env: &[(String, String)]) -> anyhow::Result<Child> {
+        let config = &self.config;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.log_dir.join(format!("{name}.log")))?;
+        let mut command = config.launcher.command(name)?;
+        command
+            .arg("serve")
+            .env("TP_DATABASE_URL", &config.app_url)
+            .env("TP_TELEMETRY", if config.telemetry { "on" } else { "off" })
+            .envs(
+                config
+                    .otlp_endpoint
+                    .iter()
+                    .filter(|_| config.telemetry)
+                    .map(|url| ("OTEL_EXPORTER_OTLP_ENDPOINT", url.as_str())),
+            )
+            .envs(env.iter().map(|(key, value)| (key, value)))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        command.spawn().with_context(|| format!("starting {name}"))
+    }
+
+    fn process(&mut self, name: &str) -> anyhow::Result<&mut ServiceProcess> {
+        self.processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no service named {name} in the stack"))
+    }
+
+    /// SIGKILL: the service dies at once, as in a crash or an OOM kill.
+    pub async fn kill(&mut self, name: &str) -> anyhow::Result<()> {
+        let process = self.process(name)?;
+        process.child.start_kill()?;
+        process.child.wait().await?;
+        Ok(())
+    }
+
+    /// SIGTERM, which a service answers with a graceful shutdown.
+    pub fn signal_terminate(&mut self, name: &str) -> anyhow::Result<()> {
+        terminate(self.process(name)?.pid);
+        Ok(())
+    }
+
+    /// The service's exit status once it has exited, waiting at most
+    /// `limit` (an error if it is still running then).
+    pub async fn wait_exit(&mut self, name: &str, limit: Duration) -> anyhow::Result<ExitStatus> {
+        let process = self.process(name)?;
+        tokio::time::timeout(limit, process.child.wait())
+            .await
+            .with_context(|| format!("{name} still running after {limit:?}"))?
+            .map_err(Into::into)
+    }
+
+    /// Starts a service that was killed or stopped again, on the same
+    /// ports, and waits until it is ready.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let (env, http) = {
+            let process = self.process(name)?;
+            if process.child.try_wait()?.is_none() {
+                bail!("{name} is still running");
+            }
+            (process.env.clone(), process.http)
+        };
+        let child = self.spawn(name, &env)?;
+        let process = self.process(name)?;
+        process.pid = child.id().context("a started service has a pid")?;
+        process.child = child;
+        let log_dir = self.config.log_dir.clone();
+        self.wait_ready(name, http, &log_dir).await
     }
 
     async fn wait_ready(
@@ -175,14 +286,12 @@ impl Stack {
             if let Ok(200) = http_status(http, "/readyz").await {
                 return Ok(());
             }
-            for process in &mut self.processes {
-                if let Some(status) = process.child.try_wait()? {
-                    bail!(
-                        "{} exited ({status}) while starting; see {}",
-                        process.name,
-                        log_dir.join(format!("{}.log", process.name)).display()
-                    );
-                }
+            let process = self.process(name)?;
+            if let Some(status) = process.child.try_wait()? {
+                bail!(
+                    "{name} exited ({status}) while starting; see {}",
+                    log_dir.join(format!("{name}.log")).display()
+                );
             }
             if Instant::now() > deadline {
                 bail!(
