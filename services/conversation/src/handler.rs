@@ -12,7 +12,8 @@ use tracing::Instrument;
 
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
 use crate::store::{
-    ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, REPLY_LEASE, ReplyOwner,
+    ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, REPLY_LEASE,
+    REPLY_LEASE_RENEW_EVERY, ReplyLease, ReplyOwner,
 };
 use crate::validate;
 
@@ -228,15 +229,15 @@ async fn respond(
     mut exchange: Exchange,
     events: Events,
 ) {
-    let mut owner = std::mem::replace(&mut exchange.reply, ReplyOwner::This);
+    let mut owner = std::mem::replace(&mut exchange.reply, ReplyOwner::Another);
     loop {
         match owner {
             ReplyOwner::Stored(reply) => {
                 tracing::info!(conversation_id = %exchange.user_message.conversation_id, "idempotent retry: replaying the stored reply");
                 return replay(events, exchange.user_message, reply).await;
             }
-            ReplyOwner::This => {
-                return write_reply(store, pipeline, ctx, record, exchange, events).await;
+            ReplyOwner::This(lease) => {
+                return write_reply(store, pipeline, ctx, record, exchange, lease, events).await;
             }
             ReplyOwner::Another => {
                 tokio::time::sleep(AWAIT_REPLY_EVERY).await;
@@ -263,14 +264,24 @@ async fn write_reply(
     ctx: tp_context::RequestContext,
     record: tp_telemetry::CallRecord,
     exchange: Exchange,
+    lease: ReplyLease,
     events: Events,
 ) {
+    // Renewed while this call works on the reply, so that retries wait for
+    // it; stopped (dropped) when it is done or gone, so that, if this
+    // process dies, they wait one short lease at most.
+    let renewing = AbortOnDrop(tokio::spawn(renew_lease(
+        store.clone(),
+        ctx.clone(),
+        exchange.user_message.clone(),
+        lease,
+    )));
     // Retried until it holds: when the reply could not be stored because
     // the database was down, releasing fails too, and a lease left to
     // expire would hold the turn's retries for `REPLY_LEASE`.
     let release = |store: ConversationStore, ctx, user| async move {
         let give_up = tokio::time::Instant::now() + REPLY_LEASE;
-        while let Err(e) = store.release_reply(&ctx, &user).await {
+        while let Err(e) = store.release_reply(&ctx, &user, lease).await {
             if tokio::time::Instant::now() >= give_up {
                 tracing::warn!(error = %e, "could not release the reply lease; it expires by itself");
                 return;
@@ -308,6 +319,7 @@ async fn write_reply(
             }
         }
         Err(ReplyError::ClientGone) => {
+            drop(renewing);
             return release(store, ctx, exchange.user_message).await;
         }
         Err(ReplyError::Provider(e)) => {
@@ -323,8 +335,45 @@ async fn write_reply(
     let _ = events.send(last).await;
     // The stream ends when the sender is gone.
     drop(events);
+    drop(renewing);
     if release_lease {
         release(store, ctx, exchange.user_message).await;
+    }
+}
+
+/// Renews a reply lease every [`REPLY_LEASE_RENEW_EVERY`] until aborted.
+async fn renew_lease(
+    store: ConversationStore,
+    ctx: tp_context::RequestContext,
+    user: MessageRow,
+    lease: ReplyLease,
+) {
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + REPLY_LEASE_RENEW_EVERY,
+        REPLY_LEASE_RENEW_EVERY,
+    );
+    loop {
+        every.tick().await;
+        match store.renew_reply(&ctx, &user, lease).await {
+            Ok(true) => {}
+            // A retry took over after the lease ran out (the database was
+            // away for longer than a lease): the first reply stored wins.
+            Ok(false) => {
+                tracing::warn!("the reply lease was taken over by a retry");
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the reply lease"),
+        }
+    }
+}
+
+/// Aborts a spawned task when dropped: a task that must not outlive the
+/// call that started it, however that call ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -15,3 +15,4 @@ mod validate;
 
 pub use config::{ConversationConfig, LlmProvider, SCHEMA};
 pub use startup::{Application, ConversationService, migrate};
+pub use store::REPLY_LEASE;

@@ -69,8 +69,9 @@ pub struct Exchange {
 /// Who writes the reply to a user turn.
 #[derive(Debug)]
 pub enum ReplyOwner {
-    /// This call holds the turn's reply lease: it writes the reply.
-    This,
+    /// This call holds the turn's reply lease: it writes the reply,
+    /// renewing the lease as it goes.
+    This(ReplyLease),
     /// Another call holds the lease (the original of a racing retry): wait
     /// for its reply with [`ConversationStore::await_reply`].
     Another,
@@ -78,11 +79,20 @@ pub enum ReplyOwner {
     Stored(MessageRow),
 }
 
-/// How long a call may take to write a reply before a retry takes over:
-/// longer than any reply takes (the model's deadline included), since a
-/// retry that takes over too early writes a second reply that loses the
-/// race to be stored.
-pub const REPLY_LEASE: std::time::Duration = std::time::Duration::from_secs(120);
+/// A reply lease held by this call: the holder's id, which renewing and
+/// releasing the lease must present.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplyLease(Uuid);
+
+/// How long a reply lease lasts unless its holder renews it: how long the
+/// retries of a turn wait when the process writing its reply has died. A
+/// retry that takes over from a holder still alive (cut off from the
+/// database for longer than this) costs a second model call, never a
+/// second reply: the first reply stored wins.
+pub const REPLY_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// How often the holder renews its lease: three tries per lease.
+pub const REPLY_LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How many earlier turns (both sides) the responder sees.
 const CONTEXT_TURNS: i64 = 40;
@@ -116,6 +126,8 @@ pub mod op {
     pub const AWAIT_REPLY: &str = "await_reply";
     /// SendMessage: the reply could not be written; a retry may write it.
     pub const RELEASE_REPLY: &str = "release_reply";
+    /// SendMessage: the call writing the reply is still at it.
+    pub const RENEW_REPLY: &str = "renew_reply";
     pub const GET_PROFILE: &str = "get_profile";
     pub const CLEAR_PROFILE: &str = "clear_profile";
     pub const GET_MEMBER_USAGE: &str = "get_member_usage";
@@ -304,9 +316,10 @@ impl ConversationStore {
         };
 
         let new_turn = stored.is_none();
+        let lease = ReplyLease(Uuid::new_v4());
         let (user_message, reply) = match stored {
             Some(user_message) => {
-                let owner = reply_owner(&mut tx, user_message.message_id).await?;
+                let owner = reply_owner(&mut tx, user_message.message_id, lease).await?;
                 (user_message, owner)
             }
             None => {
@@ -314,8 +327,8 @@ impl ConversationStore {
                 let user_message = sqlx::query_as::<_, MessageRow>(concat!(
                     "INSERT INTO conversation.messages
                         (message_id, tenant_id, conversation_id, role, content, idempotency_key,
-                         reply_lease_until)
-                     VALUES ($1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6))
+                         reply_lease_until, reply_lease_holder)
+                     VALUES ($1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6), $7)
                      RETURNING ",
                     message_columns!()
                 ))
@@ -325,10 +338,11 @@ impl ConversationStore {
                 .bind(content)
                 .bind(idempotency_key)
                 .bind(REPLY_LEASE.as_secs_f64())
+                .bind(lease.0)
                 .fetch_one(&mut *tx)
                 .await?;
                 touch(&mut tx, conversation_id).await?;
-                (user_message, ReplyOwner::This)
+                (user_message, ReplyOwner::This(lease))
             }
         };
 
@@ -388,7 +402,8 @@ impl ConversationStore {
             .begin(&self.pool, ctx.tenant_id, op::AWAIT_REPLY)
             .await?;
         owned_conversation(&mut tx, ctx, user_message.conversation_id, true).await?;
-        let owner = reply_owner(&mut tx, user_message.message_id).await?;
+        let owner =
+            reply_owner(&mut tx, user_message.message_id, ReplyLease(Uuid::new_v4())).await?;
         tx.commit().await?;
         Ok(owner)
     }
@@ -400,20 +415,51 @@ impl ConversationStore {
         &self,
         ctx: &RequestContext,
         user_message: &MessageRow,
+        lease: ReplyLease,
     ) -> Result<(), ConversationError> {
         let mut tx = self
             .timer
             .begin(&self.pool, ctx.tenant_id, op::RELEASE_REPLY)
             .await?;
         sqlx::query(
-            "UPDATE conversation.messages SET reply_lease_until = NULL
-              WHERE message_id = $1",
+            "UPDATE conversation.messages
+                SET reply_lease_until = NULL, reply_lease_holder = NULL
+              WHERE message_id = $1 AND reply_lease_holder = $2",
         )
         .bind(user_message.message_id)
+        .bind(lease.0)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Extends the reply lease this call holds by another [`REPLY_LEASE`];
+    /// false when it is no longer this call's (it ran out and a retry took
+    /// it over).
+    pub async fn renew_reply(
+        &self,
+        ctx: &RequestContext,
+        user_message: &MessageRow,
+        lease: ReplyLease,
+    ) -> Result<bool, ConversationError> {
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, op::RENEW_REPLY)
+            .await?;
+        let renewed = sqlx::query(
+            "UPDATE conversation.messages
+                SET reply_lease_until = now() + make_interval(secs => $3)
+              WHERE message_id = $1 AND reply_lease_holder = $2",
+        )
+        .bind(user_message.message_id)
+        .bind(lease.0)
+        .bind(REPLY_LEASE.as_secs_f64())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(renewed == 1)
     }
 
     /// Persists the assistant's reply to a user turn. When a concurrent retry
@@ -599,28 +645,38 @@ async fn owned_conversation(
 }
 
 /// Who writes the reply to a stored user turn: no one if it is stored,
-/// else this call if it can take the lease. The caller holds the
-/// conversation's row lock, which serialises racing retries: at most one
-/// of them takes the lease.
-async fn reply_owner(tx: &mut Tx, user_message_id: Uuid) -> Result<ReplyOwner, ConversationError> {
+/// else this call if it can take the lease (as `lease`). The caller holds
+/// the conversation's row lock, which serialises racing retries: at most
+/// one of them takes the lease.
+async fn reply_owner(
+    tx: &mut Tx,
+    user_message_id: Uuid,
+    lease: ReplyLease,
+) -> Result<ReplyOwner, ConversationError> {
     Ok(match stored_reply(tx, user_message_id).await? {
         Some(reply) => ReplyOwner::Stored(reply),
-        None if claim_reply(tx, user_message_id).await? => ReplyOwner::This,
+        None if claim_reply(tx, user_message_id, lease).await? => ReplyOwner::This(lease),
         None => ReplyOwner::Another,
     })
 }
 
 /// Takes the reply lease of a user turn unless another call holds an
 /// unexpired one; true when taken.
-async fn claim_reply(tx: &mut Tx, user_message_id: Uuid) -> Result<bool, ConversationError> {
+async fn claim_reply(
+    tx: &mut Tx,
+    user_message_id: Uuid,
+    lease: ReplyLease,
+) -> Result<bool, ConversationError> {
     let claimed = sqlx::query(
         "UPDATE conversation.messages
-            SET reply_lease_until = now() + make_interval(secs => $2)
+            SET reply_lease_until = now() + make_interval(secs => $2),
+                reply_lease_holder = $3
           WHERE message_id = $1
             AND (reply_lease_until IS NULL OR reply_lease_until < now())",
     )
     .bind(user_message_id)
     .bind(REPLY_LEASE.as_secs_f64())
+    .bind(lease.0)
     .execute(&mut **tx)
     .await?
     .rows_affected();
