@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Buf as _;
+use http_body_util::BodyExt;
 use opentelemetry::global;
 use opentelemetry::trace::{TraceContextExt, TraceId};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
@@ -462,16 +463,16 @@ impl<S, B, ResBody> Service<http::Request<B>> for TraceClient<S>
 where
     S: Service<http::Request<B>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
-    S::Error: 'static,
+    S::Error: Into<BoxError> + 'static,
     ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    ResBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody::Error: Into<BoxError>,
 {
     type Response = http::Response<tonic::body::Body>;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
+        self.inner.poll_ready(cx).map_err(Into::into)
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
@@ -490,21 +491,56 @@ where
         let future = self.inner.call(request);
         Box::pin(async move {
             match future.await {
-                Ok(response) => Ok(observe_response(response, observation)),
+                Ok(response) => Ok(observe_response(
+                    response.map(|body| body.map_err(|e| connection_lost(e.into()))),
+                    observation,
+                )),
                 Err(error) => {
                     // The channel failed before any answer: the other
                     // service could not be reached.
                     observation.finish(CODE_UNAVAILABLE);
-                    Err(error)
+                    Err(Box::new(connection_lost(error.into())) as BoxError)
                 }
             }
         })
     }
 }
 
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The status a caller gets when the connection to the service it called
+/// failed (refused, reset, or closed mid-reply because the service died or
+/// restarted): `Unavailable`, which says "retry", where tonic would say
+/// `Unknown` ("transport error") for a connection lost mid-call. A status
+/// the transport itself names (a refused connection, a cancelled or
+/// refused stream) is kept.
+pub fn connection_lost(error: BoxError) -> tonic::Status {
+    let status = tonic::Status::from_error(error);
+    if status.code() == tonic::Code::Unknown {
+        tonic::Status::unavailable(format!(
+            "the connection to the service behind this one failed mid-call ({}); retry the call",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connection_lost_mid_call_is_unavailable_and_named_statuses_are_kept() {
+        let reset = std::io::Error::new(std::io::ErrorKind::ConnectionReset, "connection reset");
+        let status = connection_lost(Box::new(reset));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert!(status.message().contains("retry"), "{}", status.message());
+
+        let named = connection_lost(Box::new(tonic::Status::cancelled("stream cancelled")));
+        assert_eq!(named.code(), tonic::Code::Cancelled);
+        assert_eq!(named.message(), "stream cancelled");
+    }
 
     #[test]
     fn unserved_paths_are_other() {
