@@ -3,20 +3,24 @@
 //! llama.cpp server, Ollama) and the Anthropic Messages API.
 //!
 //! - Retries with backoff on 429 and 5xx, only before the first token.
+//! - A circuit breaker ([`breaker`]) stops calling a provider that is down
+//!   and fails at once instead, until a probe finds it up.
 //! - Dropping the stream drops the HTTP response, which cancels the upstream
 //!   request.
 //! - The API key is never in `Debug`, errors, logs or spans.
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Once;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use futures_util::{Stream, StreamExt};
 use serde_json::{Value, json};
 
+pub mod breaker;
 mod sse;
 
+use breaker::{BreakerConfig, CircuitBreaker, ProviderHealth};
 pub use sse::{SseEvent, SseParser};
 
 /// Which wire format a provider speaks.
@@ -44,6 +48,7 @@ pub struct ProviderConfig {
     pub max_attempts: u32,
     /// First backoff; doubles each retry (a `retry-after` header wins, up to 10 s).
     pub backoff: Duration,
+    pub breaker: BreakerConfig,
 }
 
 impl fmt::Debug for ProviderConfig {
@@ -107,6 +112,11 @@ pub enum LlmError {
     Truncated,
     #[error("invalid provider configuration: {0}")]
     Config(String),
+    #[error(
+        "the model provider has been failing; calls to it are paused for another {}s",
+        .retry_after.as_secs().max(1)
+    )]
+    CircuitOpen { retry_after: Duration },
 }
 
 /// What [`LlmError::Transport`] says when reqwest gave up waiting (the
@@ -143,6 +153,18 @@ impl LlmError {
             LlmError::Provider(_) => "provider_error",
             LlmError::Truncated => "stream_cut",
             LlmError::Config(_) => "config",
+            LlmError::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+
+    /// What the failure says about the provider, for the breaker.
+    fn health(&self) -> ProviderHealth {
+        match self {
+            LlmError::Status { status, .. } if *status == 429 || *status >= 500 => {
+                ProviderHealth::Down
+            }
+            LlmError::Timeout(_) | LlmError::Transport(_) => ProviderHealth::Down,
+            _ => ProviderHealth::Up,
         }
     }
 }
@@ -154,6 +176,8 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent, LlmError>> 
 pub struct LlmClient {
     http: reqwest::Client,
     config: ProviderConfig,
+    /// Shared by every clone: one breaker per provider per process.
+    breaker: Arc<Mutex<CircuitBreaker>>,
 }
 
 static CRYPTO: Once = Once::new();
@@ -183,7 +207,11 @@ impl LlmClient {
             .read_timeout(config.idle_timeout)
             .build()
             .map_err(|e| LlmError::Config(format!("HTTP client: {}", LlmError::transport(&e))))?;
-        Ok(Self { http, config })
+        Ok(Self {
+            http,
+            breaker: Arc::new(Mutex::new(CircuitBreaker::new(config.breaker))),
+            config,
+        })
     }
 
     pub fn config(&self) -> &ProviderConfig {
@@ -191,8 +219,42 @@ impl LlmClient {
     }
 
     /// Starts a streaming completion. Retries 429 and 5xx (with backoff)
-    /// until the provider accepts; after that, errors end the stream.
+    /// until the provider accepts; after that, errors end the stream. Fails
+    /// at once with [`LlmError::CircuitOpen`] while the breaker is open.
     pub async fn stream(&self, request: &ChatRequest) -> Result<EventStream, LlmError> {
+        self.with_breaker(|breaker| breaker.admit(Instant::now()))
+            .map_err(|refused| LlmError::CircuitOpen {
+                retry_after: refused.retry_after,
+            })?;
+        let started = self.stream_with_retries(request).await;
+        let health = match &started {
+            Ok(_) => ProviderHealth::Up,
+            Err(e) => e.health(),
+        };
+        if let Some(state) = self.with_breaker(|breaker| breaker.record(health, Instant::now())) {
+            match state {
+                breaker::BreakerState::Closed { .. } => {
+                    tracing::info!("model provider answering again; circuit closed")
+                }
+                _ => tracing::warn!(
+                    open_for_ms = self.config.breaker.open_for.as_millis() as u64,
+                    "model provider down; circuit open, calls fail at once"
+                ),
+            }
+        }
+        started
+    }
+
+    fn with_breaker<T>(&self, f: impl FnOnce(&mut CircuitBreaker) -> T) -> T {
+        // A panic elsewhere while holding the lock leaves a valid state.
+        let mut breaker = self
+            .breaker
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut breaker)
+    }
+
+    async fn stream_with_retries(&self, request: &ChatRequest) -> Result<EventStream, LlmError> {
         let (url, body) = self.wire_request(request);
         let body = body.to_string();
         let mut attempt = 0;
@@ -451,6 +513,7 @@ mod tests {
             idle_timeout: Duration::from_secs(1),
             max_attempts: 3,
             backoff: Duration::from_millis(10),
+            breaker: breaker::BreakerConfig::default(),
         }
     }
 

@@ -1,7 +1,8 @@
 //! Each provider client against a local HTTP server that speaks the
 //! provider's real streaming wire format (SSE over a close-delimited
 //! HTTP/1.1 body): success, 429 then success, 5xx until retries run out, a
-//! stream cut mid-reply, a slow first byte, and a client that hangs up.
+//! stream cut mid-reply, a slow first byte, a client that hangs up, and a
+//! provider down long enough to open the circuit breaker.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -10,6 +11,7 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tp_llm::breaker::BreakerConfig;
 use tp_llm::{
     ChatMessage, ChatRequest, LlmClient, LlmError, ProviderConfig, ProviderKind, Role, StreamEvent,
     Usage,
@@ -142,6 +144,7 @@ fn client(kind: ProviderKind, addr: SocketAddr, first_byte_timeout: Duration) ->
         idle_timeout: Duration::from_secs(5),
         max_attempts: 3,
         backoff: Duration::from_millis(10),
+        breaker: BreakerConfig::default(),
     })
     .expect("client")
 }
@@ -387,4 +390,63 @@ async fn dropping_the_stream_cancels_the_upstream_request() {
         }
     }
     assert!(gone, "the server should see the connection close");
+}
+
+#[tokio::test]
+async fn a_provider_that_stays_down_opens_the_breaker_and_a_probe_closes_it() {
+    let open_for = Duration::from_millis(300);
+    // Two 5xx storms of three attempts each, then the provider is back.
+    let mut script = vec![Reply::Status(503); 6];
+    script.push(ok_stream(openai_stream(&["Back."], true)));
+    script.push(ok_stream(openai_stream(&["Still here."], true)));
+    let (addr, recorded) = serve(script).await;
+    let client = LlmClient::new(ProviderConfig {
+        kind: ProviderKind::OpenAiCompatible,
+        base_url: format!("http://{addr}/v1"),
+        api_key: KEY.into(),
+        model: "test-model".into(),
+        first_byte_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(5),
+        max_attempts: 3,
+        backoff: Duration::from_millis(1),
+        breaker: BreakerConfig {
+            failures_to_open: 2,
+            open_for,
+        },
+    })
+    .expect("client");
+    let requests = || recorded.lock().expect("lock").requests.len();
+
+    for _ in 0..2 {
+        let err = collect(&client).await.expect_err("the provider is down");
+        assert!(
+            matches!(err, LlmError::Status { status: 503, .. }),
+            "{err:?}"
+        );
+    }
+    assert_eq!(requests(), 6, "two calls, three attempts each");
+    // Open: calls fail at once, and the provider is left alone.
+    for _ in 0..5 {
+        let started = std::time::Instant::now();
+        let err = collect(&client).await.expect_err("the breaker is open");
+        assert!(matches!(err, LlmError::CircuitOpen { .. }), "{err:?}");
+        assert_eq!(err.kind(), "circuit_open");
+        assert!(started.elapsed() < Duration::from_millis(50));
+    }
+    assert_eq!(requests(), 6, "no request while the breaker is open");
+
+    tokio::time::sleep(open_for).await;
+    let events = collect(&client).await.expect("the probe is let through");
+    assert!(
+        events
+            .iter()
+            .any(|e| e == &Ok(StreamEvent::Delta("Back.".into())))
+    );
+    let events = collect(&client).await.expect("closed again");
+    assert!(
+        events
+            .iter()
+            .any(|e| e == &Ok(StreamEvent::Delta("Still here.".into())))
+    );
+    assert_eq!(requests(), 8);
 }

@@ -65,6 +65,14 @@ pub struct ConversationConfig {
     /// are dropped first; the current message always goes).
     #[arg(long, env = "TP_LLM_CONTEXT_TOKENS", default_value_t = 6_000)]
     pub llm_context_tokens: usize,
+    /// Calls in a row that find the provider down (5xx or 429 after the
+    /// retries, timeouts, no connection) before the circuit breaker opens.
+    #[arg(long, env = "TP_LLM_BREAKER_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub llm_breaker_failures: u32,
+    /// How long an open breaker fails calls at once before it lets a probe
+    /// through, in milliseconds.
+    #[arg(long, env = "TP_LLM_BREAKER_OPEN_MS", default_value_t = 30_000)]
+    pub llm_breaker_open_ms: u64,
 }
 
 impl std::fmt::Debug for ConversationConfig {
@@ -118,6 +126,10 @@ impl ConversationConfig {
             idle_timeout: std::time::Duration::from_secs(30),
             max_attempts: 3,
             backoff: std::time::Duration::from_millis(500),
+            breaker: tp_llm::breaker::BreakerConfig {
+                failures_to_open: self.llm_breaker_failures,
+                open_for: std::time::Duration::from_millis(self.llm_breaker_open_ms),
+            },
         })?;
         Ok(Some(client))
     }
