@@ -27,6 +27,12 @@ pub enum FakeReply {
     CutAfter(Vec<String>),
     /// Streams the first delta, waits, then streams the rest and the end.
     Slow(String, Duration, Vec<String>),
+    /// Answers with this HTTP status and the provider's JSON error body
+    /// (`retry-after: 0`, so a client's retries come at once).
+    Status(u16),
+    /// Sends nothing at all for this long (not even the headers), then
+    /// closes the connection.
+    Silent(Duration),
 }
 
 /// The running fake.
@@ -145,6 +151,20 @@ pub async fn start(wire: Wire, script: Vec<FakeReply>) -> anyhow::Result<FakePro
                     FakeReply::CutAfter(deltas) => (deltas, None, Vec::new(), None),
                     FakeReply::Slow(first, wait, rest) => {
                         (vec![first], Some(wait), rest, Some((1, 1)))
+                    }
+                    FakeReply::Status(code) => {
+                        let body =
+                            r#"{"error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+                        let response = format!(
+                            "HTTP/1.1 {code} Error\r\ncontent-type: application/json\r\nretry-after: 0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                            body.len()
+                        );
+                        let _ = socket.write_all(response.as_bytes()).await;
+                        return;
+                    }
+                    FakeReply::Silent(wait) => {
+                        tokio::time::sleep(wait).await;
+                        return;
                     }
                 };
                 let mut out = String::from(

@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 pub mod fake_provider;
 pub mod fake_stripe;
+pub mod load;
+pub mod processes;
+pub mod raw;
 pub mod relevance;
 
 pub use tp_proto;
@@ -210,6 +213,7 @@ pub struct TestApp {
     pub gateway_http_addr: SocketAddr,
     pub conversation_http_addr: SocketAddr,
     pub knowledge_http_addr: SocketAddr,
+    api: GatewayApi,
     shutdown: watch::Sender<bool>,
 }
 
@@ -302,6 +306,8 @@ impl TestApp {
                 llm_first_byte_timeout_ms: 5_000,
                 llm_max_tokens: 300,
                 llm_context_tokens: 2_000,
+                llm_breaker_failures: 5,
+                llm_breaker_open_ms: 30_000,
                 coach_word_cap: 180,
             })
             .await?;
@@ -332,6 +338,7 @@ impl TestApp {
             gateway_http_addr,
             conversation_http_addr,
             knowledge_http_addr,
+            api: GatewayApi::new(gateway_addr, JWT_SECRET),
             shutdown,
         })
     }
@@ -394,20 +401,52 @@ impl TestApp {
         Ok(addrs)
     }
 
+    /// Counts rows as the superuser, which row-level security does not bind.
+    pub async fn count_rows(&self, table: &str) -> anyhow::Result<i64> {
+        self.db.count_rows(table).await
+    }
+}
+
+impl TestDatabase {
+    /// Counts rows as the superuser, which row-level security does not bind.
+    pub async fn count_rows(&self, table: &str) -> anyhow::Result<i64> {
+        let pool = TestDatabase::pool(&self.admin_url).await?;
+        let count: i64 =
+            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                .fetch_one(&pool)
+                .await?;
+        pool.close().await;
+        Ok(count)
+    }
+}
+
+/// The public API of a running gateway, and tokens it accepts (HS256
+/// with the secret it was started with).
+pub struct GatewayApi {
+    pub addr: SocketAddr,
+    secret: String,
+}
+
+impl GatewayApi {
+    pub fn new(addr: SocketAddr, secret: &str) -> Self {
+        Self {
+            addr,
+            secret: secret.to_owned(),
+        }
+    }
+
     pub fn token(&self, sub: &str, tenant: Option<TenantId>, role: Role) -> String {
         mint_hs256(
-            JWT_SECRET.as_bytes(),
+            self.secret.as_bytes(),
             &Claims::expiring_in(sub, tenant, role, 300),
         )
         .expect("HS256 signing cannot fail")
     }
 
     pub async fn channel(&self) -> anyhow::Result<Channel> {
-        Ok(
-            Channel::from_shared(format!("http://{}", self.gateway_addr))?
-                .connect()
-                .await?,
-        )
+        Ok(Channel::from_shared(format!("http://{}", self.addr))?
+            .connect()
+            .await?)
     }
 
     /// Any raw `authorization` value, including broken ones.
@@ -425,7 +464,7 @@ impl TestApp {
     }
 
     pub async fn conversations(&self, token: &str) -> anyhow::Result<ConversationClient> {
-        conversations_via(self.gateway_addr, token).await
+        conversations_via(self.addr, token).await
     }
 
     pub async fn members(&self, token: &str) -> anyhow::Result<MemberClient> {
@@ -440,6 +479,15 @@ impl TestApp {
     pub async fn knowledge(&self, token: &str) -> anyhow::Result<KnowledgeClient> {
         Ok(
             pb::knowledge_service_client::KnowledgeServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer(Some(format!("Bearer {token}").parse()?)),
+            ),
+        )
+    }
+
+    pub async fn subscriptions(&self, token: &str) -> anyhow::Result<SubscriptionClient> {
+        Ok(
+            pb::subscription_service_client::SubscriptionServiceClient::with_interceptor(
                 self.channel().await?,
                 Bearer(Some(format!("Bearer {token}").parse()?)),
             ),
@@ -495,16 +543,15 @@ impl TestApp {
             .await?;
         Ok((tenant, self.token(member, Some(tenant), Role::Member)))
     }
+}
 
-    /// Counts rows as the superuser, which row-level security does not bind.
-    pub async fn count_rows(&self, table: &str) -> anyhow::Result<i64> {
-        let pool = TestDatabase::pool(&self.db.admin_url).await?;
-        let count: i64 =
-            sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(&pool)
-                .await?;
-        pool.close().await;
-        Ok(count)
+/// The stack's public API: `app.token(…)`, `app.conversations(…)` and the
+/// tenant helpers are the gateway's.
+impl std::ops::Deref for TestApp {
+    type Target = GatewayApi;
+
+    fn deref(&self) -> &GatewayApi {
+        &self.api
     }
 }
 
@@ -599,6 +646,8 @@ pub type KnowledgeClient =
     pb::knowledge_service_client::KnowledgeServiceClient<InterceptedService<Channel, Bearer>>;
 pub type MemberClient =
     pb::member_service_client::MemberServiceClient<InterceptedService<Channel, Bearer>>;
+pub type SubscriptionClient =
+    pb::subscription_service_client::SubscriptionServiceClient<InterceptedService<Channel, Bearer>>;
 pub type TenantClient =
     pb::tenant_admin_service_client::TenantAdminServiceClient<InterceptedService<Channel, Bearer>>;
 
@@ -632,14 +681,23 @@ pub async fn send(
     content: &str,
     idempotency_key: &str,
 ) -> Result<Exchange, tonic::Status> {
-    let mut stream = client
-        .send_message(pb::SendMessageRequest {
+    send_request(
+        client,
+        tonic::Request::new(pb::SendMessageRequest {
             conversation_id: conversation_id.to_owned(),
             content: content.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
-        })
-        .await?
-        .into_inner();
+        }),
+    )
+    .await
+}
+
+/// [`send`] with a request of the caller's (a deadline, metadata).
+pub async fn send_request(
+    client: &mut ConversationClient,
+    request: tonic::Request<pb::SendMessageRequest>,
+) -> Result<Exchange, tonic::Status> {
+    let mut stream = client.send_message(request).await?.into_inner();
     let mut deltas = Vec::new();
     let mut completed = None;
     while let Some(event) = stream.message().await? {

@@ -5,108 +5,20 @@
 //! then fails validation or succeeds harmlessly, never with
 //! PERMISSION_DENIED.
 
-use bytes::{Buf, BufMut};
-use prost::Message;
 use tonic::Code;
-use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tp_context::Role;
 use tp_e2e::TestApp;
+use tp_e2e::raw::{call_raw, streaming_methods};
 use tp_gateway::policy::{Audience, POLICY};
-
-#[derive(Clone, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct RawDecoder;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawEncoder;
-    type Decoder = RawDecoder;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawDecoder
-    }
-}
-
-impl Encoder for RawEncoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawDecoder {
-    type Item = Vec<u8>;
-    type Error = tonic::Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
-        let bytes = src.chunk().to_vec();
-        src.advance(bytes.len());
-        Ok(Some(bytes))
-    }
-}
-
-/// Which public methods stream their response.
-fn streaming_methods() -> Vec<String> {
-    let set = prost_types::FileDescriptorSet::decode(tp_e2e::tp_proto::PUBLIC_DESCRIPTOR_SET)
-        .expect("a valid descriptor set");
-    let mut streaming = Vec::new();
-    for file in &set.file {
-        for service in &file.service {
-            for method in &service.method {
-                if method.server_streaming() {
-                    streaming.push(format!(
-                        "/{}.{}/{}",
-                        file.package(),
-                        service.name(),
-                        method.name()
-                    ));
-                }
-            }
-        }
-    }
-    streaming
-}
 
 /// Calls `path` with an empty request as `token`; the resulting code.
 async fn call(app: &TestApp, path: &str, token: &str, streaming: bool) -> anyhow::Result<Code> {
-    let mut grpc = tonic::client::Grpc::new(app.channel().await?);
-    grpc.ready().await?;
-    let mut request = tonic::Request::new(Vec::new());
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse()?);
-    let path = http::uri::PathAndQuery::try_from(path.to_owned())?;
-    let code = if streaming {
-        match grpc.server_streaming(request, path, RawCodec).await {
-            Ok(response) => {
-                let mut stream = response.into_inner();
-                loop {
-                    match stream.message().await {
-                        Ok(Some(_)) => continue,
-                        Ok(None) => break Code::Ok,
-                        Err(status) => break status.code(),
-                    }
-                }
-            }
-            Err(status) => status.code(),
-        }
-    } else {
-        match grpc.unary(request, path, RawCodec).await {
+    Ok(
+        match call_raw(app.channel().await?, path, token, Vec::new(), streaming).await? {
             Ok(_) => Code::Ok,
             Err(status) => status.code(),
-        }
-    };
-    Ok(code)
+        },
+    )
 }
 
 #[tokio::test]

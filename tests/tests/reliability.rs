@@ -261,3 +261,87 @@ async fn a_stream_ends_at_the_callers_deadline_and_stops_the_work_behind_it() ->
     assert_eq!(app.count_rows("conversation.messages").await?, 1);
     Ok(())
 }
+
+/// Transactions open in the test's database, other than this query's own.
+async fn open_transactions(db: &TestDatabase) -> anyhow::Result<i64> {
+    let pool = TestDatabase::pool(&db.admin_url).await?;
+    let open: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = $1 AND pid <> pg_backend_pid()
+            AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')",
+    )
+    .bind(&db.name)
+    .fetch_one(&pool)
+    .await?;
+    pool.close().await;
+    Ok(open)
+}
+
+/// A client that cancels a streaming reply stops the work behind it: the
+/// model request is cancelled, and no task of the call and no database
+/// transaction is left running. The services run in this test's runtime,
+/// so its count of live tasks counts theirs.
+#[tokio::test]
+async fn a_cancelled_stream_leaves_no_task_or_transaction_behind() -> anyhow::Result<()> {
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::Text(vec!["What outcome do you want?".into()], 10, 5),
+            FakeReply::Slow(
+                "Let me ".into(),
+                Duration::from_secs(10),
+                vec!["think.".into()],
+            ),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    // A whole exchange first, so every connection the call path keeps
+    // (gateway → conversation → knowledge, the pools) is open already.
+    send(&mut client, &id, "Velocity is too slow.", "warm").await?;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let tasks = || {
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks()
+    };
+    let baseline = tasks();
+
+    let mut stream = client
+        .send_message(tp_e2e::tp_proto::v1::SendMessageRequest {
+            conversation_id: id,
+            content: "Still too slow.".into(),
+            idempotency_key: "cancelled".into(),
+        })
+        .await?
+        .into_inner();
+    stream.message().await?.expect("a first delta");
+    let during = tasks();
+    drop(stream);
+
+    assert!(
+        fake.hangs_up_within(Duration::from_secs(2)).await,
+        "the model request is cancelled"
+    );
+    let settled = tokio::time::Instant::now() + Duration::from_secs(3);
+    let (mut alive, mut open) = (tasks(), open_transactions(&app.db).await?);
+    while (alive > baseline || open > 0) && tokio::time::Instant::now() < settled {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (alive, open) = (tasks(), open_transactions(&app.db).await?);
+    }
+    assert!(
+        during > baseline,
+        "the call ran tasks of its own while streaming ({during} vs {baseline}), else nothing was tested"
+    );
+    assert!(
+        alive <= baseline,
+        "no task of the cancelled call is left: {alive} alive, {baseline} before it"
+    );
+    assert_eq!(open, 0, "no transaction is left open");
+    // The user's turn stays (acknowledged when the stream began); no reply.
+    assert_eq!(app.count_rows("conversation.messages").await?, 3);
+    Ok(())
+}

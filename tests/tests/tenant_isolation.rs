@@ -201,3 +201,408 @@ async fn services_refuse_roles_that_bypass_row_level_security() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// What a cross-tenant call must come to.
+enum Expect {
+    /// It names one of A's resources: `NotFound`, as if it did not exist.
+    NotFound,
+    /// An operator's RPC: refused to a tenant's admin.
+    PermissionDenied,
+    /// It acts on the caller's own tenant: it may succeed, and its answer
+    /// holds nothing of A's.
+    OwnTenantOnly,
+}
+
+/// Every public RPC the descriptors list, called by tenant B's admin with
+/// tenant A's ids wherever a request takes one. Each either fails the way
+/// its row says or answers with nothing of A's (no id, user, title or text
+/// of A's anywhere in the response bytes); A's data is unchanged after. An
+/// RPC added without a row here fails the test.
+#[tokio::test]
+async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_theirs()
+-> anyhow::Result<()> {
+    use prost::Message;
+    use tp_context::Role;
+
+    let app = TestApp::spawn().await?;
+    // Tenant A: a conversation with an exchange, a kept profile, a document.
+    let (a, alice) = app.tenant_with_member("Tenant A", "alice").await?;
+    let a_admin = app.token("alice-admin", Some(a), Role::Admin);
+    let secret = "zanzibarquartz";
+    let mut a_conversations = app.conversations(&alice).await?;
+    let a_conversation = new_conversation(&mut a_conversations, "A-title-hyacinth")
+        .await?
+        .conversation_id;
+    send(
+        &mut a_conversations,
+        &a_conversation,
+        &format!("I'm a director of 40 engineers; our {secret} migration is stuck."),
+        "",
+    )
+    .await?;
+    let a_document = app
+        .knowledge(&a_admin)
+        .await?
+        .create_document(pb::CreateDocumentRequest {
+            title: "A-doc-marigold".into(),
+            content: format!("# Plan\n\nThe {secret} platform is retired next quarter.")
+                .into_bytes(),
+            content_type: pb::ContentType::Markdown.into(),
+        })
+        .await?
+        .into_inner()
+        .document
+        .ok_or_else(|| anyhow::anyhow!("CreateDocument returned no document"))?
+        .document_id;
+    // A's own search finds A's document, so B's search, below, could.
+    let a_found = app
+        .knowledge(&a_admin)
+        .await?
+        .search(pb::SearchRequest {
+            query: format!("{secret} platform retired"),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    assert!(a_found.results.iter().any(|r| r.entry_id == a_document));
+    let a_profile_before = a_conversations
+        .get_context_profile(pb::GetContextProfileRequest {})
+        .await?
+        .into_inner();
+    let a_rows_before = app.count_rows("conversation.messages").await?;
+
+    // Tenant B's admin walks every RPC.
+    let (b, _bob) = app.tenant_with_member("Tenant B", "bob").await?;
+    let b_admin = app.token("bob-admin", Some(b), Role::Admin);
+    let markers = [
+        a.to_string(),
+        a_conversation.clone(),
+        a_document.clone(),
+        "alice".to_owned(),
+        secret.to_owned(),
+        "A-title-hyacinth".to_owned(),
+        "A-doc-marigold".to_owned(),
+    ];
+    let conversation = || a_conversation.clone();
+    let rows: Vec<(&str, Vec<u8>, Expect)> = vec![
+        (
+            "/thoughtpartner.v1.ConversationService/CreateConversation",
+            pb::CreateConversationRequest {
+                title: "B's own".into(),
+            }
+            .encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/GetConversation",
+            pb::GetConversationRequest {
+                conversation_id: conversation(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/ListConversations",
+            pb::ListConversationsRequest::default().encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/SendMessage",
+            pb::SendMessageRequest {
+                conversation_id: conversation(),
+                content: "injected".into(),
+                idempotency_key: String::new(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/ListMessages",
+            pb::ListMessagesRequest {
+                conversation_id: conversation(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/DeleteConversation",
+            pb::DeleteConversationRequest {
+                conversation_id: conversation(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/GetContextProfile",
+            pb::GetContextProfileRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/ClearContextProfile",
+            pb::ClearContextProfileRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/Search",
+            pb::SearchRequest {
+                query: format!("{secret} platform retired"),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/ListFrameworks",
+            pb::ListFrameworksRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/GetFramework",
+            pb::GetFrameworkRequest {
+                framework_id: "staff-archetypes".into(),
+            }
+            .encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/CreateDocument",
+            pb::CreateDocumentRequest {
+                title: "B's doc".into(),
+                content: b"# B\n\nB's own plan.".to_vec(),
+                content_type: pb::ContentType::Markdown.into(),
+            }
+            .encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/ListDocuments",
+            pb::ListDocumentsRequest::default().encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/GetDocument",
+            pb::GetDocumentRequest {
+                document_id: a_document.clone(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.KnowledgeService/DeleteDocument",
+            pb::DeleteDocumentRequest {
+                document_id: a_document.clone(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.MemberService/AddMember",
+            pb::AddMemberRequest {
+                user_id: "carol".into(),
+                role: pb::MemberRole::Member.into(),
+            }
+            .encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.MemberService/RemoveMember",
+            pb::RemoveMemberRequest {
+                user_id: "alice".into(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.MemberService/ListMembers",
+            pb::ListMembersRequest::default().encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.MemberService/UpdateMemberRole",
+            pb::UpdateMemberRoleRequest {
+                user_id: "alice".into(),
+                role: pb::MemberRole::Admin.into(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.AuditService/ListAuditEvents",
+            pb::ListAuditEventsRequest::default().encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.QuotaService/GetMyQuota",
+            pb::GetMyQuotaRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.QuotaService/SetQuota",
+            pb::SetQuotaRequest {
+                user_id: "alice".into(),
+                limits: Some(pb::QuotaLimits {
+                    monthly_messages: 1,
+                    ..Default::default()
+                }),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.SubscriptionService/GetSubscription",
+            pb::GetSubscriptionRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.SubscriptionService/UpdateSeats",
+            pb::UpdateSeatsRequest { seats: 7 }.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.SubscriptionService/PreviewInvoice",
+            pb::PreviewInvoiceRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.SubscriptionService/GetUsage",
+            pb::GetUsageRequest::default().encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.TenantAdminService/CreateTenant",
+            pb::CreateTenantRequest {
+                display_name: "Mine".into(),
+                seats: 1,
+                admin_user_id: "bob".into(),
+            }
+            .encode_to_vec(),
+            Expect::PermissionDenied,
+        ),
+        (
+            "/thoughtpartner.v1.TenantAdminService/GetTenant",
+            pb::GetTenantRequest {
+                tenant_id: a.to_string(),
+            }
+            .encode_to_vec(),
+            Expect::PermissionDenied,
+        ),
+        (
+            "/thoughtpartner.v1.TenantAdminService/SuspendTenant",
+            pb::SuspendTenantRequest {
+                tenant_id: a.to_string(),
+                reason: "hostile".into(),
+            }
+            .encode_to_vec(),
+            Expect::PermissionDenied,
+        ),
+        (
+            "/thoughtpartner.v1.TenantAdminService/ReactivateTenant",
+            pb::ReactivateTenantRequest {
+                tenant_id: a.to_string(),
+            }
+            .encode_to_vec(),
+            Expect::PermissionDenied,
+        ),
+        (
+            "/thoughtpartner.v1.OperationsService/GetSloStatus",
+            pb::GetSloStatusRequest {
+                tenant_id: a.to_string(),
+            }
+            .encode_to_vec(),
+            Expect::PermissionDenied,
+        ),
+    ];
+
+    let methods = tp_e2e::raw::public_methods();
+    let listed: std::collections::BTreeSet<&str> =
+        methods.iter().map(|(m, _)| m.as_str()).collect();
+    let walked: std::collections::BTreeSet<&str> = rows.iter().map(|(m, _, _)| *m).collect();
+    assert_eq!(
+        walked, listed,
+        "every public RPC has exactly one row in this walk"
+    );
+
+    for (method, body, expect) in rows {
+        let streaming = methods.iter().any(|(m, s)| m == method && *s);
+        let answer =
+            tp_e2e::raw::call_raw(app.channel().await?, method, &b_admin, body, streaming).await?;
+        match (expect, answer) {
+            (Expect::NotFound, Err(status)) => {
+                assert_eq!(status.code(), Code::NotFound, "{method}: {status:?}")
+            }
+            (Expect::PermissionDenied, Err(status)) => {
+                assert_eq!(
+                    status.code(),
+                    Code::PermissionDenied,
+                    "{method}: {status:?}"
+                )
+            }
+            (Expect::OwnTenantOnly, Ok(bytes)) => {
+                let text = String::from_utf8_lossy(&bytes);
+                for marker in &markers {
+                    assert!(
+                        !text.contains(marker.as_str()),
+                        "{method} answered with A's `{marker}`"
+                    );
+                }
+            }
+            (_, Ok(_)) => panic!("{method} succeeded across tenants"),
+            (Expect::OwnTenantOnly, Err(status)) => {
+                panic!("{method} on B's own tenant failed: {status:?}")
+            }
+        }
+    }
+
+    // A's data is as it was.
+    assert_eq!(
+        app.count_rows("conversation.messages").await?,
+        a_rows_before
+    );
+    let a_profile_after = a_conversations
+        .get_context_profile(pb::GetContextProfileRequest {})
+        .await?
+        .into_inner();
+    assert_eq!(
+        a_profile_after, a_profile_before,
+        "B's ClearContextProfile left A's alone"
+    );
+    let mut a_knowledge = app.knowledge(&a_admin).await?;
+    a_knowledge
+        .get_document(pb::GetDocumentRequest {
+            document_id: a_document,
+        })
+        .await?;
+    let a_members = app
+        .members(&a_admin)
+        .await?
+        .list_members(pb::ListMembersRequest::default())
+        .await?
+        .into_inner();
+    let alice_row = a_members
+        .members
+        .iter()
+        .find(|m| m.user_id == "alice")
+        .ok_or_else(|| anyhow::anyhow!("alice is still A's member"))?;
+    assert_eq!(
+        alice_row.role,
+        i32::from(pb::MemberRole::Member),
+        "alice's role unchanged"
+    );
+    let a_seats = app
+        .subscriptions(&a_admin)
+        .await?
+        .get_subscription(pb::GetSubscriptionRequest {})
+        .await?
+        .into_inner()
+        .subscription
+        .map(|s| s.seats);
+    assert_eq!(a_seats, Some(5), "A's seats unchanged by B's UpdateSeats");
+    let mut a_client = app.conversations(&alice).await?;
+    a_client
+        .get_conversation(pb::GetConversationRequest {
+            conversation_id: a_conversation,
+        })
+        .await?;
+    Ok(())
+}
