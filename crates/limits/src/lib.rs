@@ -7,6 +7,8 @@
 //!   user's token bucket have a token, with limits per billing plan. One
 //!   noisy tenant, or one runaway client inside a tenant, cannot then slow
 //!   the others down or run up the model bill.
+//! - [`InFlightLimitLayer`] caps how many calls the whole process serves at
+//!   once, whoever makes them: overload is shed at once, not queued.
 //! - [`StreamConcurrencyLayer`] caps how many calls on the streaming methods
 //!   one tenant may have open at once; a slot is held until the reply body
 //!   ends or is dropped, which is when a server-streaming call really ends.
@@ -24,6 +26,7 @@
 
 mod bucket;
 mod config;
+mod in_flight;
 mod limiter;
 mod rate_layer;
 mod stream_layer;
@@ -31,6 +34,9 @@ mod streams;
 
 pub use bucket::TokenBucket;
 pub use config::{ConfigError, LimitsConfig, Rate, RateLimits};
+pub use in_flight::{
+    CapacityObserver, InFlightBody, InFlightFuture, InFlightLimit, InFlightLimitLayer,
+};
 pub use limiter::{DEFAULT_MAX_KEYS, LimitKind, MIN_MAX_KEYS, RateLimited, RateLimiter};
 pub use rate_layer::{RateLimit, RateLimitFuture, RateLimitLayer};
 pub use stream_layer::{

@@ -588,6 +588,8 @@ pub enum LimitScope {
     Tenant,
     User,
     Streams,
+    /// The gateway's cap on calls in flight from everyone (no tenant).
+    Capacity,
 }
 
 impl LimitScope {
@@ -596,6 +598,7 @@ impl LimitScope {
             LimitScope::Tenant => "tenant",
             LimitScope::User => "user",
             LimitScope::Streams => "streams",
+            LimitScope::Capacity => "capacity",
         }
     }
 }

@@ -63,6 +63,12 @@ pub struct GatewayConfig {
     /// Replies a tenant may have streaming at once.
     #[arg(long, env = "TP_MAX_STREAMS_PER_TENANT", default_value_t = 16)]
     pub max_streams_per_tenant: usize,
+    /// Calls the gateway serves at once, from all tenants together (a
+    /// streaming reply counts until it ends). Past it, calls are refused
+    /// at once with RESOURCE_EXHAUSTED instead of queueing: overload is
+    /// shed, memory stays bounded, and admitted calls keep their latency.
+    #[arg(long, env = "TP_MAX_IN_FLIGHT", default_value_t = 512, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_in_flight: u32,
     /// How many of a tenant's streaming replies run at once; its others
     /// wait for one of these lanes, so a tenant's burst queues behind
     /// itself instead of slowing every other tenant. At most the stream cap;
@@ -155,6 +161,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("rate_user_per_second", &self.rate_user_per_second)
             .field("rate_user_burst", &self.rate_user_burst)
             .field("max_streams_per_tenant", &self.max_streams_per_tenant)
+            .field("max_in_flight", &self.max_in_flight)
             .field("stream_lanes_per_tenant", &self.stream_lanes_per_tenant)
             .field("rate_plans", &self.rate_plans)
             .field("rate_hold_ms", &self.rate_hold_ms)

@@ -10,7 +10,9 @@ use tonic::service::Routes;
 use tower::ServiceBuilder;
 use tp_auth::{AuthLayer, ByAlgorithm, Hs256Verifier, JwksSettings, JwksVerifier, TokenVerifier};
 use tp_context::RequestContext;
-use tp_limits::{LimitedBody, RateLimitLayer, StreamConcurrencyLayer, Subject};
+use tp_limits::{
+    InFlightBody, InFlightLimitLayer, LimitedBody, RateLimitLayer, StreamConcurrencyLayer, Subject,
+};
 use tp_proto::internal::conversation::v1::usage_service_client::UsageServiceClient;
 use tp_proto::v1::audit_service_server::AuditServiceServer;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
@@ -106,6 +108,9 @@ fn limit_scope(scope: tp_limits::Scope) -> tp_telemetry::LimitScope {
     }
 }
 
+/// How long a call refused at capacity is told to wait.
+const IN_FLIGHT_RETRY_AFTER: Duration = Duration::from_millis(100);
+
 /// A background task that stops when the service does.
 struct TaskGuard(tokio::task::JoinHandle<()>);
 
@@ -157,6 +162,7 @@ async fn token_verifier(config: &GatewayConfig) -> anyhow::Result<Arc<dyn TokenV
 pub struct Application {
     bound: BoundService,
     auth: AuthLayer,
+    in_flight: InFlightLimitLayer,
     access: AccessLayer,
     rates: RateLimitLayer<SubjectFn>,
     streams: StreamConcurrencyLayer<SubjectFn>,
@@ -317,6 +323,14 @@ impl Application {
                 metrics.rate_limit_rejection(limit_scope(scope), Some(tenant));
             })
         };
+        let in_flight = InFlightLimitLayer::new(
+            usize::try_from(config.max_in_flight)?,
+            IN_FLIGHT_RETRY_AFTER,
+        )
+        .on_rejection({
+            let metrics = metrics.clone();
+            Arc::new(move || metrics.rate_limit_rejection(tp_telemetry::LimitScope::Capacity, None))
+        });
         let access = AccessLayer::new(membership);
         let limits = config.limits()?;
         let rate_limiter = Arc::new(tp_limits::RateLimiter::new(&limits)?);
@@ -346,6 +360,7 @@ impl Application {
         Ok(Self {
             bound: BoundService::new("gateway", listener, routes.routes()),
             auth,
+            in_flight,
             access,
             rates,
             streams,
@@ -377,6 +392,9 @@ impl Application {
         let layers = ServiceBuilder::new()
             .layer(ServerTelemetryLayer::new(self.metrics, self.methods).with_tenant_label())
             .layer(tp_server::DeadlineLayer)
+            // Overload is shed first, before any work is spent on it.
+            .map_response(|response: http::Response<InFlightBody<Body>>| response.map(Body::new))
+            .layer(self.in_flight)
             .layer(self.auth)
             .layer(self.access)
             .layer(self.rates)
