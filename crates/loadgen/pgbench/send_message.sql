@@ -43,12 +43,15 @@ SELECT user_id, monthly_messages, monthly_tokens FROM conversation.quotas
  WHERE user_id IN ('', :usr) ORDER BY user_id;
 INSERT INTO conversation.messages
     (message_id, tenant_id, conversation_id, role, content, idempotency_key,
-     reply_lease_until)
+     reply_lease_until, reply_lease_holder)
 VALUES (gen_random_uuid(), :tenant, :conv, 'user',
         'We need to hire more engineers. We''re 40 engineers at series B.', NULL,
-        now() + make_interval(secs => 120))
+        now() + make_interval(secs => 15), gen_random_uuid())
 RETURNING message_id AS user_message_id, conversation_id, seq AS user_seq, role, content, create_time \gset
-UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
+UPDATE conversation.conversations
+   SET update_time = now(), message_count = message_count + 2
+ WHERE conversation_id = :conv
+RETURNING message_count;
 SELECT role, content FROM conversation.messages
  WHERE conversation_id = :conv AND seq < :user_seq
  ORDER BY seq DESC LIMIT 40;

@@ -11,6 +11,8 @@ pub enum ConversationError {
     Store(#[from] tp_store::StoreError),
     #[error("{0}")]
     QuotaExceeded(crate::usage::QuotaExceeded),
+    #[error("conversation {0} is full")]
+    TranscriptFull(Uuid),
 }
 
 impl From<sqlx::Error> for ConversationError {
@@ -24,6 +26,11 @@ impl From<ConversationError> for Status {
         match e {
             ConversationError::ConversationNotFound(id) => Status::not_found(format!(
                 "conversation {id} not found (it may have been deleted, or belong to someone else)"
+            )),
+            ConversationError::TranscriptFull(id) => Status::failed_precondition(format!(
+                "conversation {id} has reached its limit of {} messages; start a new \
+                 conversation to go on (nothing was stored)",
+                crate::store::MAX_TRANSCRIPT_MESSAGES
             )),
             ConversationError::QuotaExceeded(exceeded) => {
                 Status::resource_exhausted(exceeded.to_string())

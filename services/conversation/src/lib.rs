@@ -15,4 +15,4 @@ mod validate;
 
 pub use config::{ConversationConfig, LlmProvider, SCHEMA};
 pub use startup::{Application, ConversationService, migrate};
-pub use store::REPLY_LEASE;
+pub use store::{MAX_TRANSCRIPT_MESSAGES, REPLY_LEASE};

@@ -94,6 +94,11 @@ pub const REPLY_LEASE: std::time::Duration = std::time::Duration::from_secs(15);
 /// How often the holder renews its lease: three tries per lease.
 pub const REPLY_LEASE_RENEW_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Most messages (both sides) one conversation may hold: 10,000 exchanges.
+/// Past it, a new conversation is the answer (the coach sees only the last
+/// turns anyway); a transcript cannot grow without bound.
+pub const MAX_TRANSCRIPT_MESSAGES: usize = 20_000;
+
 /// How many earlier turns (both sides) the responder sees.
 const CONTEXT_TURNS: i64 = 40;
 
@@ -341,7 +346,7 @@ impl ConversationStore {
                 .bind(lease.0)
                 .fetch_one(&mut *tx)
                 .await?;
-                touch(&mut tx, conversation_id).await?;
+                count_exchange(&mut tx, conversation_id).await?;
                 (user_message, ReplyOwner::This(lease))
             }
         };
@@ -696,6 +701,25 @@ async fn stored_reply(
     .bind(user_message_id)
     .fetch_optional(&mut **tx)
     .await?)
+}
+
+/// Counts a new exchange (the user's turn and the reply to come) against
+/// the conversation's length limit; refuses it past the limit. The caller
+/// holds the conversation's row lock.
+async fn count_exchange(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {
+    let count: i32 = sqlx::query_scalar(
+        "UPDATE conversation.conversations
+            SET update_time = now(), message_count = message_count + 2
+          WHERE conversation_id = $1
+          RETURNING message_count",
+    )
+    .bind(conversation_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    if usize::try_from(count).unwrap_or(usize::MAX) > MAX_TRANSCRIPT_MESSAGES {
+        return Err(ConversationError::TranscriptFull(conversation_id));
+    }
+    Ok(())
 }
 
 async fn touch(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {
