@@ -37,6 +37,12 @@ pub struct Phase {
     /// (each one call every `concurrency / rate` seconds, staggered),
     /// instead of each starting its next call as soon as the last ends.
     pub rate: Option<f64>,
+    /// With `rate`: calls arrive on one schedule, `rate` a second, whether
+    /// or not earlier ones have finished (an open loop: the load does not
+    /// slow down when the service does), taken by whichever worker is
+    /// free. A call's latency counts from when it was due, so a call that
+    /// waited for a free worker shows the wait (no coordinated omission).
+    pub open_loop: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -186,21 +192,43 @@ pub async fn run<W: Worker>(
         .filter(|r| *r > 0.0)
         .map(|rate| Duration::from_secs_f64(workers.len() as f64 / rate));
     let stagger = interval.map(|i| i / u32::try_from(workers.len().max(1)).unwrap_or(u32::MAX));
+    // The open loop's schedule: call k is due at started + k / rate.
+    let arrivals = phase
+        .rate
+        .filter(|r| phase.open_loop && *r > 0.0)
+        .map(|rate| {
+            (
+                Arc::new(AtomicU64::new(0)),
+                Duration::from_secs_f64(1.0 / rate),
+            )
+        });
     let mut tasks = Vec::with_capacity(workers.len());
     for (n, mut worker) in workers.into_iter().enumerate() {
         let calls = calls.clone();
         let failures = failures.clone();
         let mut next_start = stagger.map(|s| started + s * u32::try_from(n).unwrap_or(0));
+        let arrivals = arrivals.clone();
         tasks.push(tokio::spawn(async move {
             let mut tally = Tally::new();
             loop {
-                if let (Some(at), Some(interval)) = (next_start, interval) {
+                let due = arrivals.as_ref().map(|(next, every)| {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    started + every.mul_f64(k as f64)
+                });
+                if let Some(due) = due {
+                    // Calls still due when the window closes (the workers
+                    // fell behind) are not made.
+                    if due >= end || Instant::now() >= end {
+                        break;
+                    }
+                    tokio::time::sleep_until(due.into()).await;
+                } else if let (Some(at), Some(interval)) = (next_start, interval) {
                     tokio::time::sleep_until(at.into()).await;
                     // Late (the last call ran long): start now, and do not
                     // burst to catch up.
                     next_start = Some(at.max(Instant::now() - interval) + interval);
                 }
-                let call_start = Instant::now();
+                let call_start = due.unwrap_or_else(Instant::now);
                 if call_start >= end {
                     break;
                 }
@@ -285,6 +313,7 @@ mod tests {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(1000),
             rate: Some(100.0),
+            open_loop: false,
         };
         let workers = (0..4)
             .map(|_| Sleeper {
@@ -301,6 +330,40 @@ mod tests {
         assert!(
             (50..=110).contains(&total),
             "calls in one second at 100/s: {total}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_open_loop_keeps_arriving_and_counts_the_wait_for_a_worker() {
+        // 2 workers of 50 ms calls serve at most 40 a second; calls arrive
+        // at 100 a second regardless.
+        let phase = Phase {
+            name: "open".into(),
+            concurrency: 2,
+            warmup: Duration::ZERO,
+            duration: Duration::from_millis(1000),
+            rate: Some(100.0),
+            open_loop: true,
+        };
+        let workers = (0..2)
+            .map(|_| Sleeper {
+                pause: Duration::from_millis(50),
+                n: 1,
+            })
+            .collect();
+        let result = run(&phase, workers, Vec::new()).await;
+        let op = result.op("sleep").expect("the op was recorded");
+        let total = op.ok + op.errors.values().sum::<u64>();
+        assert!(
+            total <= 42,
+            "two 50 ms workers make at most ~40 calls: {total}"
+        );
+        // Arrivals outran the workers: the later calls waited for one, and
+        // their latency says so (a closed loop would report 50 ms).
+        assert!(
+            op.latency.max_ms > 200.0,
+            "the wait for a free worker counts: max {} ms",
+            op.latency.max_ms
         );
     }
 
@@ -334,6 +397,7 @@ mod tests {
             warmup: Duration::from_millis(100),
             duration: Duration::from_millis(500),
             rate: None,
+            open_loop: false,
         };
         let workers = (0..4)
             .map(|_| Sleeper {

@@ -67,6 +67,10 @@ pub struct RunArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Seconds of the overload phase (SendMessage arriving at twice its
+    /// measured capacity).
+    #[arg(long, default_value_t = 60.0)]
+    overload_seconds: f64,
     /// Run only these groups of phases (comma-separated; default all).
     #[arg(long, value_enum, value_delimiter = ',')]
     phases: Vec<PhaseGroup>,
@@ -91,6 +95,9 @@ pub enum PhaseGroup {
     Tenants,
     /// Telemetry on against off.
     Telemetry,
+    /// SendMessage arriving at twice its capacity (open loop), then a
+    /// closed loop right after: shedding and recovery.
+    Overload,
 }
 
 impl RunArgs {
@@ -104,6 +111,7 @@ impl RunArgs {
             self.transcript_turns = self.transcript_turns.min(200);
             self.passages = self.passages.min(100);
             self.scaling_tenants = self.scaling_tenants.min(8);
+            self.overload_seconds = self.overload_seconds.min(1.0);
         }
     }
 
@@ -114,6 +122,7 @@ impl RunArgs {
             warmup: Duration::from_secs_f64(self.warmup),
             duration: Duration::from_secs_f64(self.duration),
             rate: None,
+            open_loop: false,
         }
     }
 
@@ -130,6 +139,11 @@ const ECHO_CHUNKS: u32 = 20;
 const TRANSCRIPTS: usize = 4;
 
 const PACED_SEND: &str = "send-message paced at 1/2 capacity";
+const OVERLOAD: &str = "send-message arriving at 2x capacity (open loop)";
+const AFTER_OVERLOAD: &str = "send-message right after the overload";
+/// Workers per stream in the overload phase: enough that arrivals never
+/// wait for a free worker while the gateway sheds.
+const OVERLOAD_WORKERS_PER_STREAM: usize = 8;
 const LIST_ONE_STREAM: &str = "list-messages (1 stream)";
 const MIXED: &str = "mixed 70/20/10";
 const HOP: &str = "gateway hop (1 stream)";
@@ -495,7 +509,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         log_dir: args.log_dir.clone(),
         telemetry,
         otlp_endpoint: Some(otlp_endpoint.clone()),
-        extra_env: Vec::new(),
+        // The gateway's cap on calls in flight, sized for this machine:
+        // above every closed-loop phase's streams, and low enough that at
+        // twice the capacity the admitted calls wait on little queue.
+        extra_env: vec![(
+            "gateway",
+            "TP_MAX_IN_FLIGHT".to_owned(),
+            (2 * args.concurrency).max(64).to_string(),
+        )],
     };
 
     let echo = BaselineProcess::start().await?;
@@ -560,6 +581,38 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
         phases.push(driver::run(&paced, workers, stack.processes()).await);
     }
+    // Twice the capacity, arriving whatever happens to earlier calls: the
+    // gateway's in-flight cap must shed the excess (RESOURCE_EXHAUSTED, at
+    // once), keep the admitted calls' latency and its own memory bounded,
+    // and serve at full speed as soon as the load drops back.
+    if args.runs(PhaseGroup::Overload) {
+        let capacity = match phases.iter().find(|p| p.name == "send-message") {
+            Some(closed) => closed.rate_per_sec,
+            None => {
+                let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
+                let closed =
+                    driver::run(&args.phase("send-message", c), workers, stack.processes()).await;
+                let rate = closed.rate_per_sec;
+                phases.push(closed);
+                rate
+            }
+        };
+        let n = c * OVERLOAD_WORKERS_PER_STREAM;
+        // One conversation each, cycling through the seeded senders.
+        let senders: Vec<Sender> = seeded.senders.iter().cycle().take(n).cloned().collect();
+        let mut overload = args.phase(OVERLOAD, n);
+        overload.rate = Some(2.0 * capacity);
+        overload.open_loop = true;
+        overload.duration = Duration::from_secs_f64(args.overload_seconds);
+        let workers = api_workers(&gateway, n, Mix::SEND, &senders, &seeded);
+        phases.push(driver::run(&overload, workers, stack.processes()).await);
+        let mut after = args.phase(AFTER_OVERLOAD, c);
+        after.warmup = Duration::ZERO;
+        after.duration = Duration::from_secs_f64(args.duration.min(3.0));
+        let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
+        phases.push(driver::run(&after, workers, stack.processes()).await);
+    }
+
     if args.runs(PhaseGroup::ListMessages) {
         let workers = api_workers(&gateway, c, Mix::LIST, &seeded.senders, &seeded);
         phases.push(driver::run(&args.phase("list-messages", c), workers, stack.processes()).await);
@@ -792,6 +845,56 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
                 ));
             }
         }
+    }
+    if let (Some(closed), Some(overload), Some(after)) = (
+        report.phase("send-message"),
+        report.phase(OVERLOAD),
+        report.phase(AFTER_OVERLOAD),
+    ) && let Some(send) = overload.op(op::SEND_MESSAGE)
+    {
+        let shed = send.errors.get("ResourceExhausted").copied().unwrap_or(0);
+        let other: u64 = send
+            .errors
+            .iter()
+            .filter(|(code, _)| code.as_str() != "ResourceExhausted")
+            .map(|(_, n)| n)
+            .sum();
+        checks.push(check(
+            "2x load: the excess is shed, nothing else fails",
+            format!(
+                "{:.0} calls/s served, {:.0}/s refused RESOURCE_EXHAUSTED, {other} other failures; served p99 {:.1} ms",
+                send.rate_per_sec,
+                shed as f64 / overload.seconds,
+                send.latency.p99_ms
+            ),
+            "sheds, 0 other failures",
+            shed > 0 && other == 0,
+        ));
+        let peak = overload
+            .processes
+            .iter()
+            .map(|p| p.rss_peak_kib)
+            .max()
+            .unwrap_or(0);
+        checks.push(check(
+            "2x load: each service's peak RSS",
+            format!("{:.1} MiB", mib(peak)),
+            "<= 64 MiB",
+            mib(peak) <= 64.0,
+        ));
+        let ratio = after.rate_per_sec / closed.rate_per_sec.max(f64::EPSILON);
+        checks.push(check(
+            "after 2x load: SendMessage throughput / before",
+            format!(
+                "{:.0}/s / {:.0}/s = {:.0} % in the {:.0} s right after",
+                after.rate_per_sec,
+                closed.rate_per_sec,
+                ratio * 100.0,
+                after.seconds
+            ),
+            ">= 90 %",
+            ratio >= 0.9,
+        ));
     }
     let slices = |prefix: &str| -> Vec<&PhaseResult> {
         report

@@ -241,6 +241,12 @@ impl Stack {
         Ok(())
     }
 
+    /// Where a service serves HTTP: `/metrics`, `/healthz`, `/readyz`, and
+    /// the gateway's webhooks.
+    pub fn http_addr(&mut self, name: &str) -> anyhow::Result<SocketAddr> {
+        Ok(self.process(name)?.http)
+    }
+
     /// SIGTERM, which a service answers with a graceful shutdown.
     pub fn signal_terminate(&mut self, name: &str) -> anyhow::Result<()> {
         terminate(self.process(name)?.pid);
