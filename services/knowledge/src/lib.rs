@@ -6,7 +6,7 @@
 pub mod config;
 pub mod corpus;
 mod handlers;
-mod passages;
+pub mod passages;
 mod retrieval;
 pub mod search;
 mod startup;
