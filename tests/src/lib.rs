@@ -145,6 +145,7 @@ fn gateway_config(
         rate_user_per_second: 500.0,
         rate_user_burst: 1000,
         max_streams_per_tenant: 16,
+        max_in_flight: 512,
         stream_lanes_per_tenant: None,
         rate_plans: String::new(),
         rate_hold_ms: 250,

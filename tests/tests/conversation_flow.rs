@@ -327,3 +327,51 @@ async fn the_durable_context_follows_the_member_until_cleared() -> anyhow::Resul
     );
     Ok(())
 }
+
+/// A transcript cannot grow without bound: past its limit a new turn is
+/// `FailedPrecondition`, saying what to do, and nothing is stored; a retry
+/// of a turn already stored still replays.
+#[tokio::test]
+async fn a_full_transcript_refuses_new_turns_and_stores_nothing() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "long").await?.conversation_id;
+    send(&mut client, &id, "We are 12 engineers.", "first").await?;
+    // Fill the count to two below the limit, as 9,999 exchanges would.
+    let limit = i32::try_from(tp_conversation::MAX_TRANSCRIPT_MESSAGES)?;
+    let pool = TestDatabase::pool(&app.db.admin_url).await?;
+    sqlx::query("UPDATE conversation.conversations SET message_count = $1")
+        .bind(limit - 2)
+        .execute(&pool)
+        .await?;
+
+    send(&mut client, &id, "The last exchange that fits.", "last").await?;
+    let refused = send(&mut client, &id, "One more?", "over")
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a turn past the limit is refused"))?;
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains(&format!("limit of {limit} messages"))
+            && refused.message().contains("start a new conversation"),
+        "{}",
+        refused.message()
+    );
+    assert_eq!(app.count_rows("conversation.messages").await?, 4);
+    let count: i32 = sqlx::query_scalar("SELECT message_count FROM conversation.conversations")
+        .fetch_one(&pool)
+        .await?;
+    assert_eq!(count, limit, "the refused turn is not counted");
+    pool.close().await;
+    // A retry of a stored turn is a replay, not a new turn.
+    let replayed = send(&mut client, &id, "The last exchange that fits.", "last").await?;
+    assert!(!replayed.assistant().content.is_empty());
+    Ok(())
+}

@@ -240,3 +240,82 @@ async fn a_tenants_reply_beyond_its_lanes_waits_while_another_tenant_is_served()
     assert_eq!(fake.requests.lock().map(|r| r.len()).unwrap_or(0), 3);
     Ok(())
 }
+
+/// The gateway's cap on calls in flight, from all tenants together: past
+/// it, any call (another tenant's too) is refused at once with
+/// RESOURCE_EXHAUSTED and a retry delay, and counted; when a streaming
+/// reply ends, its place is free again.
+#[tokio::test]
+async fn past_the_gateways_in_flight_cap_calls_are_shed_at_once() -> anyhow::Result<()> {
+    use std::time::{Duration, Instant};
+    use tp_e2e::fake_provider::{self, FakeReply, Wire};
+
+    let hold = Duration::from_millis(1500);
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::Slow("What ".into(), hold, vec!["matters most?".into()]),
+            FakeReply::Slow("What ".into(), hold, vec!["matters most?".into()]),
+            FakeReply::Text(vec!["What changed?".into()], 10, 5),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_a, busy) = app.tenant_with_member("Busy", "bea").await?;
+    let (_b, other) = app.tenant_with_member("Other", "otto").await?;
+    let (gateway, http) = app
+        .spawn_gateway_with_http(|config| config.max_in_flight = 2)
+        .await?;
+    let mut busy = conversations_via(gateway, &busy).await?;
+    let mut other = conversations_via(gateway, &other).await?;
+    let conversation = tp_e2e::new_conversation(&mut busy, "")
+        .await?
+        .conversation_id;
+
+    let mut open = Vec::new();
+    for key in ["s1", "s2"] {
+        let mut stream = busy
+            .send_message(pb::SendMessageRequest {
+                conversation_id: conversation.clone(),
+                content: "Our roadmap keeps slipping.".into(),
+                idempotency_key: key.into(),
+            })
+            .await?
+            .into_inner();
+        stream.message().await?.expect("a first delta");
+        open.push(stream);
+    }
+    let asked = Instant::now();
+    let shed = other
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await
+        .expect_err("a third call while two stream");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "refused at once"
+    );
+    assert_eq!(shed.code(), Code::ResourceExhausted, "{shed:?}");
+    assert!(shed.message().contains("at capacity"), "{}", shed.message());
+    assert_eq!(
+        shed.get_details_retry_info().and_then(|r| r.retry_delay),
+        Some(Duration::from_millis(100))
+    );
+
+    for mut stream in open {
+        while stream.message().await?.is_some() {}
+    }
+    other
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await?;
+    let metrics = tp_e2e::http_get(http, "/metrics").await?;
+    assert!(
+        metrics
+            .body
+            .lines()
+            .any(|line| line.starts_with("tp_rate_limit_rejections_total{")
+                && line.contains(r#"tp_limit_scope="capacity""#)
+                && line.ends_with(" 1")),
+        "the shed call is counted"
+    );
+    Ok(())
+}
