@@ -1,7 +1,8 @@
 //! PostgreSQL stops under load and comes back: while it is down, calls fail
 //! fast with `Unavailable`; afterwards the services recover by themselves
 //! (no restart); and every turn acknowledged to a client is in the
-//! database, counted exactly.
+//! database, counted exactly. The services are real processes; the load
+//! is eight streams sending through the gateway.
 //!
 //! It stops the test cluster itself (`TP_TEST_PG_CTL`, set by
 //! `deploy/local/test`), so it lives alone in this test binary: cargo runs
@@ -10,8 +11,11 @@
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use tp_e2e::TestApp;
 use tp_e2e::load::{Senders, assert_exactly_acknowledged_stored};
+use tp_e2e::processes::ProcessStack;
+
+/// The three services run as their own processes, as in production.
+const SERVICE_BINARY: &str = env!("CARGO_BIN_EXE_tp-e2e-service");
 
 const WORKERS: usize = 8;
 const LOAD: Duration = Duration::from_secs(10);
@@ -48,7 +52,7 @@ async fn pg_ctl(args: &str) -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn acknowledged_turns_survive_a_database_restart_under_load() -> anyhow::Result<()> {
-    let app = TestApp::spawn().await?;
+    let app = ProcessStack::start(SERVICE_BINARY, Vec::new()).await?;
     let senders = Senders::create(&app, WORKERS, WORKERS / 2).await?;
     let load = senders.run(&app, LOAD, CALL_DEADLINE);
 

@@ -604,5 +604,62 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
             conversation_id: a_conversation,
         })
         .await?;
+
+    // In the database, after all that: every table of the three schemas
+    // holds tenant rows under forced row-level security, or is one of the
+    // few global ones; and a session under B's tenant sees none of A's rows
+    // in any of them, while A's are there.
+    let admin = TestDatabase::pool(&app.db.admin_url).await?;
+    let tables: Vec<(String, bool, bool, bool)> = sqlx::query_as(
+        "SELECT n.nspname || '.' || c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                EXISTS (SELECT 1 FROM information_schema.columns col
+                         WHERE col.table_schema = n.nspname AND col.table_name = c.relname
+                           AND col.column_name = 'tenant_id')
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE c.relkind IN ('r', 'p') AND n.nspname IN ('gateway', 'conversation', 'knowledge')
+          ORDER BY 1",
+    )
+    .fetch_all(&admin)
+    .await?;
+    // Migrations bookkeeping and the built-in corpus, the same for everyone.
+    const GLOBAL: [&str; 4] = [
+        "conversation._sqlx_migrations",
+        "gateway._sqlx_migrations",
+        "knowledge._sqlx_migrations",
+        "knowledge.entries",
+    ];
+    let app_pool = TestDatabase::pool(&app.db.app_url).await?;
+    let mut holding_a_rows = Vec::new();
+    for (table, rls, forced, has_tenant) in &tables {
+        if GLOBAL.contains(&table.as_str()) {
+            assert!(!has_tenant, "{table} is global, yet has a tenant_id");
+            continue;
+        }
+        assert!(
+            *has_tenant && *rls && *forced,
+            "{table}: a tenant_id column under forced row-level security"
+        );
+        let count_of = |tenant: String| {
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(format!(
+                "SELECT count(*) FROM {table} WHERE tenant_id::text = $1"
+            )))
+            .bind(tenant)
+        };
+        if count_of(a.to_string()).fetch_one(&admin).await? > 0 {
+            holding_a_rows.push(table.clone());
+        }
+        let mut tx = app_pool.begin().await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(b.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let seen = count_of(a.to_string()).fetch_one(&mut *tx).await?;
+        tx.rollback().await?;
+        assert_eq!(seen, 0, "under B's tenant, {table} shows A's rows");
+    }
+    assert!(
+        holding_a_rows.len() >= 10,
+        "A's rows are in most tables, so the check saw them hidden: {holding_a_rows:?}"
+    );
     Ok(())
 }

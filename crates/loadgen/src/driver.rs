@@ -43,6 +43,9 @@ pub struct Phase {
     /// free. A call's latency counts from when it was due, so a call that
     /// waited for a free worker shows the wait (no coordinated omission).
     pub open_loop: bool,
+    /// The load is meant to exceed capacity: calls refused with
+    /// `RESOURCE_EXHAUSTED` are the service shedding it, not failures.
+    pub overload: bool,
 }
 
 /// Latency percentiles in milliseconds.
@@ -93,6 +96,9 @@ pub struct PhaseResult {
     pub errors: u64,
     pub ops: Vec<OpSummary>,
     pub processes: Vec<ProcessCost>,
+    /// See [`Phase::overload`].
+    #[serde(default)]
+    pub overload: bool,
 }
 
 impl PhaseResult {
@@ -298,6 +304,7 @@ pub async fn run<W: Worker>(
         errors: ops.iter().map(|o| o.errors.values().sum::<u64>()).sum(),
         ops,
         processes: costs,
+        overload: phase.overload,
     }
 }
 
@@ -314,6 +321,7 @@ mod tests {
             duration: Duration::from_millis(1000),
             rate: Some(100.0),
             open_loop: false,
+            overload: false,
         };
         let workers = (0..4)
             .map(|_| Sleeper {
@@ -344,6 +352,7 @@ mod tests {
             duration: Duration::from_millis(1000),
             rate: Some(100.0),
             open_loop: true,
+            overload: false,
         };
         let workers = (0..2)
             .map(|_| Sleeper {
@@ -398,6 +407,7 @@ mod tests {
             duration: Duration::from_millis(500),
             rate: None,
             open_loop: false,
+            overload: false,
         };
         let workers = (0..4)
             .map(|_| Sleeper {

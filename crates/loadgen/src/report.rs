@@ -95,8 +95,23 @@ impl Report {
         self.phases.iter().find(|p| p.name == name)
     }
 
+    /// Failed calls, but for the shedding an overload phase sets out to
+    /// cause (`RESOURCE_EXHAUSTED` there is the service working).
     pub fn failed_calls(&self) -> u64 {
-        self.phases.iter().map(|p| p.errors).sum()
+        self.phases
+            .iter()
+            .map(|p| {
+                let shed: u64 = if p.overload {
+                    p.ops
+                        .iter()
+                        .filter_map(|o| o.errors.get("ResourceExhausted"))
+                        .sum()
+                } else {
+                    0
+                };
+                p.errors - shed
+            })
+            .sum()
     }
 
     pub fn render(&self) -> String {

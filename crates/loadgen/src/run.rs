@@ -123,6 +123,7 @@ impl RunArgs {
             duration: Duration::from_secs_f64(self.duration),
             rate: None,
             open_loop: false,
+            overload: false,
         }
     }
 
@@ -603,6 +604,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let mut overload = args.phase(OVERLOAD, n);
         overload.rate = Some(2.0 * capacity);
         overload.open_loop = true;
+        overload.overload = true;
         overload.duration = Duration::from_secs_f64(args.overload_seconds);
         let workers = api_workers(&gateway, n, Mix::SEND, &senders, &seeded);
         phases.push(driver::run(&overload, workers, stack.processes()).await);
@@ -1024,7 +1026,25 @@ mod tests {
             errors: 0,
             ops,
             processes: Vec::new(),
+            overload: false,
         }
+    }
+
+    #[test]
+    fn shedding_in_an_overload_phase_is_not_a_failed_call_anywhere_else_it_is() {
+        let failing = |name: &str, overload: bool| {
+            let mut send = op_with(op::SEND_MESSAGE, 100, 10.0, 1.0, 2.0, None);
+            send.errors.insert("ResourceExhausted".into(), 40);
+            send.errors.insert("Unavailable".into(), 1);
+            let mut result = phase(name, 10.0, vec![send]);
+            result.errors = 41;
+            result.overload = overload;
+            result
+        };
+        let report = report(vec![failing(OVERLOAD, true)]);
+        assert_eq!(report.failed_calls(), 1, "only the Unavailable");
+        let report = super::tests::report(vec![failing("send-message", false)]);
+        assert_eq!(report.failed_calls(), 41);
     }
 
     fn report(phases: Vec<PhaseResult>) -> Report {

@@ -273,7 +273,7 @@ pub(crate) const RATE_LIMIT_REJECTIONS: Def = Def {
     unit: "{call}",
     buckets: &[],
     labels: &["tp.limit.scope", "tp.tenant.id"],
-    help: "Calls refused by the per-tenant and per-user limits, by scope (tenant, user, streams)",
+    help: "Calls refused by the limits, by scope (tenant, user, streams; capacity: the gateway's cap on calls in flight)",
 };
 
 /// Every metric this crate registers, in `schema.toml`'s order (the schema
