@@ -49,6 +49,9 @@ pub struct Settings {
     pub transcript_turns: usize,
     pub passages: usize,
     pub scaling_tenants: usize,
+    /// Head sampling of exported traces, when set (else all exported).
+    #[serde(default)]
+    pub trace_sample_ratio: Option<f64>,
 }
 
 /// One target from the performance issue, checked against this run.
@@ -126,7 +129,8 @@ impl Report {
         let _ = writeln!(
             out,
             "settings: {} concurrent, {:.0} s warm-up + {:.0} s measured per phase; {} tenants x {} members; \
-             transcripts of {} turns; {} tenant passages; {} tenants in the scaling run\n",
+             transcripts of {} turns; {} tenant passages; {} tenants in the scaling run; \
+             traces exported: {}\n",
             s.concurrency,
             s.warmup_secs,
             s.duration_secs,
@@ -134,7 +138,11 @@ impl Report {
             s.members_per_tenant,
             s.transcript_turns,
             s.passages,
-            s.scaling_tenants
+            s.scaling_tenants,
+            s.trace_sample_ratio.map_or("all".to_owned(), |r| format!(
+                "{:.0} % (head sampling)",
+                r * 100.0
+            ))
         );
         let _ = writeln!(
             out,

@@ -67,6 +67,11 @@ pub struct RunArgs {
     /// Also write the report as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Head-sample exported traces at this ratio (0..=1) in every stack:
+    /// the services get `OTEL_TRACES_SAMPLER=parentbased_traceidratio`, as
+    /// an operator would set it. Unset: every trace is exported.
+    #[arg(long, value_parser = sample_ratio)]
+    trace_sample_ratio: Option<f64>,
     /// Seconds of the overload phase (SendMessage arriving at twice its
     /// measured capacity).
     #[arg(long, default_value_t = 60.0)]
@@ -129,6 +134,13 @@ impl RunArgs {
 
     fn runs(&self, group: PhaseGroup) -> bool {
         self.phases.is_empty() || self.phases.contains(&group)
+    }
+}
+
+fn sample_ratio(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!("a ratio between 0 and 1, not {raw:?}")),
     }
 }
 
@@ -513,11 +525,28 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         // The gateway's cap on calls in flight, sized for this machine:
         // above every closed-loop phase's streams, and low enough that at
         // twice the capacity the admitted calls wait on little queue.
-        extra_env: vec![(
-            "gateway",
-            "TP_MAX_IN_FLIGHT".to_owned(),
-            (2 * args.concurrency).max(64).to_string(),
-        )],
+        extra_env: {
+            let mut env = vec![(
+                "gateway",
+                "TP_MAX_IN_FLIGHT".to_owned(),
+                (2 * args.concurrency).max(64).to_string(),
+            )];
+            if let Some(ratio) = args.trace_sample_ratio {
+                for service in ["gateway", "conversation", "knowledge"] {
+                    env.push((
+                        service,
+                        "OTEL_TRACES_SAMPLER".to_owned(),
+                        "parentbased_traceidratio".to_owned(),
+                    ));
+                    env.push((
+                        service,
+                        "OTEL_TRACES_SAMPLER_ARG".to_owned(),
+                        ratio.to_string(),
+                    ));
+                }
+            }
+            env
+        },
     };
 
     let echo = BaselineProcess::start().await?;
@@ -759,6 +788,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
             transcript_turns: args.transcript_turns,
             passages: args.passages,
             scaling_tenants: args.scaling_tenants,
+            trace_sample_ratio: args.trace_sample_ratio,
         },
         idle,
         phases,
@@ -1064,6 +1094,7 @@ mod tests {
                 transcript_turns: 10_000,
                 passages: 10_000,
                 scaling_tenants: 1_000,
+                trace_sample_ratio: None,
             },
             idle: vec![ProcessCost {
                 name: "gateway".into(),

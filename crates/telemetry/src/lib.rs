@@ -36,7 +36,7 @@ pub use metrics::{
 };
 pub use propagation::{
     ClientTraceLayer, Observe, ObservedBody, RpcMethods, ServerTelemetry, ServerTelemetryLayer,
-    TraceClient, current_trace_id,
+    TraceClient, exemplar_trace_id,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -659,7 +659,7 @@ fn secs(duration: Duration) -> f64 {
 }
 
 fn trace() -> TraceId {
-    crate::current_trace_id()
+    crate::exemplar_trace_id()
 }
 
 impl Metrics {

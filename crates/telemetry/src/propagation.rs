@@ -23,9 +23,23 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::call::CallRecord;
 use crate::metrics::{Metrics, OTHER_METHOD, server_error_type, status_code_name};
 
-/// The trace id of the current span, as 32 hex digits.
-pub fn current_trace_id() -> TraceId {
-    Span::current().context().span().span_context().trace_id()
+/// The trace id a metric's exemplar carries for the current span.
+pub fn exemplar_trace_id() -> TraceId {
+    sampled_trace_id(&Span::current().context())
+}
+
+/// The context's trace id if its trace is sampled (exported), else
+/// `INVALID` (no exemplar): an exemplar is a link to a trace, and with head
+/// sampling (`OTEL_TRACES_SAMPLER`) most trace ids lead nowhere. Logs keep
+/// every trace id; they correlate a call's lines across services.
+fn sampled_trace_id(context: &opentelemetry::Context) -> TraceId {
+    let span = context.span();
+    let span_context = span.span_context();
+    if span_context.is_sampled() {
+        span_context.trace_id()
+    } else {
+        TraceId::INVALID
+    }
 }
 
 /// gRPC status codes the layers themselves assign.
@@ -170,7 +184,7 @@ impl ServerObservation {
     }
 
     fn trace_id(&self) -> TraceId {
-        self.span.context().span().span_context().trace_id()
+        sampled_trace_id(&self.span.context())
     }
 }
 
@@ -485,7 +499,7 @@ where
         let observation = ClientObservation {
             metrics: self.metrics.clone(),
             method: Arc::from(request.uri().path().trim_start_matches('/')),
-            trace_id: context.span().span_context().trace_id(),
+            trace_id: sampled_trace_id(&context),
             started: Instant::now(),
         };
         let future = self.inner.call(request);
@@ -529,6 +543,26 @@ pub fn connection_lost(error: BoxError) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_sampled_trace_is_an_exemplar() {
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex");
+        let context = |flags| {
+            opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
+                trace_id,
+                SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+                flags,
+                true,
+                TraceState::default(),
+            ))
+        };
+        assert_eq!(sampled_trace_id(&context(TraceFlags::SAMPLED)), trace_id);
+        assert_eq!(
+            sampled_trace_id(&context(TraceFlags::default())),
+            TraceId::INVALID
+        );
+    }
 
     #[test]
     fn a_connection_lost_mid_call_is_unavailable_and_named_statuses_are_kept() {
