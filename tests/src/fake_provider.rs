@@ -33,6 +33,9 @@ pub enum FakeReply {
     /// Sends nothing at all for this long (not even the headers), then
     /// closes the connection.
     Silent(Duration),
+    /// Waits this long, then streams these deltas and the end: a model
+    /// slow to its first token.
+    Late(Duration, Vec<String>),
 }
 
 /// The running fake.
@@ -165,6 +168,10 @@ pub async fn start(wire: Wire, script: Vec<FakeReply>) -> anyhow::Result<FakePro
                     FakeReply::Silent(wait) => {
                         tokio::time::sleep(wait).await;
                         return;
+                    }
+                    FakeReply::Late(wait, deltas) => {
+                        tokio::time::sleep(wait).await;
+                        (deltas, None, Vec::new(), Some((10, 5)))
                     }
                 };
                 let mut out = String::from(

@@ -1,5 +1,7 @@
 //! `tp`: mint development tokens and talk to the gateway from a terminal.
 
+mod browse;
+mod chat;
 mod slo;
 
 use std::io::Write;
@@ -24,6 +26,9 @@ struct Cli {
         default_value = "127.0.0.1:50051"
     )]
     gateway: String,
+    /// `json` prints one JSON document, for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = browse::Output::Text)]
+    output: browse::Output,
     #[command(subcommand)]
     command: Command,
 }
@@ -79,6 +84,36 @@ enum Command {
         #[arg(long)]
         conversation: Option<String>,
         /// Bearer token of a member.
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Talk with the thought partner: replies stream as they arrive; arrow
+    /// keys bring back what you typed; --conversation resumes one.
+    Chat {
+        #[arg(long)]
+        conversation: Option<String>,
+        /// Bearer token of a member.
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// List, read, export and delete your conversations.
+    Conversations {
+        #[command(subcommand)]
+        command: browse::ConversationsCommand,
+        /// Bearer token of a member.
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Search the frameworks and your organisation's documents.
+    Search {
+        query: String,
+        #[arg(long, default_value_t = 10)]
+        limit: i32,
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// The frameworks the thought partner draws on.
+    Frameworks {
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
         token: String,
     },
@@ -186,9 +221,42 @@ async fn reply_text(
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+async fn main() -> std::process::ExitCode {
+    match run(Cli::parse()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("tp: {}", browse::sentence(&error));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Chat {
+            conversation,
+            token,
+        } => chat::chat(channel(&cli.gateway).await?, &token, conversation).await?,
+        Command::Conversations { command, token } => {
+            browse::conversations(channel(&cli.gateway).await?, &token, command, cli.output).await?
+        }
+        Command::Search {
+            query,
+            limit,
+            token,
+        } => {
+            browse::search(
+                channel(&cli.gateway).await?,
+                &token,
+                query,
+                limit,
+                cli.output,
+            )
+            .await?
+        }
+        Command::Frameworks { token } => {
+            browse::frameworks(channel(&cli.gateway).await?, &token, cli.output).await?
+        }
         Command::Slo { command } => slo::run(command)?,
         Command::Token {
             sub,

@@ -1,0 +1,328 @@
+//! Reading what is there: `tp conversations list | show | export | delete`,
+//! `tp search`, `tp frameworks`. Text for people, `--output json` for
+//! scripts (one JSON document on stdout, nothing else).
+
+use anyhow::Context;
+use clap::{Subcommand, ValueEnum};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+use tp_proto::v1 as pb;
+
+use crate::authorized;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Markdown,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum ConversationsCommand {
+    /// Your conversations, newest first.
+    List {
+        /// How many (1..=100).
+        #[arg(long, default_value_t = 50)]
+        limit: i32,
+    },
+    /// A conversation's whole transcript.
+    Show { id: String },
+    /// A conversation as Markdown or JSON, to keep or share.
+    Export {
+        id: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Markdown)]
+        format: ExportFormat,
+    },
+    /// Delete a conversation and its transcript.
+    Delete { id: String },
+}
+
+type Conversations = pb::conversation_service_client::ConversationServiceClient<Channel>;
+
+fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+    timestamp
+        .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn role(message: &pb::Message) -> &'static str {
+    match pb::MessageRole::try_from(message.role) {
+        Ok(pb::MessageRole::User) => "user",
+        Ok(pb::MessageRole::Assistant) => "assistant",
+        _ => "unknown",
+    }
+}
+
+fn conversation_json(c: &pb::Conversation) -> Value {
+    json!({
+        "conversation_id": c.conversation_id,
+        "title": c.title,
+        "create_time": time(c.create_time.as_ref()),
+        "update_time": time(c.update_time.as_ref()),
+    })
+}
+
+fn message_json(m: &pb::Message) -> Value {
+    json!({
+        "message_id": m.message_id,
+        "role": role(m),
+        "content": m.content,
+        "create_time": time(m.create_time.as_ref()),
+    })
+}
+
+/// Every message of a conversation, page by page.
+async fn transcript(
+    client: &mut Conversations,
+    id: &str,
+    token: &str,
+) -> anyhow::Result<(pb::Conversation, Vec<pb::Message>)> {
+    let conversation = client
+        .get_conversation(authorized(
+            pb::GetConversationRequest {
+                conversation_id: id.to_owned(),
+            },
+            token,
+        )?)
+        .await?
+        .into_inner()
+        .conversation
+        .context("GetConversation returned no conversation")?;
+    let mut messages = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_messages(authorized(
+                pb::ListMessagesRequest {
+                    conversation_id: id.to_owned(),
+                    page_size: 100,
+                    page_token: page_token.clone(),
+                },
+                token,
+            )?)
+            .await?
+            .into_inner();
+        messages.extend(page.messages);
+        if page.next_page_token.is_empty() {
+            return Ok((conversation, messages));
+        }
+        page_token = page.next_page_token;
+    }
+}
+
+pub async fn conversations(
+    channel: Channel,
+    token: &str,
+    command: ConversationsCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut client = Conversations::new(channel);
+    match command {
+        ConversationsCommand::List { limit } => {
+            let list = client
+                .list_conversations(authorized(
+                    pb::ListConversationsRequest {
+                        page_size: limit,
+                        page_token: String::new(),
+                    },
+                    token,
+                )?)
+                .await?
+                .into_inner();
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    Value::Array(list.conversations.iter().map(conversation_json).collect())
+                ),
+                Output::Text if list.conversations.is_empty() => {
+                    println!("No conversations yet: `tp send \"...\"` starts one.")
+                }
+                Output::Text => {
+                    for c in &list.conversations {
+                        let title = if c.title.is_empty() {
+                            "(untitled)"
+                        } else {
+                            &c.title
+                        };
+                        println!(
+                            "{}  {}  {title}",
+                            c.conversation_id,
+                            time(c.update_time.as_ref())
+                        );
+                    }
+                }
+            }
+        }
+        ConversationsCommand::Show { id } => {
+            let (conversation, messages) = transcript(&mut client, &id, token).await?;
+            match output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "conversation": conversation_json(&conversation),
+                        "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
+                    })
+                ),
+                Output::Text => {
+                    for m in &messages {
+                        let who = if role(m) == "user" {
+                            "you"
+                        } else {
+                            "thought partner"
+                        };
+                        println!("[{who}]\n{}\n", m.content);
+                    }
+                }
+            }
+        }
+        ConversationsCommand::Export { id, format } => {
+            let (conversation, messages) = transcript(&mut client, &id, token).await?;
+            match format {
+                ExportFormat::Json => println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({
+                        "conversation": conversation_json(&conversation),
+                        "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
+                    }))?
+                ),
+                ExportFormat::Markdown => print!("{}", markdown(&conversation, &messages)),
+            }
+        }
+        ConversationsCommand::Delete { id } => {
+            client
+                .delete_conversation(authorized(
+                    pb::DeleteConversationRequest {
+                        conversation_id: id.clone(),
+                    },
+                    token,
+                )?)
+                .await?;
+            match output {
+                Output::Json => println!("{}", json!({ "deleted": id })),
+                Output::Text => println!("Deleted conversation {id}."),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A transcript as Markdown: the title, then each turn under who said it.
+pub fn markdown(conversation: &pb::Conversation, messages: &[pb::Message]) -> String {
+    let title = if conversation.title.is_empty() {
+        "Conversation"
+    } else {
+        &conversation.title
+    };
+    let mut out = format!(
+        "# {title}\n\n_{} · started {}_\n",
+        conversation.conversation_id,
+        time(conversation.create_time.as_ref())
+    );
+    for m in messages {
+        let who = if role(m) == "user" {
+            "You"
+        } else {
+            "Thought partner"
+        };
+        out.push_str(&format!("\n## {who}\n\n{}\n", m.content.trim_end()));
+    }
+    out
+}
+
+pub async fn search(
+    channel: Channel,
+    token: &str,
+    query: String,
+    limit: i32,
+    output: Output,
+) -> anyhow::Result<()> {
+    let results = pb::knowledge_service_client::KnowledgeServiceClient::new(channel)
+        .search(authorized(
+            pb::SearchRequest {
+                query,
+                limit,
+                kinds: Vec::new(),
+            },
+            token,
+        )?)
+        .await?
+        .into_inner()
+        .results;
+    match output {
+        Output::Json => println!(
+            "{}",
+            Value::Array(
+                results
+                    .iter()
+                    .map(|r| json!({
+                        "kind": pb::EntryKind::try_from(r.kind).map(|k| k.as_str_name()).unwrap_or("UNKNOWN"),
+                        "entry_id": r.entry_id,
+                        "title": r.title,
+                        "snippet": r.snippet,
+                        "score": r.score,
+                    }))
+                    .collect()
+            )
+        ),
+        Output::Text if results.is_empty() => println!("Nothing found."),
+        Output::Text => {
+            for r in &results {
+                println!("{}  ({})\n    {}\n", r.title, r.entry_id, r.snippet);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn frameworks(channel: Channel, token: &str, output: Output) -> anyhow::Result<()> {
+    let frameworks = pb::knowledge_service_client::KnowledgeServiceClient::new(channel)
+        .list_frameworks(authorized(pb::ListFrameworksRequest {}, token)?)
+        .await?
+        .into_inner()
+        .frameworks;
+    match output {
+        Output::Json => println!(
+            "{}",
+            Value::Array(
+                frameworks
+                    .iter()
+                    .map(|f| json!({ "framework_id": f.framework_id, "title": f.title }))
+                    .collect()
+            )
+        ),
+        Output::Text => {
+            for f in &frameworks {
+                println!("{:<32} {}", f.framework_id, f.title);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An error as a sentence a person can act on, with the gRPC code when the
+/// service refused the call.
+pub fn sentence(error: &anyhow::Error) -> String {
+    if let Some(status) = error.downcast_ref::<tonic::Status>() {
+        let what = match status.code() {
+            tonic::Code::Unauthenticated => "The gateway did not accept your token",
+            tonic::Code::PermissionDenied => "You are not allowed to do that",
+            tonic::Code::NotFound => "Not found",
+            tonic::Code::InvalidArgument => "The request was refused",
+            tonic::Code::ResourceExhausted => "Over a limit",
+            tonic::Code::FailedPrecondition => "Not possible now",
+            tonic::Code::Unavailable => "The service is unavailable",
+            _ => "The call failed",
+        };
+        return format!("{what}: {} ({:?}).", status.message(), status.code());
+    }
+    format!("{error:#}.")
+}
