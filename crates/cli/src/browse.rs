@@ -44,7 +44,7 @@ pub enum ConversationsCommand {
 
 type Conversations = pb::conversation_service_client::ConversationServiceClient<Channel>;
 
-fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
+pub fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
         .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t.seconds).ok())
         .and_then(|t| {

@@ -1,7 +1,9 @@
 //! `tp`: mint development tokens and talk to the gateway from a terminal.
 
+mod admin;
 mod browse;
 mod chat;
+mod login;
 mod slo;
 
 use std::io::Write;
@@ -18,14 +20,10 @@ use tp_proto::v1 as pb;
 #[derive(Parser)]
 #[command(name = "tp", about = "Thoughtpartner command-line client")]
 struct Cli {
-    /// Gateway address.
-    #[arg(
-        long,
-        global = true,
-        env = "TP_GATEWAY_ADDR",
-        default_value = "127.0.0.1:50051"
-    )]
-    gateway: String,
+    /// Gateway address (default: the one `tp login` kept, else
+    /// 127.0.0.1:50051).
+    #[arg(long, global = true, env = "TP_GATEWAY_ADDR")]
+    gateway: Option<String>,
     /// `json` prints one JSON document, for scripts.
     #[arg(long, global = true, value_enum, default_value_t = browse::Output::Text)]
     output: browse::Output,
@@ -33,13 +31,15 @@ struct Cli {
     command: Command,
 }
 
+const DEFAULT_GATEWAY: &str = "127.0.0.1:50051";
+
 #[derive(Subcommand)]
-enum Command {
+enum DevCommand {
     /// Print an HS256 bearer token signed with TP_JWT_HS256_SECRET.
     Token {
-        /// The user id (`sub`).
-        #[arg(long)]
-        sub: String,
+        /// The user id (the token's `sub`).
+        #[arg(long, alias = "sub")]
+        user: String,
         /// member, admin or operator.
         #[arg(long, default_value = "member")]
         role: String,
@@ -53,8 +53,8 @@ enum Command {
         secret: String,
     },
     /// Create a tenant (as an operator) with an admin and one member, and
-    /// print shell exports for the member's token.
-    DemoTenant {
+    /// print shell exports for their tokens.
+    Tenant {
         #[arg(long, default_value = "Demo Co")]
         name: String,
         #[arg(long, default_value = "demo-admin")]
@@ -64,6 +64,22 @@ enum Command {
         #[arg(long, env = "TP_JWT_HS256_SECRET", hide_env_values = true)]
         secret: String,
     },
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// For local development: tokens and a demo tenant, signed with the
+    /// stack's development secret.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+    /// Keep a token (and the gateway's address) for the commands to use
+    /// when given neither --token nor TP_TOKEN.
+    Login {
+        #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
+        token: String,
+    },
     /// Run the persona behaviour suite against the running service (whatever
     /// responder it is configured with) and print a conformance report.
     Eval {
@@ -72,7 +88,7 @@ enum Command {
         scenarios: std::path::PathBuf,
         /// Bearer token of a member; their kept context is cleared per scenario.
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
         /// Exit non-zero below this conformance, in percent.
         #[arg(long, default_value_t = 0.0)]
         min_conformance: f64,
@@ -85,7 +101,7 @@ enum Command {
         conversation: Option<String>,
         /// Bearer token of a member.
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
     },
     /// Talk with the thought partner: replies stream as they arrive; arrow
     /// keys bring back what you typed; --conversation resumes one.
@@ -94,7 +110,7 @@ enum Command {
         conversation: Option<String>,
         /// Bearer token of a member.
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
     },
     /// List, read, export and delete your conversations.
     Conversations {
@@ -102,7 +118,7 @@ enum Command {
         command: browse::ConversationsCommand,
         /// Bearer token of a member.
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
     },
     /// Search the frameworks and your organisation's documents.
     Search {
@@ -110,12 +126,47 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         limit: i32,
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
     },
     /// The frameworks the thought partner draws on.
     Frameworks {
         #[arg(long, env = "TP_TOKEN", hide_env_values = true)]
-        token: String,
+        token: Option<String>,
+    },
+    /// A tenant's members (admins).
+    Members {
+        #[command(subcommand)]
+        command: admin::MembersCommand,
+        /// Bearer token of a tenant admin.
+        #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// The seats a tenant pays for (admins).
+    Seats {
+        #[command(subcommand)]
+        command: admin::SeatsCommand,
+        #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// This month's usage by member (admins).
+    Usage {
+        #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// The tenant's audit trail, newest first (admins).
+    Audit {
+        #[arg(long, default_value_t = 50)]
+        limit: i32,
+        #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Tenants (operators).
+    Tenants {
+        #[command(subcommand)]
+        command: admin::TenantsCommand,
+        /// Bearer token of an operator.
+        #[arg(long, env = "TP_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// SLOs as code: generate rules, tests and dashboards from slo/*.yaml.
     Slo {
@@ -231,51 +282,138 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Where commands go and whose token they carry: flags and the
+/// environment first, then what `tp login` kept.
+struct Session {
+    gateway: String,
+    login: login::Login,
+}
+
+impl Session {
+    fn token(&self, given: Option<String>) -> anyhow::Result<String> {
+        given.or_else(|| self.login.token.clone()).context(
+            "no token: pass --token, set the variable `tp <command> --help` names, or run `tp login`",
+        )
+    }
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let login = login::load()?;
+    let session = Session {
+        gateway: cli
+            .gateway
+            .clone()
+            .or_else(|| login.gateway.clone())
+            .unwrap_or_else(|| DEFAULT_GATEWAY.to_owned()),
+        login,
+    };
+    let gateway = session.gateway.as_str();
     match cli.command {
         Command::Chat {
             conversation,
             token,
-        } => chat::chat(channel(&cli.gateway).await?, &token, conversation).await?,
+        } => {
+            chat::chat(
+                channel(gateway).await?,
+                &session.token(token)?,
+                conversation,
+            )
+            .await?
+        }
         Command::Conversations { command, token } => {
-            browse::conversations(channel(&cli.gateway).await?, &token, command, cli.output).await?
+            let token = session.token(token)?;
+            browse::conversations(channel(gateway).await?, &token, command, cli.output).await?
         }
         Command::Search {
             query,
             limit,
             token,
         } => {
-            browse::search(
-                channel(&cli.gateway).await?,
-                &token,
-                query,
-                limit,
-                cli.output,
-            )
-            .await?
+            let token = session.token(token)?;
+            browse::search(channel(gateway).await?, &token, query, limit, cli.output).await?
         }
         Command::Frameworks { token } => {
-            browse::frameworks(channel(&cli.gateway).await?, &token, cli.output).await?
+            let token = session.token(token)?;
+            browse::frameworks(channel(gateway).await?, &token, cli.output).await?
+        }
+        Command::Members { command, token } => {
+            let token = session.token(token)?;
+            admin::members(channel(gateway).await?, &token, command, cli.output).await?
+        }
+        Command::Seats { command, token } => {
+            let token = session.token(token)?;
+            admin::seats(channel(gateway).await?, &token, command, cli.output).await?
+        }
+        Command::Usage { token } => {
+            let token = session.token(token)?;
+            admin::usage(channel(gateway).await?, &token, cli.output).await?
+        }
+        Command::Audit { limit, token } => {
+            let token = session.token(token)?;
+            admin::audit(channel(gateway).await?, &token, limit, cli.output).await?
+        }
+        Command::Tenants { command, token } => {
+            let token = session.token(token)?;
+            admin::tenants(channel(gateway).await?, &token, command, cli.output).await?
+        }
+        Command::Slo {
+            command: slo::SloCommand::Status { tenant, token },
+        } => {
+            let token = session.token(token)?;
+            admin::slo_status(channel(gateway).await?, &token, tenant, cli.output).await?
         }
         Command::Slo { command } => slo::run(command)?,
-        Command::Token {
-            sub,
-            role,
-            tenant,
-            ttl,
-            secret,
+        Command::Login { token } => {
+            // Checked before it is kept: a token the gateway refuses is
+            // an error now, not at the next command.
+            let mut client = pb::conversation_service_client::ConversationServiceClient::new(
+                channel(gateway).await?,
+            );
+            client
+                .list_conversations(authorized(
+                    pb::ListConversationsRequest {
+                        page_size: 1,
+                        page_token: String::new(),
+                    },
+                    &token,
+                )?)
+                .await
+                .or_else(|status| match status.code() {
+                    // An operator's or admin's token may not list
+                    // conversations; it was still accepted.
+                    tonic::Code::PermissionDenied => Ok(tonic::Response::new(Default::default())),
+                    _ => Err(status),
+                })?;
+            let path = login::store(gateway, &token)?;
+            println!(
+                "Logged in to {gateway}; the token is kept in {}.",
+                path.display()
+            );
+        }
+        Command::Dev {
+            command:
+                DevCommand::Token {
+                    user,
+                    role,
+                    tenant,
+                    ttl,
+                    secret,
+                },
         } => {
             let role: Role = role.parse()?;
             let tenant = tenant.map(|t| t.parse::<TenantId>()).transpose()?;
-            println!("{}", mint(&secret, &sub, tenant, role, ttl)?);
+            println!("{}", mint(&secret, &user, tenant, role, ttl)?);
         }
-        Command::DemoTenant {
-            name,
-            admin,
-            member,
-            secret,
+        Command::Dev {
+            command:
+                DevCommand::Tenant {
+                    name,
+                    admin,
+                    member,
+                    secret,
+                },
         } => {
-            let channel = channel(&cli.gateway).await?;
+            let channel = channel(gateway).await?;
             let operator = mint(&secret, "tp-cli-operator", None, Role::Operator, 300)?;
             let tenant =
                 pb::tenant_admin_service_client::TenantAdminServiceClient::new(channel.clone())
@@ -315,8 +453,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&scenarios)
                 .with_context(|| format!("cannot read {}", scenarios.display()))?;
             let suite = tp_coach::conformance::Suite::parse(&text)?;
+            let token = session.token(token)?;
             let mut client = pb::conversation_service_client::ConversationServiceClient::new(
-                channel(&cli.gateway).await?,
+                channel(gateway).await?,
             );
             let mut by_rule: std::collections::BTreeMap<String, (usize, usize)> =
                 Default::default();
@@ -371,8 +510,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             conversation,
             token,
         } => {
+            let token = session.token(token)?;
             let mut client = pb::conversation_service_client::ConversationServiceClient::new(
-                channel(&cli.gateway).await?,
+                channel(gateway).await?,
             );
             let conversation_id = match conversation {
                 Some(id) => id,

@@ -21,6 +21,16 @@ pub enum SloCommand {
         #[arg(long)]
         check: bool,
     },
+    /// Every SLO's SLI, budget left (as a bar), burn and firing alerts,
+    /// from the running services (operators).
+    Status {
+        /// One tenant's view (its tenant id).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Bearer token of an operator.
+        #[arg(long, env = "TP_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Exit non-zero if the committed generated files are stale.
     Check {
         /// The repository root.
@@ -39,6 +49,9 @@ pub fn run(command: SloCommand) -> anyhow::Result<()> {
             Ok(())
         }
         SloCommand::Generate { root, check: true } | SloCommand::Check { root } => check(&root),
+        SloCommand::Status { .. } => {
+            anyhow::bail!("`tp slo status` asks the gateway; the async caller runs it")
+        }
     }
 }
 

@@ -121,3 +121,188 @@ async fn search_and_frameworks_for_people_and_scripts() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Runs `tp` with `args` and a chosen environment (no token from it).
+async fn tp_env(app: &TestApp, env: &[(&str, &str)], args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_tp"));
+    command
+        .args(args)
+        .env("TP_GATEWAY_ADDR", app.gateway_addr.to_string())
+        .env_remove("TP_TOKEN")
+        .env_remove("TP_ADMIN_TOKEN")
+        .env_remove("TP_OPERATOR_TOKEN");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    Ok(command.output().await?)
+}
+
+#[tokio::test]
+async fn admins_manage_members_seats_and_read_usage_and_audit() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (tenant, member) = app.tenant_with_member("Acme", "alice").await?;
+    let admin = app.token("alice-admin", Some(tenant), tp_context::Role::Admin);
+    let as_admin = [("TP_ADMIN_TOKEN", admin.as_str())];
+
+    let added = tp_env(&app, &as_admin, &["members", "add", "bob"]).await?;
+    assert!(stdout(&added).contains("bob is a member."), "{added:?}");
+    let promoted = tp_env(&app, &as_admin, &["members", "role", "bob", "admin"]).await?;
+    assert!(stdout(&promoted).contains("bob is an admin."));
+    let listed = tp_env(&app, &as_admin, &["--output", "json", "members", "list"]).await?;
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout)?;
+    let roles: Vec<(String, String)> = json
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| {
+            (
+                m["user_id"].as_str().unwrap_or_default().to_owned(),
+                m["role"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert!(roles.contains(&("bob".into(), "admin".into())), "{roles:?}");
+    assert!(
+        roles.contains(&("alice".into(), "member".into())),
+        "{roles:?}"
+    );
+    let removed = tp_env(&app, &as_admin, &["members", "remove", "bob"]).await?;
+    assert!(stdout(&removed).contains("Removed bob"));
+
+    let seats = tp_env(&app, &as_admin, &["seats", "set", "7"]).await?;
+    assert!(stdout(&seats).contains("of 7 seats held"), "{seats:?}");
+    let seats = tp_env(&app, &as_admin, &["--output", "json", "seats", "show"]).await?;
+    let json: serde_json::Value = serde_json::from_slice(&seats.stdout)?;
+    assert_eq!(json["seats"], 7);
+
+    // One message by alice shows in the usage.
+    let mut client = app.conversations(&member).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    send(&mut client, &id, "We are 12 engineers.", "").await?;
+    let usage = tp_env(&app, &as_admin, &["--output", "json", "usage"]).await?;
+    let json: serde_json::Value = serde_json::from_slice(&usage.stdout)?;
+    let alice = json["members"]
+        .as_array()
+        .and_then(|all| all.iter().find(|m| m["user_id"] == "alice"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(alice["messages"], 1, "{json}");
+
+    let audit = tp_env(&app, &as_admin, &["audit"]).await?;
+    let audit = stdout(&audit);
+    assert!(
+        audit.contains("bob") && audit.contains("alice-admin"),
+        "{audit}"
+    );
+
+    // A member is refused an admin's command, in a sentence.
+    let refused = tp_env(
+        &app,
+        &[("TP_ADMIN_TOKEN", member.as_str())],
+        &["members", "list"],
+    )
+    .await?;
+    assert_eq!(refused.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        error.starts_with("tp: You are not allowed to do that:")
+            && error.contains("(PermissionDenied)"),
+        "{error}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn operators_open_tenants_and_read_slo_status_with_budget_bars() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let operator = app.token("ops", None, tp_context::Role::Operator);
+    let as_operator = [("TP_OPERATOR_TOKEN", operator.as_str())];
+    let opened = tp_env(
+        &app,
+        &as_operator,
+        &[
+            "--output", "json", "tenants", "create", "Globex", "--seats", "3", "--admin", "gina",
+        ],
+    )
+    .await?;
+    let json: serde_json::Value = serde_json::from_slice(&opened.stdout)?;
+    assert_eq!(json["display_name"], "Globex", "{opened:?}");
+    assert!(json["tenant_id"].as_str().is_some_and(|id| id.len() == 36));
+
+    let status = tp_env(&app, &as_operator, &["slo", "status"]).await?;
+    assert!(status.status.success(), "{status:?}");
+    let table = stdout(&status);
+    assert!(
+        table
+            .lines()
+            .next()
+            .is_some_and(|h| h.starts_with("SLO") && h.contains("budget left"))
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("send-message-availability") && l.contains("[############]")),
+        "every SLO a row, a full budget a full bar:\n{table}"
+    );
+    let status = tp_env(&app, &as_operator, &["--output", "json", "slo", "status"]).await?;
+    let json: serde_json::Value = serde_json::from_slice(&status.stdout)?;
+    assert!(json.as_array().is_some_and(|slos| slos.len() > 10));
+    Ok(())
+}
+
+#[tokio::test]
+async fn login_keeps_a_checked_token_for_later_commands_and_dev_token_mints_one()
+-> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (tenant, _member) = app.tenant_with_member("Acme", "alice").await?;
+    let config = std::env::temp_dir().join(format!("tp-login-{}", uuid::Uuid::new_v4()));
+    let config_dir = config.to_string_lossy().into_owned();
+    let tenant_id = tenant.to_string();
+    let minted = tp_env(
+        &app,
+        &[("TP_JWT_HS256_SECRET", tp_e2e::JWT_SECRET)],
+        &[
+            "dev", "token", "--user", "alice", "--role", "member", "--tenant", &tenant_id,
+        ],
+    )
+    .await?;
+    let token = stdout(&minted).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {minted:?}");
+
+    // Without a token anywhere: a sentence saying what to do.
+    let none = tp_env(&app, &[("XDG_CONFIG_HOME", &config_dir)], &["frameworks"]).await?;
+    assert!(String::from_utf8_lossy(&none.stderr).contains("run `tp login`"));
+    // A token the gateway refuses is not kept.
+    let bad = tp_env(
+        &app,
+        &[("XDG_CONFIG_HOME", &config_dir)],
+        &["login", "--token", "garbage"],
+    )
+    .await?;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(!config.join("tp/login.json").exists());
+    let login = tp_env(
+        &app,
+        &[("XDG_CONFIG_HOME", &config_dir)],
+        &["login", "--token", &token],
+    )
+    .await?;
+    assert!(stdout(&login).contains("Logged in"), "{login:?}");
+    let kept = config.join("tp/login.json");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&kept)?.permissions().mode() & 0o777,
+        0o600
+    );
+    // Later commands need neither the token nor the gateway's address.
+    let later = tokio::process::Command::new(env!("CARGO_BIN_EXE_tp"))
+        .args(["frameworks"])
+        .env("XDG_CONFIG_HOME", &config_dir)
+        .env_remove("TP_GATEWAY_ADDR")
+        .env_remove("TP_TOKEN")
+        .output()
+        .await?;
+    assert!(stdout(&later).contains("staff-archetypes"), "{later:?}");
+    std::fs::remove_dir_all(&config)?;
+    Ok(())
+}
