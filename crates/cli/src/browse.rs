@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 use tp_proto::v1 as pb;
 
-use crate::authorized;
+use crate::{ConversationClient, authorized};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Output {
@@ -41,8 +41,6 @@ pub enum ConversationsCommand {
     /// Delete a conversation and its transcript.
     Delete { id: String },
 }
-
-type Conversations = pb::conversation_service_client::ConversationServiceClient<Channel>;
 
 pub fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
     timestamp
@@ -80,9 +78,9 @@ fn message_json(m: &pb::Message) -> Value {
     })
 }
 
-/// Every message of a conversation, page by page.
+/// A conversation and every message of it.
 async fn transcript(
-    client: &mut Conversations,
+    client: &mut ConversationClient,
     id: &str,
     token: &str,
 ) -> anyhow::Result<(pb::Conversation, Vec<pb::Message>)> {
@@ -97,6 +95,15 @@ async fn transcript(
         .into_inner()
         .conversation
         .context("GetConversation returned no conversation")?;
+    Ok((conversation, messages(client, id, token).await?))
+}
+
+/// Every message of a conversation, oldest first, page by page.
+pub async fn messages(
+    client: &mut ConversationClient,
+    id: &str,
+    token: &str,
+) -> anyhow::Result<Vec<pb::Message>> {
     let mut messages = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -113,7 +120,7 @@ async fn transcript(
             .into_inner();
         messages.extend(page.messages);
         if page.next_page_token.is_empty() {
-            return Ok((conversation, messages));
+            return Ok(messages);
         }
         page_token = page.next_page_token;
     }
@@ -125,7 +132,7 @@ pub async fn conversations(
     command: ConversationsCommand,
     output: Output,
 ) -> anyhow::Result<()> {
-    let mut client = Conversations::new(channel);
+    let mut client = ConversationClient::new(channel);
     match command {
         ConversationsCommand::List { limit } => {
             let list = client

@@ -63,26 +63,7 @@ pub async fn chat(channel: Channel, token: &str, resume: Option<String>) -> anyh
 
 /// The last turns of a conversation being resumed.
 async fn show_recent(client: &mut ConversationClient, id: &str, token: &str) -> anyhow::Result<()> {
-    let mut messages = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_messages(authorized(
-                pb::ListMessagesRequest {
-                    conversation_id: id.to_owned(),
-                    page_size: 100,
-                    page_token: page_token.clone(),
-                },
-                token,
-            )?)
-            .await?
-            .into_inner();
-        messages.extend(page.messages);
-        if page.next_page_token.is_empty() {
-            break;
-        }
-        page_token = page.next_page_token;
-    }
+    let messages = crate::browse::messages(client, id, token).await?;
     let skip = messages.len().saturating_sub(RESUME_TURNS);
     for message in &messages[skip..] {
         let who = if message.role == i32::from(pb::MessageRole::User) {
