@@ -7,6 +7,29 @@ use tonic_types::StatusExt;
 use tp_e2e::tp_proto::v1 as pb;
 use tp_e2e::{TestApp, conversations_via};
 
+/// Replies started with `keys`, each read past its first delta, so each
+/// holds whatever the gateway counts for a call in flight.
+async fn streaming_replies(
+    client: &mut tp_e2e::ConversationClient,
+    conversation: &str,
+    keys: &[&str],
+) -> anyhow::Result<Vec<tonic::Streaming<pb::SendMessageResponse>>> {
+    let mut open = Vec::new();
+    for key in keys {
+        let mut stream = client
+            .send_message(pb::SendMessageRequest {
+                conversation_id: conversation.to_owned(),
+                content: "Our roadmap keeps slipping.".into(),
+                idempotency_key: (*key).to_owned(),
+            })
+            .await?
+            .into_inner();
+        stream.message().await?.expect("a first delta");
+        open.push(stream);
+    }
+    Ok(open)
+}
+
 #[tokio::test]
 async fn a_user_over_their_rate_is_told_when_to_retry() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
@@ -115,19 +138,7 @@ async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()
         .conversation_id;
 
     // Two replies streaming, each past its first delta: both slots held.
-    let mut open = Vec::new();
-    for key in ["s1", "s2"] {
-        let mut stream = busy
-            .send_message(pb::SendMessageRequest {
-                conversation_id: conversation.clone(),
-                content: "Our roadmap keeps slipping.".into(),
-                idempotency_key: key.into(),
-            })
-            .await?
-            .into_inner();
-        stream.message().await?.expect("a first delta");
-        open.push(stream);
-    }
+    let open = streaming_replies(&mut busy, &conversation, &["s1", "s2"]).await?;
     let third = busy
         .send_message(pb::SendMessageRequest {
             conversation_id: conversation.clone(),
@@ -272,19 +283,7 @@ async fn past_the_gateways_in_flight_cap_calls_are_shed_at_once() -> anyhow::Res
         .await?
         .conversation_id;
 
-    let mut open = Vec::new();
-    for key in ["s1", "s2"] {
-        let mut stream = busy
-            .send_message(pb::SendMessageRequest {
-                conversation_id: conversation.clone(),
-                content: "Our roadmap keeps slipping.".into(),
-                idempotency_key: key.into(),
-            })
-            .await?
-            .into_inner();
-        stream.message().await?.expect("a first delta");
-        open.push(stream);
-    }
+    let open = streaming_replies(&mut busy, &conversation, &["s1", "s2"]).await?;
     let asked = Instant::now();
     let shed = other
         .list_conversations(pb::ListConversationsRequest::default())
