@@ -484,7 +484,7 @@ impl ConversationStore {
                 (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
                  cited_frameworks, policy_violations, grounded, input_tokens, output_tokens)
              VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (reply_to) DO NOTHING
+             ON CONFLICT (tenant_id, reply_to) DO NOTHING
              RETURNING ",
             message_columns!()
         ))

@@ -239,7 +239,7 @@ impl Webhooks {
         }
         let recorded = sqlx::query(
             "INSERT INTO gateway.billing_events (event_id, tenant_id, event_type)
-             VALUES ($1, $2, $3) ON CONFLICT (event_id) DO NOTHING",
+             VALUES ($1, $2, $3) ON CONFLICT (tenant_id, event_id) DO NOTHING",
         )
         .bind(&event.id)
         .bind(tenant.as_uuid())
