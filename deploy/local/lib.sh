@@ -225,16 +225,21 @@ slo_checks() {
     rm -f "$out"
 }
 
+# chromium_bin: Debian's chromium, with chromedriver for the web chat page's
+# Selenium test, installed when either is missing; prints the browser's path.
+chromium_bin() {
+    if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+        apt_install --no-install-recommends chromium chromium-driver
+    fi
+    command -v chromium || die "chromium could not be installed"
+}
+
 # slo_page_check HTTP_ADDR: loads the gateway's SLO status page in headless
 # Chromium (installed from Debian if missing) and checks the rendered DOM
 # names every SLO of slo/*.yaml; a screenshot goes to .tp/slo.png.
 slo_page_check() {
     local addr="$1" browser dom name missing=0
-    browser=$(command -v chromium || command -v chromium-browser || true)
-    if [ -z "$browser" ]; then
-        apt_install --no-install-recommends chromium
-        browser=$(command -v chromium) || die "chromium could not be installed"
-    fi
+    browser=$(chromium_bin)
     local flags=(--headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$TP_ROOT/.tp/chromium")
     dom=$("$browser" "${flags[@]}" --dump-dom "http://$addr/slo" 2>/dev/null) || die "chromium could not load http://$addr/slo"
     "$browser" "${flags[@]}" --window-size=1400,2000 --screenshot="$TP_ROOT/.tp/slo.png" "http://$addr/slo" >/dev/null 2>&1 || true

@@ -117,6 +117,10 @@ impl TestDatabase {
     }
 }
 
+/// The one browser origin the test stack's gateway lets call it over
+/// gRPC-Web (CORS).
+pub const WEB_TEST_ORIGIN: &str = "https://app.example.test";
+
 /// The membership cache's time to live in the test stack's gateway.
 pub const GATEWAY_MEMBERSHIP_CACHE_TTL_SECS: u64 = 30;
 
@@ -132,6 +136,7 @@ fn gateway_config(
         conversation_url: format!("http://{conversation_addr}"),
         knowledge_url: format!("http://{knowledge_addr}"),
         database_url: db.app_url.clone(),
+        database_listen_url: None,
         database_max_connections: 4,
         membership_cache_ttl_secs,
         jwt_hs256_secret: Some(JWT_SECRET.to_owned()),
@@ -162,6 +167,7 @@ fn gateway_config(
         // a sample is an in-process encode and one loopback scrape.
         slo_sample_interval_ms: 200,
         slo_scrape_urls: format!("http://{conversation_http_addr}/metrics"),
+        web_allowed_origins: vec![WEB_TEST_ORIGIN.to_owned()],
     }
 }
 

@@ -87,6 +87,7 @@ pub struct BoundService {
     name: &'static str,
     listener: Listener,
     routes: Routes,
+    accept_http1: bool,
 }
 
 impl BoundService {
@@ -95,7 +96,15 @@ impl BoundService {
             name,
             listener,
             routes,
+            accept_http1: false,
         }
+    }
+
+    /// Accepts HTTP/1.1 connections beside HTTP/2 (the gateway, for
+    /// browsers' gRPC-Web); internal services speak HTTP/2 only.
+    pub fn accept_http1(mut self) -> Self {
+        self.accept_http1 = true;
+        self
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -120,6 +129,7 @@ impl BoundService {
     {
         tracing::info!(service = self.name, addr = %self.local_addr(), "serving");
         Server::builder()
+            .accept_http1(self.accept_http1)
             .layer(layers)
             .add_routes(self.routes)
             .serve_with_incoming_shutdown(self.listener.incoming(), shutdown)

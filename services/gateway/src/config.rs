@@ -29,6 +29,12 @@ pub struct GatewayConfig {
     /// Postgres URL of the application role (`tp_app`).
     #[arg(long, env = "TP_DATABASE_URL")]
     pub database_url: String,
+    /// Postgres URL for the membership cache's LISTEN connection, when
+    /// `TP_DATABASE_URL` goes through a transaction-mode pooler such as
+    /// PgBouncer (which cannot carry LISTEN): a direct connection to the
+    /// same database. Unset: `TP_DATABASE_URL`.
+    #[arg(long, env = "TP_DATABASE_LISTEN_URL")]
+    pub database_listen_url: Option<String>,
     #[arg(long, env = "TP_DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
     /// How long a membership may be served from the gateway's cache, in
@@ -134,6 +140,11 @@ pub struct GatewayConfig {
         default_value = "http://127.0.0.1:50062/metrics,http://127.0.0.1:50063/metrics"
     )]
     pub slo_scrape_urls: String,
+    /// Browser origins (`https://app.example.com`, comma-separated) whose
+    /// pages may call the API over gRPC-Web (CORS). Unset: none; the chat
+    /// page the gateway serves itself needs none.
+    #[arg(long, env = "TP_WEB_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub web_allowed_origins: Vec<String>,
 }
 
 /// Who charges tenants for their seats.
@@ -174,6 +185,11 @@ impl std::fmt::Debug for GatewayConfig {
             .field("metrics_tenant_cap", &self.metrics_tenant_cap)
             .field("slo_sample_interval_ms", &self.slo_sample_interval_ms)
             .field("slo_scrape_urls", &self.slo_scrape_urls)
+            .field("web_allowed_origins", &self.web_allowed_origins)
+            .field(
+                "database_listen_url",
+                &self.database_listen_url.as_ref().map(|_| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }

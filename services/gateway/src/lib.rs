@@ -19,6 +19,7 @@ pub mod slo_status;
 mod startup;
 mod subscription;
 mod tenants;
+mod web;
 mod webhook;
 
 pub use config::{BillingProviderKind, GatewayConfig, SCHEMA};

@@ -179,6 +179,8 @@ pub struct Application {
     /// The SLO history behind `GetSloStatus` and `GET /slo`.
     slo_monitor: Arc<SloMonitor>,
     slo_refresh_secs: u64,
+    /// CORS for gRPC-Web calls from `TP_WEB_ALLOWED_ORIGINS`, if any.
+    web_cors: Option<tower_http::cors::CorsLayer>,
 }
 
 impl Application {
@@ -197,6 +199,7 @@ impl Application {
             "TP_BILLING_CURRENCY must be a lower-case ISO 4217 code such as `eur`"
         );
         let stripe_settings = config.stripe()?;
+        let web_cors = crate::web::cors(&config.web_allowed_origins)?;
         let metrics = Metrics::with_tenant_cap("gateway", config.metrics_tenant_cap);
         let methods = tp_server::served_methods(&[tp_proto::PUBLIC_DESCRIPTOR_SET], &SERVICES)?;
         let pool = tp_store::connect_app(&config.database(), SCHEMA).await?;
@@ -211,7 +214,10 @@ impl Application {
             let (membership, listener) = Membership::cached(
                 pool.clone(),
                 Duration::from_secs(config.membership_cache_ttl_secs),
-                config.database_url.clone(),
+                config
+                    .database_listen_url
+                    .clone()
+                    .unwrap_or_else(|| config.database_url.clone()),
             )
             .await;
             (membership, Some(listener))
@@ -367,6 +373,7 @@ impl Application {
             background: vec![sweeper, slo_sampler],
             slo_monitor,
             slo_refresh_secs,
+            web_cors,
             membership_listener,
             http,
             ops,
@@ -387,9 +394,14 @@ impl Application {
     }
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-        // Telemetry outermost, so rejected calls are traced and counted too;
-        // then who the caller is, what they may do, and how much of it.
+        // Browsers first: the chat page's files, CORS for the allowed
+        // origins, and gRPC-Web translated to gRPC. Then telemetry, so
+        // rejected calls are traced and counted too; then who the caller
+        // is, what they may do, and how much of it.
         let layers = ServiceBuilder::new()
+            .layer(crate::web::ChatPageLayer)
+            .option_layer(self.web_cors)
+            .layer(tonic_web::GrpcWebLayer::new())
             .layer(ServerTelemetryLayer::new(self.metrics, self.methods).with_tenant_label())
             .layer(tp_server::DeadlineLayer)
             // Overload is shed first, before any work is spent on it.
@@ -408,7 +420,8 @@ impl Application {
         let fallback = crate::slo_status::routes(self.slo_monitor, self.slo_refresh_secs, fallback);
         let _http: AbortOnDrop = self.http.spawn(self.ops, Some(fallback));
         let _listener = self.membership_listener;
-        self.bound.serve(layers, shutdown).await?;
+        // HTTP/1.1 too: browsers send gRPC-Web over it.
+        self.bound.accept_http1().serve(layers, shutdown).await?;
         Ok(())
     }
 }
