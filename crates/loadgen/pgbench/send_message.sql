@@ -75,7 +75,7 @@ INSERT INTO conversation.messages
 VALUES (gen_random_uuid(), :tenant, :conv, 'assistant',
         'Here''s what I understand so far: you''re a director; the organisation has about 40 engineers; it''s a series B company; the problem: you need to hire more engineers. Before I suggest anything: what is the hiring meant to fix? Is it a throughput problem, a coverage problem (on-call, a domain no one owns), or a bet on a new product line? And who will these engineers report to, with what managers? Headcount changes the system: every ten engineers add roughly a team, and every team adds coordination. One lens: Technical Coherence asks whether more people will build one product or several diverging ones. Which of those outcomes worries you most?',
         :user_message_id, 'offline', '{technical-coherence}', '{}', true, NULL, NULL)
-ON CONFLICT (reply_to) DO NOTHING
+ON CONFLICT (tenant_id, reply_to) DO NOTHING
 RETURNING message_id, conversation_id, seq, role, content, create_time;
 UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
 COMMIT;
