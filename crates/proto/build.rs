@@ -18,6 +18,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("thoughtpartner/v1/audit.proto"),
         root.join("thoughtpartner/v1/quota.proto"),
         root.join("thoughtpartner/v1/operations.proto"),
+        root.join("thoughtpartner/v1/settings.proto"),
     ];
     let internal = [
         root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto"),

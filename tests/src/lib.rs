@@ -117,6 +117,10 @@ impl TestDatabase {
     }
 }
 
+/// The key the test stack seals page tokens with (every conversation
+/// service of a test shares it, as replicas would).
+pub const PAGE_TOKEN_KEY: &str = "test-page-token-key-0123456789abcdef";
+
 /// The one browser origin the test stack's gateway lets call it over
 /// gRPC-Web (CORS).
 pub const WEB_TEST_ORIGIN: &str = "https://app.example.test";
@@ -315,6 +319,7 @@ impl TestApp {
                 llm_context_tokens: 2_000,
                 llm_breaker_failures: 5,
                 llm_breaker_open_ms: 30_000,
+                page_token_key: Some(PAGE_TOKEN_KEY.to_owned()),
                 coach_word_cap: 180,
             })
             .await?;
@@ -492,6 +497,24 @@ impl GatewayApi {
         )
     }
 
+    pub async fn settings(&self, token: &str) -> anyhow::Result<SettingsClient> {
+        Ok(
+            pb::settings_service_client::SettingsServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer(Some(format!("Bearer {token}").parse()?)),
+            ),
+        )
+    }
+
+    pub async fn audit(&self, token: &str) -> anyhow::Result<AuditClient> {
+        Ok(
+            pb::audit_service_client::AuditServiceClient::with_interceptor(
+                self.channel().await?,
+                Bearer(Some(format!("Bearer {token}").parse()?)),
+            ),
+        )
+    }
+
     pub async fn subscriptions(&self, token: &str) -> anyhow::Result<SubscriptionClient> {
         Ok(
             pb::subscription_service_client::SubscriptionServiceClient::with_interceptor(
@@ -657,6 +680,10 @@ pub type SubscriptionClient =
     pb::subscription_service_client::SubscriptionServiceClient<InterceptedService<Channel, Bearer>>;
 pub type TenantClient =
     pb::tenant_admin_service_client::TenantAdminServiceClient<InterceptedService<Channel, Bearer>>;
+pub type SettingsClient =
+    pb::settings_service_client::SettingsServiceClient<InterceptedService<Channel, Bearer>>;
+pub type AuditClient =
+    pb::audit_service_client::AuditServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// The events of one `SendMessage` call.
 pub struct Exchange {

@@ -100,6 +100,7 @@ async fn gateway_reflection_lists_only_the_public_api() -> anyhow::Result<()> {
             "thoughtpartner.v1.MemberService",
             "thoughtpartner.v1.OperationsService",
             "thoughtpartner.v1.QuotaService",
+            "thoughtpartner.v1.SettingsService",
             "thoughtpartner.v1.SubscriptionService",
             "thoughtpartner.v1.TenantAdminService",
         ]

@@ -71,6 +71,31 @@ async fn every_input_limit_is_refused_with_a_message_naming_it() -> anyhow::Resu
             says: "the limit is 200",
         },
         Limit {
+            what: "a transcript search over 200 characters",
+            method: "/thoughtpartner.v1.ConversationService/SearchMessages",
+            caller: Role::Member,
+            body: pb::SearchMessagesRequest {
+                query: "q".repeat(201),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            code: Code::InvalidArgument,
+            says: "the limit is 200",
+        },
+        Limit {
+            what: "a page of search hits over 50",
+            method: "/thoughtpartner.v1.ConversationService/SearchMessages",
+            caller: Role::Member,
+            body: pb::SearchMessagesRequest {
+                query: "hiring".into(),
+                page_size: 51,
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            code: Code::InvalidArgument,
+            says: "between 0 and 50",
+        },
+        Limit {
             what: "a page of conversations over 100",
             method: "/thoughtpartner.v1.ConversationService/ListConversations",
             caller: Role::Member,

@@ -192,6 +192,7 @@ async fn a_misconfigured_provider_stops_start_up_with_a_clear_message() {
         llm_context_tokens: 1_000,
         llm_breaker_failures: 5,
         llm_breaker_open_ms: 30_000,
+        page_token_key: None,
         coach_word_cap: 180,
     };
     let error = tp_conversation::Application::build(&config)

@@ -265,6 +265,16 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
         .await?
         .into_inner();
     assert!(a_found.results.iter().any(|r| r.entry_id == a_document));
+    // And A's transcript search finds A's turn, so B's could.
+    let a_hits = a_conversations
+        .search_messages(pb::SearchMessagesRequest {
+            query: secret.to_owned(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .hits;
+    assert!(a_hits.iter().any(|h| h.conversation_id == a_conversation));
     let a_profile_before = a_conversations
         .get_context_profile(pb::GetContextProfileRequest {})
         .await?
@@ -341,6 +351,29 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
         (
             "/thoughtpartner.v1.ConversationService/ClearContextProfile",
             pb::ClearContextProfileRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            // The words of A's transcript, searched by B's admin.
+            "/thoughtpartner.v1.ConversationService/SearchMessages",
+            pb::SearchMessagesRequest {
+                query: secret.to_owned(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.SettingsService/GetSettings",
+            pb::GetSettingsRequest {}.encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
+            "/thoughtpartner.v1.SettingsService/UpdateSettings",
+            pb::UpdateSettingsRequest {
+                admins_can_search_all_transcripts: Some(true),
+            }
+            .encode_to_vec(),
             Expect::OwnTenantOnly,
         ),
         (
@@ -598,6 +631,19 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
         .subscription
         .map(|s| s.seats);
     assert_eq!(a_seats, Some(5), "A's seats unchanged by B's UpdateSeats");
+    let a_settings = app
+        .settings(&a_admin)
+        .await?
+        .get_settings(pb::GetSettingsRequest {})
+        .await?
+        .into_inner()
+        .settings
+        .map(|s| s.admins_can_search_all_transcripts);
+    assert_eq!(
+        a_settings,
+        Some(false),
+        "A's settings unchanged by B's UpdateSettings"
+    );
     let mut a_client = app.conversations(&alice).await?;
     a_client
         .get_conversation(pb::GetConversationRequest {

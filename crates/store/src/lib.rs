@@ -6,6 +6,7 @@
 //! tenant-owned table read it back and fail closed when it is unset.
 
 pub mod paging;
+pub mod sealed;
 
 use std::future::Future;
 use std::str::FromStr;

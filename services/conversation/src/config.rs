@@ -73,6 +73,12 @@ pub struct ConversationConfig {
     /// through, in milliseconds.
     #[arg(long, env = "TP_LLM_BREAKER_OPEN_MS", default_value_t = 30_000)]
     pub llm_breaker_open_ms: u64,
+    /// The key that seals page tokens carrying more than a sequence
+    /// number (SearchMessages), at least 32 bytes; every replica needs the
+    /// same one, so a page token works on any of them and across restarts.
+    /// Unset: a random key per process (tokens stop working on restart).
+    #[arg(long, env = "TP_PAGE_TOKEN_KEY", hide_env_values = true)]
+    pub page_token_key: Option<String>,
 }
 
 impl std::fmt::Debug for ConversationConfig {
@@ -84,6 +90,10 @@ impl std::fmt::Debug for ConversationConfig {
             .field("llm_provider", &self.llm_provider)
             .field("llm_base_url", &self.llm_base_url)
             .field("llm_model", &self.llm_model)
+            .field(
+                "page_token_key",
+                &self.page_token_key.as_ref().map(|_| "<set>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -132,6 +142,22 @@ impl ConversationConfig {
             },
         })?;
         Ok(Some(client))
+    }
+
+    /// Seals page tokens with `TP_PAGE_TOKEN_KEY`, or a random key.
+    pub fn page_token_sealer(&self) -> anyhow::Result<tp_store::sealed::TokenSealer> {
+        match &self.page_token_key {
+            Some(key) => tp_store::sealed::TokenSealer::new(key.as_bytes())
+                .map_err(|e| anyhow::anyhow!("TP_PAGE_TOKEN_KEY: {e}")),
+            None => {
+                tracing::warn!(
+                    "TP_PAGE_TOKEN_KEY is unset: search page tokens are sealed with a random key                      and stop working when this process restarts (set the same key on every replica)"
+                );
+                let mut key = uuid::Uuid::new_v4().as_bytes().to_vec();
+                key.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+                Ok(tp_store::sealed::TokenSealer::new(&key)?)
+            }
+        }
     }
 
     pub fn database(&self) -> DatabaseSettings {

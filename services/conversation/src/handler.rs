@@ -11,20 +11,35 @@ use tp_store::paging::Page;
 use tracing::Instrument;
 
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
+use crate::search::{self, MessageSearch};
 use crate::store::{
     ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, REPLY_LEASE,
     REPLY_LEASE_RENEW_EVERY, ReplyLease, ReplyOwner,
 };
 use crate::validate;
+use tp_store::sealed::TokenSealer;
 
 pub struct ConversationHandler {
     store: ConversationStore,
     pipeline: ReplyPipeline,
+    search: MessageSearch,
+    /// Seals SearchMessages' page tokens.
+    sealer: TokenSealer,
 }
 
 impl ConversationHandler {
-    pub fn new(store: ConversationStore, pipeline: ReplyPipeline) -> Self {
-        Self { store, pipeline }
+    pub fn new(
+        store: ConversationStore,
+        pipeline: ReplyPipeline,
+        search: MessageSearch,
+        sealer: TokenSealer,
+    ) -> Self {
+        Self {
+            store,
+            pipeline,
+            search,
+            sealer,
+        }
     }
 }
 
@@ -158,6 +173,33 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         let next_page_token = page.finish(&mut rows, |row| row.seq);
         Ok(Response::new(pb::ListMessagesResponse {
             messages: rows.into_iter().map(message_pb).collect(),
+            next_page_token,
+        }))
+    }
+
+    async fn search_messages(
+        &self,
+        request: Request<pb::SearchMessagesRequest>,
+    ) -> Result<Response<pb::SearchMessagesResponse>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        let (search, sealer) = (&self.search, &self.sealer);
+        let query = search::parse(&ctx, sealer, request.get_ref())?;
+        let Some(mut rows) = search.search(&ctx, &query).await? else {
+            return Err(Status::invalid_argument(
+                "query has no words to search for (only very common words such as `the` or \
+                 `and`); add a more specific word",
+            ));
+        };
+        let next_page_token = if rows.len() > query.page_size {
+            rows.truncate(query.page_size);
+            rows.last()
+                .map(|last| search::next_token(&ctx, sealer, &query, last.position()))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::SearchMessagesResponse {
+            hits: rows.into_iter().map(search::HitRow::into_pb).collect(),
             next_page_token,
         }))
     }

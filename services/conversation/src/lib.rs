@@ -8,6 +8,7 @@ mod error;
 mod handler;
 mod prompt;
 mod reply;
+mod search;
 mod startup;
 mod store;
 mod usage;

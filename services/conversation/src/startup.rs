@@ -17,6 +17,7 @@ use tp_telemetry::{Metrics, RpcMethods, ServerTelemetryLayer};
 use crate::config::{ConversationConfig, SCHEMA};
 use crate::handler::ConversationHandler;
 use crate::reply::{ReplyPipeline, Responder};
+use crate::search::MessageSearch;
 use crate::store::ConversationStore;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/conversation");
@@ -71,6 +72,7 @@ impl Application {
         let db_timer = tp_server::db_timer(&metrics);
         let usage = UsageHandler::new(pool.clone()).with_timer(db_timer.clone());
         let ops_pool = pool.clone();
+        let search = MessageSearch::new(pool.clone(), db_timer.clone());
         let handler = ConversationHandler::new(
             ConversationStore::new(pool).with_timer(db_timer),
             ReplyPipeline::new(
@@ -79,6 +81,8 @@ impl Application {
                 usize::from(config.coach_word_cap),
                 metrics.clone(),
             ),
+            search,
+            config.page_token_sealer()?,
         );
 
         let mut routes = Routes::builder();

@@ -1,7 +1,8 @@
 //! Public `ConversationService`: forwards each call (admitted by the
 //! access layer) to the conversation service with the verified context in metadata. The gateway
 //! adds nothing to the payload; validation belongs to the service that owns
-//! the data.
+//! the data. One decision is the gateway's: whether a search may cover the
+//! whole organisation (its settings live here).
 
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
@@ -10,6 +11,7 @@ use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_telemetry::TraceClient;
 
 use crate::access::{caller, internal_request};
+use crate::policy::{Standing, decide_organisation_search};
 
 pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
 
@@ -90,6 +92,21 @@ impl pb::conversation_service_server::ConversationService for ConversationGatewa
     ) -> Result<Response<pb::ClearContextProfileResponse>, Status> {
         let (request, mut client) = self.forward(request).await?;
         client.clear_context_profile(request).await
+    }
+
+    async fn search_messages(
+        &self,
+        request: Request<pb::SearchMessagesRequest>,
+    ) -> Result<Response<pb::SearchMessagesResponse>, Status> {
+        if request.get_ref().scope == pb::SearchScope::Organisation as i32 {
+            let ctx = caller(&request)?;
+            let standing = request.extensions().get::<Standing>().ok_or_else(|| {
+                Status::internal("tenant standing missing: AccessLayer is not installed")
+            })?;
+            decide_organisation_search(ctx.role, standing)?;
+        }
+        let (request, mut client) = self.forward(request).await?;
+        client.search_messages(request).await
     }
 
     async fn delete_conversation(

@@ -15,6 +15,7 @@ pub mod membership;
 pub mod policy;
 mod quota;
 pub mod seats;
+mod settings;
 pub mod slo_status;
 mod startup;
 mod subscription;

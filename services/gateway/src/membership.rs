@@ -220,8 +220,8 @@ impl Membership {
             .timer
             .begin(&self.pool, tenant, LOOKUP_MEMBERSHIP)
             .await?;
-        let row: Option<(String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT t.status, t.status_reason, t.plan, m.role
+        let row: Option<(String, String, String, bool, Option<String>)> = sqlx::query_as(
+            "SELECT t.status, t.status_reason, t.plan, t.admins_can_search_all_transcripts, m.role
                FROM gateway.tenants t
                LEFT JOIN gateway.members m ON m.tenant_id = t.tenant_id AND m.user_id = $2
               WHERE t.tenant_id = $1",
@@ -231,7 +231,7 @@ impl Membership {
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
-        let Some((status, reason, plan, role)) = row else {
+        let Some((status, reason, plan, admins_can_search_all_transcripts, role)) = row else {
             return Ok(Found {
                 standing: None,
                 role: None,
@@ -242,6 +242,7 @@ impl Membership {
                 status: status.parse::<TenantStatus>()?,
                 reason,
                 plan,
+                admins_can_search_all_transcripts,
             }),
             role: role
                 .map(|r| {
@@ -348,6 +349,7 @@ mod tests {
             status: TenantStatus::Active,
             reason: String::new(),
             plan: "standard".into(),
+            admins_can_search_all_transcripts: false,
         };
         cache.standings.insert(a, standing.clone());
         cache.standings.insert(b, standing);

@@ -67,6 +67,9 @@ pub const POLICY: &[Rule] = &[
     rule!("ConversationService" / "DeleteConversation", Member, Write),
     rule!("ConversationService" / "GetContextProfile", Member, Read),
     rule!("ConversationService" / "ClearContextProfile", Member, Write),
+    // Members search their own conversations; the organisation scope is
+    // decided by `decide_organisation_search`.
+    rule!("ConversationService" / "SearchMessages", Member, Read),
     rule!("KnowledgeService" / "Search", Member, Read),
     rule!("KnowledgeService" / "ListFrameworks", Member, Read),
     rule!("KnowledgeService" / "GetFramework", Member, Read),
@@ -90,6 +93,8 @@ pub const POLICY: &[Rule] = &[
     rule!("QuotaService" / "SetQuota", Admin, Write),
     rule!("AuditService" / "ListAuditEvents", Admin, Read),
     rule!("OperationsService" / "GetSloStatus", Operator, Read),
+    rule!("SettingsService" / "GetSettings", Admin, Read),
+    rule!("SettingsService" / "UpdateSettings", Admin, Write),
 ];
 
 /// The rule for a gRPC path, if it is a public RPC.
@@ -155,6 +160,9 @@ pub struct Standing {
     pub status: TenantStatus,
     pub reason: String,
     pub plan: String,
+    /// The organisation's setting: may its admins search every member's
+    /// transcripts?
+    pub admins_can_search_all_transcripts: bool,
 }
 
 /// What the gateway knows about a caller when it decides.
@@ -226,6 +234,27 @@ pub fn decide(rule: &Rule, caller: &Caller<'_>) -> Result<(), Status> {
     Ok(())
 }
 
+/// May the caller, already admitted to `SearchMessages`, search every
+/// member's conversations? Only a tenant admin, and only when the
+/// organisation turned it on. Pure, beside [`decide`], so roles are still
+/// decided in this one module.
+pub fn decide_organisation_search(role: Role, standing: &Standing) -> Result<(), Status> {
+    if role != Role::Admin {
+        return Err(Status::permission_denied(format!(
+            "SEARCH_SCOPE_ORGANISATION searches every member's conversations and needs a tenant \
+             admin; this caller has role {role} (SEARCH_SCOPE_OWN searches your own)"
+        )));
+    }
+    if !standing.admins_can_search_all_transcripts {
+        return Err(Status::permission_denied(
+            "this organisation does not let admins search members' conversations; an admin can \
+             turn on admins_can_search_all_transcripts with SettingsService.UpdateSettings \
+             (the change is audited)",
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,7 +265,22 @@ mod tests {
             status,
             reason: "invoice unpaid".into(),
             plan: "standard".into(),
+            admins_can_search_all_transcripts: false,
         }
+    }
+
+    #[test]
+    fn organisation_search_needs_an_admin_and_the_organisations_consent() {
+        let mut allowed = standing(TenantStatus::Active);
+        allowed.admins_can_search_all_transcripts = true;
+        let closed = standing(TenantStatus::Active);
+        assert!(decide_organisation_search(Role::Admin, &allowed).is_ok());
+        let member = decide_organisation_search(Role::Member, &allowed).expect_err("a member");
+        assert_eq!(member.code(), Code::PermissionDenied);
+        assert!(member.message().contains("needs a tenant admin"));
+        let not_on = decide_organisation_search(Role::Admin, &closed).expect_err("not turned on");
+        assert_eq!(not_on.code(), Code::PermissionDenied);
+        assert!(not_on.message().contains("UpdateSettings"));
     }
 
     fn rule(method: &str) -> &'static Rule {

@@ -22,6 +22,7 @@ use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
 use tp_proto::v1::operations_service_server::OperationsServiceServer;
 use tp_proto::v1::quota_service_server::QuotaServiceServer;
+use tp_proto::v1::settings_service_server::SettingsServiceServer;
 use tp_proto::v1::subscription_service_server::SubscriptionServiceServer;
 use tp_proto::v1::tenant_admin_service_server::TenantAdminServiceServer;
 use tp_server::{AbortOnDrop, BoundService, HttpFallback, HttpListener, Listener, Ops};
@@ -37,6 +38,7 @@ use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
 use crate::policy::Standing;
 use crate::quota::Quotas;
+use crate::settings::Settings;
 use crate::slo_status::{Operations, SloMonitor};
 use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
@@ -54,7 +56,7 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 const MIN_SECRET_BYTES: usize = 16;
 
 /// The gRPC services the gateway serves (health and reflection aside).
-const SERVICES: [&str; 8] = [
+const SERVICES: [&str; 9] = [
     tp_proto::v1::conversation_service_server::SERVICE_NAME,
     tp_proto::v1::knowledge_service_server::SERVICE_NAME,
     tp_proto::v1::tenant_admin_service_server::SERVICE_NAME,
@@ -63,6 +65,7 @@ const SERVICES: [&str; 8] = [
     tp_proto::v1::audit_service_server::SERVICE_NAME,
     tp_proto::v1::quota_service_server::SERVICE_NAME,
     tp_proto::v1::operations_service_server::SERVICE_NAME,
+    tp_proto::v1::settings_service_server::SERVICE_NAME,
 ];
 
 /// Calls that stream a reply, capped per tenant.
@@ -280,6 +283,10 @@ impl Application {
             ))
             .add_service(OperationsServiceServer::new(Operations::new(
                 slo_monitor.clone(),
+            )))
+            .add_service(SettingsServiceServer::new(Settings::new(
+                pool.clone(),
+                db_timer.clone(),
             )));
         health
             .set_serving::<ConversationServiceServer<ConversationGateway>>()
@@ -300,6 +307,9 @@ impl Application {
         health.set_serving::<QuotaServiceServer<Quotas>>().await;
         health
             .set_serving::<OperationsServiceServer<Operations>>()
+            .await;
+        health
+            .set_serving::<SettingsServiceServer<Settings>>()
             .await;
 
         let http = HttpListener::bind(config.http_addr)
