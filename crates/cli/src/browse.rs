@@ -40,6 +40,32 @@ pub enum ConversationsCommand {
     },
     /// Delete a conversation and its transcript.
     Delete { id: String },
+    /// Find words in your past conversations (or, for admins whose
+    /// organisation allows it, everyone's with --organisation).
+    Search {
+        query: String,
+        /// How many hits (1..=50).
+        #[arg(long, default_value_t = 20)]
+        limit: i32,
+        #[arg(long)]
+        organisation: bool,
+    },
+}
+
+/// A snippet with its matched words in [brackets].
+pub fn bracketed(snippet: &str, highlights: &[pb::TextRange]) -> String {
+    let mut out = String::with_capacity(snippet.len() + 4 * highlights.len());
+    for (i, c) in snippet.chars().enumerate() {
+        let at = i as i32;
+        if highlights.iter().any(|r| r.start == at) {
+            out.push('[');
+        }
+        out.push(c);
+        if highlights.iter().any(|r| r.end == at + 1) {
+            out.push(']');
+        }
+    }
+    out
 }
 
 pub fn time(timestamp: Option<&prost_types::Timestamp>) -> String {
@@ -192,16 +218,79 @@ pub async fn conversations(
             }
         }
         ConversationsCommand::Export { id, format } => {
-            let (conversation, messages) = transcript(&mut client, &id, token).await?;
-            match format {
-                ExportFormat::Json => println!(
+            // The service renders the document; the CLI only writes it out,
+            // chunk by chunk as it arrives.
+            let mut chunks = client
+                .export_conversation(authorized(
+                    pb::ExportConversationRequest {
+                        conversation_id: id,
+                        format: match format {
+                            ExportFormat::Markdown => pb::ExportFormat::Markdown,
+                            ExportFormat::Json => pb::ExportFormat::Json,
+                        }
+                        .into(),
+                    },
+                    token,
+                )?)
+                .await?
+                .into_inner();
+            let mut stdout = std::io::stdout().lock();
+            while let Some(chunk) = chunks.message().await? {
+                std::io::Write::write_all(&mut stdout, &chunk.data)?;
+            }
+            std::io::Write::flush(&mut stdout)?;
+        }
+        ConversationsCommand::Search {
+            query,
+            limit,
+            organisation,
+        } => {
+            let scope = if organisation {
+                pb::SearchScope::Organisation
+            } else {
+                pb::SearchScope::Own
+            };
+            let hits = client
+                .search_messages(authorized(
+                    pb::SearchMessagesRequest {
+                        query,
+                        page_size: limit,
+                        page_token: String::new(),
+                        scope: scope.into(),
+                    },
+                    token,
+                )?)
+                .await?
+                .into_inner()
+                .hits;
+            match output {
+                Output::Json => println!(
                     "{}",
-                    serde_json::to_string_pretty(&json!({
-                        "conversation": conversation_json(&conversation),
-                        "messages": messages.iter().map(message_json).collect::<Vec<_>>(),
-                    }))?
+                    Value::Array(
+                        hits.iter()
+                            .map(|h| json!({
+                                "conversation_id": h.conversation_id,
+                                "conversation_title": h.conversation_title,
+                                "message_id": h.message_id,
+                                "user_id": h.user_id,
+                                "snippet": h.snippet,
+                                "create_time": time(h.create_time.as_ref()),
+                            }))
+                            .collect()
+                    )
                 ),
-                ExportFormat::Markdown => print!("{}", markdown(&conversation, &messages)),
+                Output::Text if hits.is_empty() => println!("Nothing found."),
+                Output::Text => {
+                    for h in &hits {
+                        println!(
+                            "{}  {}  {}\n  {}\n",
+                            h.conversation_id,
+                            time(h.create_time.as_ref()),
+                            h.conversation_title,
+                            bracketed(&h.snippet, &h.highlights)
+                        );
+                    }
+                }
             }
         }
         ConversationsCommand::Delete { id } => {
@@ -220,29 +309,6 @@ pub async fn conversations(
         }
     }
     Ok(())
-}
-
-/// A transcript as Markdown: the title, then each turn under who said it.
-pub fn markdown(conversation: &pb::Conversation, messages: &[pb::Message]) -> String {
-    let title = if conversation.title.is_empty() {
-        "Conversation"
-    } else {
-        &conversation.title
-    };
-    let mut out = format!(
-        "# {title}\n\n_{} · started {}_\n",
-        conversation.conversation_id,
-        time(conversation.create_time.as_ref())
-    );
-    for m in messages {
-        let who = if role(m) == "user" {
-            "You"
-        } else {
-            "Thought partner"
-        };
-        out.push_str(&format!("\n## {who}\n\n{}\n", m.content.trim_end()));
-    }
-    out
 }
 
 pub async fn search(
@@ -332,4 +398,21 @@ pub fn sentence(error: &anyhow::Error) -> String {
         return format!("{what}: {} ({:?}).", status.message(), status.code());
     }
     format!("{error:#}.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matched_words_are_bracketed_by_code_point() {
+        let ranges = [
+            pb::TextRange { start: 2, end: 8 },
+            pb::TextRange { start: 13, end: 16 },
+        ];
+        assert_eq!(
+            bracketed("é hiring and fun", &ranges),
+            "é [hiring] and [fun]"
+        );
+    }
 }

@@ -69,6 +69,13 @@ async fn conversations_are_listed_shown_exported_and_deleted() -> anyhow::Result
     assert_eq!(json["messages"][1]["role"], "assistant");
     assert_eq!(json["messages"][1]["content"], reply.as_str());
 
+    let found = tp(&app, &token, &["conversations", "search", "director"]).await?;
+    let found = stdout(&found);
+    assert!(
+        found.contains(&id) && found.contains("[director]"),
+        "{found}"
+    );
+
     let deleted = tp(&app, &token, &["conversations", "delete", &id]).await?;
     assert!(deleted.status.success());
     assert!(stdout(&deleted).contains(&format!("Deleted conversation {id}")));
