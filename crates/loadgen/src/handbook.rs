@@ -64,6 +64,29 @@ const OBJECTS: &[&str] = &[
     "architecture decisions across teams",
 ];
 
+/// One sentence of leadership shop talk.
+fn sentence(rng: &mut XorShift) -> String {
+    format!(
+        "{} {} {} ({} engineers, {} weeks). ",
+        rng.pick(SUBJECTS),
+        rng.pick(VERBS),
+        rng.pick(OBJECTS),
+        rng.next_u64() % 200 + 5,
+        rng.next_u64() % 12 + 1
+    )
+}
+
+/// A transcript turn of two to four such sentences, for the transcript
+/// search benchmark.
+pub fn message(rng: &mut XorShift) -> String {
+    let sentences = 2 + rng.next_u64() % 3;
+    (0..sentences)
+        .map(|_| sentence(rng))
+        .collect::<String>()
+        .trim_end()
+        .to_owned()
+}
+
 /// One handbook document of [`PASSAGES_PER_DOCUMENT`] passages (one per
 /// paragraph), under a heading every ten.
 pub fn document(rng: &mut XorShift, tenant: usize, number: usize) -> String {
@@ -73,14 +96,7 @@ pub fn document(rng: &mut XorShift, tenant: usize, number: usize) -> String {
             text.push_str(&format!("## Section {}\n\n", passage / 10 + 1));
         }
         for _ in 0..3 {
-            text.push_str(&format!(
-                "{} {} {} ({} engineers, {} weeks). ",
-                rng.pick(SUBJECTS),
-                rng.pick(VERBS),
-                rng.pick(OBJECTS),
-                rng.next_u64() % 200 + 5,
-                rng.next_u64() % 12 + 1
-            ));
+            text.push_str(&sentence(rng));
         }
         text.push_str("\n\n");
     }
