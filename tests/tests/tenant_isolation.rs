@@ -364,6 +364,21 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
             Expect::OwnTenantOnly,
         ),
         (
+            "/thoughtpartner.v1.ConversationService/ExportConversation",
+            pb::ExportConversationRequest {
+                conversation_id: conversation(),
+                format: pb::ExportFormat::Json.into(),
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            // B's whole organisation: none of A's conversations in it.
+            "/thoughtpartner.v1.ConversationService/ExportTenant",
+            pb::ExportTenantRequest::default().encode_to_vec(),
+            Expect::OwnTenantOnly,
+        ),
+        (
             "/thoughtpartner.v1.SettingsService/GetSettings",
             pb::GetSettingsRequest {}.encode_to_vec(),
             Expect::OwnTenantOnly,

@@ -10,6 +10,7 @@ use tp_proto::v1 as pb;
 use tp_store::paging::Page;
 use tracing::Instrument;
 
+use crate::export::{self, Chunker, ExportError, ExportStore};
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
 use crate::search::{self, MessageSearch};
 use crate::store::{
@@ -23,7 +24,8 @@ pub struct ConversationHandler {
     store: ConversationStore,
     pipeline: ReplyPipeline,
     search: MessageSearch,
-    /// Seals SearchMessages' page tokens.
+    exports: ExportStore,
+    /// Seals SearchMessages' page tokens and ExportTenant's resume tokens.
     sealer: TokenSealer,
 }
 
@@ -32,12 +34,14 @@ impl ConversationHandler {
         store: ConversationStore,
         pipeline: ReplyPipeline,
         search: MessageSearch,
+        exports: ExportStore,
         sealer: TokenSealer,
     ) -> Self {
         Self {
             store,
             pipeline,
             search,
+            exports,
             sealer,
         }
     }
@@ -202,6 +206,81 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             hits: rows.into_iter().map(search::HitRow::into_pb).collect(),
             next_page_token,
         }))
+    }
+
+    type ExportConversationStream = ReceiverStream<Result<pb::ExportConversationResponse, Status>>;
+
+    async fn export_conversation(
+        &self,
+        request: Request<pb::ExportConversationRequest>,
+    ) -> Result<Response<Self::ExportConversationStream>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        let request = request.into_inner();
+        let id = validate::conversation_id(&request.conversation_id)?;
+        let format = export::format(request.format)?;
+        // Not found is a status before the stream, not an error inside it.
+        let conversation = self.exports.own_conversation(&ctx, id).await?;
+        let (content_type, extension) = match format {
+            export::Format::Markdown => (export::MARKDOWN, "md"),
+            export::Format::Json => (export::JSON, "json"),
+        };
+        let (sender, receiver) = mpsc::channel(export::CHUNKS_IN_FLIGHT);
+        let mut out = Chunker::new(
+            sender,
+            content_type,
+            format!("conversation-{id}.{extension}"),
+        );
+        let store = self.exports.clone();
+        tokio::spawn(
+            async move {
+                match export::write_conversation(&store, &ctx, &conversation, format, &mut out)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(ExportError::Gone) => tracing::info!("export abandoned by the client"),
+                    Err(ExportError::Store(e)) => out.fail(e.into()).await,
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    type ExportTenantStream = ReceiverStream<Result<pb::ExportTenantResponse, Status>>;
+
+    async fn export_tenant(
+        &self,
+        request: Request<pb::ExportTenantRequest>,
+    ) -> Result<Response<Self::ExportTenantStream>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        let from =
+            export::resume_from(&self.sealer, ctx.tenant_id, &request.get_ref().resume_token)?;
+        let (sender, receiver) = mpsc::channel(export::CHUNKS_IN_FLIGHT);
+        let date = time::OffsetDateTime::now_utc().date();
+        let mut out = Chunker::new(
+            sender,
+            export::JSON_LINES,
+            format!("thoughtpartner-{}-{date}.jsonl", ctx.tenant_id),
+        );
+        let (store, sealer) = (self.exports.clone(), self.sealer.clone());
+        tokio::spawn(
+            async move {
+                match export::write_tenant(&store, &sealer, ctx.tenant_id, from, &mut out).await {
+                    Ok((conversations, messages)) => tracing::info!(
+                        conversations,
+                        messages,
+                        resumed = from.is_some(),
+                        "organisation export finished"
+                    ),
+                    Err(ExportError::Gone) => {
+                        tracing::info!("organisation export abandoned by the client")
+                    }
+                    Err(ExportError::Store(e)) => out.fail(e.into()).await,
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
     async fn delete_conversation(

@@ -5,10 +5,11 @@
 
 pub mod config;
 mod error;
+pub mod export;
 mod handler;
 mod prompt;
 mod reply;
-mod search;
+pub mod search;
 mod startup;
 mod store;
 mod usage;

@@ -15,6 +15,7 @@ use tp_server::{BoundService, HttpListener, Listener, Ops};
 use tp_telemetry::{Metrics, RpcMethods, ServerTelemetryLayer};
 
 use crate::config::{ConversationConfig, SCHEMA};
+use crate::export::ExportStore;
 use crate::handler::ConversationHandler;
 use crate::reply::{ReplyPipeline, Responder};
 use crate::search::MessageSearch;
@@ -73,6 +74,7 @@ impl Application {
         let usage = UsageHandler::new(pool.clone()).with_timer(db_timer.clone());
         let ops_pool = pool.clone();
         let search = MessageSearch::new(pool.clone(), db_timer.clone());
+        let (export_pool, export_timer) = (pool.clone(), db_timer.clone());
         let handler = ConversationHandler::new(
             ConversationStore::new(pool).with_timer(db_timer),
             ReplyPipeline::new(
@@ -82,6 +84,7 @@ impl Application {
                 metrics.clone(),
             ),
             search,
+            ExportStore::new(export_pool, export_timer),
             config.page_token_sealer()?,
         );
 

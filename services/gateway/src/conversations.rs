@@ -10,18 +10,29 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_telemetry::TraceClient;
 
-use crate::access::{caller, internal_request};
+use sqlx::PgPool;
+use tp_store::TxTimer;
+
+use crate::access::{caller, internal_request, storage_status};
+use crate::audit::{self, Event};
 use crate::policy::{Standing, decide_organisation_search};
 
 pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
 
 pub struct ConversationGateway {
     conversation: ConversationClient,
+    /// For the audit entry of an organisation's export.
+    pool: PgPool,
+    timer: TxTimer,
 }
 
 impl ConversationGateway {
-    pub fn new(conversation: ConversationClient) -> Self {
-        Self { conversation }
+    pub fn new(conversation: ConversationClient, pool: PgPool, timer: TxTimer) -> Self {
+        Self {
+            conversation,
+            pool,
+            timer,
+        }
     }
 
     /// The internal request, carrying the caller's verified context.
@@ -107,6 +118,49 @@ impl pb::conversation_service_server::ConversationService for ConversationGatewa
         }
         let (request, mut client) = self.forward(request).await?;
         client.search_messages(request).await
+    }
+
+    type ExportConversationStream = tonic::Streaming<pb::ExportConversationResponse>;
+
+    async fn export_conversation(
+        &self,
+        request: Request<pb::ExportConversationRequest>,
+    ) -> Result<Response<Self::ExportConversationStream>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.export_conversation(request).await
+    }
+
+    type ExportTenantStream = tonic::Streaming<pb::ExportTenantResponse>;
+
+    /// Every member's transcripts leave the product: the audit log says who
+    /// took them, and when, before the first byte goes out.
+    async fn export_tenant(
+        &self,
+        request: Request<pb::ExportTenantRequest>,
+    ) -> Result<Response<Self::ExportTenantStream>, Status> {
+        let ctx = caller(&request)?;
+        let resumed = !request.get_ref().resume_token.is_empty();
+        let mut tx = self
+            .timer
+            .begin(&self.pool, ctx.tenant_id, "audit_export")
+            .await
+            .map_err(storage_status)?;
+        audit::record(
+            &mut tx,
+            ctx.tenant_id,
+            Event {
+                actor: &ctx.user_id,
+                action: "tenant.exported",
+                target: &ctx.tenant_id.to_string(),
+                before: None,
+                after: Some(serde_json::json!({ "resumed": resumed })),
+            },
+        )
+        .await
+        .map_err(storage_status)?;
+        tx.commit().await.map_err(storage_status)?;
+        let (request, mut client) = self.forward(request).await?;
+        client.export_tenant(request).await
     }
 
     async fn delete_conversation(

@@ -70,6 +70,9 @@ pub const POLICY: &[Rule] = &[
     // Members search their own conversations; the organisation scope is
     // decided by `decide_organisation_search`.
     rule!("ConversationService" / "SearchMessages", Member, Read),
+    rule!("ConversationService" / "ExportConversation", Member, Read),
+    // Every member's transcripts: admins, and each export is audited.
+    rule!("ConversationService" / "ExportTenant", Admin, Read),
     rule!("KnowledgeService" / "Search", Member, Read),
     rule!("KnowledgeService" / "ListFrameworks", Member, Read),
     rule!("KnowledgeService" / "GetFramework", Member, Read),

@@ -251,6 +251,8 @@ impl Application {
         routes
             .add_service(ConversationServiceServer::new(ConversationGateway::new(
                 conversation,
+                pool.clone(),
+                db_timer.clone(),
             )))
             .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
                 knowledge,
