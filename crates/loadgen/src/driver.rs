@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use crate::procstat::{CostSampler, ProcessCost};
+use tp_loadgen::procstat::{CostSampler, ProcessCost};
 
 /// One call's result, as a worker saw it.
 pub struct Outcome {

@@ -1,5 +1,7 @@
 //! What the load generator shares with the benchmarks in `tests/benches`
-//! and the fault tests in `tests/tests/process_faults.rs`.
+//! and the process tests in `tests/tests` (`process_faults.rs`,
+//! `export_memory.rs`).
 
 pub mod handbook;
+pub mod procstat;
 pub mod stack;

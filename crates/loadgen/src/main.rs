@@ -15,7 +15,6 @@ mod driver;
 mod echo;
 mod otlp;
 mod pgbench;
-mod procstat;
 mod proxy;
 mod report;
 mod run;

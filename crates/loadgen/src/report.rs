@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::driver::PhaseResult;
 use crate::pgbench::PgbenchResult;
-use crate::procstat::ProcessCost;
+use tp_loadgen::procstat::ProcessCost;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Machine {

@@ -16,11 +16,11 @@ use tonic::transport::Channel;
 use crate::api::channels;
 use crate::driver::{self, Phase, PhaseResult};
 use crate::pgbench;
-use crate::procstat::{ProcessCost, cpu_seconds, rss_kib};
 use crate::report::{Machine, Report, Settings, TargetCheck, TelemetryCpu, mib};
 use crate::seed;
 use crate::stack::{Launcher, SIGNING_SECRET, Stack, StackConfig, free_port, migrate};
 use crate::workers::{ApiWorker, EchoWorker, HopWorker, Mix, Reader, Sender};
+use tp_loadgen::procstat::{ProcessCost, cpu_seconds, rss_kib};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
