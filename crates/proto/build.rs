@@ -23,6 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let internal = [
         root.join("thoughtpartner/internal/knowledge/v1/knowledge.proto"),
         root.join("thoughtpartner/internal/conversation/v1/usage.proto"),
+        root.join("thoughtpartner/internal/conversation/v1/retention.proto"),
     ];
     let includes = [root.clone(), protoc_bin_vendored::include_path()?];
 

@@ -172,6 +172,9 @@ fn gateway_config(
         slo_sample_interval_ms: 200,
         slo_scrape_urls: format!("http://{conversation_http_addr}/metrics"),
         web_allowed_origins: vec![WEB_TEST_ORIGIN.to_owned()],
+        // Often, so the retention test sees a pass within a second or two.
+        retention_interval_secs: 1,
+        retention_batch: 2,
     }
 }
 

@@ -313,6 +313,7 @@ async fn admins_search_the_organisation_only_when_it_allows_it() -> anyhow::Resu
         .await?
         .update_settings(pb::UpdateSettingsRequest {
             admins_can_search_all_transcripts: Some(true),
+            retention_days: None,
         })
         .await
         .expect_err("a member");
@@ -320,6 +321,7 @@ async fn admins_search_the_organisation_only_when_it_allows_it() -> anyhow::Resu
     let after = settings
         .update_settings(pb::UpdateSettingsRequest {
             admins_can_search_all_transcripts: Some(true),
+            retention_days: None,
         })
         .await?
         .into_inner()

@@ -387,6 +387,7 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
             "/thoughtpartner.v1.SettingsService/UpdateSettings",
             pb::UpdateSettingsRequest {
                 admins_can_search_all_transcripts: Some(true),
+                retention_days: None,
             }
             .encode_to_vec(),
             Expect::OwnTenantOnly,

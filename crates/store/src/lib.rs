@@ -162,6 +162,19 @@ pub async fn begin_tenant_tx(
     Ok(pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
 }
 
+/// Begins the one cross-tenant read the product makes: the retention sweep
+/// listing the organisations that have a retention. It sets `app.sweep` to
+/// `retention` for this transaction only, which a single policy on
+/// `gateway.tenants` honours (SELECT of rows with a retention; migration
+/// gateway/0007). No tenant is set, so every other table shows nothing.
+pub async fn begin_retention_sweep_tx(
+    pool: &PgPool,
+) -> Result<Transaction<'static, Postgres>, StoreError> {
+    Ok(pool
+        .begin_with("BEGIN; SELECT set_config('app.sweep', 'retention', true)")
+        .await?)
+}
+
 /// What [`TxTimer`] reports of one transaction: the operation it served (a
 /// code-chosen name from a small fixed set, never anything a caller sent),
 /// how long it took from asking the pool for a connection to its end, and

@@ -275,11 +275,27 @@ pub(crate) const RATE_LIMIT_REJECTIONS: Def = Def {
     labels: &["tp.limit.scope", "tp.tenant.id"],
     help: "Calls refused by the limits, by scope (tenant, user, streams; capacity: the gateway's cap on calls in flight)",
 };
+pub(crate) const RETENTION_DELETED: Def = Def {
+    name: "tp.retention.deleted",
+    kind: Kind::Counter,
+    unit: "{row}",
+    buckets: &[],
+    labels: &["tp.retention.kind"],
+    help: "Rows the retention job deleted for good, by kind (conversation, message)",
+};
+pub(crate) const RETENTION_RUN_DURATION: Def = Def {
+    name: "tp.retention.run.duration",
+    kind: Kind::Histogram,
+    unit: "s",
+    buckets: DB_BUCKETS,
+    labels: &["tp.retention.outcome"],
+    help: "One pass of the retention job over every organisation with a retention, by outcome (ok, error)",
+};
 
 /// Every metric this crate registers, in `schema.toml`'s order (the schema
 /// test compares the two).
 #[cfg(test)]
-pub(crate) const ALL: [&Def; 13] = [
+pub(crate) const ALL: [&Def; 15] = [
     &RPC_SERVER_CALL_DURATION,
     &RPC_CLIENT_CALL_DURATION,
     &RPC_TIME_TO_FIRST_MESSAGE,
@@ -293,6 +309,8 @@ pub(crate) const ALL: [&Def; 13] = [
     &COACH_POLICY_VIOLATIONS,
     &AUTH_DURATION,
     &RATE_LIMIT_REJECTIONS,
+    &RETENTION_DELETED,
+    &RETENTION_RUN_DURATION,
 ];
 
 // ----------------------------------------------------------------- labels
@@ -518,6 +536,8 @@ struct Inner {
     coach_violations: Count,
     auth_duration: Hist,
     rate_limit_rejections: Count,
+    retention_deleted: Count,
+    retention_runs: Hist,
 }
 
 /// One service's metrics: cheap to clone, shared by its layers and
@@ -692,6 +712,8 @@ impl Metrics {
             coach_violations: counter(&mut registry, &COACH_POLICY_VIOLATIONS),
             auth_duration: histogram(&mut registry, &AUTH_DURATION),
             rate_limit_rejections: counter(&mut registry, &RATE_LIMIT_REJECTIONS),
+            retention_deleted: counter(&mut registry, &RETENTION_DELETED),
+            retention_runs: histogram(&mut registry, &RETENTION_RUN_DURATION),
             registry,
         };
         Self {
@@ -931,6 +953,26 @@ impl Metrics {
             labels = labels.with_owned("tp.tenant.id", self.tenant_label(tenant));
         }
         self.inner.rate_limit_rejections.add(1, labels);
+    }
+
+    /// Rows one organisation's retention pass deleted.
+    pub fn retention_deleted(&self, conversations: u64, messages: u64) {
+        for (kind, rows) in [("conversation", conversations), ("message", messages)] {
+            if rows > 0 {
+                self.inner
+                    .retention_deleted
+                    .add(rows, Labels::new().with("tp.retention.kind", kind));
+            }
+        }
+    }
+
+    /// One pass of the retention job over every organisation.
+    pub fn retention_run(&self, ok: bool, duration: Duration) {
+        self.inner.retention_runs.record(
+            secs(duration),
+            Labels::new().with("tp.retention.outcome", if ok { "ok" } else { "error" }),
+            trace(),
+        );
     }
 }
 

@@ -9,6 +9,7 @@ pub mod export;
 mod handler;
 mod prompt;
 mod reply;
+mod retention;
 pub mod search;
 mod startup;
 mod store;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
 use tp_context::RequireContextLayer;
+use tp_proto::internal::conversation::v1::retention_service_server::RetentionServiceServer;
 use tp_proto::internal::conversation::v1::usage_service_server::UsageServiceServer;
 
 use crate::usage::UsageHandler;
@@ -18,6 +19,7 @@ use crate::config::{ConversationConfig, SCHEMA};
 use crate::export::ExportStore;
 use crate::handler::ConversationHandler;
 use crate::reply::{ReplyPipeline, Responder};
+use crate::retention::RetentionHandler;
 use crate::search::MessageSearch;
 use crate::store::ConversationStore;
 
@@ -30,9 +32,10 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
 }
 
 /// The gRPC services this one serves (health and reflection aside).
-const SERVICES: [&str; 2] = [
+const SERVICES: [&str; 3] = [
     tp_proto::v1::conversation_service_server::SERVICE_NAME,
     tp_proto::internal::conversation::v1::usage_service_server::SERVICE_NAME,
+    tp_proto::internal::conversation::v1::retention_service_server::SERVICE_NAME,
 ];
 
 /// A built, bound service, ready to serve.
@@ -75,6 +78,7 @@ impl Application {
         let ops_pool = pool.clone();
         let search = MessageSearch::new(pool.clone(), db_timer.clone());
         let (export_pool, export_timer) = (pool.clone(), db_timer.clone());
+        let (retention_pool, retention_timer) = (pool.clone(), db_timer.clone());
         let handler = ConversationHandler::new(
             ConversationStore::new(pool).with_timer(db_timer),
             ReplyPipeline::new(
@@ -98,12 +102,19 @@ impl Application {
         )?;
         routes
             .add_service(ConversationServiceServer::new(handler))
-            .add_service(UsageServiceServer::new(usage));
+            .add_service(UsageServiceServer::new(usage))
+            .add_service(RetentionServiceServer::new(RetentionHandler::new(
+                retention_pool,
+                retention_timer,
+            )));
         health
             .set_serving::<ConversationServiceServer<ConversationHandler>>()
             .await;
         health
             .set_serving::<UsageServiceServer<UsageHandler>>()
+            .await;
+        health
+            .set_serving::<RetentionServiceServer<RetentionHandler>>()
             .await;
 
         let listener = Listener::bind(config.listen_addr).await?;

@@ -145,6 +145,13 @@ pub struct GatewayConfig {
     /// page the gateway serves itself needs none.
     #[arg(long, env = "TP_WEB_ALLOWED_ORIGINS", value_delimiter = ',')]
     pub web_allowed_origins: Vec<String>,
+    /// How often the retention job deletes the conversations organisations
+    /// no longer keep, in seconds (0: never; for a replica that should not).
+    #[arg(long, env = "TP_RETENTION_INTERVAL_SECS", default_value_t = 3600)]
+    pub retention_interval_secs: u64,
+    /// Conversations deleted per call to the conversation service.
+    #[arg(long, env = "TP_RETENTION_BATCH", default_value_t = 500, value_parser = clap::value_parser!(i32).range(1..=1000))]
+    pub retention_batch: i32,
 }
 
 /// Who charges tenants for their seats.
@@ -186,6 +193,8 @@ impl std::fmt::Debug for GatewayConfig {
             .field("slo_sample_interval_ms", &self.slo_sample_interval_ms)
             .field("slo_scrape_urls", &self.slo_scrape_urls)
             .field("web_allowed_origins", &self.web_allowed_origins)
+            .field("retention_interval_secs", &self.retention_interval_secs)
+            .field("retention_batch", &self.retention_batch)
             .field(
                 "database_listen_url",
                 &self.database_listen_url.as_ref().map(|_| "<set>"),

@@ -14,6 +14,7 @@ mod members;
 pub mod membership;
 pub mod policy;
 mod quota;
+pub mod retention;
 pub mod seats;
 mod settings;
 pub mod slo_status;

@@ -38,11 +38,13 @@ use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
 use crate::policy::Standing;
 use crate::quota::Quotas;
+use crate::retention::RetentionSweep;
 use crate::settings::Settings;
 use crate::slo_status::{Operations, SloMonitor};
 use crate::subscription::{Pricing, Subscriptions};
 use crate::tenants::TenantAdmin;
 use crate::webhook::Webhooks;
+use tp_proto::internal::conversation::v1::retention_service_client::RetentionServiceClient;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/gateway");
 
@@ -320,7 +322,7 @@ impl Application {
         let ops = Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, pool.clone());
         let webhooks = billing.stripe.as_ref().map(|stripe| {
             Arc::new(
-                Webhooks::new(pool, stripe.clone(), membership.clone())
+                Webhooks::new(pool.clone(), stripe.clone(), membership.clone())
                     .with_timer(db_timer.clone()),
             )
         });
@@ -374,6 +376,22 @@ impl Application {
         let slo_sampler = TaskGuard(slo_monitor.clone().spawn_sampler(slo_sample_interval));
         // The page refreshes about as often as there is something new.
         let slo_refresh_secs = slo_sample_interval.as_secs().clamp(1, 60);
+        let mut background = vec![sweeper, slo_sampler];
+        if config.retention_interval_secs > 0 {
+            let retention = RetentionSweep::new(
+                pool.clone(),
+                db_timer.clone(),
+                RetentionServiceClient::new(tp_server::internal_channel(
+                    &config.conversation_url,
+                    &metrics,
+                )?),
+                metrics.clone(),
+                config.retention_batch,
+            );
+            background.push(TaskGuard(
+                retention.spawn(Duration::from_secs(config.retention_interval_secs)),
+            ));
+        }
         let listener = Listener::bind(config.listen_addr).await?;
         Ok(Self {
             bound: BoundService::new("gateway", listener, routes.routes()),
@@ -382,7 +400,7 @@ impl Application {
             access,
             rates,
             streams,
-            background: vec![sweeper, slo_sampler],
+            background,
             slo_monitor,
             slo_refresh_secs,
             web_cors,
