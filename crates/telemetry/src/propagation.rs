@@ -525,12 +525,22 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The status a caller gets when the connection to the service it called
 /// failed (refused, reset, or closed mid-reply because the service died or
 /// restarted): `Unavailable`, which says "retry", where tonic would say
-/// `Unknown` ("transport error") for a connection lost mid-call. A status
-/// the transport itself names (a refused connection, a cancelled or
-/// refused stream) is kept.
+/// `Unknown` ("transport error") for a connection lost mid-call and
+/// `Cancelled` ("operation was canceled") for a request whose connection
+/// closed before it was answered. Any other status the transport names (a
+/// refused connection's `Unavailable`, say) is kept.
 pub fn connection_lost(error: BoxError) -> tonic::Status {
+    // Errors here are the transport's, never the called service's answer
+    // (its grpc-status arrives in trailers, not as an error); tonic's
+    // channel already hands some over as a `Status`, which `from_error`
+    // keeps as it is.
     let status = tonic::Status::from_error(error);
-    if status.code() == tonic::Code::Unknown {
+    // Unknown: the transport failed mid-call ("transport error"). Cancelled:
+    // hyper cancels a request whose connection closed before it was sent
+    // or answered ("operation was canceled"). Either way the service went
+    // away, not our caller (a caller that hangs up drops the call, which
+    // produces no error here), and a retry is what helps.
+    if matches!(status.code(), tonic::Code::Unknown | tonic::Code::Cancelled) {
         tonic::Status::unavailable(format!(
             "the connection to the service behind this one failed mid-call ({}); retry the call",
             status.message()
@@ -571,9 +581,21 @@ mod tests {
         assert_eq!(status.code(), tonic::Code::Unavailable);
         assert!(status.message().contains("retry"), "{}", status.message());
 
-        let named = connection_lost(Box::new(tonic::Status::cancelled("stream cancelled")));
-        assert_eq!(named.code(), tonic::Code::Cancelled);
-        assert_eq!(named.message(), "stream cancelled");
+        // tonic's channel reports a body cut off, or a request whose
+        // connection closed first, as these statuses.
+        for lost in [
+            tonic::Status::unknown("h2 protocol error: error reading a body from connection"),
+            tonic::Status::cancelled("operation was canceled"),
+        ] {
+            let status = connection_lost(Box::new(lost));
+            assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        }
+
+        let named = connection_lost(Box::new(tonic::Status::unavailable("connection refused")));
+        assert_eq!(named.code(), tonic::Code::Unavailable);
+        assert_eq!(named.message(), "connection refused");
+        let named = connection_lost(Box::new(tonic::Status::deadline_exceeded("timeout")));
+        assert_eq!(named.code(), tonic::Code::DeadlineExceeded);
     }
 
     #[test]
