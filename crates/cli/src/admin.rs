@@ -172,6 +172,120 @@ pub async fn members(
     Ok(())
 }
 
+#[derive(Subcommand)]
+pub enum SettingsCommand {
+    /// The organisation's settings.
+    Show,
+    /// Change some of them; the others stay.
+    Set {
+        /// Days conversations are kept after their last turn (0: forever;
+        /// otherwise 7..=3650).
+        #[arg(long)]
+        retention_days: Option<i32>,
+        /// Whether admins may search every member's conversations.
+        #[arg(long)]
+        admins_can_search_all_transcripts: Option<bool>,
+    },
+}
+
+pub async fn settings(
+    channel: Channel,
+    token: &str,
+    command: SettingsCommand,
+    output: Output,
+) -> anyhow::Result<()> {
+    let mut client = pb::settings_service_client::SettingsServiceClient::new(channel);
+    let settings = match command {
+        SettingsCommand::Show => {
+            client
+                .get_settings(authorized(pb::GetSettingsRequest {}, token)?)
+                .await?
+                .into_inner()
+                .settings
+        }
+        SettingsCommand::Set {
+            retention_days,
+            admins_can_search_all_transcripts,
+        } => {
+            client
+                .update_settings(authorized(
+                    pb::UpdateSettingsRequest {
+                        admins_can_search_all_transcripts,
+                        retention_days,
+                    },
+                    token,
+                )?)
+                .await?
+                .into_inner()
+                .settings
+        }
+    }
+    .context("the gateway returned no settings")?;
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({
+                "retention_days": settings.retention_days,
+                "admins_can_search_all_transcripts": settings.admins_can_search_all_transcripts,
+            })
+        ),
+        Output::Text => {
+            let kept = match settings.retention_days {
+                0 => "forever".to_owned(),
+                days => format!("for {days} days after their last turn"),
+            };
+            println!("Conversations are kept {kept}.");
+            println!(
+                "Admins {} search every member's conversations.",
+                if settings.admins_can_search_all_transcripts {
+                    "may"
+                } else {
+                    "may not"
+                }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes the organisation's export (JSON Lines) to `out`, resuming after
+/// `resume_token` if given. If the stream breaks, the last token received
+/// is in the error, so the command can be run again with `--resume`.
+pub async fn export_organisation(
+    channel: Channel,
+    token: &str,
+    resume_token: String,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
+    let mut client = pb::conversation_service_client::ConversationServiceClient::new(channel);
+    let mut stream = client
+        .export_tenant(authorized(pb::ExportTenantRequest { resume_token }, token)?)
+        .await?
+        .into_inner();
+    let mut last = String::new();
+    loop {
+        match stream.message().await {
+            Ok(Some(chunk)) => {
+                out.write_all(&chunk.data)?;
+                last = chunk.resume_token;
+            }
+            Ok(None) => break,
+            Err(status) if !last.is_empty() => {
+                out.flush()?;
+                anyhow::bail!(
+                    "the export stopped ({}: {}); everything up to it was written: run again \
+                     with --resume {last} and append",
+                    status.code(),
+                    status.message()
+                );
+            }
+            Err(status) => return Err(status.into()),
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 fn subscription_json(s: &pb::Subscription) -> Value {
     json!({ "plan": s.plan, "seats": s.seats, "seats_used": s.seats_used })
 }

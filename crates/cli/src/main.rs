@@ -148,6 +148,21 @@ enum Command {
         #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// The organisation's settings: retention, transcript search (admins).
+    Settings {
+        #[command(subcommand)]
+        command: admin::SettingsCommand,
+        #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Every member's conversations as JSON Lines, to stdout (admins;
+    /// audited). --resume continues a cut-off export.
+    Export {
+        #[arg(long, default_value = "")]
+        resume: String,
+        #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// This month's usage by member (admins).
     Usage {
         #[arg(long, env = "TP_ADMIN_TOKEN", hide_env_values = true)]
@@ -343,6 +358,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Seats { command, token } => {
             let token = session.token(token)?;
             admin::seats(channel(gateway).await?, &token, command, cli.output).await?
+        }
+        Command::Settings { command, token } => {
+            let token = session.token(token)?;
+            admin::settings(channel(gateway).await?, &token, command, cli.output).await?
+        }
+        Command::Export { resume, token } => {
+            let token = session.token(token)?;
+            let mut stdout = std::io::stdout().lock();
+            admin::export_organisation(channel(gateway).await?, &token, resume, &mut stdout).await?
         }
         Command::Usage { token } => {
             let token = session.token(token)?;

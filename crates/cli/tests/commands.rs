@@ -195,6 +195,35 @@ async fn admins_manage_members_seats_and_read_usage_and_audit() -> anyhow::Resul
         .unwrap_or_default();
     assert_eq!(alice["messages"], 1, "{json}");
 
+    // Settings, and the organisation's export of alice's conversation.
+    let set = tp_env(
+        &app,
+        &as_admin,
+        &["settings", "set", "--retention-days", "30"],
+    )
+    .await?;
+    assert!(stdout(&set).contains("kept for 30 days"), "{set:?}");
+    let bad = tp_env(
+        &app,
+        &as_admin,
+        &["settings", "set", "--retention-days", "2"],
+    )
+    .await?;
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("between 7 and 3650"));
+    let shown = tp_env(&app, &as_admin, &["--output", "json", "settings", "show"]).await?;
+    let json: serde_json::Value = serde_json::from_slice(&shown.stdout)?;
+    assert_eq!(json["retention_days"], 30);
+    let exported = tp_env(&app, &as_admin, &["export"]).await?;
+    assert!(exported.status.success(), "{exported:?}");
+    let lines: Vec<serde_json::Value> = stdout(&exported)
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(lines[0]["type"], "conversation");
+    assert_eq!(lines[0]["conversation_id"], id.as_str());
+    assert_eq!(lines.len(), 3, "the conversation and its two turns");
+
     let audit = tp_env(&app, &as_admin, &["audit"]).await?;
     let audit = stdout(&audit);
     assert!(
