@@ -423,6 +423,37 @@ impl TestApp {
 }
 
 impl TestDatabase {
+    /// Adds user turns to a conversation in bulk, as the schema owner under
+    /// the tenant (for tests that need many messages; SendMessage would
+    /// take minutes and test nothing new).
+    pub async fn insert_user_turns(
+        &self,
+        tenant: TenantId,
+        conversation_id: &str,
+        contents: &[String],
+    ) -> anyhow::Result<()> {
+        let owner = TestDatabase::pool(&self.owner_url).await?;
+        let mut tx = owner.begin().await?;
+        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+            .bind(tenant.to_string())
+            .execute(&mut *tx)
+            .await?;
+        let ids: Vec<Uuid> = contents.iter().map(|_| Uuid::new_v4()).collect();
+        sqlx::query(
+            "INSERT INTO conversation.messages (message_id, tenant_id, conversation_id, role, content)
+             SELECT id, $3, $4, 'user', content FROM unnest($1::uuid[], $2::text[]) AS t (id, content)",
+        )
+        .bind(&ids)
+        .bind(contents)
+        .bind(tenant.as_uuid())
+        .bind(conversation_id.parse::<Uuid>()?)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        owner.close().await;
+        Ok(())
+    }
+
     /// Counts rows as the superuser, which row-level security does not bind.
     pub async fn count_rows(&self, table: &str) -> anyhow::Result<i64> {
         let pool = TestDatabase::pool(&self.admin_url).await?;
@@ -567,14 +598,25 @@ impl GatewayApi {
     ) -> anyhow::Result<(TenantId, String)> {
         let admin = format!("{member}-admin");
         let tenant = self.create_tenant(name, 5, &admin).await?;
-        self.members(&self.token(&admin, Some(tenant), Role::Admin))
+        let token = self.add_member(tenant, &admin, member).await?;
+        Ok((tenant, token))
+    }
+
+    /// `admin` adds `member` to `tenant`; returns the member's token.
+    pub async fn add_member(
+        &self,
+        tenant: TenantId,
+        admin: &str,
+        member: &str,
+    ) -> anyhow::Result<String> {
+        self.members(&self.token(admin, Some(tenant), Role::Admin))
             .await?
             .add_member(pb::AddMemberRequest {
                 user_id: member.to_owned(),
                 role: pb::MemberRole::Member.into(),
             })
             .await?;
-        Ok((tenant, self.token(member, Some(tenant), Role::Member)))
+        Ok(self.token(member, Some(tenant), Role::Member))
     }
 }
 

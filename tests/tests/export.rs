@@ -5,10 +5,9 @@
 //! refused with statuses that say what to do.
 
 use tonic::Code;
-use tp_context::{Role, TenantId};
+use tp_context::Role;
 use tp_e2e::tp_proto::v1 as pb;
-use tp_e2e::{ConversationClient, TestApp, TestDatabase, new_conversation, send};
-use uuid::Uuid;
+use tp_e2e::{ConversationClient, TestApp, new_conversation, send};
 
 /// Every chunk of an export stream.
 async fn chunks<T>(
@@ -148,58 +147,24 @@ async fn a_member_exports_a_conversation_as_markdown_or_json() -> anyhow::Result
     Ok(())
 }
 
-/// Adds `count` user turns to a conversation in bulk, as the schema owner.
-async fn bulk_messages(
-    app: &TestApp,
-    tenant: TenantId,
-    conversation_id: &str,
-    count: usize,
-) -> anyhow::Result<()> {
-    let owner = TestDatabase::pool(&app.db.owner_url).await?;
-    let mut tx = owner.begin().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(tenant.to_string())
-        .execute(&mut *tx)
-        .await?;
-    let ids: Vec<Uuid> = (0..count).map(|_| Uuid::new_v4()).collect();
-    let contents: Vec<String> = (0..count)
-        .map(|n| format!("Turn {n}: the platform team's roadmap keeps slipping behind feature work, again and again."))
-        .collect();
-    sqlx::query(
-        "INSERT INTO conversation.messages (message_id, tenant_id, conversation_id, role, content)
-         SELECT id, $3, $4, 'user', content FROM unnest($1::uuid[], $2::text[]) AS t (id, content)",
-    )
-    .bind(&ids)
-    .bind(&contents)
-    .bind(tenant.as_uuid())
-    .bind(conversation_id.parse::<Uuid>()?)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    owner.close().await;
-    Ok(())
-}
-
 #[tokio::test]
 async fn an_admin_exports_the_organisation_as_json_lines_and_resumes() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let (tenant, alice) = app.tenant_with_member("Org export", "alice").await?;
     let admin = app.token("alice-admin", Some(tenant), Role::Admin);
-    app.members(&admin)
-        .await?
-        .add_member(pb::AddMemberRequest {
-            user_id: "bob".into(),
-            role: pb::MemberRole::Member.into(),
-        })
-        .await?;
-    let bob = app.token("bob", Some(tenant), Role::Member);
+    let bob = app.add_member(tenant, "alice-admin", "bob").await?;
     let (outsider_tenant, outsider) = app.tenant_with_member("Outsider", "olga").await?;
     let mut a = app.conversations(&alice).await?;
     let mut b = app.conversations(&bob).await?;
     let alices = new_conversation(&mut a, "Alice's").await?.conversation_id;
     send(&mut a, &alices, "How do I grow staff engineers?", "").await?;
     // Large enough for many chunks.
-    bulk_messages(&app, tenant, &alices, 3_000).await?;
+    let turns: Vec<String> = (0..3_000)
+        .map(|n| {
+            format!("Turn {n}: the platform team's roadmap keeps slipping behind feature work.")
+        })
+        .collect();
+    app.db.insert_user_turns(tenant, &alices, &turns).await?;
     let bobs = new_conversation(&mut b, "Bob's").await?.conversation_id;
     send(&mut b, &bobs, "Our on-call is on fire.", "").await?;
     let mut o = app.conversations(&outsider).await?;

@@ -8,11 +8,9 @@
 use std::time::Duration;
 
 use tp_context::Role;
-use tp_e2e::TestDatabase;
 use tp_e2e::processes::ProcessStack;
 use tp_e2e::tp_proto::v1 as pb;
 use tp_loadgen::procstat::rss_kib;
-use uuid::Uuid;
 
 const SERVICE_BINARY: &str = env!("CARGO_BIN_EXE_tp-e2e-service");
 
@@ -34,34 +32,15 @@ async fn exporting_a_large_organisation_keeps_memory_flat() -> anyhow::Result<()
     let mut client = app.conversations(&admin).await?;
 
     // The transcripts, in bulk, as the schema owner.
-    let owner = TestDatabase::pool(&app.db.owner_url).await?;
-    let content = PARAGRAPH.repeat(1024 / PARAGRAPH.len() + 1);
+    let turns = vec![PARAGRAPH.repeat(1024 / PARAGRAPH.len() + 1); MESSAGES_PER_CONVERSATION];
     for c in 0..CONVERSATIONS {
         let conversation = tp_e2e::new_conversation(&mut client, &format!("Topic {c}"))
             .await?
-            .conversation_id
-            .parse::<Uuid>()?;
-        let mut tx = owner.begin().await?;
-        sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-            .bind(tenant.to_string())
-            .execute(&mut *tx)
+            .conversation_id;
+        app.db
+            .insert_user_turns(tenant, &conversation, &turns)
             .await?;
-        let ids: Vec<Uuid> = (0..MESSAGES_PER_CONVERSATION)
-            .map(|_| Uuid::new_v4())
-            .collect();
-        sqlx::query(
-            "INSERT INTO conversation.messages (message_id, tenant_id, conversation_id, role, content)
-             SELECT id, $2, $3, 'user', $4 FROM unnest($1::uuid[]) AS t (id)",
-        )
-        .bind(&ids)
-        .bind(tenant.as_uuid())
-        .bind(conversation)
-        .bind(&content)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
     }
-    owner.close().await;
 
     let pids: Vec<(String, u32)> = app
         .stack
@@ -100,7 +79,7 @@ async fn exporting_a_large_organisation_keeps_memory_flat() -> anyhow::Result<()
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
-    let expected = CONVERSATIONS * MESSAGES_PER_CONVERSATION * content.len();
+    let expected = CONVERSATIONS * MESSAGES_PER_CONVERSATION * turns[0].len();
     assert!(
         bytes >= expected,
         "exported {bytes} bytes, the messages alone are {expected}"

@@ -40,15 +40,7 @@ fn user_hits(response: &pb::SearchMessagesResponse) -> Vec<&pb::MessageSearchHit
 async fn a_member_finds_their_own_messages_ranked_with_highlights() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let (tenant, alice) = app.tenant_with_member("Search tenant", "alice").await?;
-    let admin = app.token("alice-admin", Some(tenant), Role::Admin);
-    app.members(&admin)
-        .await?
-        .add_member(pb::AddMemberRequest {
-            user_id: "bob".into(),
-            role: pb::MemberRole::Member.into(),
-        })
-        .await?;
-    let bob = app.token("bob", Some(tenant), Role::Member);
+    let bob = app.add_member(tenant, "alice-admin", "bob").await?;
     let mut a = app.conversations(&alice).await?;
     let mut b = app.conversations(&bob).await?;
 

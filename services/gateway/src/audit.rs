@@ -46,6 +46,23 @@ pub async fn record(
     Ok(())
 }
 
+/// Records `event` in a transaction of its own, for an action that changes
+/// nothing in the gateway's tables (an export starting, the retention job
+/// reporting what the conversation service deleted). `operation` names the
+/// transaction in the metrics.
+pub async fn record_alone(
+    pool: &sqlx::PgPool,
+    timer: &tp_store::TxTimer,
+    operation: &'static str,
+    tenant: TenantId,
+    event: Event<'_>,
+) -> Result<(), tp_store::StoreError> {
+    let mut tx = timer.begin(pool, tenant, operation).await?;
+    record(&mut tx, tenant, event).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 /// How an operator appears as an actor.
 pub fn operator_actor(user_id: &str) -> String {
     format!("operator:{user_id}")

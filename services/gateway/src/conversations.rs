@@ -140,13 +140,10 @@ impl pb::conversation_service_server::ConversationService for ConversationGatewa
     ) -> Result<Response<Self::ExportTenantStream>, Status> {
         let ctx = caller(&request)?;
         let resumed = !request.get_ref().resume_token.is_empty();
-        let mut tx = self
-            .timer
-            .begin(&self.pool, ctx.tenant_id, "audit_export")
-            .await
-            .map_err(storage_status)?;
-        audit::record(
-            &mut tx,
+        audit::record_alone(
+            &self.pool,
+            &self.timer,
+            "audit_export",
             ctx.tenant_id,
             Event {
                 actor: &ctx.user_id,
@@ -158,7 +155,6 @@ impl pb::conversation_service_server::ConversationService for ConversationGatewa
         )
         .await
         .map_err(storage_status)?;
-        tx.commit().await.map_err(storage_status)?;
         let (request, mut client) = self.forward(request).await?;
         client.export_tenant(request).await
     }

@@ -38,12 +38,6 @@ pub enum SweepError {
     Purge(#[source] tonic::Status),
 }
 
-impl From<sqlx::Error> for SweepError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Audit(e.into())
-    }
-}
-
 /// What one pass deleted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Swept {
@@ -173,13 +167,10 @@ impl RetentionSweep {
         conversations: u64,
         messages: u64,
     ) -> Result<(), SweepError> {
-        let mut tx = self
-            .timer
-            .begin(&self.pool, tenant, "audit_retention")
-            .await
-            .map_err(SweepError::Audit)?;
-        audit::record(
-            &mut tx,
+        audit::record_alone(
+            &self.pool,
+            &self.timer,
+            "audit_retention",
             tenant,
             Event {
                 actor: ACTOR,
@@ -194,9 +185,8 @@ impl RetentionSweep {
                 })),
             },
         )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        .await
+        .map_err(SweepError::Audit)
     }
 
     /// Runs a pass every `interval`, the first one `interval` after start.
