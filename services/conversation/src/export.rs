@@ -41,7 +41,6 @@ pub const JSON_LINES: &str = "application/x-ndjson";
 
 /// `db.operation.name`s of the export transactions.
 pub mod op {
-    pub const EXPORT_CONVERSATION: &str = "export_conversation";
     pub const EXPORT_MESSAGES: &str = "export_messages";
     pub const EXPORT_CONVERSATIONS: &str = "export_conversations";
 }
@@ -78,6 +77,20 @@ pub struct ConversationRow {
     pub create_time: OffsetDateTime,
     pub update_time: OffsetDateTime,
     pub list_seq: i64,
+}
+
+impl ConversationRow {
+    /// The caller's own conversation, as the store read it.
+    pub fn owned_by(row: crate::store::ConversationRow, user_id: &str) -> Self {
+        Self {
+            conversation_id: row.conversation_id,
+            user_id: user_id.to_owned(),
+            title: row.title,
+            create_time: row.create_time,
+            update_time: row.update_time,
+            list_seq: row.list_seq,
+        }
+    }
 }
 
 #[derive(Clone, Debug, sqlx::FromRow)]
@@ -306,29 +319,6 @@ pub struct ExportStore {
 impl ExportStore {
     pub fn new(pool: PgPool, timer: TxTimer) -> Self {
         Self { pool, timer }
-    }
-
-    /// The caller's own conversation.
-    pub async fn own_conversation(
-        &self,
-        ctx: &RequestContext,
-        conversation_id: Uuid,
-    ) -> Result<ConversationRow, ConversationError> {
-        let mut tx = self
-            .timer
-            .begin(&self.pool, ctx.tenant_id, op::EXPORT_CONVERSATION)
-            .await?;
-        let row = sqlx::query_as::<_, ConversationRow>(
-            "SELECT conversation_id, user_id, title, create_time, update_time, list_seq
-               FROM conversation.conversations
-              WHERE conversation_id = $1 AND user_id = $2",
-        )
-        .bind(conversation_id)
-        .bind(&ctx.user_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        row.ok_or(ConversationError::ConversationNotFound(conversation_id))
     }
 
     /// The tenant's conversations after `list_seq`, in creation order.

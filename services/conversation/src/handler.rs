@@ -219,7 +219,8 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         let id = validate::conversation_id(&request.conversation_id)?;
         let format = export::format(request.format)?;
         // Not found is a status before the stream, not an error inside it.
-        let conversation = self.exports.own_conversation(&ctx, id).await?;
+        let conversation =
+            export::ConversationRow::owned_by(self.store.get(&ctx, id).await?, &ctx.user_id);
         let (content_type, extension) = match format {
             export::Format::Markdown => (export::MARKDOWN, "md"),
             export::Format::Json => (export::JSON, "json"),
