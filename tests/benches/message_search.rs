@@ -232,8 +232,11 @@ async fn load_messages(
             .collect();
         let contents: Vec<String> = (0..batch).map(|_| message(rng)).collect();
         sqlx::query(
-            "INSERT INTO conversation.messages (message_id, tenant_id, conversation_id, role, content)
-             SELECT id, $4, conversation_id, 'user', content
+            // Each one a first turn of its own (its own branch): search
+            // reads every branch alike, so the shape of the tree is moot.
+            "INSERT INTO conversation.messages
+                 (message_id, tenant_id, conversation_id, role, content, branch_id, depth)
+             SELECT id, $4, conversation_id, 'user', content, id, 1
                FROM unnest($1::uuid[], $2::uuid[], $3::text[]) AS t (id, conversation_id, content)",
         )
         .bind(&ids)

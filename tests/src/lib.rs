@@ -17,6 +17,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tp_auth::{Claims, mint_hs256};
 use tp_context::{Role, TenantId};
+use tp_loadgen::transcript::{SeedTurn, append_turns};
 use tp_proto::v1 as pb;
 use uuid::Uuid;
 
@@ -423,7 +424,7 @@ impl TestApp {
 }
 
 impl TestDatabase {
-    /// Adds user turns to a conversation in bulk, as the schema owner under
+    /// Adds user turns to the end of a conversation in bulk, as the schema owner under
     /// the tenant (for tests that need many messages; SendMessage would
     /// take minutes and test nothing new).
     pub async fn insert_user_turns(
@@ -438,16 +439,21 @@ impl TestDatabase {
             .bind(tenant.to_string())
             .execute(&mut *tx)
             .await?;
-        let ids: Vec<Uuid> = contents.iter().map(|_| Uuid::new_v4()).collect();
-        sqlx::query(
-            "INSERT INTO conversation.messages (message_id, tenant_id, conversation_id, role, content)
-             SELECT id, $3, $4, 'user', content FROM unnest($1::uuid[], $2::text[]) AS t (id, content)",
+        let turns: Vec<SeedTurn> = contents
+            .iter()
+            .map(|content| SeedTurn {
+                message_id: Uuid::new_v4(),
+                role: "user",
+                content,
+                reply_to: None,
+            })
+            .collect();
+        append_turns(
+            &mut tx,
+            tenant.as_uuid(),
+            conversation_id.parse::<Uuid>()?,
+            &turns,
         )
-        .bind(&ids)
-        .bind(contents)
-        .bind(tenant.as_uuid())
-        .bind(conversation_id.parse::<Uuid>()?)
-        .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         owner.close().await;
@@ -731,6 +737,7 @@ pub type AuditClient =
     pb::audit_service_client::AuditServiceClient<InterceptedService<Channel, Bearer>>;
 
 /// The events of one `SendMessage` call.
+#[derive(Debug)]
 pub struct Exchange {
     pub deltas: Vec<String>,
     pub completed: pb::MessageCompleted,
@@ -766,6 +773,7 @@ pub async fn send(
             conversation_id: conversation_id.to_owned(),
             content: content.to_owned(),
             idempotency_key: idempotency_key.to_owned(),
+            ..Default::default()
         }),
     )
     .await
@@ -776,21 +784,85 @@ pub async fn send_request(
     client: &mut ConversationClient,
     request: tonic::Request<pb::SendMessageRequest>,
 ) -> Result<Exchange, tonic::Status> {
-    let mut stream = client.send_message(request).await?.into_inner();
+    use pb::send_message_response::Event;
+    let stream = client.send_message(request).await?.into_inner();
+    drain_reply(stream, |event| match event.event? {
+        Event::TextDelta(delta) => Some(ReplyEvent::Delta(delta.text)),
+        Event::Completed(done) => Some(ReplyEvent::Completed(Box::new(done))),
+    })
+    .await
+}
+
+/// EditMessage, drained as [`send`] drains SendMessage.
+pub async fn edit(
+    client: &mut ConversationClient,
+    message_id: &str,
+    content: &str,
+    idempotency_key: &str,
+) -> Result<Exchange, tonic::Status> {
+    use pb::edit_message_response::Event;
+    let stream = client
+        .edit_message(pb::EditMessageRequest {
+            message_id: message_id.to_owned(),
+            content: content.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+        })
+        .await?
+        .into_inner();
+    drain_reply(stream, |event| match event.event? {
+        Event::TextDelta(delta) => Some(ReplyEvent::Delta(delta.text)),
+        Event::Completed(done) => Some(ReplyEvent::Completed(Box::new(done))),
+    })
+    .await
+}
+
+/// RegenerateReply, drained as [`send`] drains SendMessage.
+pub async fn regenerate(
+    client: &mut ConversationClient,
+    message_id: &str,
+    idempotency_key: &str,
+) -> Result<Exchange, tonic::Status> {
+    use pb::regenerate_reply_response::Event;
+    let stream = client
+        .regenerate_reply(pb::RegenerateReplyRequest {
+            message_id: message_id.to_owned(),
+            idempotency_key: idempotency_key.to_owned(),
+        })
+        .await?
+        .into_inner();
+    drain_reply(stream, |event| match event.event? {
+        Event::TextDelta(delta) => Some(ReplyEvent::Delta(delta.text)),
+        Event::Completed(done) => Some(ReplyEvent::Completed(Box::new(done))),
+    })
+    .await
+}
+
+/// One event of a streamed reply, whichever RPC streamed it.
+enum ReplyEvent {
+    Delta(String),
+    Completed(Box<pb::MessageCompleted>),
+}
+
+/// Reads a reply stream to its end; fails unless it ends with exactly one
+/// `completed` event after the deltas.
+async fn drain_reply<T>(
+    mut stream: tonic::Streaming<T>,
+    event: impl Fn(T) -> Option<ReplyEvent>,
+) -> Result<Exchange, tonic::Status> {
     let mut deltas = Vec::new();
     let mut completed = None;
-    while let Some(event) = stream.message().await? {
-        match event.event {
-            Some(pb::send_message_response::Event::TextDelta(delta)) => {
+    while let Some(message) = stream.message().await? {
+        match event(message) {
+            Some(ReplyEvent::Delta(text)) => {
                 assert!(
                     completed.is_none(),
                     "a delta arrived after the completed event"
                 );
-                deltas.push(delta.text);
+                deltas.push(text);
             }
-            Some(pb::send_message_response::Event::Completed(done)) => {
+            Some(ReplyEvent::Completed(done)) => {
                 assert!(completed.is_none(), "two completed events");
-                completed = Some(done);
+                completed = Some(*done);
             }
             None => panic!("an event with no payload"),
         }

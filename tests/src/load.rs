@@ -234,6 +234,7 @@ async fn send_with_deadline(
             conversation_id: conversation_id.to_owned(),
             content: content.to_owned(),
             idempotency_key: key.to_owned(),
+            ..Default::default()
         });
         request.set_timeout(deadline);
         request

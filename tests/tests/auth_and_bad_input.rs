@@ -169,8 +169,7 @@ async fn bad_messages_are_invalid_arguments_and_write_nothing() -> anyhow::Resul
     }
     let status = send(&mut client, &id, "hello", &"k".repeat(200))
         .await
-        .err()
-        .expect("long key");
+        .expect_err("long key");
     assert_eq!(status.code(), Code::InvalidArgument);
 
     let status = client

@@ -64,6 +64,7 @@ async fn create_send_stream_and_read_back() -> anyhow::Result<()> {
             conversation_id: conversation.conversation_id.clone(),
             page_size: 0,
             page_token: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -127,6 +127,7 @@ async fn a_reply_streams_over_grpc_web_on_http1_and_is_stored() -> anyhow::Resul
             conversation_id: conversation.conversation_id.clone(),
             content: content.into(),
             idempotency_key: "web-1".into(),
+            ..Default::default()
         },
     )
     .await?;

@@ -33,6 +33,13 @@ async fn every_input_limit_is_refused_with_a_message_naming_it() -> anyhow::Resu
     let conversation = new_conversation(&mut client, "limits")
         .await?
         .conversation_id;
+    let turn = tp_e2e::send(&mut client, &conversation, "A turn to edit.", "")
+        .await?
+        .completed;
+    let (turn, reply) = (
+        turn.user_message.unwrap_or_default().message_id,
+        turn.assistant_message.unwrap_or_default().message_id,
+    );
     let rows_before = app.count_rows("conversation.messages").await?;
     let documents_before = app.count_rows("knowledge.documents").await?;
 
@@ -40,6 +47,7 @@ async fn every_input_limit_is_refused_with_a_message_naming_it() -> anyhow::Resu
         conversation_id: conversation.clone(),
         content,
         idempotency_key: key,
+        ..Default::default()
     };
     let over_page = 101;
     let limits = vec![
@@ -56,6 +64,44 @@ async fn every_input_limit_is_refused_with_a_message_naming_it() -> anyhow::Resu
             method: "/thoughtpartner.v1.ConversationService/SendMessage",
             caller: Role::Member,
             body: send("Hello".into(), "k".repeat(129)).encode_to_vec(),
+            code: Code::InvalidArgument,
+            says: "at most 128",
+        },
+        Limit {
+            what: "an edited message over 16 KiB",
+            method: "/thoughtpartner.v1.ConversationService/EditMessage",
+            caller: Role::Member,
+            body: pb::EditMessageRequest {
+                message_id: turn.clone(),
+                content: "x".repeat(16 * 1024 + 1),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            code: Code::InvalidArgument,
+            says: "the limit is 16384 bytes",
+        },
+        Limit {
+            what: "an EditMessage idempotency key over 128 characters",
+            method: "/thoughtpartner.v1.ConversationService/EditMessage",
+            caller: Role::Member,
+            body: pb::EditMessageRequest {
+                message_id: turn,
+                content: "Hello".into(),
+                idempotency_key: "k".repeat(129),
+            }
+            .encode_to_vec(),
+            code: Code::InvalidArgument,
+            says: "at most 128",
+        },
+        Limit {
+            what: "a RegenerateReply idempotency key over 128 characters",
+            method: "/thoughtpartner.v1.ConversationService/RegenerateReply",
+            caller: Role::Member,
+            body: pb::RegenerateReplyRequest {
+                message_id: reply,
+                idempotency_key: "k".repeat(129),
+            }
+            .encode_to_vec(),
             code: Code::InvalidArgument,
             says: "at most 128",
         },

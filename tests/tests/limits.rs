@@ -21,6 +21,7 @@ async fn streaming_replies(
                 conversation_id: conversation.to_owned(),
                 content: "Our roadmap keeps slipping.".into(),
                 idempotency_key: (*key).to_owned(),
+                ..Default::default()
             })
             .await?
             .into_inner();
@@ -144,6 +145,7 @@ async fn a_tenant_may_hold_only_so_many_streaming_replies() -> anyhow::Result<()
             conversation_id: conversation.clone(),
             content: "And another thing.".into(),
             idempotency_key: "s3".into(),
+            ..Default::default()
         })
         .await
         .expect_err("a third concurrent stream");
@@ -206,6 +208,7 @@ async fn a_tenants_reply_beyond_its_lanes_waits_while_another_tenant_is_served()
             conversation_id: conversation.clone(),
             content: "Our roadmap keeps slipping.".into(),
             idempotency_key: "b1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

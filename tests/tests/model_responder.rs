@@ -142,8 +142,7 @@ async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyho
 
     let failed = send(&mut client, &id, "Velocity is too slow.", "same")
         .await
-        .err()
-        .expect("cut");
+        .expect_err("cut");
     assert_eq!(failed.code(), Code::Unavailable);
     assert!(
         failed
@@ -230,6 +229,7 @@ async fn a_conversation_deleted_mid_stream_ends_the_stream_with_not_found() -> a
             conversation_id: id.clone(),
             content: "We need more process.".into(),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();
@@ -321,6 +321,7 @@ async fn a_client_hanging_up_cancels_the_model_request_and_stores_no_reply() -> 
             conversation_id: id,
             content: "Velocity is too slow.".into(),
             idempotency_key: String::new(),
+            ..Default::default()
         })
         .await?
         .into_inner();

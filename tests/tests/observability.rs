@@ -188,8 +188,7 @@ async fn exercise(app: &TestApp, secret: &str) -> anyhow::Result<(String, String
     send(&mut client, &id, secret, "").await?;
     let empty = send(&mut client, &id, "", "")
         .await
-        .err()
-        .expect("an empty message is refused");
+        .expect_err("an empty message is refused");
     assert_eq!(empty.code(), Code::InvalidArgument);
     app.knowledge(&token)
         .await?
@@ -204,6 +203,7 @@ async fn exercise(app: &TestApp, secret: &str) -> anyhow::Result<(String, String
             conversation_id: id.clone(),
             page_size: 10,
             page_token: String::new(),
+            ..Default::default()
         })
         .await?;
     Ok((tenant.to_string(), id))

@@ -212,6 +212,7 @@ async fn sigterm_drains_a_streaming_reply_refuses_new_calls_and_exits_zero() -> 
             conversation_id: conversation.conversation_id.clone(),
             content: "How should I split my platform team?".into(),
             idempotency_key: "drain-1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -180,7 +180,7 @@ async fn a_retry_after_a_failed_reply_writes_it_at_once() -> anyhow::Result<()> 
     let id = new_conversation(&mut client, "").await?.conversation_id;
 
     let failed = send(&mut client, &id, "Our on-call is burning people out.", "k").await;
-    let status = failed.err().expect("the cut reply fails the call");
+    let status = failed.expect_err("the cut reply fails the call");
     assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
     assert_eq!(
         stored_turns(&app, &id).await?,
@@ -227,6 +227,7 @@ async fn a_stream_ends_at_the_callers_deadline_and_stops_the_work_behind_it() ->
         conversation_id: id,
         content: "Velocity is too slow.".into(),
         idempotency_key: String::new(),
+        ..Default::default()
     });
     request.set_timeout(deadline);
     let started = std::time::Instant::now();
@@ -315,6 +316,7 @@ async fn a_cancelled_stream_leaves_no_task_or_transaction_behind() -> anyhow::Re
             conversation_id: id,
             content: "Still too slow.".into(),
             idempotency_key: "cancelled".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -146,6 +146,7 @@ async fn a_past_due_tenant_works_with_a_warning_trailer() -> anyhow::Result<()> 
             conversation_id: id,
             content: "How do I prepare for a re-org?".into(),
             idempotency_key: "k1".into(),
+            ..Default::default()
         })
         .await?
         .into_inner();

@@ -42,8 +42,7 @@ async fn tenant_b_cannot_touch_tenant_a_through_the_api() -> anyhow::Result<()> 
     assert_eq!(messages.code(), Code::NotFound);
     let post = send(&mut b, &id, "injected", "")
         .await
-        .err()
-        .expect("B cannot post to A's conversation");
+        .expect_err("B cannot post to A's conversation");
     assert_eq!(post.code(), Code::NotFound);
     let delete = b
         .delete_conversation(pb::DeleteConversationRequest {
@@ -233,13 +232,15 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
     let a_conversation = new_conversation(&mut a_conversations, "A-title-hyacinth")
         .await?
         .conversation_id;
-    send(
+    let a_exchange = send(
         &mut a_conversations,
         &a_conversation,
         &format!("I'm a director of 40 engineers; our {secret} migration is stuck."),
         "",
     )
     .await?;
+    let a_turn = a_exchange.user().message_id.clone();
+    let a_reply = a_exchange.assistant().message_id.clone();
     let a_document = app
         .knowledge(&a_admin)
         .await?
@@ -322,6 +323,7 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
                 conversation_id: conversation(),
                 content: "injected".into(),
                 idempotency_key: String::new(),
+                ..Default::default()
             }
             .encode_to_vec(),
             Expect::NotFound,
@@ -330,6 +332,26 @@ async fn every_public_rpc_walked_with_another_tenants_ids_reaches_nothing_of_the
             "/thoughtpartner.v1.ConversationService/ListMessages",
             pb::ListMessagesRequest {
                 conversation_id: conversation(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            // A's turn and A's reply, by id: B's admin finds neither.
+            "/thoughtpartner.v1.ConversationService/EditMessage",
+            pb::EditMessageRequest {
+                message_id: a_turn,
+                content: "rewritten".into(),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+            Expect::NotFound,
+        ),
+        (
+            "/thoughtpartner.v1.ConversationService/RegenerateReply",
+            pb::RegenerateReplyRequest {
+                message_id: a_reply,
                 ..Default::default()
             }
             .encode_to_vec(),

@@ -83,8 +83,7 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
         "",
     )
     .await
-    .err()
-    .expect("unknown conversation");
+    .expect_err("unknown conversation");
     assert_eq!(missing.code(), Code::NotFound);
 
     // Spans end as their streams finish; give the reply task a moment.

@@ -139,6 +139,7 @@ pub async fn messages(
                     conversation_id: id.to_owned(),
                     page_size: 100,
                     page_token: page_token.clone(),
+                    ..Default::default()
                 },
                 token,
             )?)

@@ -115,6 +115,7 @@ async fn stream_reply(
                 conversation_id: conversation_id.to_owned(),
                 content: content.to_owned(),
                 idempotency_key: key.to_owned(),
+                ..Default::default()
             },
             token,
         )?)

@@ -258,6 +258,7 @@ async fn reply_text(
                     conversation_id: conversation_id.to_owned(),
                     content: content.to_owned(),
                     idempotency_key: idempotency_key.clone(),
+                    ..Default::default()
                 },
                 token,
             )?)

@@ -37,24 +37,40 @@ BEGIN;
 SELECT set_config('app.tenant_id', tenant_id::text, true) AS tenant_set, tenant_id AS tenant,
        conversation_id AS conv, user_id AS usr
   FROM loadgen.pgbench_targets WHERE client_id = :client_id \gset
-SELECT 1 FROM conversation.conversations
- WHERE conversation_id = :conv AND user_id = :usr FOR UPDATE;
+SELECT COALESCE(active_leaf_id::text, '') AS leaf FROM conversation.conversations
+ WHERE conversation_id = :conv AND user_id = :usr FOR UPDATE \gset
 SELECT user_id, monthly_messages, monthly_tokens FROM conversation.quotas
  WHERE user_id IN ('', :usr) ORDER BY user_id;
 INSERT INTO conversation.messages
     (message_id, tenant_id, conversation_id, role, content, idempotency_key,
-     reply_lease_until, reply_lease_holder)
-VALUES (gen_random_uuid(), :tenant, :conv, 'user',
-        'We need to hire more engineers. We''re 40 engineers at series B.', NULL,
-        now() + make_interval(secs => 15), gen_random_uuid())
-RETURNING message_id AS user_message_id, conversation_id, seq AS user_seq, role, content, create_time \gset
+     reply_lease_until, reply_lease_holder, reply_lease_generation,
+     parent_id, branch_id, depth)
+SELECT n.id, :tenant, :conv, 'user',
+       'We need to hire more engineers. We''re 40 engineers at series B.', NULL,
+       now() + make_interval(secs => 15), gen_random_uuid(), 0,
+       p.message_id,
+       CASE WHEN p.message_id IS NULL OR EXISTS (
+                SELECT 1 FROM conversation.messages c
+                 WHERE c.tenant_id = :tenant AND c.parent_id = p.message_id)
+            THEN n.id ELSE p.branch_id END,
+       COALESCE(p.depth, 0) + 1
+  FROM (SELECT gen_random_uuid() AS id) AS n
+  LEFT JOIN conversation.messages p ON p.tenant_id = :tenant AND p.message_id = NULLIF(:leaf, '')::uuid
+RETURNING message_id AS user_message_id, conversation_id, role, content, create_time,
+          COALESCE(parent_id::text, '') AS user_parent_id, depth, reply_to, generation \gset
 UPDATE conversation.conversations
-   SET update_time = now(), message_count = message_count + 2
+   SET update_time = now(), message_count = message_count + 2, active_leaf_id = :user_message_id
  WHERE conversation_id = :conv
 RETURNING message_count;
-SELECT role, content FROM conversation.messages
- WHERE conversation_id = :conv AND seq < :user_seq
- ORDER BY seq DESC LIMIT 40;
+WITH RECURSIVE up AS (
+    SELECT parent_id, role, content, 1 AS n
+      FROM conversation.messages WHERE message_id = NULLIF(:user_parent_id, '')::uuid
+  UNION ALL
+    SELECT m.parent_id, m.role, m.content, up.n + 1
+      FROM up JOIN conversation.messages m ON m.message_id = up.parent_id
+     WHERE up.n < 40
+)
+SELECT role, content FROM up ORDER BY n DESC;
 SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;
 WITH member AS (
      INSERT INTO conversation.member_usage AS u (tenant_id, user_id, day, messages)
@@ -69,13 +85,26 @@ COMMIT;
 -- conversation, complete_exchange: the assistant's turn.
 BEGIN;
 SELECT set_config('app.tenant_id', :tenant, true);
+SELECT active_leaf_id FROM conversation.conversations
+ WHERE conversation_id = :conv FOR UPDATE;
 INSERT INTO conversation.messages
     (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
-     cited_frameworks, policy_violations, grounded, input_tokens, output_tokens)
-VALUES (gen_random_uuid(), :tenant, :conv, 'assistant',
+     cited_frameworks, policy_violations, grounded, input_tokens, output_tokens,
+     generation, idempotency_key, parent_id, branch_id, depth)
+SELECT n.id, :tenant, :conv, 'assistant',
         'Here''s what I understand so far: you''re a director; the organisation has about 40 engineers; it''s a series B company; the problem: you need to hire more engineers. Before I suggest anything: what is the hiring meant to fix? Is it a throughput problem, a coverage problem (on-call, a domain no one owns), or a bet on a new product line? And who will these engineers report to, with what managers? Headcount changes the system: every ten engineers add roughly a team, and every team adds coordination. One lens: Technical Coherence asks whether more people will build one product or several diverging ones. Which of those outcomes worries you most?',
-        :user_message_id, 'offline', '{technical-coherence}', '{}', true, NULL, NULL)
-ON CONFLICT (tenant_id, reply_to) DO NOTHING
-RETURNING message_id, conversation_id, seq, role, content, create_time;
-UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = :conv;
+       :user_message_id, 'offline', '{technical-coherence}', '{}', true, NULL, NULL, 0, NULL,
+       p.message_id,
+       CASE WHEN p.message_id IS NULL OR EXISTS (
+                SELECT 1 FROM conversation.messages c
+                 WHERE c.tenant_id = :tenant AND c.parent_id = p.message_id)
+            THEN n.id ELSE p.branch_id END,
+       COALESCE(p.depth, 0) + 1
+  FROM (SELECT gen_random_uuid() AS id) AS n, conversation.messages p
+ WHERE p.message_id = :user_message_id
+ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
+RETURNING message_id AS reply_id, conversation_id, role, content, create_time, parent_id, depth,
+          reply_to, generation \gset
+UPDATE conversation.conversations SET update_time = now(), active_leaf_id = :reply_id
+ WHERE conversation_id = :conv;
 COMMIT;

@@ -5,3 +5,4 @@
 pub mod handbook;
 pub mod procstat;
 pub mod stack;
+pub mod transcript;

@@ -11,6 +11,7 @@ use tp_proto::v1 as pb;
 use uuid::Uuid;
 
 use tp_loadgen::handbook::{XorShift, document};
+use tp_loadgen::transcript::{SeedTurn, append_turns};
 
 use crate::api::{Member, authorized, bearer};
 
@@ -116,7 +117,7 @@ const ASSISTANT_TURN: &str = "Before I suggest anything, let me check I have the
 
 /// Adds `turns` turns (user and assistant alternating, each answer
 /// linked to its question as SendMessage links them) to a conversation,
-/// as the schema owner in one statement per 1,000 turns.
+/// as the schema owner in one statement per 1,000 turns, on one branch.
 pub async fn long_transcript(
     owner: &PgPool,
     tenant_id: TenantId,
@@ -132,34 +133,23 @@ pub async fn long_transcript(
     let pairs = turns / 2;
     for start in (0..pairs).step_by(500) {
         let batch = (pairs - start).min(500);
-        let mut ids = Vec::with_capacity(batch * 2);
-        let mut roles = Vec::with_capacity(batch * 2);
-        let mut contents = Vec::with_capacity(batch * 2);
-        let mut reply_to: Vec<Option<Uuid>> = Vec::with_capacity(batch * 2);
+        let mut seeded = Vec::with_capacity(batch * 2);
         for _ in 0..batch {
             let question = Uuid::new_v4();
-            ids.extend([question, Uuid::new_v4()]);
-            roles.extend(["user", "assistant"]);
-            contents.extend([USER_TURN, ASSISTANT_TURN]);
-            reply_to.extend([None, Some(question)]);
+            seeded.push(SeedTurn {
+                message_id: question,
+                role: "user",
+                content: USER_TURN,
+                reply_to: None,
+            });
+            seeded.push(SeedTurn {
+                message_id: Uuid::new_v4(),
+                role: "assistant",
+                content: ASSISTANT_TURN,
+                reply_to: Some(question),
+            });
         }
-        sqlx::query(
-            "INSERT INTO conversation.messages
-                (message_id, tenant_id, conversation_id, role, content, reply_to, responder)
-             SELECT id, $5, $6, role, content, reply_to,
-                    CASE WHEN role = 'assistant' THEN 'offline' END
-               FROM unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[])
-                    WITH ORDINALITY AS t (id, role, content, reply_to, n)
-              ORDER BY n",
-        )
-        .bind(&ids)
-        .bind(&roles)
-        .bind(&contents)
-        .bind(&reply_to)
-        .bind(tenant_id.as_uuid())
-        .bind(conversation_id)
-        .execute(&mut *tx)
-        .await?;
+        append_turns(&mut tx, tenant_id.as_uuid(), conversation_id, &seeded).await?;
     }
     tx.commit().await?;
     Ok(())

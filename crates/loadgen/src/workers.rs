@@ -185,6 +185,7 @@ impl ApiWorker {
             conversation_id: sender.conversation_id.clone(),
             content: content.to_owned(),
             idempotency_key: String::new(),
+            ..Default::default()
         });
         send_message(&mut self.conversations, request, op::SEND_MESSAGE).await
     }
@@ -201,6 +202,7 @@ impl ApiWorker {
             conversation_id: reader.conversation_id.clone(),
             page_size: 50,
             page_token: std::mem::take(&mut self.page_token),
+            ..Default::default()
         });
         let result = match self.conversations.list_messages(request).await {
             Ok(response) => {
@@ -391,6 +393,7 @@ impl Worker for HopWorker {
                 conversation_id,
                 content: MESSAGES[(self.turn / 6) as usize % MESSAGES.len()].to_owned(),
                 idempotency_key: String::new(),
+                ..Default::default()
             };
             let request = if direct {
                 member.direct(message)

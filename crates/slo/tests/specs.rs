@@ -123,7 +123,7 @@ fn rpc_promises_are_read_from_the_queries() {
     );
     // The time-to-first-event SLO is not SendMessage's latency promise,
     // and authentication and coaching promise no RPC.
-    assert_eq!(promises.len(), 36, "{:?}", promises.keys());
+    assert_eq!(promises.len(), 38, "{:?}", promises.keys());
 }
 
 #[test]

@@ -100,6 +100,11 @@ pub struct MessageRow {
     pub content: String,
     pub create_time: OffsetDateTime,
     pub seq: i64,
+    /// The message this one follows: the transcript's tree, for programs.
+    pub parent_id: Option<Uuid>,
+    /// Whether an earlier message has the same parent: this one is an
+    /// edit of a turn, or another reply to one.
+    pub another_version: bool,
 }
 
 /// The Markdown document's head: the title, the id and when it started.
@@ -117,11 +122,14 @@ pub fn markdown_head(c: &ConversationRow) -> String {
 }
 
 /// One turn in Markdown, under who said it.
+/// Every version of every turn is in the document, in the order written;
+/// a later version says what it is.
 pub fn markdown_turn(m: &MessageRow) -> String {
-    let who = if m.role == "user" {
-        "You"
-    } else {
-        "Thought partner"
+    let who = match (m.role == "user", m.another_version) {
+        (true, false) => "You",
+        (true, true) => "You (edited)",
+        (false, false) => "Thought partner",
+        (false, true) => "Thought partner (asked again)",
     };
     format!("\n## {who}\n\n{}\n", m.content.trim_end())
 }
@@ -138,6 +146,7 @@ fn conversation_json(c: &ConversationRow) -> serde_json::Value {
 fn message_json(m: &MessageRow) -> serde_json::Value {
     json!({
         "message_id": m.message_id,
+        "parent_message_id": m.parent_id,
         "role": m.role,
         "content": m.content,
         "create_time": rfc3339(m.create_time),
@@ -165,6 +174,7 @@ pub fn message_line(conversation_id: Uuid, m: &MessageRow) -> String {
         "type": "message",
         "conversation_id": conversation_id,
         "message_id": m.message_id,
+        "parent_message_id": m.parent_id,
         "role": m.role,
         "content": m.content,
         "create_time": rfc3339(m.create_time),
@@ -357,10 +367,20 @@ impl ExportStore {
             .begin(&self.pool, tenant, op::EXPORT_MESSAGES)
             .await?;
         let rows = sqlx::query_as::<_, MessageRow>(
-            "SELECT message_id, role, content, create_time, seq
-               FROM conversation.messages
-              WHERE conversation_id = $1 AND seq > $2
-              ORDER BY seq LIMIT $3",
+            // Siblings by parent: first turns (no parent) among the
+            // conversation's, others by the parent's index.
+            "SELECT m.message_id, m.role, m.content, m.create_time, m.seq, m.parent_id,
+                    CASE WHEN m.parent_id IS NULL THEN
+                        EXISTS (SELECT 1 FROM conversation.messages s
+                                 WHERE s.parent_id IS NULL AND s.conversation_id = m.conversation_id
+                                   AND s.seq < m.seq)
+                    ELSE
+                        EXISTS (SELECT 1 FROM conversation.messages s
+                                 WHERE s.parent_id = m.parent_id AND s.seq < m.seq)
+                    END AS another_version
+               FROM conversation.messages m
+              WHERE m.conversation_id = $1 AND m.seq > $2
+              ORDER BY m.seq LIMIT $3",
         )
         .bind(conversation_id)
         .bind(seq)
@@ -524,6 +544,8 @@ mod tests {
             content: content.into(),
             create_time: OffsetDateTime::UNIX_EPOCH,
             seq: 9,
+            parent_id: None,
+            another_version: false,
         }
     }
 
@@ -547,6 +569,16 @@ mod tests {
             "\n## You\n\nWe are 40.\n"
         );
         assert!(markdown_turn(&message("assistant", "Why?")).contains("## Thought partner"));
+        let edited = MessageRow {
+            another_version: true,
+            ..message("user", "We are 45.")
+        };
+        assert!(markdown_turn(&edited).starts_with("\n## You (edited)\n"));
+        let again = MessageRow {
+            another_version: true,
+            ..message("assistant", "What for?")
+        };
+        assert!(markdown_turn(&again).contains("## Thought partner (asked again)"));
     }
 
     #[test]
@@ -559,6 +591,10 @@ mod tests {
         let value: serde_json::Value = serde_json::from_str(line.trim_end()).expect("JSON");
         assert_eq!(value["type"], "message");
         assert_eq!(value["content"], "two\nlines \"quoted\"");
+        assert!(
+            value["parent_message_id"].is_null(),
+            "a first turn has no parent"
+        );
         let value: serde_json::Value =
             serde_json::from_str(conversation_line(&conversation()).trim_end()).expect("JSON");
         assert_eq!(value["user_id"], "ann");

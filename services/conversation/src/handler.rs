@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -14,11 +14,12 @@ use crate::export::{self, Chunker, ExportError, ExportStore};
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
 use crate::search::{self, MessageSearch};
 use crate::store::{
-    ConversationRow, ConversationStore, Exchange, KeptProfile, MessageRow, REPLY_LEASE,
-    REPLY_LEASE_RENEW_EVERY, ReplyLease, ReplyOwner,
+    Branch, BranchMessageRow, ConversationRow, ConversationStore, Exchange, KeptProfile,
+    MessageRow, REPLY_LEASE, REPLY_LEASE_RENEW_EVERY, ReplyLease, ReplyOwner, Turn,
 };
 use crate::validate;
 use tp_store::sealed::TokenSealer;
+use uuid::Uuid;
 
 pub struct ConversationHandler {
     store: ConversationStore,
@@ -47,6 +48,33 @@ impl ConversationHandler {
     }
 }
 
+impl ConversationHandler {
+    /// Starts an exchange (the user's turn is durable when this returns)
+    /// and streams the reply to it from a task of its own.
+    async fn stream_reply(
+        &self,
+        ctx: tp_context::RequestContext,
+        record: tp_telemetry::CallRecord,
+        turn: Turn<'_>,
+    ) -> Result<ReceiverStream<Result<pb::SendMessageResponse, Status>>, Status> {
+        let exchange = self.store.begin_exchange(&ctx, turn).await?;
+        record.set_conversation(exchange.user_message.conversation_id);
+        let (events, receiver) = mpsc::channel(16);
+        let task = respond(
+            self.store.clone(),
+            self.pipeline.clone(),
+            ctx,
+            record,
+            exchange,
+            events,
+        );
+        tokio::spawn(task.instrument(tracing::Span::current()));
+        Ok(ReceiverStream::new(receiver))
+    }
+}
+
+type SendEvent = pb::send_message_response::Event;
+
 fn paging_status(e: tp_store::paging::PagingError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -72,6 +100,68 @@ fn message_pb(row: MessageRow) -> pb::Message {
         role: role.into(),
         content: row.content,
         create_time: Some(tp_proto::timestamp(row.create_time)),
+        parent_message_id: row.parent_id.map(|id| id.to_string()).unwrap_or_default(),
+        sibling_message_ids: Vec::new(),
+    }
+}
+
+fn branch_message_pb(row: BranchMessageRow) -> pb::Message {
+    pb::Message {
+        sibling_message_ids: row.sibling_ids.iter().map(Uuid::to_string).collect(),
+        ..message_pb(row.message)
+    }
+}
+
+/// ListMessages' page tokens: where a page of a branch ended, sealed to the
+/// tenant, the caller and the conversation, so the next page reads the
+/// same branch however the conversation changed meanwhile, and a token
+/// cannot be forged or taken elsewhere.
+mod branch_token {
+    use tonic::Status;
+    use tp_context::RequestContext;
+    use tp_store::sealed::{SealError, TokenSealer};
+    use uuid::Uuid;
+
+    fn binding<R>(ctx: &RequestContext, conversation_id: Uuid, f: impl FnOnce(&[&[u8]]) -> R) -> R {
+        f(&[
+            ctx.tenant_id.as_uuid().as_bytes(),
+            ctx.user_id.as_bytes(),
+            b"messages",
+            conversation_id.as_bytes(),
+        ])
+    }
+
+    /// The branch (its last message) and the depth the page ended at.
+    pub fn seal(
+        sealer: &TokenSealer,
+        ctx: &RequestContext,
+        conversation_id: Uuid,
+        end: Uuid,
+        depth: i32,
+    ) -> String {
+        let mut position = end.as_bytes().to_vec();
+        position.extend_from_slice(&depth.to_be_bytes());
+        binding(ctx, conversation_id, |b| sealer.seal(b, &position))
+    }
+
+    pub fn open(
+        sealer: &TokenSealer,
+        ctx: &RequestContext,
+        conversation_id: Uuid,
+        token: &str,
+    ) -> Result<(Uuid, i32), Status> {
+        let refused = |e: SealError| {
+            Status::invalid_argument(format!(
+                "{e} (a ListMessages page_token continues the listing of the conversation \
+                 it came from)"
+            ))
+        };
+        let position = binding(ctx, conversation_id, |b| sealer.open(b, token)).map_err(refused)?;
+        let (end, depth) = position
+            .split_first_chunk::<16>()
+            .and_then(|(end, rest)| Some((Uuid::from_bytes(*end), <[u8; 4]>::try_from(rest).ok()?)))
+            .ok_or_else(|| refused(SealError::NotIssuedHere))?;
+        Ok((end, i32::from_be_bytes(depth)))
     }
 }
 
@@ -145,24 +235,69 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         record.set_conversation(conversation_id);
         validate::content(&request.content)?;
         let key = validate::idempotency_key(&request.idempotency_key)?;
+        let after = validate::optional_message_id("parent_message_id", &request.parent_message_id)?;
+        let turn = Turn::Send {
+            conversation_id,
+            content: &request.content,
+            key,
+            after,
+        };
+        Ok(Response::new(Box::pin(
+            self.stream_reply(ctx, record, turn).await?,
+        )))
+    }
 
-        // The user's turn is durable before anything streams back.
-        let exchange = self
-            .store
-            .begin_exchange(&ctx, conversation_id, &request.content, key)
-            .await?;
+    type EditMessageStream =
+        Pin<Box<dyn Stream<Item = Result<pb::EditMessageResponse, Status>> + Send>>;
 
-        let (events, receiver) = mpsc::channel(16);
-        let task = respond(
-            self.store.clone(),
-            self.pipeline.clone(),
-            ctx,
-            record,
-            exchange,
-            events,
-        );
-        tokio::spawn(task.instrument(tracing::Span::current()));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<Self::EditMessageStream>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        let record = tp_telemetry::CallRecord::of(&request).unwrap_or_default();
+        let request = request.into_inner();
+        let message_id = validate::message_id("message_id", &request.message_id)?;
+        validate::content(&request.content)?;
+        let key = validate::idempotency_key(&request.idempotency_key)?;
+        let turn = Turn::Edit {
+            message_id,
+            content: &request.content,
+            key,
+        };
+        let events = self.stream_reply(ctx, record, turn).await?;
+        Ok(Response::new(Box::pin(events.map(|event| {
+            event.map(|e| pb::EditMessageResponse {
+                event: e.event.map(|e| match e {
+                    SendEvent::TextDelta(d) => pb::edit_message_response::Event::TextDelta(d),
+                    SendEvent::Completed(c) => pb::edit_message_response::Event::Completed(c),
+                }),
+            })
+        }))))
+    }
+
+    type RegenerateReplyStream =
+        Pin<Box<dyn Stream<Item = Result<pb::RegenerateReplyResponse, Status>> + Send>>;
+
+    async fn regenerate_reply(
+        &self,
+        request: Request<pb::RegenerateReplyRequest>,
+    ) -> Result<Response<Self::RegenerateReplyStream>, Status> {
+        let ctx = tp_context::from_request(&request)?;
+        let record = tp_telemetry::CallRecord::of(&request).unwrap_or_default();
+        let request = request.into_inner();
+        let message_id = validate::message_id("message_id", &request.message_id)?;
+        let key = validate::idempotency_key(&request.idempotency_key)?;
+        let turn = Turn::Regenerate { message_id, key };
+        let events = self.stream_reply(ctx, record, turn).await?;
+        Ok(Response::new(Box::pin(events.map(|event| {
+            event.map(|e| pb::RegenerateReplyResponse {
+                event: e.event.map(|e| match e {
+                    SendEvent::TextDelta(d) => pb::regenerate_reply_response::Event::TextDelta(d),
+                    SendEvent::Completed(c) => pb::regenerate_reply_response::Event::Completed(c),
+                }),
+            })
+        }))))
     }
 
     async fn list_messages(
@@ -172,12 +307,38 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         let ctx = tp_context::from_request(&request)?;
         let request = request.into_inner();
         let id = validate::conversation_id(&request.conversation_id)?;
-        let page = Page::parse(request.page_size, &request.page_token).map_err(paging_status)?;
-        let mut rows = self.store.list_messages(&ctx, id, &page).await?;
-        let next_page_token = page.finish(&mut rows, |row| row.seq);
+        let page = Page::parse(request.page_size, "").map_err(paging_status)?;
+        let named = validate::optional_message_id("branch_id", &request.branch_id)?;
+        let (branch, after) = if request.page_token.is_empty() {
+            (named.map_or(Branch::Active, Branch::Through), 0)
+        } else {
+            let (end, after) = branch_token::open(&self.sealer, &ctx, id, &request.page_token)?;
+            if named.is_some_and(|named| named != end) {
+                return Err(Status::invalid_argument(
+                    "page_token continues another branch than branch_id names; send the \
+                     same branch_id as for the first page, or none",
+                ));
+            }
+            (Branch::EndingAt(end), after)
+        };
+        let listed = self
+            .store
+            .list_branch(&ctx, id, branch, after, page.fetch_limit())
+            .await?;
+        let mut rows = listed.rows;
+        let next_page_token = match listed.end {
+            Some(end) if rows.len() > usize::try_from(page.size).unwrap_or(usize::MAX) => {
+                rows.truncate(usize::try_from(page.size).unwrap_or(usize::MAX));
+                rows.last()
+                    .map(|last| branch_token::seal(&self.sealer, &ctx, id, end, last.message.depth))
+                    .unwrap_or_default()
+            }
+            _ => String::new(),
+        };
         Ok(Response::new(pb::ListMessagesResponse {
-            messages: rows.into_iter().map(message_pb).collect(),
+            messages: rows.into_iter().map(branch_message_pb).collect(),
             next_page_token,
+            branch_id: listed.end.map(|end| end.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -366,7 +527,10 @@ async fn respond(
                 if events.is_closed() {
                     return;
                 }
-                owner = match store.await_reply(&ctx, &exchange.user_message).await {
+                owner = match store
+                    .await_reply(&ctx, &exchange.user_message, &exchange.target)
+                    .await
+                {
                     Ok(owner) => owner,
                     Err(e) => {
                         let _ = events.send(Err(Status::from(e))).await;
@@ -425,7 +589,7 @@ async fn write_reply(
                 );
             }
             let stored = store
-                .complete_exchange(&ctx, &exchange.user_message, &reply)
+                .complete_exchange(&ctx, &exchange.user_message, &exchange.target, &reply)
                 .await;
             match stored {
                 Ok(assistant) => {

@@ -27,10 +27,90 @@ pub struct ConversationRow {
 pub struct MessageRow {
     pub message_id: Uuid,
     pub conversation_id: Uuid,
-    pub seq: i64,
     pub role: String,
     pub content: String,
     pub create_time: OffsetDateTime,
+    /// The message this one follows; `None` for a first turn.
+    pub parent_id: Option<Uuid>,
+    /// Position on its branch, from 1 (the cursor of ListMessages).
+    pub depth: i32,
+    /// On a reply: the turn it answers.
+    pub reply_to: Option<Uuid>,
+    /// On a reply: which reply to its turn it is (0 is SendMessage's).
+    pub generation: i32,
+}
+
+/// A message on a listed branch, with its other versions.
+#[derive(Clone, Debug, sqlx::FromRow)]
+pub struct BranchMessageRow {
+    #[sqlx(flatten)]
+    pub message: MessageRow,
+    /// Messages with the same parent, oldest first, itself excluded.
+    pub sibling_ids: Vec<Uuid>,
+}
+
+/// Which branch of a conversation ListMessages reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Branch {
+    /// The one new turns follow.
+    Active,
+    /// The one through this message: up to it, then on through the first
+    /// version of each later turn.
+    Through(Uuid),
+    /// The one ending at this message (a page token's).
+    EndingAt(Uuid),
+}
+
+/// A page of a branch.
+pub struct BranchPage {
+    /// The branch's last message; `None` for an empty conversation.
+    pub end: Option<Uuid>,
+    /// Up to the page size plus one (whether there is a next page).
+    pub rows: Vec<BranchMessageRow>,
+}
+
+/// What a call asks [`ConversationStore::begin_exchange`] for.
+#[derive(Clone, Copy, Debug)]
+pub enum Turn<'a> {
+    /// SendMessage: a new turn after `after`, or after the active branch's
+    /// last message.
+    Send {
+        conversation_id: Uuid,
+        content: &'a str,
+        key: Option<&'a str>,
+        after: Option<Uuid>,
+    },
+    /// EditMessage: a new version of the caller's turn `message_id`.
+    Edit {
+        message_id: Uuid,
+        content: &'a str,
+        key: Option<&'a str>,
+    },
+    /// RegenerateReply: another reply to the turn of `message_id` (a reply,
+    /// or the turn itself).
+    Regenerate {
+        message_id: Uuid,
+        key: Option<&'a str>,
+    },
+}
+
+/// Which reply to a user turn a call writes or waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplyTarget {
+    /// 0 for SendMessage's (and EditMessage's) reply; RegenerateReply's
+    /// count on from there.
+    pub generation: i32,
+    /// RegenerateReply's idempotency key, stored on the reply it writes.
+    pub key: Option<String>,
+}
+
+impl ReplyTarget {
+    fn first() -> Self {
+        Self {
+            generation: 0,
+            key: None,
+        }
+    }
 }
 
 /// The durable part of a member's context profile, as stored.
@@ -58,6 +138,8 @@ pub struct Exchange {
     pub user_message: MessageRow,
     /// Who writes the reply: this call, another call, or no one (stored).
     pub reply: ReplyOwner,
+    /// Which reply that is.
+    pub target: ReplyTarget,
     /// The user's earlier turns, oldest first, for the coach's context.
     pub earlier_user_turns: Vec<String>,
     /// The earlier turns of both sides, oldest first, for a model's prompt.
@@ -111,7 +193,24 @@ macro_rules! conversation_columns {
 }
 macro_rules! message_columns {
     () => {
-        "message_id, conversation_id, seq, role, content, create_time"
+        "message_id, conversation_id, role, content, create_time, parent_id, depth, reply_to, \
+         generation"
+    };
+}
+/// Where a new message goes on the tree, as the `parent_id, branch_id,
+/// depth` of an `INSERT … SELECT` whose `$1` is the new message's id, `$2`
+/// the tenant, and `p` the parent's row (NULLs for a first turn). The first
+/// child of a message continues its parent's segment; any later one (an
+/// edit, a regenerated reply) starts a segment of its own. The caller holds
+/// the conversation's row lock, so "first" cannot race.
+macro_rules! placed_under_p {
+    () => {
+        "p.message_id,
+         CASE WHEN p.message_id IS NULL OR EXISTS (
+                  SELECT 1 FROM conversation.messages c
+                   WHERE c.tenant_id = $2 AND c.parent_id = p.message_id)
+              THEN $1 ELSE p.branch_id END,
+         COALESCE(p.depth, 0) + 1"
     };
 }
 
@@ -123,7 +222,8 @@ pub mod op {
     pub const LIST_CONVERSATIONS: &str = "list_conversations";
     pub const DELETE_CONVERSATION: &str = "delete_conversation";
     pub const LIST_MESSAGES: &str = "list_messages";
-    /// SendMessage: the user's turn (and the quota check), before the reply.
+    /// SendMessage, EditMessage, RegenerateReply: the user's turn (or the
+    /// claim on another reply) and the quota check, before the reply.
     pub const BEGIN_EXCHANGE: &str = "begin_exchange";
     /// SendMessage: the assistant's turn, usage and kept profile.
     pub const COMPLETE_EXCHANGE: &str = "complete_exchange";
@@ -258,122 +358,177 @@ impl ConversationStore {
         Ok(())
     }
 
-    /// Oldest first; the cursor is `seq`.
-    pub async fn list_messages(
+    /// A page of one branch, oldest first: the messages after depth
+    /// `after` (0 for the first page), at most `limit`.
+    pub async fn list_branch(
         &self,
         ctx: &RequestContext,
         conversation_id: Uuid,
-        page: &Page,
-    ) -> Result<Vec<MessageRow>, ConversationError> {
+        branch: Branch,
+        after: i32,
+        limit: i64,
+    ) -> Result<BranchPage, ConversationError> {
         let mut tx = self
             .timer
             .begin(&self.pool, ctx.tenant_id, op::LIST_MESSAGES)
             .await?;
-        owned_conversation(&mut tx, ctx, conversation_id, false).await?;
-        let rows = sqlx::query_as::<_, MessageRow>(concat!(
-            "SELECT ",
-            message_columns!(),
-            " FROM conversation.messages
-              WHERE conversation_id = $1 AND ($2::bigint IS NULL OR seq > $2)
-              ORDER BY seq LIMIT $3"
-        ))
-        .bind(conversation_id)
-        .bind(page.after)
-        .bind(page.fetch_limit())
-        .fetch_all(&mut *tx)
-        .await?;
+        let active = owned_conversation(&mut tx, ctx, conversation_id, false).await?;
+        let end = match branch {
+            Branch::Active => active,
+            Branch::EndingAt(end) => Some(end),
+            Branch::Through(message_id) => {
+                // The tip of the message's segment: its own descendants
+                // along the first version of each later turn.
+                let tip: Option<Uuid> = sqlx::query_scalar(
+                    "SELECT (SELECT t.message_id FROM conversation.messages t
+                              WHERE t.tenant_id = x.tenant_id AND t.branch_id = x.branch_id
+                              ORDER BY t.depth DESC LIMIT 1)
+                       FROM conversation.messages x
+                      WHERE x.message_id = $1 AND x.conversation_id = $2",
+                )
+                .bind(message_id)
+                .bind(conversation_id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+                Some(tip.ok_or(ConversationError::MessageNotFound(message_id))?)
+            }
+        };
+        let rows = match end {
+            Some(end) => {
+                sqlx::query_as::<_, BranchMessageRow>(concat!(
+                    // The branch's segments, leaf first: each up to where
+                    // the next one forks off it.
+                    "WITH RECURSIVE chain (branch_id, upto) AS (
+                         SELECT branch_id, depth FROM conversation.messages
+                          WHERE message_id = $1 AND conversation_id = $2
+                       UNION ALL
+                         SELECT p.branch_id, p.depth
+                           FROM chain c
+                           JOIN conversation.messages f ON f.message_id = c.branch_id
+                           JOIN conversation.messages p ON p.message_id = f.parent_id
+                     ),
+                     page AS (
+                         SELECT m.* FROM chain c CROSS JOIN LATERAL (
+                             SELECT ",
+                    message_columns!(),
+                    " FROM conversation.messages
+                              WHERE branch_id = c.branch_id AND depth > $3 AND depth <= c.upto
+                              ORDER BY depth LIMIT $4) m
+                          ORDER BY m.depth LIMIT $4
+                     )
+                     SELECT page.*,
+                            CASE WHEN page.parent_id IS NULL THEN
+                                ARRAY(SELECT s.message_id FROM conversation.messages s
+                                       WHERE s.parent_id IS NULL
+                                         AND s.conversation_id = page.conversation_id
+                                         AND s.message_id <> page.message_id ORDER BY s.seq)
+                            ELSE
+                                ARRAY(SELECT s.message_id FROM conversation.messages s
+                                       WHERE s.parent_id = page.parent_id
+                                         AND s.message_id <> page.message_id ORDER BY s.seq)
+                            END AS sibling_ids
+                       FROM page ORDER BY page.depth"
+                ))
+                .bind(end)
+                .bind(conversation_id)
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => Vec::new(),
+        };
         tx.commit().await?;
-        Ok(rows)
+        Ok(BranchPage { end, rows })
     }
 
     /// Persists the user's turn (or finds the one stored under the same
-    /// idempotency key) and commits before any reply is produced: once this
+    /// idempotency key), or for RegenerateReply claims another reply to a
+    /// stored turn, and commits before any reply is produced: once this
     /// returns, the turn is acknowledged and durable.
     pub async fn begin_exchange(
         &self,
         ctx: &RequestContext,
-        conversation_id: Uuid,
-        content: &str,
-        idempotency_key: Option<&str>,
+        turn: Turn<'_>,
     ) -> Result<Exchange, ConversationError> {
         let mut tx = self
             .timer
             .begin(&self.pool, ctx.tenant_id, op::BEGIN_EXCHANGE)
             .await?;
-        // Locking the conversation serialises concurrent sends, so a retry
-        // racing its original sees the original's turn.
-        owned_conversation(&mut tx, ctx, conversation_id, true).await?;
-
-        let stored = match idempotency_key {
-            Some(key) => {
-                sqlx::query_as::<_, MessageRow>(concat!(
-                    "SELECT ",
-                    message_columns!(),
-                    " FROM conversation.messages
-                      WHERE conversation_id = $1 AND idempotency_key = $2"
-                ))
-                .bind(conversation_id)
-                .bind(key)
-                .fetch_optional(&mut *tx)
-                .await?
-            }
-            None => None,
-        };
-
-        let new_turn = stored.is_none();
         let lease = ReplyLease(Uuid::new_v4());
-        let (user_message, reply) = match stored {
-            Some(user_message) => {
-                let owner = reply_owner(&mut tx, user_message.message_id, lease).await?;
-                (user_message, owner)
+        // Every branch below starts by locking the conversation, which
+        // serialises concurrent sends: a retry racing its original sees the
+        // original's turn, and two new children of one message cannot both
+        // take its segment.
+        let (user_message, reply, target, new_message) = match turn {
+            Turn::Send {
+                conversation_id,
+                content,
+                key,
+                after,
+            } => {
+                let active = owned_conversation(&mut tx, ctx, conversation_id, true).await?;
+                let parent = match after {
+                    Some(parent) => {
+                        message_in(&mut tx, conversation_id, parent).await?;
+                        Some(parent)
+                    }
+                    None => active,
+                };
+                let started =
+                    start_turn(&mut tx, ctx, conversation_id, content, key, parent, lease).await?;
+                (started.0, started.1, ReplyTarget::first(), started.2)
             }
-            None => {
-                crate::usage::check_quotas(&mut tx, ctx).await?;
-                let user_message = sqlx::query_as::<_, MessageRow>(concat!(
-                    "INSERT INTO conversation.messages
-                        (message_id, tenant_id, conversation_id, role, content, idempotency_key,
-                         reply_lease_until, reply_lease_holder)
-                     VALUES ($1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6), $7)
-                     RETURNING ",
-                    message_columns!()
-                ))
-                .bind(Uuid::new_v4())
-                .bind(ctx.tenant_id.as_uuid())
-                .bind(conversation_id)
-                .bind(content)
-                .bind(idempotency_key)
-                .bind(REPLY_LEASE.as_secs_f64())
-                .bind(lease.0)
-                .fetch_one(&mut *tx)
+            Turn::Edit {
+                message_id,
+                content,
+                key,
+            } => {
+                let edited = owned_message(&mut tx, ctx, message_id).await?;
+                if edited.role != "user" {
+                    return Err(ConversationError::NotUserTurn(message_id));
+                }
+                let started = start_turn(
+                    &mut tx,
+                    ctx,
+                    edited.conversation_id,
+                    content,
+                    key,
+                    edited.parent_id,
+                    lease,
+                )
                 .await?;
-                count_exchange(&mut tx, conversation_id).await?;
-                (user_message, ReplyOwner::This(lease))
+                (started.0, started.1, ReplyTarget::first(), started.2)
+            }
+            Turn::Regenerate { message_id, key } => {
+                let named = owned_message(&mut tx, ctx, message_id).await?;
+                let user_message = match named.reply_to {
+                    Some(turn) => message_in(&mut tx, named.conversation_id, turn).await?,
+                    None => named,
+                };
+                let (reply, target) =
+                    claim_another_reply(&mut tx, ctx, &user_message, key, lease).await?;
+                let new_reply = matches!(reply, ReplyOwner::This(_));
+                (user_message, reply, target, new_reply)
             }
         };
 
-        let mut transcript: Vec<(String, String)> = sqlx::query_as(
-            "SELECT role, content FROM conversation.messages
-              WHERE conversation_id = $1 AND seq < $2
-              ORDER BY seq DESC LIMIT $3",
-        )
-        .bind(conversation_id)
-        .bind(user_message.seq)
-        .bind(CONTEXT_TURNS)
-        .fetch_all(&mut *tx)
-        .await?;
-        transcript.reverse();
+        let transcript = branch_before(&mut tx, user_message.parent_id).await?;
         let kept_profile = kept_profile(&mut tx, ctx).await?;
         // Last before the commit: counting locks the tenant's row for the
         // day until the commit, and every member of the tenant sending at
         // that moment waits for it (measured with tp-loadgen: one tenant's
-        // 32 members sent 28 % less than 1,000 tenants' did).
-        if new_turn {
+        // 32 members sent 28 % less than 1,000 tenants' did). A regenerated
+        // reply counts as a message: it costs what a turn's reply costs.
+        if new_message {
             crate::usage::count_message(&mut tx, ctx).await?;
         }
         tx.commit().await?;
         Ok(Exchange {
             user_message,
             reply,
+            target,
             earlier_user_turns: transcript
                 .iter()
                 .filter(|(role, _)| role == "user")
@@ -401,14 +556,20 @@ impl ConversationStore {
         &self,
         ctx: &RequestContext,
         user_message: &MessageRow,
+        target: &ReplyTarget,
     ) -> Result<ReplyOwner, ConversationError> {
         let mut tx = self
             .timer
             .begin(&self.pool, ctx.tenant_id, op::AWAIT_REPLY)
             .await?;
         owned_conversation(&mut tx, ctx, user_message.conversation_id, true).await?;
-        let owner =
-            reply_owner(&mut tx, user_message.message_id, ReplyLease(Uuid::new_v4())).await?;
+        let owner = reply_owner(
+            &mut tx,
+            user_message.message_id,
+            target,
+            ReplyLease(Uuid::new_v4()),
+        )
+        .await?;
         tx.commit().await?;
         Ok(owner)
     }
@@ -467,30 +628,47 @@ impl ConversationStore {
         Ok(renewed == 1)
     }
 
-    /// Persists the assistant's reply to a user turn. When a concurrent retry
-    /// already stored one, that stored reply wins and is returned.
+    /// Persists the assistant's reply to a user turn, and moves the active
+    /// branch on to it when it still ends at that turn (a member who edited
+    /// meanwhile stays on their edit). When a concurrent retry already
+    /// stored this reply, that stored reply wins and is returned.
     pub async fn complete_exchange(
         &self,
         ctx: &RequestContext,
         user_message: &MessageRow,
+        target: &ReplyTarget,
         reply: &ProducedReply,
     ) -> Result<MessageRow, ConversationError> {
         let mut tx = self
             .timer
             .begin(&self.pool, ctx.tenant_id, op::COMPLETE_EXCHANGE)
             .await?;
+        let conversation_id = user_message.conversation_id;
+        // The lock placing a child under the turn needs; gone when the
+        // conversation was deleted while the reply was produced.
+        let active: Option<Option<Uuid>> = sqlx::query_scalar(
+            "SELECT active_leaf_id FROM conversation.conversations
+              WHERE conversation_id = $1 FOR UPDATE",
+        )
+        .bind(conversation_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let active = active.ok_or(ConversationError::ConversationNotFound(conversation_id))?;
         let inserted = sqlx::query_as::<_, MessageRow>(concat!(
             "INSERT INTO conversation.messages
                 (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
-                 cited_frameworks, policy_violations, grounded, input_tokens, output_tokens)
-             VALUES ($1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11)
-             ON CONFLICT (tenant_id, reply_to) DO NOTHING
+                 cited_frameworks, policy_violations, grounded, input_tokens, output_tokens,
+                 generation, idempotency_key, parent_id, branch_id, depth)
+             SELECT $1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ",
+            placed_under_p!(),
+            " FROM conversation.messages p WHERE p.message_id = $5
+             ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
              RETURNING ",
             message_columns!()
         ))
         .bind(Uuid::new_v4())
         .bind(ctx.tenant_id.as_uuid())
-        .bind(user_message.conversation_id)
+        .bind(conversation_id)
         .bind(&reply.text)
         .bind(user_message.message_id)
         .bind(reply.responder)
@@ -507,18 +685,30 @@ impl ConversationStore {
                 .usage
                 .map(|u| i32::try_from(u.output_tokens).unwrap_or(i32::MAX)),
         )
+        .bind(target.generation)
+        .bind(target.key.as_deref())
         .fetch_optional(&mut *tx)
         .await
         .map_err(|e| match &e {
-            // The conversation was deleted while the reply was produced.
-            sqlx::Error::Database(db) if db.is_foreign_key_violation() => {
-                ConversationError::ConversationNotFound(user_message.conversation_id)
-            }
+            // The key went to another request of the conversation meanwhile.
+            sqlx::Error::Database(db) if db.is_unique_violation() => ConversationError::KeyReused,
             _ => e.into(),
         })?;
         let stored = match inserted {
             Some(stored) => {
-                touch(&mut tx, user_message.conversation_id).await?;
+                sqlx::query(
+                    "UPDATE conversation.conversations
+                        SET update_time = now(), active_leaf_id = $2
+                      WHERE conversation_id = $1",
+                )
+                .bind(conversation_id)
+                .bind(if active == Some(user_message.message_id) {
+                    Some(stored.message_id)
+                } else {
+                    active
+                })
+                .execute(&mut *tx)
+                .await?;
                 if let Some(profile) = &reply.profile_to_keep {
                     keep_profile(&mut tx, ctx, profile).await?;
                 }
@@ -548,11 +738,9 @@ impl ConversationStore {
                 }
                 stored
             }
-            None => stored_reply(&mut tx, user_message.message_id)
+            None => stored_reply(&mut tx, user_message.message_id, target.generation)
                 .await?
-                .ok_or(ConversationError::ConversationNotFound(
-                    user_message.conversation_id,
-                ))?,
+                .ok_or(ConversationError::ConversationNotFound(conversation_id))?,
         };
         tx.commit().await?;
         Ok(stored)
@@ -626,108 +814,320 @@ async fn keep_profile(
 }
 
 /// Checks the conversation exists and belongs to the caller, optionally
-/// locking it for the rest of the transaction.
+/// locking it for the rest of the transaction; the last message of its
+/// active branch (`None` while it is empty).
 async fn owned_conversation(
     tx: &mut Tx,
     ctx: &RequestContext,
     conversation_id: Uuid,
     lock: bool,
-) -> Result<(), ConversationError> {
+) -> Result<Option<Uuid>, ConversationError> {
     let sql = if lock {
-        "SELECT 1 FROM conversation.conversations
+        "SELECT active_leaf_id FROM conversation.conversations
           WHERE conversation_id = $1 AND user_id = $2 FOR UPDATE"
     } else {
-        "SELECT 1 FROM conversation.conversations WHERE conversation_id = $1 AND user_id = $2"
+        "SELECT active_leaf_id FROM conversation.conversations
+          WHERE conversation_id = $1 AND user_id = $2"
     };
-    let found: Option<i32> = sqlx::query_scalar(sql)
+    let found: Option<Option<Uuid>> = sqlx::query_scalar(sql)
         .bind(conversation_id)
         .bind(&ctx.user_id)
         .fetch_optional(&mut **tx)
         .await?;
-    found
-        .map(|_| ())
-        .ok_or(ConversationError::ConversationNotFound(conversation_id))
+    found.ok_or(ConversationError::ConversationNotFound(conversation_id))
 }
 
-/// Who writes the reply to a stored user turn: no one if it is stored,
+/// A message of one of the caller's conversations, locking that
+/// conversation for the rest of the transaction.
+async fn owned_message(
+    tx: &mut Tx,
+    ctx: &RequestContext,
+    message_id: Uuid,
+) -> Result<MessageRow, ConversationError> {
+    sqlx::query_as::<_, MessageRow>(
+        "SELECT m.message_id, m.conversation_id, m.role, m.content, m.create_time,
+                m.parent_id, m.depth, m.reply_to, m.generation
+           FROM conversation.messages m
+           JOIN conversation.conversations c
+             ON c.tenant_id = m.tenant_id AND c.conversation_id = m.conversation_id
+          WHERE m.message_id = $1 AND c.user_id = $2
+            FOR UPDATE OF c",
+    )
+    .bind(message_id)
+    .bind(&ctx.user_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(ConversationError::MessageNotFound(message_id))
+}
+
+/// A message of a conversation the caller owns and has locked.
+async fn message_in(
+    tx: &mut Tx,
+    conversation_id: Uuid,
+    message_id: Uuid,
+) -> Result<MessageRow, ConversationError> {
+    sqlx::query_as::<_, MessageRow>(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM conversation.messages WHERE message_id = $1 AND conversation_id = $2"
+    ))
+    .bind(message_id)
+    .bind(conversation_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or(ConversationError::MessageNotFound(message_id))
+}
+
+/// A new user turn under `parent` (SendMessage, EditMessage), which becomes
+/// the end of the active branch; or the turn stored under the same
+/// idempotency key. True when the turn is new.
+async fn start_turn(
+    tx: &mut Tx,
+    ctx: &RequestContext,
+    conversation_id: Uuid,
+    content: &str,
+    key: Option<&str>,
+    parent: Option<Uuid>,
+    lease: ReplyLease,
+) -> Result<(MessageRow, ReplyOwner, bool), ConversationError> {
+    if let Some(stored) = keyed_message(tx, conversation_id, key).await? {
+        if stored.role != "user" {
+            return Err(ConversationError::KeyReused);
+        }
+        let owner = reply_owner(tx, stored.message_id, &ReplyTarget::first(), lease).await?;
+        return Ok((stored, owner, false));
+    }
+    crate::usage::check_quotas(tx, ctx).await?;
+    let turn = sqlx::query_as::<_, MessageRow>(concat!(
+        "INSERT INTO conversation.messages
+            (message_id, tenant_id, conversation_id, role, content, idempotency_key,
+             reply_lease_until, reply_lease_holder, reply_lease_generation,
+             parent_id, branch_id, depth)
+         SELECT $1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6), $7, 0, ",
+        placed_under_p!(),
+        " FROM (VALUES (1)) AS one
+           LEFT JOIN conversation.messages p ON p.tenant_id = $2 AND p.message_id = $8
+         RETURNING ",
+        message_columns!()
+    ))
+    .bind(Uuid::new_v4())
+    .bind(ctx.tenant_id.as_uuid())
+    .bind(conversation_id)
+    .bind(content)
+    .bind(key)
+    .bind(REPLY_LEASE.as_secs_f64())
+    .bind(lease.0)
+    .bind(parent)
+    .fetch_one(&mut **tx)
+    .await?;
+    count_exchange(tx, conversation_id, 2, turn.message_id).await?;
+    Ok((turn, ReplyOwner::This(lease), true))
+}
+
+/// RegenerateReply: the reply its idempotency key already produced (or is
+/// producing), else a claim on the next reply to `turn`, which becomes the
+/// end of the active branch until the reply lands.
+async fn claim_another_reply(
+    tx: &mut Tx,
+    ctx: &RequestContext,
+    turn: &MessageRow,
+    key: Option<&str>,
+    lease: ReplyLease,
+) -> Result<(ReplyOwner, ReplyTarget), ConversationError> {
+    if let Some(stored) = keyed_message(tx, turn.conversation_id, key).await? {
+        if stored.reply_to != Some(turn.message_id) {
+            return Err(ConversationError::KeyReused);
+        }
+        let target = ReplyTarget {
+            generation: stored.generation,
+            key: key.map(str::to_owned),
+        };
+        return Ok((ReplyOwner::Stored(stored), target));
+    }
+    // Another call holds the turn's lease and its reply is not stored yet:
+    // a retry of this request waits for that reply; anything else is
+    // refused rather than queued. (A lease outlives the reply it was for
+    // until it expires: storing a reply does not spend a statement on it.)
+    let (generation, lease_key): (Option<i32>, Option<String>) = sqlx::query_as(
+        "SELECT u.reply_lease_generation, u.reply_lease_key FROM conversation.messages u
+          WHERE u.message_id = $1 AND u.reply_lease_until >= now()
+            AND NOT EXISTS (SELECT 1 FROM conversation.messages r
+                             WHERE r.tenant_id = u.tenant_id AND r.reply_to = u.message_id
+                               AND r.generation = u.reply_lease_generation)",
+    )
+    .bind(turn.message_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .unwrap_or_default();
+    if let Some(generation) = generation {
+        if key.is_some() && lease_key.as_deref() == key {
+            let target = ReplyTarget {
+                generation,
+                key: lease_key,
+            };
+            return Ok((ReplyOwner::Another, target));
+        }
+        return Err(ConversationError::ReplyInProgress(turn.message_id));
+    }
+    crate::usage::check_quotas(tx, ctx).await?;
+    let generation: i32 = sqlx::query_scalar(
+        "UPDATE conversation.messages
+            SET reply_lease_until = now() + make_interval(secs => $2),
+                reply_lease_holder = $3, reply_lease_key = $4,
+                reply_lease_generation = (
+                    SELECT COALESCE(max(r.generation) + 1, 0) FROM conversation.messages r
+                     WHERE r.tenant_id = $5 AND r.reply_to = $1)
+          WHERE message_id = $1
+          RETURNING reply_lease_generation",
+    )
+    .bind(turn.message_id)
+    .bind(REPLY_LEASE.as_secs_f64())
+    .bind(lease.0)
+    .bind(key)
+    .bind(ctx.tenant_id.as_uuid())
+    .fetch_one(&mut **tx)
+    .await?;
+    count_exchange(tx, turn.conversation_id, 1, turn.message_id).await?;
+    let target = ReplyTarget {
+        generation,
+        key: key.map(str::to_owned),
+    };
+    Ok((ReplyOwner::This(lease), target))
+}
+
+/// The message stored under an idempotency key in a conversation.
+async fn keyed_message(
+    tx: &mut Tx,
+    conversation_id: Uuid,
+    key: Option<&str>,
+) -> Result<Option<MessageRow>, ConversationError> {
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    Ok(sqlx::query_as::<_, MessageRow>(concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM conversation.messages WHERE conversation_id = $1 AND idempotency_key = $2"
+    ))
+    .bind(conversation_id)
+    .bind(key)
+    .fetch_optional(&mut **tx)
+    .await?)
+}
+
+/// The branch ending at `last`, its last [`CONTEXT_TURNS`] messages (both
+/// sides) oldest first: what the responder sees before the turn it answers.
+async fn branch_before(
+    tx: &mut Tx,
+    last: Option<Uuid>,
+) -> Result<Vec<(String, String)>, ConversationError> {
+    let Some(last) = last else {
+        return Ok(Vec::new());
+    };
+    Ok(sqlx::query_as(
+        "WITH RECURSIVE up AS (
+             SELECT parent_id, role, content, 1 AS n
+               FROM conversation.messages WHERE message_id = $1
+           UNION ALL
+             SELECT m.parent_id, m.role, m.content, up.n + 1
+               FROM up JOIN conversation.messages m ON m.message_id = up.parent_id
+              WHERE up.n < $2
+         )
+         SELECT role, content FROM up ORDER BY n DESC",
+    )
+    .bind(last)
+    .bind(CONTEXT_TURNS)
+    .fetch_all(&mut **tx)
+    .await?)
+}
+
+/// Who writes a reply to a stored user turn: no one if it is stored,
 /// else this call if it can take the lease (as `lease`). The caller holds
 /// the conversation's row lock, which serialises racing retries: at most
 /// one of them takes the lease.
 async fn reply_owner(
     tx: &mut Tx,
     user_message_id: Uuid,
+    target: &ReplyTarget,
     lease: ReplyLease,
 ) -> Result<ReplyOwner, ConversationError> {
-    Ok(match stored_reply(tx, user_message_id).await? {
-        Some(reply) => ReplyOwner::Stored(reply),
-        None if claim_reply(tx, user_message_id, lease).await? => ReplyOwner::This(lease),
-        None => ReplyOwner::Another,
-    })
+    Ok(
+        match stored_reply(tx, user_message_id, target.generation).await? {
+            Some(reply) => ReplyOwner::Stored(reply),
+            None if claim_reply(tx, user_message_id, target, lease).await? => {
+                ReplyOwner::This(lease)
+            }
+            None => ReplyOwner::Another,
+        },
+    )
 }
 
-/// Takes the reply lease of a user turn unless another call holds an
-/// unexpired one; true when taken.
+/// Takes the reply lease of a user turn, to write the reply `target`,
+/// unless another call holds an unexpired one; true when taken.
 async fn claim_reply(
     tx: &mut Tx,
     user_message_id: Uuid,
+    target: &ReplyTarget,
     lease: ReplyLease,
 ) -> Result<bool, ConversationError> {
     let claimed = sqlx::query(
         "UPDATE conversation.messages
             SET reply_lease_until = now() + make_interval(secs => $2),
-                reply_lease_holder = $3
+                reply_lease_holder = $3, reply_lease_generation = $4, reply_lease_key = $5
           WHERE message_id = $1
             AND (reply_lease_until IS NULL OR reply_lease_until < now())",
     )
     .bind(user_message_id)
     .bind(REPLY_LEASE.as_secs_f64())
     .bind(lease.0)
+    .bind(target.generation)
+    .bind(target.key.as_deref())
     .execute(&mut **tx)
     .await?
     .rows_affected();
     Ok(claimed == 1)
 }
 
-/// The assistant turn that answers a user turn, if one is stored.
+/// A stored reply to a user turn: the given generation of it.
 async fn stored_reply(
     tx: &mut Tx,
     user_message_id: Uuid,
+    generation: i32,
 ) -> Result<Option<MessageRow>, ConversationError> {
     Ok(sqlx::query_as::<_, MessageRow>(concat!(
         "SELECT ",
         message_columns!(),
-        " FROM conversation.messages WHERE reply_to = $1"
+        " FROM conversation.messages WHERE reply_to = $1 AND generation = $2"
     ))
     .bind(user_message_id)
+    .bind(generation)
     .fetch_optional(&mut **tx)
     .await?)
 }
 
-/// Counts a new exchange (the user's turn and the reply to come) against
-/// the conversation's length limit; refuses it past the limit. The caller
-/// holds the conversation's row lock.
-async fn count_exchange(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {
+/// Counts `added` messages (a turn and the reply to come, or another
+/// reply) against the conversation's length limit, refusing them past it,
+/// and makes `leaf` the end of the active branch. The caller holds the
+/// conversation's row lock.
+async fn count_exchange(
+    tx: &mut Tx,
+    conversation_id: Uuid,
+    added: i32,
+    leaf: Uuid,
+) -> Result<(), ConversationError> {
     let count: i32 = sqlx::query_scalar(
         "UPDATE conversation.conversations
-            SET update_time = now(), message_count = message_count + 2
+            SET update_time = now(), message_count = message_count + $2, active_leaf_id = $3
           WHERE conversation_id = $1
           RETURNING message_count",
     )
     .bind(conversation_id)
+    .bind(added)
+    .bind(leaf)
     .fetch_one(&mut **tx)
     .await?;
     if usize::try_from(count).unwrap_or(usize::MAX) > MAX_TRANSCRIPT_MESSAGES {
         return Err(ConversationError::TranscriptFull(conversation_id));
     }
-    Ok(())
-}
-
-async fn touch(tx: &mut Tx, conversation_id: Uuid) -> Result<(), ConversationError> {
-    sqlx::query(
-        "UPDATE conversation.conversations SET update_time = now() WHERE conversation_id = $1",
-    )
-    .bind(conversation_id)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }

@@ -17,6 +17,26 @@ pub fn conversation_id(raw: &str) -> Result<Uuid, Status> {
     })
 }
 
+/// A message id, in the field named `field` (`message_id`, …).
+pub fn message_id(field: &str, raw: &str) -> Result<Uuid, Status> {
+    if raw.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Uuid::parse_str(raw).map_err(|_| {
+        Status::invalid_argument(format!(
+            "{field} must be a message id (a UUID) as returned by SendMessage or ListMessages"
+        ))
+    })
+}
+
+/// An optional message id: empty means none.
+pub fn optional_message_id(field: &str, raw: &str) -> Result<Option<Uuid>, Status> {
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    message_id(field, raw).map(Some)
+}
+
 pub fn content(content: &str) -> Result<(), Status> {
     if content.trim().is_empty() {
         return Err(Status::invalid_argument("content must not be empty"));
@@ -79,5 +99,16 @@ mod tests {
         assert!(idempotency_key(&"k".repeat(129)).is_err());
         assert!(idempotency_key("a\nb").is_err());
         assert!(title(&"t".repeat(201)).is_err());
+        let err = message_id("message_id", "").unwrap_err();
+        assert_eq!(err.message(), "message_id is required");
+        assert!(
+            message_id("branch_id", "x")
+                .unwrap_err()
+                .message()
+                .contains("branch_id")
+        );
+        assert_eq!(optional_message_id("parent_message_id", "").unwrap(), None);
+        let id = Uuid::new_v4();
+        assert_eq!(optional_message_id("p", &id.to_string()).unwrap(), Some(id));
     }
 }

@@ -81,6 +81,26 @@ impl pb::conversation_service_server::ConversationService for ConversationGatewa
         client.send_message(request).await
     }
 
+    type EditMessageStream = tonic::Streaming<pb::EditMessageResponse>;
+
+    async fn edit_message(
+        &self,
+        request: Request<pb::EditMessageRequest>,
+    ) -> Result<Response<Self::EditMessageStream>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.edit_message(request).await
+    }
+
+    type RegenerateReplyStream = tonic::Streaming<pb::RegenerateReplyResponse>;
+
+    async fn regenerate_reply(
+        &self,
+        request: Request<pb::RegenerateReplyRequest>,
+    ) -> Result<Response<Self::RegenerateReplyStream>, Status> {
+        let (request, mut client) = self.forward(request).await?;
+        client.regenerate_reply(request).await
+    }
+
     async fn list_messages(
         &self,
         request: Request<pb::ListMessagesRequest>,

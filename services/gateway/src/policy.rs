@@ -64,6 +64,8 @@ pub const POLICY: &[Rule] = &[
     rule!("ConversationService" / "ListConversations", Member, Read),
     rule!("ConversationService" / "SendMessage", Member, Write),
     rule!("ConversationService" / "ListMessages", Member, Read),
+    rule!("ConversationService" / "EditMessage", Member, Write),
+    rule!("ConversationService" / "RegenerateReply", Member, Write),
     rule!("ConversationService" / "DeleteConversation", Member, Write),
     rule!("ConversationService" / "GetContextProfile", Member, Read),
     rule!("ConversationService" / "ClearContextProfile", Member, Write),

@@ -71,7 +71,11 @@ const SERVICES: [&str; 9] = [
 ];
 
 /// Calls that stream a reply, capped per tenant.
-const STREAMING_METHODS: [&str; 1] = ["/thoughtpartner.v1.ConversationService/SendMessage"];
+const STREAMING_METHODS: [&str; 3] = [
+    "/thoughtpartner.v1.ConversationService/SendMessage",
+    "/thoughtpartner.v1.ConversationService/EditMessage",
+    "/thoughtpartner.v1.ConversationService/RegenerateReply",
+];
 
 type SubjectFn = fn(&http::Request<Body>) -> Option<Subject>;
 
