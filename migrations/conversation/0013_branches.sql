@@ -28,6 +28,14 @@ ALTER TABLE conversation.messages
     ADD COLUMN reply_lease_generation integer,
     ADD COLUMN reply_lease_key text;
 
+-- The backfills below must see every tenant's rows. Migrations run as the
+-- tables' owner, whom FORCE ROW LEVEL SECURITY binds like anyone else (no
+-- app.tenant_id: no rows), so it is lifted for this transaction only.
+-- (Migration 0009's message_count backfill ran under it and counted
+-- nothing; it is redone here.)
+ALTER TABLE conversation.messages NO FORCE ROW LEVEL SECURITY;
+ALTER TABLE conversation.conversations NO FORCE ROW LEVEL SECURITY;
+
 -- Leases taken before this migration were all for a turn's first reply.
 UPDATE conversation.messages SET reply_lease_generation = 0 WHERE reply_lease_until IS NOT NULL;
 
@@ -70,3 +78,10 @@ UPDATE conversation.conversations c
    SET active_leaf_id = (SELECT m.message_id FROM conversation.messages m
                           WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id
                           ORDER BY m.seq DESC LIMIT 1);
+
+UPDATE conversation.conversations c
+   SET message_count = (SELECT count(*) FROM conversation.messages m
+                         WHERE m.tenant_id = c.tenant_id AND m.conversation_id = c.conversation_id);
+
+ALTER TABLE conversation.messages FORCE ROW LEVEL SECURITY;
+ALTER TABLE conversation.conversations FORCE ROW LEVEL SECURITY;

@@ -328,6 +328,13 @@ async fn regenerating_adds_a_sibling_reply_and_a_retry_replays_it() -> anyhow::R
     assert_ne!(again.assistant().message_id, sent.assistant().message_id);
     assert_eq!(again.assistant().parent_message_id, sent.user().message_id);
     assert_eq!(again.deltas.concat(), again.assistant().content);
+    // The offline coach, asked again, says so and takes another angle.
+    assert!(
+        again.assistant().content.starts_with("You asked again"),
+        "{}",
+        again.assistant().content
+    );
+    assert_ne!(again.assistant().content, sent.assistant().content);
     let rows = messages_of(&app, &id).await?.len();
     assert_eq!(rows, 3);
 

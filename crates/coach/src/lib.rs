@@ -39,6 +39,11 @@ pub struct CoachInput<'a> {
     pub frameworks: &'a [FrameworkRef],
     /// The most words a reply may have (see [`rules::DEFAULT_WORD_CAP`]).
     pub word_cap: usize,
+    /// Which reply to this turn this is: 0 for the first, 1, 2, … when the
+    /// member asks again (RegenerateReply). Asked again, the coach says it
+    /// is taking another angle and leads with the next matched framework,
+    /// so the same question never gets the same answer twice in a row.
+    pub attempt: u32,
 }
 
 /// The reply and what it drew on.
@@ -114,6 +119,12 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             Weight::Essential,
         ));
     }
+    if input.attempt > 0 {
+        parts.push(part(
+            "You asked again, so let me come at this from another angle.",
+            Weight::Essential,
+        ));
+    }
     if let Some(summary) = profile.summary() {
         parts.push(part(
             format!("Here's what I understand so far: {summary}."),
@@ -147,8 +158,14 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             .push("Which constraint matters most to you here: time, risk or people?".to_owned());
     }
 
+    // Asked again, the next matched framework leads.
+    let mut lenses: Vec<&FrameworkRef> = input.frameworks.iter().collect();
+    if !lenses.is_empty() {
+        let turn = usize::try_from(input.attempt).unwrap_or(0) % lenses.len();
+        lenses.rotate_left(turn);
+    }
     let mut cited = Vec::new();
-    if let Some(first) = input.frameworks.first() {
+    if let Some(first) = lenses.first() {
         let mut text = format!(
             "One lens that may help is {}, from {}. {}",
             first.name, first.author, first.application
@@ -167,7 +184,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         }
         parts.push(part(text, Weight::Useful));
         cited.push(first.framework_id.clone());
-        if let Some(second) = input.frameworks.get(1) {
+        if let Some(second) = lenses.get(1) {
             parts.push(part(
                 format!(
                     "Another is {}, from {}, which looks at the same situation from a different angle: {}",
@@ -200,7 +217,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let questions_asked = questions.len();
     parts.extend(questions.into_iter().map(|q| part(q, Weight::Essential)));
 
-    let parts = fit_to_cap(parts, input.frameworks.first(), input.word_cap);
+    let parts = fit_to_cap(parts, lenses.first().copied(), input.word_cap);
     CoachReply {
         text: parts
             .iter()
@@ -502,6 +519,7 @@ mod tests {
             profile: &profile(&[], "My team is struggling."),
             frameworks: &[],
             word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
         });
         assert!(reply.text.contains("Before I suggest anything"));
         assert!(reply.text.contains("How many engineers"));
@@ -522,6 +540,7 @@ mod tests {
             ),
             frameworks: &[framework()],
             word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
         });
         assert!(
             reply
@@ -541,6 +560,7 @@ mod tests {
             profile: &ContextProfile::default(),
             frameworks: &[],
             word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
         });
         assert!(
             reply
@@ -560,6 +580,7 @@ mod tests {
             ),
             frameworks: &[framework()],
             word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
         });
         assert!(
             reply.text.contains("What accumulates here?"),
@@ -595,6 +616,7 @@ mod tests {
                 profile: &profile,
                 frameworks: std::slice::from_ref(&long),
                 word_cap: rules::DEFAULT_WORD_CAP,
+                attempt: 0,
             };
             let reply = reply(&input);
             assert!(
@@ -619,6 +641,7 @@ mod tests {
                 profile: &ContextProfile::default(),
                 frameworks: &[framework()],
                 word_cap: rules::DEFAULT_WORD_CAP,
+                attempt: 0,
             })
         };
         for off_topic in [
@@ -645,6 +668,66 @@ mod tests {
     }
 
     #[test]
+    fn asked_again_the_coach_takes_another_angle_and_stays_in_persona() {
+        let message = "Our backlog keeps growing.";
+        let profile = profile(
+            &["I'm a director of 60 engineers at a series C company."],
+            message,
+        );
+        let second = FrameworkRef {
+            framework_id: "engineering-strategy".into(),
+            name: "Engineering Strategy".into(),
+            author: "Will Larson".into(),
+            application: "Diagnose first. Then set policies.".into(),
+            diagnostic_question: "What is the diagnosis?".into(),
+            source_url: String::new(),
+        };
+        let frameworks = [framework(), second];
+        let attempt = |attempt| {
+            reply(&CoachInput {
+                message,
+                profile: &profile,
+                frameworks: &frameworks,
+                word_cap: rules::DEFAULT_WORD_CAP,
+                attempt,
+            })
+        };
+        let (first, again, third) = (attempt(0), attempt(1), attempt(2));
+        assert!(!first.text.contains("another angle"));
+        assert!(again.text.starts_with("You asked again"), "{}", again.text);
+        assert_ne!(again.text, first.text);
+        assert!(
+            again
+                .text
+                .contains("One lens that may help is Engineering Strategy"),
+            "the next framework leads: {}",
+            again.text
+        );
+        assert_eq!(
+            again.cited_frameworks,
+            vec!["engineering-strategy", "systems-dynamics"]
+        );
+        assert!(
+            third
+                .text
+                .contains("One lens that may help is Systems Dynamics")
+                || third
+                    .text
+                    .contains(&format!("One lens that may help is {}", framework().name)),
+            "with two frameworks the third attempt comes round again: {}",
+            third.text
+        );
+        for reply in [&again, &third] {
+            assert!(reply.questions_asked <= MAX_QUESTIONS);
+            assert!(
+                rules::check(&reply.text, &profile, rules::DEFAULT_WORD_CAP).is_empty(),
+                "{:?}",
+                rules::check(&reply.text, &profile, rules::DEFAULT_WORD_CAP)
+            );
+        }
+    }
+
+    #[test]
     fn frameworks_are_tied_to_the_users_situation_with_a_source() {
         let message = "Our backlog keeps growing.";
         let profile = profile(
@@ -664,6 +747,7 @@ mod tests {
             profile: &profile,
             frameworks: &[framework(), second],
             word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
         });
         assert!(reply.text.contains(
             "Applied to an organisation of about 60 engineers at a series C company, where your backlog keeps growing"
@@ -687,6 +771,7 @@ mod tests {
             profile: &profile,
             frameworks: &[framework()],
             word_cap: 90,
+            attempt: 0,
         });
         assert!(rules::word_count(&reply.text) <= 90, "{}", reply.text);
         assert!(reply.text.contains("What would the rewrite fix"));
@@ -700,6 +785,7 @@ mod tests {
             profile: &known,
             frameworks: &[framework()],
             word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
         };
         assert_eq!(reply(&input), reply(&input));
     }

@@ -143,6 +143,29 @@ pub async fn migrate(owner_url: &str, schema: &str, migrator: &Migrator) -> Resu
     Ok(())
 }
 
+/// Runs a service's migrations up to and including `version` only: for
+/// tests of what a later migration does to the data written before it.
+pub async fn migrate_to(
+    owner_url: &str,
+    schema: &str,
+    migrator: &Migrator,
+    version: i64,
+) -> Result<(), StoreError> {
+    let options = PgConnectOptions::from_str(owner_url)?.options([("search_path", schema)]);
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+    pool.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema}"
+    )))
+    .await?;
+    migrator.run_to(version, &pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
 /// Begins a transaction scoped to one tenant: `app.tenant_id` is set with
 /// `set_config(..., true)`, so it ends with the transaction and can never
 /// leak to the next user of the pooled connection.

@@ -17,5 +17,5 @@ mod usage;
 mod validate;
 
 pub use config::{ConversationConfig, LlmProvider, SCHEMA};
-pub use startup::{Application, ConversationService, migrate};
+pub use startup::{Application, ConversationService, migrate, migrate_to};
 pub use store::{MAX_TRANSCRIPT_MESSAGES, REPLY_LEASE};

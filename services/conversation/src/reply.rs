@@ -180,7 +180,11 @@ impl ReplyPipeline {
         );
         let durable = profile.durable();
         let profile_to_keep = (durable != kept).then_some(durable);
-        let grounding = self.ground(ctx, message, &profile).await;
+        // Asked again, the coach leads with another framework: ask for one
+        // more per attempt (up to two more), so there is another to lead.
+        let attempt = u32::try_from(exchange.target.generation).unwrap_or(0);
+        let frameworks_wanted = FRAMEWORKS_PER_TURN + i32::try_from(attempt.min(2)).unwrap_or(0);
+        let grounding = self.ground(ctx, message, &profile, frameworks_wanted).await;
         let frameworks = grounding
             .as_ref()
             .map_or(&[][..], |g| g.frameworks.as_slice());
@@ -197,6 +201,7 @@ impl ReplyPipeline {
                     profile: &profile,
                     frameworks,
                     word_cap: self.word_cap,
+                    attempt,
                 });
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.
@@ -286,6 +291,7 @@ impl ReplyPipeline {
         ctx: &RequestContext,
         message: &str,
         profile: &ContextProfile,
+        max_frameworks: i32,
     ) -> Option<Grounding> {
         let mut request = tonic::Request::new(RetrieveRequest {
             message: message.to_owned(),
@@ -300,7 +306,7 @@ impl ReplyPipeline {
                     .map(|s| s.label().to_owned())
                     .unwrap_or_default(),
             }),
-            max_frameworks: FRAMEWORKS_PER_TURN,
+            max_frameworks,
             // The offline coach does not quote documents; a model can.
             max_passages: if matches!(self.responder, Responder::Offline) {
                 0

@@ -31,6 +31,13 @@ pub async fn migrate(owner_url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Applies this service's migrations up to `version` only, for tests of
+/// what a later one does to data written before it.
+pub async fn migrate_to(owner_url: &str, version: i64) -> anyhow::Result<()> {
+    tp_store::migrate_to(owner_url, SCHEMA, &MIGRATOR, version).await?;
+    Ok(())
+}
+
 /// The gRPC services this one serves (health and reflection aside).
 const SERVICES: [&str; 3] = [
     tp_proto::v1::conversation_service_server::SERVICE_NAME,

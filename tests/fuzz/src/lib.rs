@@ -91,6 +91,8 @@ pub fn context_extractor(data: &[u8]) {
         profile: &profile,
         frameworks: &[],
         word_cap: WORD_CAP,
+        // A first reply, or one asked for again.
+        attempt: u32::try_from(data.len() % 3).unwrap_or(0),
     });
     assert!(
         reply.questions_asked <= tp_coach::MAX_QUESTIONS,
