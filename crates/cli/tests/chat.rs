@@ -184,3 +184,76 @@ async fn a_chat_streams_replies_spins_while_waiting_keeps_history_and_resumes() 
     assert_eq!(app.count_rows("conversation.messages").await?, 4);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_chat_asks_again_and_edits_the_last_turn_without_overwriting() -> anyhow::Result<()> {
+    // The offline coach: it says when it was asked again.
+    let app = TestApp::spawn().await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let tp = format!(
+        "env TP_GATEWAY_ADDR={} TP_TOKEN={token} {} chat",
+        app.gateway_addr,
+        env!("CARGO_BIN_EXE_tp")
+    );
+    let patience = Duration::from_secs(10);
+    let terminal = Terminal::start("branches", &tp)?;
+    terminal
+        .wait_for("the prompt", patience, |s| {
+            s.lines().any(|l| l.starts_with("you>"))
+        })
+        .await?;
+    terminal.line("/again")?;
+    terminal
+        .wait_for("nothing to answer again yet", patience, |s| {
+            s.contains("no turn yet to answer again")
+        })
+        .await?;
+    terminal.line("We are 40 engineers and the platform team is a bottleneck.")?;
+    terminal
+        .wait_for("the reply", patience, |s| s.contains("partner> "))
+        .await?;
+    terminal.line("/again")?;
+    terminal
+        .wait_for("another reply", patience, |s| {
+            s.contains("partner> You asked again")
+        })
+        .await?;
+    terminal.line("/edit We are 12 engineers and the platform team is a bottleneck.")?;
+    terminal
+        .wait_for("the reply to the edit", patience, |s| {
+            s.matches("partner> ").count() == 3
+        })
+        .await?;
+    terminal.line("/quit")?;
+    terminal
+        .wait_for("a clean exit", patience, |s| s.contains("TP-EXITED-0"))
+        .await?;
+
+    // Nothing overwritten: the first turn, two replies to it, the edit and
+    // its reply; the active branch is the edit's.
+    assert_eq!(app.count_rows("conversation.messages").await?, 5);
+    let mut client = app.conversations(&token).await?;
+    let id = client
+        .list_conversations(pb::ListConversationsRequest::default())
+        .await?
+        .into_inner()
+        .conversations
+        .first()
+        .map(|c| c.conversation_id.clone())
+        .ok_or_else(|| anyhow::anyhow!("the chat created a conversation"))?;
+    let branch = client
+        .list_messages(pb::ListMessagesRequest {
+            conversation_id: id,
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .messages;
+    assert_eq!(branch.len(), 2);
+    assert_eq!(
+        branch[0].content,
+        "We are 12 engineers and the platform team is a bottleneck."
+    );
+    assert_eq!(branch[0].sibling_message_ids.len(), 1, "the first version");
+    Ok(())
+}
