@@ -784,13 +784,7 @@ pub async fn send_request(
     client: &mut ConversationClient,
     request: tonic::Request<pb::SendMessageRequest>,
 ) -> Result<Exchange, tonic::Status> {
-    use pb::send_message_response::Event;
-    let stream = client.send_message(request).await?.into_inner();
-    drain_reply(stream, |event| match event.event? {
-        Event::TextDelta(delta) => Some(ReplyEvent::Delta(delta.text)),
-        Event::Completed(done) => Some(ReplyEvent::Completed(Box::new(done))),
-    })
-    .await
+    drain_reply(client.send_message(request).await?.into_inner()).await
 }
 
 /// EditMessage, drained as [`send`] drains SendMessage.
@@ -800,20 +794,12 @@ pub async fn edit(
     content: &str,
     idempotency_key: &str,
 ) -> Result<Exchange, tonic::Status> {
-    use pb::edit_message_response::Event;
-    let stream = client
-        .edit_message(pb::EditMessageRequest {
-            message_id: message_id.to_owned(),
-            content: content.to_owned(),
-            idempotency_key: idempotency_key.to_owned(),
-        })
-        .await?
-        .into_inner();
-    drain_reply(stream, |event| match event.event? {
-        Event::TextDelta(delta) => Some(ReplyEvent::Delta(delta.text)),
-        Event::Completed(done) => Some(ReplyEvent::Completed(Box::new(done))),
-    })
-    .await
+    let request = pb::EditMessageRequest {
+        message_id: message_id.to_owned(),
+        content: content.to_owned(),
+        idempotency_key: idempotency_key.to_owned(),
+    };
+    drain_reply(client.edit_message(request).await?.into_inner()).await
 }
 
 /// RegenerateReply, drained as [`send`] drains SendMessage.
@@ -822,49 +808,34 @@ pub async fn regenerate(
     message_id: &str,
     idempotency_key: &str,
 ) -> Result<Exchange, tonic::Status> {
-    use pb::regenerate_reply_response::Event;
-    let stream = client
-        .regenerate_reply(pb::RegenerateReplyRequest {
-            message_id: message_id.to_owned(),
-            idempotency_key: idempotency_key.to_owned(),
-        })
-        .await?
-        .into_inner();
-    drain_reply(stream, |event| match event.event? {
-        Event::TextDelta(delta) => Some(ReplyEvent::Delta(delta.text)),
-        Event::Completed(done) => Some(ReplyEvent::Completed(Box::new(done))),
-    })
-    .await
-}
-
-/// One event of a streamed reply, whichever RPC streamed it.
-enum ReplyEvent {
-    Delta(String),
-    Completed(Box<pb::MessageCompleted>),
+    let request = pb::RegenerateReplyRequest {
+        message_id: message_id.to_owned(),
+        idempotency_key: idempotency_key.to_owned(),
+    };
+    drain_reply(client.regenerate_reply(request).await?.into_inner()).await
 }
 
 /// Reads a reply stream to its end; fails unless it ends with exactly one
 /// `completed` event after the deltas.
-async fn drain_reply<T>(
+async fn drain_reply<T: tp_proto::ReplyEvent>(
     mut stream: tonic::Streaming<T>,
-    event: impl Fn(T) -> Option<ReplyEvent>,
 ) -> Result<Exchange, tonic::Status> {
     let mut deltas = Vec::new();
     let mut completed = None;
-    while let Some(message) = stream.message().await? {
-        match event(message) {
-            Some(ReplyEvent::Delta(text)) => {
+    while let Some(event) = stream.message().await? {
+        match event.into_part() {
+            tp_proto::ReplyPart::Delta(text) => {
                 assert!(
                     completed.is_none(),
                     "a delta arrived after the completed event"
                 );
                 deltas.push(text);
             }
-            Some(ReplyEvent::Completed(done)) => {
+            tp_proto::ReplyPart::Completed(done) => {
                 assert!(completed.is_none(), "two completed events");
                 completed = Some(*done);
             }
-            None => panic!("an event with no payload"),
+            tp_proto::ReplyPart::Empty => panic!("an event with no payload"),
         }
     }
     let completed = completed

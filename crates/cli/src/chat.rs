@@ -218,35 +218,8 @@ async fn stream_reply(
     }
 }
 
-/// An event of a streamed reply, whichever call streams it.
-trait ReplyEvent {
-    /// A piece of text, or the completed exchange.
-    fn into_parts(self) -> (Option<String>, Option<pb::MessageCompleted>);
-}
-
-macro_rules! reply_event {
-    ($response:ty, $event:path) => {
-        impl ReplyEvent for $response {
-            fn into_parts(self) -> (Option<String>, Option<pb::MessageCompleted>) {
-                use $event as Event;
-                match self.event {
-                    Some(Event::TextDelta(delta)) => (Some(delta.text), None),
-                    Some(Event::Completed(done)) => (None, Some(done)),
-                    None => (None, None),
-                }
-            }
-        }
-    };
-}
-reply_event!(pb::SendMessageResponse, pb::send_message_response::Event);
-reply_event!(pb::EditMessageResponse, pb::edit_message_response::Event);
-reply_event!(
-    pb::RegenerateReplyResponse,
-    pb::regenerate_reply_response::Event
-);
-
 /// Prints the reply as it arrives; the completed exchange at the end.
-async fn show_reply<T: ReplyEvent>(
+async fn show_reply<T: tp_proto::ReplyEvent>(
     spinner: Spinner,
     mut stream: tonic::Streaming<T>,
 ) -> anyhow::Result<pb::MessageCompleted> {
@@ -254,16 +227,18 @@ async fn show_reply<T: ReplyEvent>(
     let mut stdout = std::io::stdout();
     let mut completed = None;
     while let Some(event) = stream.message().await? {
-        let (delta, done) = event.into_parts();
-        if let Some(text) = delta {
-            if let Some(spinner) = spinner.take() {
-                spinner.stop().await;
-                write!(stdout, "{REPLY}")?;
+        match event.into_part() {
+            tp_proto::ReplyPart::Delta(text) => {
+                if let Some(spinner) = spinner.take() {
+                    spinner.stop().await;
+                    write!(stdout, "{REPLY}")?;
+                }
+                write!(stdout, "{text}")?;
+                stdout.flush()?;
             }
-            write!(stdout, "{text}")?;
-            stdout.flush()?;
+            tp_proto::ReplyPart::Completed(done) => completed = Some(*done),
+            tp_proto::ReplyPart::Empty => {}
         }
-        completed = done.or(completed);
     }
     if let Some(spinner) = spinner.take() {
         spinner.stop().await;

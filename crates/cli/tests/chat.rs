@@ -86,6 +86,15 @@ impl Drop for Terminal {
 const FIRST_REPLY: &str = "What would success look like in six months?";
 const SECOND_REPLY: &str = "Who owns the platform roadmap today?";
 
+/// `tp chat` against the test stack, as a member.
+fn tp_chat(app: &TestApp, token: &str) -> String {
+    format!(
+        "env TP_GATEWAY_ADDR={} TP_TOKEN={token} {} chat",
+        app.gateway_addr,
+        env!("CARGO_BIN_EXE_tp")
+    )
+}
+
 #[tokio::test]
 async fn a_chat_streams_replies_spins_while_waiting_keeps_history_and_resumes() -> anyhow::Result<()>
 {
@@ -99,11 +108,7 @@ async fn a_chat_streams_replies_spins_while_waiting_keeps_history_and_resumes() 
     .await?;
     let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
-    let tp = format!(
-        "env TP_GATEWAY_ADDR={} TP_TOKEN={token} {} chat",
-        app.gateway_addr,
-        env!("CARGO_BIN_EXE_tp")
-    );
+    let tp = tp_chat(&app, &token);
     let patience = Duration::from_secs(10);
 
     let terminal = Terminal::start("chat", &tp)?;
@@ -190,11 +195,7 @@ async fn a_chat_asks_again_and_edits_the_last_turn_without_overwriting() -> anyh
     // The offline coach: it says when it was asked again.
     let app = TestApp::spawn().await?;
     let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
-    let tp = format!(
-        "env TP_GATEWAY_ADDR={} TP_TOKEN={token} {} chat",
-        app.gateway_addr,
-        env!("CARGO_BIN_EXE_tp")
-    );
+    let tp = tp_chat(&app, &token);
     let patience = Duration::from_secs(10);
     let terminal = Terminal::start("branches", &tp)?;
     terminal

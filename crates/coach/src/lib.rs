@@ -667,6 +667,18 @@ mod tests {
         }
     }
 
+    /// A second framework, without a source.
+    fn strategy_framework() -> FrameworkRef {
+        FrameworkRef {
+            framework_id: "engineering-strategy".into(),
+            name: "Engineering Strategy".into(),
+            author: "Will Larson".into(),
+            application: "Diagnose first. Then set policies.".into(),
+            diagnostic_question: "What is the diagnosis?".into(),
+            source_url: String::new(),
+        }
+    }
+
     #[test]
     fn asked_again_the_coach_takes_another_angle_and_stays_in_persona() {
         let message = "Our backlog keeps growing.";
@@ -674,14 +686,7 @@ mod tests {
             &["I'm a director of 60 engineers at a series C company."],
             message,
         );
-        let second = FrameworkRef {
-            framework_id: "engineering-strategy".into(),
-            name: "Engineering Strategy".into(),
-            author: "Will Larson".into(),
-            application: "Diagnose first. Then set policies.".into(),
-            diagnostic_question: "What is the diagnosis?".into(),
-            source_url: String::new(),
-        };
+        let second = strategy_framework();
         let frameworks = [framework(), second];
         let attempt = |attempt| {
             reply(&CoachInput {
@@ -734,14 +739,7 @@ mod tests {
             &["I'm a director of 60 engineers at a series C company."],
             message,
         );
-        let second = FrameworkRef {
-            framework_id: "engineering-strategy".into(),
-            name: "Engineering Strategy".into(),
-            author: "Will Larson".into(),
-            application: "Diagnose first. Then set policies.".into(),
-            diagnostic_question: "What is the diagnosis?".into(),
-            source_url: String::new(),
-        };
+        let second = strategy_framework();
         let reply = reply(&CoachInput {
             message,
             profile: &profile,

@@ -38,8 +38,69 @@ pub fn timestamp(time: time::OffsetDateTime) -> prost_types::Timestamp {
     }
 }
 
+/// One event of a streamed reply. SendMessage, EditMessage and
+/// RegenerateReply stream the same events under three response types
+/// (each RPC has its own); clients read them alike through [`ReplyEvent`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReplyPart {
+    /// The next piece of the reply's text.
+    Delta(String),
+    /// The last event: the stored exchange.
+    Completed(Box<v1::MessageCompleted>),
+    /// An event with nothing set (a newer server's event this client does
+    /// not know).
+    Empty,
+}
+
+/// A streamed reply's event, whichever RPC streamed it.
+pub trait ReplyEvent {
+    fn into_part(self) -> ReplyPart;
+}
+
+macro_rules! reply_event {
+    ($response:ty, $event:path) => {
+        impl ReplyEvent for $response {
+            fn into_part(self) -> ReplyPart {
+                use $event as Event;
+                match self.event {
+                    Some(Event::TextDelta(delta)) => ReplyPart::Delta(delta.text),
+                    Some(Event::Completed(done)) => ReplyPart::Completed(Box::new(done)),
+                    None => ReplyPart::Empty,
+                }
+            }
+        }
+    };
+}
+reply_event!(v1::SendMessageResponse, v1::send_message_response::Event);
+reply_event!(v1::EditMessageResponse, v1::edit_message_response::Event);
+reply_event!(
+    v1::RegenerateReplyResponse,
+    v1::regenerate_reply_response::Event
+);
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_reply_stream_reads_alike() {
+        use super::{ReplyEvent, ReplyPart, v1};
+        let delta = v1::EditMessageResponse {
+            event: Some(v1::edit_message_response::Event::TextDelta(v1::TextDelta {
+                text: "Why".into(),
+            })),
+        };
+        assert_eq!(delta.into_part(), ReplyPart::Delta("Why".into()));
+        let done = v1::RegenerateReplyResponse {
+            event: Some(v1::regenerate_reply_response::Event::Completed(
+                v1::MessageCompleted::default(),
+            )),
+        };
+        assert_eq!(done.into_part(), ReplyPart::Completed(Box::default()));
+        assert_eq!(
+            v1::SendMessageResponse::default().into_part(),
+            ReplyPart::Empty
+        );
+    }
+
     use prost::Message;
 
     fn packages(encoded: &[u8]) -> Vec<String> {

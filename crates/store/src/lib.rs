@@ -126,18 +126,7 @@ async fn check_app_role(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
 /// first and used as the search path, so each service keeps its own
 /// `_sqlx_migrations` history beside its tables.
 pub async fn migrate(owner_url: &str, schema: &str, migrator: &Migrator) -> Result<(), StoreError> {
-    let options = PgConnectOptions::from_str(owner_url)?.options([("search_path", schema)]);
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await?;
-    // Identifiers cannot be bound; the schema name is a compile-time constant
-    // of the calling service, never user input.
-    debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
-    pool.execute(sqlx::AssertSqlSafe(format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}"
-    )))
-    .await?;
+    let pool = schema_pool(owner_url, schema).await?;
     migrator.run(&pool).await?;
     pool.close().await;
     Ok(())
@@ -151,19 +140,28 @@ pub async fn migrate_to(
     migrator: &Migrator,
     version: i64,
 ) -> Result<(), StoreError> {
+    let pool = schema_pool(owner_url, schema).await?;
+    migrator.run_to(version, &pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// One connection as the schema owner, the schema created and on the
+/// search path.
+async fn schema_pool(owner_url: &str, schema: &str) -> Result<PgPool, StoreError> {
     let options = PgConnectOptions::from_str(owner_url)?.options([("search_path", schema)]);
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .connect_with(options)
         .await?;
+    // Identifiers cannot be bound; the schema name is a compile-time constant
+    // of the calling service, never user input.
     debug_assert!(schema.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
     pool.execute(sqlx::AssertSqlSafe(format!(
         "CREATE SCHEMA IF NOT EXISTS {schema}"
     )))
     .await?;
-    migrator.run_to(version, &pool).await?;
-    pool.close().await;
-    Ok(())
+    Ok(pool)
 }
 
 /// Begins a transaction scoped to one tenant: `app.tenant_id` is set with

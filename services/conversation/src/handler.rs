@@ -75,6 +75,20 @@ impl ConversationHandler {
 
 type SendEvent = pb::send_message_response::Event;
 
+/// SendMessage's event as the same event of another call that streams a
+/// reply (EditMessage, RegenerateReply: the same oneof, another type).
+macro_rules! relay_event {
+    ($event:path) => {
+        |event: SendEvent| {
+            use $event as Event;
+            match event {
+                SendEvent::TextDelta(delta) => Event::TextDelta(delta),
+                SendEvent::Completed(completed) => Event::Completed(completed),
+            }
+        }
+    };
+}
+
 fn paging_status(e: tp_store::paging::PagingError) -> Status {
     Status::invalid_argument(e.to_string())
 }
@@ -268,10 +282,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         let events = self.stream_reply(ctx, record, turn).await?;
         Ok(Response::new(Box::pin(events.map(|event| {
             event.map(|e| pb::EditMessageResponse {
-                event: e.event.map(|e| match e {
-                    SendEvent::TextDelta(d) => pb::edit_message_response::Event::TextDelta(d),
-                    SendEvent::Completed(c) => pb::edit_message_response::Event::Completed(c),
-                }),
+                event: e.event.map(relay_event!(pb::edit_message_response::Event)),
             })
         }))))
     }
@@ -292,10 +303,9 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         let events = self.stream_reply(ctx, record, turn).await?;
         Ok(Response::new(Box::pin(events.map(|event| {
             event.map(|e| pb::RegenerateReplyResponse {
-                event: e.event.map(|e| match e {
-                    SendEvent::TextDelta(d) => pb::regenerate_reply_response::Event::TextDelta(d),
-                    SendEvent::Completed(c) => pb::regenerate_reply_response::Event::Completed(c),
-                }),
+                event: e
+                    .event
+                    .map(relay_event!(pb::regenerate_reply_response::Event)),
             })
         }))))
     }
