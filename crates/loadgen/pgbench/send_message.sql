@@ -62,15 +62,24 @@ UPDATE conversation.conversations
    SET update_time = now(), message_count = message_count + 2, active_leaf_id = :user_message_id
  WHERE conversation_id = :conv
 RETURNING message_count;
-WITH RECURSIVE up AS (
-    SELECT parent_id, role, content, 1 AS n
-      FROM conversation.messages WHERE message_id = NULLIF(:user_parent_id, '')::uuid
+WITH RECURSIVE chain (branch_id, upto) AS (
+    SELECT branch_id, depth FROM conversation.messages
+     WHERE message_id = NULLIF(:user_parent_id, '')::uuid
   UNION ALL
-    SELECT m.parent_id, m.role, m.content, up.n + 1
-      FROM up JOIN conversation.messages m ON m.message_id = up.parent_id
-     WHERE up.n < 40
+    SELECT p.branch_id, p.depth
+      FROM chain c
+      CROSS JOIN LATERAL (
+          SELECT parent_id FROM conversation.messages
+           WHERE message_id = c.branch_id LIMIT 1) f
+      CROSS JOIN LATERAL (
+          SELECT branch_id, depth FROM conversation.messages
+           WHERE message_id = f.parent_id LIMIT 1) p
 )
-SELECT role, content FROM up ORDER BY n DESC;
+SELECT m.role, m.content FROM chain c CROSS JOIN LATERAL (
+    SELECT role, content, depth FROM conversation.messages
+     WHERE branch_id = c.branch_id AND depth <= c.upto
+     ORDER BY depth DESC LIMIT 40) m
+ ORDER BY m.depth DESC LIMIT 40;
 SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;
 WITH member AS (
      INSERT INTO conversation.member_usage AS u (tenant_id, user_id, day, messages)
