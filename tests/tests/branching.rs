@@ -524,3 +524,60 @@ async fn the_models_context_follows_the_branch_and_one_reply_is_written_at_a_tim
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_context_is_the_last_forty_messages_of_the_branch_across_a_fork() -> anyhow::Result<()>
+{
+    let text = |s: &str| FakeReply::Text(vec![s.to_owned()], 10, 5);
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![text("Which of them matters most?"), text("And then?")],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    let turns: Vec<String> = (0..60).map(|n| format!("turn {n}")).collect();
+    app.db.insert_user_turns(tenant, &id, &turns).await?;
+    let (listed, _) = list_all(&mut client, &id, "", 100).await?;
+    assert_eq!(listed.len(), 60, "one branch of 60 turns");
+
+    // Edit turn 50: the model sees the 40 messages before it, then the edit.
+    edit(&mut client, &listed[50].message_id, "turn 50 edited", "").await?;
+    // The next turn follows the edit: the 40 before it cross the fork.
+    send(&mut client, &id, "after the edit", "").await?;
+    let prompts: Vec<Vec<String>> = fake
+        .requests
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|request| {
+            request["messages"]
+                .as_array()
+                .map(|messages| {
+                    messages
+                        .iter()
+                        .skip(1) // the system prompt
+                        .map(|m| m["content"].as_str().unwrap_or_default().to_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        })
+        .collect();
+    let expected_edit: Vec<String> = (10..50)
+        .map(|n| format!("turn {n}"))
+        .chain(["turn 50 edited".to_owned()])
+        .collect();
+    assert_eq!(prompts[0], expected_edit);
+    let expected_next: Vec<String> = (12..50)
+        .map(|n| format!("turn {n}"))
+        .chain([
+            "turn 50 edited".to_owned(),
+            "Which of them matters most?".to_owned(),
+            "after the edit".to_owned(),
+        ])
+        .collect();
+    assert_eq!(prompts[1], expected_next);
+    Ok(())
+}

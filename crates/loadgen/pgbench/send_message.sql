@@ -78,6 +78,7 @@ WITH RECURSIVE chain (branch_id, upto) AS (
 SELECT m.role, m.content FROM chain c CROSS JOIN LATERAL (
     SELECT role, content, depth FROM conversation.messages
      WHERE branch_id = c.branch_id AND depth <= c.upto
+       AND depth > (SELECT max(upto) FROM chain) - 40
      ORDER BY depth DESC LIMIT 40) m
  ORDER BY m.depth DESC LIMIT 40;
 SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;

@@ -426,9 +426,12 @@ impl ConversationStore {
                          SELECT m.* FROM chain c CROSS JOIN LATERAL (
                              SELECT ",
                     message_columns!(),
+                    // Depths run on without a gap along a branch: the
+                    // page is the range ($3, $3 + $4], bounded in each
+                    // segment whichever plan reads it.
                     " FROM conversation.messages
                               WHERE branch_id = c.branch_id AND conversation_id = $2
-                                AND depth > $3 AND depth <= c.upto
+                                AND depth > $3 AND depth <= LEAST(c.upto, $3 + $4)
                               ORDER BY depth LIMIT $4) m
                           ORDER BY m.depth LIMIT $4
                      )
@@ -1034,8 +1037,8 @@ async fn keyed_message(
 /// sides) oldest first: what the responder sees before the turn it answers.
 ///
 /// Read by segments, as ListMessages reads a branch (a step per fork, then
-/// one range scan per segment), not by a walk up `parent_id` a message at a
-/// time: measured with `tp-loadgen --phases send-message` on a fresh
+/// one bounded range scan per segment), not by a walk up `parent_id` a
+/// message at a time: measured with `tp-loadgen --phases send-message` on a fresh
 /// database, whose statistics were taken while the table was nearly empty,
 /// the cached plan of the 40-step walk scanned the tenant's messages at
 /// every step (SendMessage 330/s against 626/s before branching).
@@ -1046,11 +1049,15 @@ async fn branch_before(
     let Some(last) = last else {
         return Ok(Vec::new());
     };
+    // Depths run on without a gap along a branch, so the last N messages
+    // are those deeper than the last one's depth minus N: a bounded range
+    // in each segment, read the same whichever plan is chosen.
     let mut newest_first: Vec<(String, String)> = sqlx::query_as(concat!(
         branch_segments!(),
         " SELECT m.role, m.content FROM chain c CROSS JOIN LATERAL (
               SELECT role, content, depth FROM conversation.messages
                WHERE branch_id = c.branch_id AND depth <= c.upto
+                 AND depth > (SELECT max(upto) FROM chain) - $2
                ORDER BY depth DESC LIMIT $2) m
           ORDER BY m.depth DESC LIMIT $2"
     ))
