@@ -30,8 +30,15 @@ pub enum ConversationsCommand {
         #[arg(long, default_value_t = 50)]
         limit: i32,
     },
-    /// A conversation's whole transcript.
-    Show { id: String },
+    /// A conversation's transcript: its active branch, or with --branch
+    /// the one through that message. Turns with other versions (edits,
+    /// replies asked for again) say so, with their ids.
+    Show {
+        id: String,
+        /// A message id: show the branch through it.
+        #[arg(long)]
+        branch: Option<String>,
+    },
     /// A conversation as Markdown or JSON, to keep or share.
     Export {
         id: String,
@@ -50,6 +57,16 @@ pub enum ConversationsCommand {
         #[arg(long)]
         organisation: bool,
     },
+}
+
+/// " (other versions: ID, …)" for a message with siblings, else nothing:
+/// what `--branch ID` shows instead.
+fn versions(m: &pb::Message) -> String {
+    if m.sibling_message_ids.is_empty() {
+        String::new()
+    } else {
+        format!(" (other versions: {})", m.sibling_message_ids.join(", "))
+    }
 }
 
 /// A snippet with its matched words in [brackets].
@@ -98,6 +115,8 @@ fn conversation_json(c: &pb::Conversation) -> Value {
 fn message_json(m: &pb::Message) -> Value {
     json!({
         "message_id": m.message_id,
+        "parent_message_id": m.parent_message_id,
+        "other_versions": m.sibling_message_ids,
         "role": role(m),
         "content": m.content,
         "create_time": time(m.create_time.as_ref()),
@@ -108,6 +127,7 @@ fn message_json(m: &pb::Message) -> Value {
 async fn transcript(
     client: &mut ConversationClient,
     id: &str,
+    branch: Option<&str>,
     token: &str,
 ) -> anyhow::Result<(pb::Conversation, Vec<pb::Message>)> {
     let conversation = client
@@ -121,13 +141,27 @@ async fn transcript(
         .into_inner()
         .conversation
         .context("GetConversation returned no conversation")?;
-    Ok((conversation, messages(client, id, token).await?))
+    Ok((
+        conversation,
+        branch_messages(client, id, branch, token).await?,
+    ))
 }
 
-/// Every message of a conversation, oldest first, page by page.
+/// The active branch of a conversation, oldest first, page by page.
 pub async fn messages(
     client: &mut ConversationClient,
     id: &str,
+    token: &str,
+) -> anyhow::Result<Vec<pb::Message>> {
+    branch_messages(client, id, None, token).await
+}
+
+/// A branch of a conversation (the active one, or the one through
+/// `branch`), oldest first, page by page.
+async fn branch_messages(
+    client: &mut ConversationClient,
+    id: &str,
+    branch: Option<&str>,
     token: &str,
 ) -> anyhow::Result<Vec<pb::Message>> {
     let mut messages = Vec::new();
@@ -139,7 +173,7 @@ pub async fn messages(
                     conversation_id: id.to_owned(),
                     page_size: 100,
                     page_token: page_token.clone(),
-                    ..Default::default()
+                    branch_id: branch.unwrap_or_default().to_owned(),
                 },
                 token,
             )?)
@@ -196,8 +230,9 @@ pub async fn conversations(
                 }
             }
         }
-        ConversationsCommand::Show { id } => {
-            let (conversation, messages) = transcript(&mut client, &id, token).await?;
+        ConversationsCommand::Show { id, branch } => {
+            let (conversation, messages) =
+                transcript(&mut client, &id, branch.as_deref(), token).await?;
             match output {
                 Output::Json => println!(
                     "{}",
@@ -213,7 +248,7 @@ pub async fn conversations(
                         } else {
                             "thought partner"
                         };
-                        println!("[{who}]\n{}\n", m.content);
+                        println!("[{who}]{}\n{}\n", versions(m), m.content);
                     }
                 }
             }

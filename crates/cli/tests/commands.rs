@@ -76,6 +76,33 @@ async fn conversations_are_listed_shown_exported_and_deleted() -> anyhow::Result
         "{found}"
     );
 
+    // After an edit, show follows the new branch and names the old turn;
+    // --branch shows the old one.
+    let old_turn = exchange.user().message_id.clone();
+    tp_e2e::edit(&mut client, &old_turn, "We are 12 engineers now.", "").await?;
+    let shown = stdout(&tp(&app, &token, &["conversations", "show", &id]).await?);
+    assert!(
+        shown.contains(&format!("[you] (other versions: {old_turn})"))
+            && shown.contains("We are 12 engineers now."),
+        "{shown}"
+    );
+    assert!(!shown.contains("split the platform team"));
+    let old = tp(
+        &app,
+        &token,
+        &["conversations", "show", &id, "--branch", &old_turn],
+    )
+    .await?;
+    assert!(stdout(&old).contains("split the platform team"), "{old:?}");
+    let json = tp(
+        &app,
+        &token,
+        &["--output", "json", "conversations", "show", &id],
+    )
+    .await?;
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout)?;
+    assert_eq!(json["messages"][0]["other_versions"][0], old_turn.as_str());
+
     let deleted = tp(&app, &token, &["conversations", "delete", &id]).await?;
     assert!(deleted.status.success());
     assert!(stdout(&deleted).contains(&format!("Deleted conversation {id}")));
