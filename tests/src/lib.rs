@@ -843,6 +843,30 @@ async fn drain_reply<T: tp_proto::ReplyEvent>(
     Ok(Exchange { deltas, completed })
 }
 
+/// Every message of a conversation's active branch, oldest first, page by
+/// page: what ListMessages shows the member.
+pub async fn transcript(
+    client: &mut ConversationClient,
+    conversation_id: &str,
+) -> Result<Vec<pb::Message>, tonic::Status> {
+    let (mut messages, mut page_token) = (Vec::new(), String::new());
+    loop {
+        let page = client
+            .list_messages(pb::ListMessagesRequest {
+                conversation_id: conversation_id.to_owned(),
+                page_token,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        messages.extend(page.messages);
+        if page.next_page_token.is_empty() {
+            return Ok(messages);
+        }
+        page_token = page.next_page_token;
+    }
+}
+
 /// Creates a conversation and returns it.
 pub async fn new_conversation(
     client: &mut ConversationClient,

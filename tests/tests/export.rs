@@ -75,14 +75,7 @@ async fn a_member_exports_a_conversation_as_markdown_or_json() -> anyhow::Result
     )
     .await?;
     send(&mut a, &id, "Line one\nline two, with \"quotes\".", "").await?;
-    let listed = a
-        .list_messages(pb::ListMessagesRequest {
-            conversation_id: id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .messages;
+    let listed = tp_e2e::transcript(&mut a, &id).await?;
     assert_eq!(listed.len(), 4);
 
     let markdown = export_conversation(&mut a, &id, pb::ExportFormat::Markdown).await?;

@@ -167,16 +167,11 @@ async fn a_reply_streams_over_grpc_web_on_http1_and_is_stored() -> anyhow::Resul
     assert!(streamed.contains('?'), "the coach asks: {streamed}");
 
     // The same exchange, read back over plain gRPC.
-    let transcript = app
-        .conversations(&alice)
-        .await?
-        .list_messages(pb::ListMessagesRequest {
-            conversation_id: conversation.conversation_id,
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .messages;
+    let transcript = tp_e2e::transcript(
+        &mut app.conversations(&alice).await?,
+        &conversation.conversation_id,
+    )
+    .await?;
     let contents: Vec<&str> = transcript.iter().map(|m| m.content.as_str()).collect();
     assert_eq!(contents, [content, streamed.as_str()]);
     Ok(())

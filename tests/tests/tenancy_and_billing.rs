@@ -52,14 +52,7 @@ async fn a_suspended_tenant_reads_but_cannot_write() -> anyhow::Result<()> {
     assert_eq!(suspended.status(), pb::TenantStatus::Suspended);
 
     // Reads (and so exports) still work...
-    let messages = conversations
-        .list_messages(pb::ListMessagesRequest {
-            conversation_id: id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .messages;
+    let messages = tp_e2e::transcript(&mut conversations, &id).await?;
     assert_eq!(messages.len(), 2);
     // ...new messages do not, and say why.
     let Err(status) = send(&mut conversations, &id, "Still there?", "k2").await else {
@@ -71,14 +64,7 @@ async fn a_suspended_tenant_reads_but_cannot_write() -> anyhow::Result<()> {
         "{status:?}"
     );
     // Nothing was stored by the refused send.
-    let after = conversations
-        .list_messages(pb::ListMessagesRequest {
-            conversation_id: id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .messages;
+    let after = tp_e2e::transcript(&mut conversations, &id).await?;
     assert_eq!(after.len(), 2);
 
     let reactivated = tenants

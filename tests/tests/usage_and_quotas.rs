@@ -76,14 +76,7 @@ async fn an_organisation_quota_refuses_the_message_after_the_last_one() -> anyho
         refused.message()
     );
     // Nothing of the refused message was stored...
-    let stored = conversations
-        .list_messages(pb::ListMessagesRequest {
-            conversation_id: id.clone(),
-            ..Default::default()
-        })
-        .await?
-        .into_inner()
-        .messages;
+    let stored = tp_e2e::transcript(&mut conversations, &id).await?;
     assert_eq!(stored.len(), 6);
     // ...while a retry of an accepted message still replays its reply.
     let replay = send(
