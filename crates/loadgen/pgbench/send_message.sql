@@ -111,7 +111,7 @@ SELECT n.id, :tenant, :conv, 'assistant',
             THEN n.id ELSE p.branch_id END,
        COALESCE(p.depth, 0) + 1
   FROM (SELECT gen_random_uuid() AS id) AS n, conversation.messages p
- WHERE p.message_id = :user_message_id
+ WHERE p.tenant_id = :tenant AND p.message_id = :user_message_id
 ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
 RETURNING message_id AS reply_id, conversation_id, role, content, create_time, parent_id, depth,
           reply_to, generation \gset

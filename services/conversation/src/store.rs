@@ -679,7 +679,7 @@ impl ConversationStore {
                  generation, idempotency_key, parent_id, branch_id, depth)
              SELECT $1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ",
             placed_under_p!(),
-            " FROM conversation.messages p WHERE p.message_id = $5
+            " FROM conversation.messages p WHERE p.tenant_id = $2 AND p.message_id = $5
              ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
              RETURNING ",
             message_columns!()
