@@ -444,6 +444,39 @@ async fn seed_all(args: &RunArgs, db: &Database, gateway: Channel) -> anyhow::Re
 /// Workers through the gateway with `mix`; worker i sends to the senders
 /// i, i+n, i+2n… in turn, reads transcript i mod 4 and searches as one of
 /// the searchers.
+/// Sends messages through each stack for a moment, then analyses the
+/// tables, so what is measured is a live system's plans. Each connection
+/// plans its statements on the table sizes it first sees and keeps those
+/// plans until the statistics change: one that first wrote to a near-empty
+/// `messages` table plans its foreign-key checks as sequential scans and
+/// slows with every row added. (The telemetry comparison once read 60-70 %
+/// "lost to telemetry" that was the first stack's plans: its throughput
+/// fell slice by slice, 416 -> 63 calls/s, with PostgreSQL busy.)
+/// Autovacuum analyses a live system's tables within a minute of such
+/// growth; the analysis here makes every connection plan again.
+async fn settle(
+    args: &RunArgs,
+    db: &Database,
+    seeded: &Seeded,
+    stacks: &[(&[Channel], &Stack)],
+) -> anyhow::Result<()> {
+    let mut warm = args.phase("settling (send, then ANALYZE)", args.concurrency);
+    warm.warmup = Duration::ZERO;
+    warm.duration = warm.duration.min(Duration::from_secs(2));
+    for (channels, stack) in stacks {
+        let workers = api_workers(
+            channels,
+            args.concurrency,
+            Mix::SEND,
+            &seeded.senders,
+            seeded,
+        );
+        driver::run(&warm, workers, stack.processes()).await;
+    }
+    sqlx::query("ANALYZE").execute(&db.owner).await?;
+    Ok(())
+}
+
 fn api_workers(
     channels: &[Channel],
     n: usize,
@@ -568,6 +601,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
 
     let gateway = channels(stack.gateway, CONNECTIONS).await?;
     let seeded = seed_all(&args, &db, gateway[0].clone()).await?;
+    settle(&args, &db, &seeded, &[(&gateway[..], &stack)]).await?;
     let c = args.concurrency;
     let mut phases: Vec<PhaseResult> = Vec::new();
 
@@ -734,6 +768,13 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let quiet = Stack::start(&stack_config(false)).await?;
         let loud_gateway = channels(loud.gateway, CONNECTIONS).await?;
         let quiet_gateway = channels(quiet.gateway, CONNECTIONS).await?;
+        settle(
+            &args,
+            &db,
+            &seeded,
+            &[(&loud_gateway[..], &loud), (&quiet_gateway[..], &quiet)],
+        )
+        .await?;
         // Each slice as long as a whole phase: a cost of a few percent is
         // lost in this machine's noise over 2.5 s slices (runs of the same
         // build read -22 % to +18 %); over 10 s slices they agree within a
