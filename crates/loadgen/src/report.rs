@@ -79,6 +79,9 @@ pub struct Report {
     /// Each telemetry stack's CPU over the whole comparison, per call.
     #[serde(default)]
     pub telemetry_cpu: Option<TelemetryCpu>,
+    /// The gateway hop taken apart from the exported spans.
+    #[serde(default)]
+    pub hop_breakdown: Option<crate::otlp::HopBreakdown>,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -226,6 +229,22 @@ impl Report {
             "\nOTLP receiver: {} spans and {} metric exports from the stacks with telemetry on",
             self.otlp_spans, self.otlp_metric_exports
         );
+        if let Some(hop) = &self.hop_breakdown {
+            let alone = hop
+                .conversation_alone_us
+                .map(|us| format!("; conversation's span when called directly or through the proxy: {us:.0} us"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "gateway hop from the exported spans (GetConversation, medians of {} traces): \
+                 the gateway's span {:.0} us = {:.0} before conversation's span + {:.0} in it + {:.0} after{alone}",
+                hop.traces,
+                hop.gateway_us,
+                hop.before_conversation_us,
+                hop.conversation_us,
+                hop.after_conversation_us,
+            );
+        }
         if let Some(cpu) = &self.telemetry_cpu {
             let _ = writeln!(
                 out,

@@ -837,6 +837,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         otlp_spans: otlp.spans(),
         otlp_metric_exports: otlp.metric_exports(),
         telemetry_cpu,
+        // Read after the stacks stopped: stopping flushes their last spans.
+        hop_breakdown: crate::otlp::hop_breakdown(&otlp.hop_spans()),
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -1147,6 +1149,7 @@ mod tests {
             otlp_spans: 0,
             otlp_metric_exports: 0,
             telemetry_cpu: None,
+            hop_breakdown: None,
             pgbench: Some(crate::pgbench::PgbenchResult {
                 clients: 32,
                 seconds: 10.0,
