@@ -15,8 +15,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use tp_context::{RequestContext, Role, TenantId};
 
+mod cache;
 mod jwks;
 mod layer;
+
+pub use cache::CachingVerifier;
 
 pub use jwks::{JwksError, JwksSettings, JwksVerifier};
 pub use layer::{AuthAttempt, AuthLayer, AuthOutcome, Authenticate};
@@ -27,6 +30,9 @@ pub struct Principal {
     pub user_id: String,
     pub role: Role,
     pub tenant_id: Option<TenantId>,
+    /// The token's `exp` (Unix seconds): how long this principal may be
+    /// trusted without checking the token again ([`CachingVerifier`]).
+    pub expires_at: u64,
 }
 
 impl Principal {
@@ -92,7 +98,7 @@ impl Claims {
     }
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -300,6 +306,7 @@ fn principal_from_claims(claims: Claims) -> Result<Principal, AuthError> {
         user_id: claims.sub,
         role,
         tenant_id,
+        expires_at: claims.exp,
     })
 }
 

@@ -8,7 +8,10 @@ use std::time::Duration;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceBuilder;
-use tp_auth::{AuthLayer, ByAlgorithm, Hs256Verifier, JwksSettings, JwksVerifier, TokenVerifier};
+use tp_auth::{
+    AuthLayer, ByAlgorithm, CachingVerifier, Hs256Verifier, JwksSettings, JwksVerifier,
+    TokenVerifier,
+};
 use tp_context::RequestContext;
 use tp_limits::{
     InFlightBody, InFlightLimitLayer, LimitedBody, RateLimitLayer, StreamConcurrencyLayer, Subject,
@@ -164,7 +167,8 @@ async fn token_verifier(config: &GatewayConfig) -> anyhow::Result<Arc<dyn TokenV
         "no token verifier: set TP_JWT_JWKS_URL (with TP_JWT_ISSUER and TP_JWT_AUDIENCE) \
          or, for local development, TP_JWT_HS256_SECRET"
     );
-    Ok(Arc::new(ByAlgorithm { hs256, jwks }))
+    // A client sends the same token until it expires: check it once.
+    Ok(Arc::new(CachingVerifier::new(ByAlgorithm { hs256, jwks })))
 }
 
 /// A built, bound service, ready to serve.
