@@ -6,8 +6,6 @@
 use std::net::SocketAddr;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tonic::Code;
 use tp_auth::{Audience, Claims};
 use tp_context::Role;
@@ -20,34 +18,6 @@ const RSA_PEM: &[u8] = include_bytes!("../../crates/auth/tests/keys/rsa-a.pem");
 const RSA_JWK: &str = include_str!("../../crates/auth/tests/keys/rsa-a.jwk.json");
 const EC_PEM: &[u8] = include_bytes!("../../crates/auth/tests/keys/ec-p256.pem");
 const EC_JWK: &str = include_str!("../../crates/auth/tests/keys/ec-p256.jwk.json");
-
-/// Serves one JWK set over HTTP/1.1 until the test ends.
-async fn serve_jwks(jwks: String) -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let body = jwks.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 fn sign(algorithm: Algorithm, pem: &[u8], kid: &str, claims: &Claims) -> anyhow::Result<String> {
     let key = match algorithm {
@@ -83,7 +53,7 @@ fn provider_claims(tenant: tp_context::TenantId) -> Claims {
 async fn a_production_gateway_trusts_its_identity_provider_only() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let (tenant, hs256_token) = app.tenant_with_member("Acme", "alice").await?;
-    let idp = serve_jwks(format!(r#"{{"keys":[{RSA_JWK},{EC_JWK}]}}"#)).await?;
+    let idp = tp_auth::testing::serve_jwks(format!(r#"{{"keys":[{RSA_JWK},{EC_JWK}]}}"#)).await?;
     let gateway = production_gateway(&app, idp).await?;
 
     let claims = provider_claims(tenant);
@@ -144,7 +114,7 @@ async fn a_gateway_without_any_verifier_refuses_to_start() -> anyhow::Result<()>
 async fn token_attacks_are_unauthenticated_and_harm_nothing() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;
     let (tenant, _) = app.tenant_with_member("Acme", "alice").await?;
-    let idp = serve_jwks(format!(r#"{{"keys":[{RSA_JWK}]}}"#)).await?;
+    let idp = tp_auth::testing::serve_jwks(format!(r#"{{"keys":[{RSA_JWK}]}}"#)).await?;
     let gateway = production_gateway(&app, idp).await?;
     let claims = provider_claims(tenant);
     let good = sign(Algorithm::RS256, RSA_PEM, "rsa-a", &claims)?;

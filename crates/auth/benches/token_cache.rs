@@ -11,8 +11,6 @@
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 use tp_auth::{
     Audience, CachingVerifier, Claims, Hs256Verifier, JwksSettings, JwksVerifier, TokenVerifier,
     mint_hs256,
@@ -31,36 +29,11 @@ const HS256_SECRET: &[u8] = b"a development secret, 32 bytes..";
 const CALLS: u32 = 2_000;
 const ROUNDS: usize = 3;
 
-/// Serves the JWKS to every request until the process ends.
-async fn identity_provider() -> anyhow::Result<String> {
-    let jwks = format!(r#"{{"keys":[{RSA_JWK},{EC_JWK}]}}"#);
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            let jwks = jwks.clone();
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
-                     content-length: {}\r\nconnection: close\r\n\r\n{jwks}",
-                    jwks.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-            });
-        }
-    });
-    Ok(format!("http://{addr}/.well-known/jwks.json"))
-}
-
-fn sign(alg: Algorithm, key: EncodingKey, kid: &str, claims: &Claims) -> anyhow::Result<String> {
+fn sign(alg: Algorithm, pem: &[u8], kid: &str, claims: &Claims) -> anyhow::Result<String> {
+    let key = match alg {
+        Algorithm::RS256 => EncodingKey::from_rsa_pem(pem)?,
+        _ => EncodingKey::from_ec_pem(pem)?,
+    };
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
     Ok(jsonwebtoken::encode(&header, claims, &key)?)
@@ -77,24 +50,15 @@ async fn per_call(verifier: &dyn TokenVerifier, token: &str) -> anyhow::Result<D
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
-    let url = identity_provider().await?;
+    let idp = tp_auth::testing::serve_jwks(format!(r#"{{"keys":[{RSA_JWK},{EC_JWK}]}}"#)).await?;
+    let url = format!("http://{idp}/.well-known/jwks.json");
     let dev_claims =
         Claims::expiring_in("alice", Some(TenantId::new_random()), Role::Member, 3_600);
     let mut claims = dev_claims.clone();
     claims.iss = Some(ISSUER.into());
     claims.aud = Some(Audience::One(AUDIENCE.into()));
-    let rs256 = sign(
-        Algorithm::RS256,
-        EncodingKey::from_rsa_pem(RSA_PEM)?,
-        "rsa-a",
-        &claims,
-    )?;
-    let es256 = sign(
-        Algorithm::ES256,
-        EncodingKey::from_ec_pem(EC_PEM)?,
-        "ec-p256",
-        &claims,
-    )?;
+    let rs256 = sign(Algorithm::RS256, RSA_PEM, "rsa-a", &claims)?;
+    let es256 = sign(Algorithm::ES256, EC_PEM, "ec-p256", &claims)?;
     let hs256 = mint_hs256(HS256_SECRET, &dev_claims)?;
 
     let jwks = || JwksVerifier::connect(JwksSettings::new(url.clone(), ISSUER, AUDIENCE));

@@ -18,6 +18,8 @@ use tp_context::{RequestContext, Role, TenantId};
 mod cache;
 mod jwks;
 mod layer;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use cache::CachingVerifier;
 

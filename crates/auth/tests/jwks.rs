@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header, get_current_timestamp};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tp_auth::{
     Audience, AuthError, Claims, JwksError, JwksSettings, JwksVerifier, TokenVerifier, mint_hs256,
@@ -55,13 +55,8 @@ impl Idp {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let (reply, hits) = (reply2.clone(), hits2.clone());
                 tokio::spawn(async move {
-                    let mut request = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => request.extend_from_slice(&buf[..n]),
-                        }
+                    if !tp_auth::testing::read_request_head(&mut socket).await {
+                        return;
                     }
                     hits.fetch_add(1, Ordering::SeqCst);
                     let (status, body) = match &*reply.lock().unwrap() {
