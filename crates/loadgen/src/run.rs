@@ -441,15 +441,12 @@ async fn seed_all(args: &RunArgs, db: &Database, gateway: Channel) -> anyhow::Re
     })
 }
 
-/// Workers through the gateway with `mix`; worker i sends to the senders
-/// i, i+n, i+2n… in turn, reads transcript i mod 4 and searches as one of
-/// the searchers.
 /// Sends messages through each stack for a moment, then analyses the
 /// tables, so what is measured is a live system's plans. Each connection
 /// plans its statements on the table sizes it first sees and keeps those
 /// plans until the statistics change: one that first wrote to a near-empty
 /// `messages` table plans its foreign-key checks as sequential scans and
-/// slows with every row added. (The telemetry comparison once read 60-70 %
+/// slows with every row added. (The telemetry comparison once read 58-71 %
 /// "lost to telemetry" that was the first stack's plans: its throughput
 /// fell slice by slice, 416 -> 63 calls/s, with PostgreSQL busy.)
 /// Autovacuum analyses a live system's tables within a minute of such
@@ -477,6 +474,9 @@ async fn settle(
     Ok(())
 }
 
+/// Workers through the gateway with `mix`; worker i sends to the senders
+/// i, i+n, i+2n… in turn, reads transcript i mod 4 and searches as one of
+/// the searchers.
 fn api_workers(
     channels: &[Channel],
     n: usize,
