@@ -141,6 +141,30 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
         "a secret reached the logs"
     );
 
+    // Every attribute an exported span carries is a name schema.toml
+    // declares, and a failed call's span says so in its status only when
+    // the failure is the server's (NOT_FOUND is the caller's).
+    let schema: toml::Table = toml::from_str(include_str!("../../crates/telemetry/schema.toml"))?;
+    let declared: Vec<&str> = schema
+        .get("attribute")
+        .and_then(|a| a.as_array())
+        .into_iter()
+        .flatten()
+        .filter_map(|a| a.get("name").and_then(|n| n.as_str()))
+        .collect();
+    for span in &spans {
+        for kv in &span.attributes {
+            assert!(
+                declared.contains(&kv.key.as_str()),
+                "{}: `{}` is not in schema.toml",
+                span.name,
+                kv.key
+            );
+        }
+    }
+    assert_eq!(failed.status, opentelemetry::trace::Status::Unset);
+    assert_eq!(gateway.span_kind, opentelemetry::trace::SpanKind::Server);
+
     // Message content never goes into spans.
     for span in spans.iter().filter(|s| s.span_context.trace_id() == trace) {
         for kv in &span.attributes {

@@ -21,10 +21,10 @@ use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
 mod call;
+mod call_span;
 mod canonical_log;
 mod log_fields;
 pub mod metrics;
-mod otel_layer;
 mod propagation;
 #[cfg(test)]
 mod schema_check;
@@ -242,9 +242,10 @@ pub fn init_for_tests() -> TestTelemetry {
         .clone()
 }
 
-/// The target of every call's span. [`global_filter`] always lets it
-/// through, so traces, trace propagation and exemplars do not depend on
-/// how much an operator chooses to log.
+/// The target of every call's tracing span. [`global_filter`] always lets
+/// it through: the call's trace context hangs on it (see `call_span`), so
+/// trace propagation and exemplars do not depend on how much an operator
+/// chooses to log.
 pub(crate) const RPC_SPAN_TARGET: &str = "rpc";
 
 /// `RUST_LOG`, or `info` when it is unset or unreadable.
@@ -256,7 +257,7 @@ fn rust_log() -> EnvFilter {
 /// It is the only filter for the services' layers: a layer with a filter
 /// of its own looks every span up again on every enter and exit to ask
 /// whether it is enabled for it, and spans are entered on every poll of
-/// every instrumented future (see `otel_layer`).
+/// every instrumented future.
 fn global_filter(directives: Option<&str>) -> EnvFilter {
     let filter = match directives {
         Some(directives) => EnvFilter::new(directives),
@@ -299,25 +300,10 @@ where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
     global::set_text_map_propagator(TraceContextPropagator::new());
-    let tracer = tracer_provider.tracer(service_name);
+    call_span::install_tracer(tracer_provider.tracer(service_name));
     global::set_tracer_provider(tracer_provider);
-    let spans = tracing_opentelemetry::layer()
-        .with_tracer(tracer)
-        // Busy/idle timing reads the clock on every poll of every span,
-        // and code locations and thread ids are attributes no one
-        // queries: measured, they were a large share of the layer's cost
-        // (`tests/benches/telemetry_cost.rs`).
-        .with_tracked_inactivity(false)
-        .with_location(false)
-        .with_threads(false)
-        // Entering a span would also make its context the current
-        // OpenTelemetry context, on every poll of every instrumented
-        // future. Nothing here reads that context: propagation and the
-        // exemplars take the context from the tracing span itself.
-        .with_context_activation(false);
     tracing_subscriber::registry()
         .with(logs)
-        .with(otel_layer::SpansOnly(spans))
         .with(filter)
         .try_init()?;
     Ok(())

@@ -12,34 +12,22 @@ use std::time::{Duration, Instant};
 use bytes::Buf as _;
 use http_body_util::BodyExt;
 use opentelemetry::global;
-use opentelemetry::trace::{TraceContextExt, TraceId};
+use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
 use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Span;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::call::CallRecord;
+use crate::call_span::{CallSpan, current_context, sampled_trace_id};
 use crate::metrics::{Metrics, OTHER_METHOD, server_error_type, status_code_name};
 
-/// The trace id a metric's exemplar carries for the current span.
+/// The trace id a metric's exemplar carries: the current call's, if its
+/// trace is sampled.
 pub fn exemplar_trace_id() -> TraceId {
-    sampled_trace_id(&Span::current().context())
-}
-
-/// The context's trace id if its trace is sampled (exported), else
-/// `INVALID` (no exemplar): an exemplar is a link to a trace, and with head
-/// sampling (`OTEL_TRACES_SAMPLER`) most trace ids lead nowhere. Logs keep
-/// every trace id; they correlate a call's lines across services.
-fn sampled_trace_id(context: &opentelemetry::Context) -> TraceId {
-    let span = context.span();
-    let span_context = span.span_context();
-    if span_context.is_sampled() {
-        span_context.trace_id()
-    } else {
-        TraceId::INVALID
-    }
+    current_context()
+        .map(|context| sampled_trace_id(&context))
+        .unwrap_or(TraceId::INVALID)
 }
 
 /// gRPC status codes the layers themselves assign.
@@ -165,7 +153,10 @@ pub trait Observe {
 
 /// One served call in flight.
 pub struct ServerObservation {
-    span: Span,
+    /// The exported span; the tracing span the call's work ran in is
+    /// dropped (closed) with the observation.
+    call_span: CallSpan,
+    _span: tracing::Span,
     metrics: Metrics,
     method: Arc<str>,
     streaming: bool,
@@ -184,7 +175,7 @@ impl ServerObservation {
     }
 
     fn trace_id(&self) -> TraceId {
-        sampled_trace_id(&self.span.context())
+        sampled_trace_id(self.call_span.context())
     }
 }
 
@@ -217,17 +208,14 @@ impl Observe for ServerObservation {
             duration,
             trace_id,
         );
-        let span = &self.span;
-        span.record("rpc.status_code", status);
-        if let Some(error_type) = error_type {
-            span.record("error.type", error_type);
-        }
-        if let Some(tenant) = &fields.tenant_id {
-            span.record("tp.tenant.id", tenant.as_str());
-        }
-        if let Some(member) = &fields.member_id {
-            span.record("tp.member.id", member.as_str());
-        }
+        // Logs keep every trace id, sampled or not.
+        let log_trace_id = self.call_span.context().trace_id();
+        self.call_span.end(
+            status,
+            error_type,
+            fields.tenant_id.as_deref(),
+            fields.member_id.as_deref(),
+        );
         // The canonical event: one per call, with the trace id the log line
         // is found by. Names as in schema.toml; never content.
         tracing::event!(
@@ -247,7 +235,7 @@ impl Observe for ServerObservation {
             tp.reply.policy_violations = fields.policy_violations,
             tp.call.duration_ms = millis(duration),
             tp.call.first_message_ms = self.first_message.map(millis),
-            trace_id = %trace_id,
+            trace_id = %log_trace_id,
             "call"
         );
     }
@@ -369,27 +357,15 @@ where
         let parent =
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
+        let call_span = CallSpan::start(&parent, &method, self.layer.metrics.component());
+        // The tracing span is the log lines' context: its one field is the
+        // trace id they are found by (see `log_fields`).
         let span = tracing::info_span!(
             target: crate::RPC_SPAN_TARGET,
             "grpc.server",
-            otel.name = &*method,
-            otel.kind = "server",
-            rpc.system.name = "grpc",
-            rpc.method = &*method,
-            tp.component = self.layer.metrics.component(),
-            trace_id = tracing::field::Empty,
-            rpc.status_code = tracing::field::Empty,
-            "error.type" = tracing::field::Empty,
-            tp.tenant.id = tracing::field::Empty,
-            tp.member.id = tracing::field::Empty,
+            trace_id = %call_span.context().trace_id(),
         );
-        // Fails only when no OpenTelemetry layer is installed; the span then
-        // simply starts a new trace.
-        let _ = span.set_parent(parent);
-        span.record(
-            "trace_id",
-            tracing::field::display(span.context().span().span_context().trace_id()),
-        );
+        call_span.attach_to(&span);
         let record = CallRecord::new();
         request.extensions_mut().insert(record.clone());
 
@@ -398,7 +374,8 @@ where
             self.inner.call(request)
         };
         let observation = ServerObservation {
-            span: span.clone(),
+            call_span,
+            _span: span.clone(),
             metrics: self.layer.metrics.clone(),
             method,
             streaming,
@@ -490,9 +467,12 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let context = Span::current().context();
+        let context = current_context().unwrap_or_else(SpanContext::empty_context);
         global::get_text_map_propagator(|p| {
-            p.inject_context(&context, &mut HeaderInjector(request.headers_mut()))
+            p.inject_context(
+                &opentelemetry::Context::new().with_remote_span_context(context.clone()),
+                &mut HeaderInjector(request.headers_mut()),
+            )
         });
         // Only our own services are called through this layer, so the
         // method names are the few the code calls: bounded.
@@ -553,26 +533,6 @@ pub fn connection_lost(error: BoxError) -> tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn only_a_sampled_trace_is_an_exemplar() {
-        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceState};
-        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex");
-        let context = |flags| {
-            opentelemetry::Context::new().with_remote_span_context(SpanContext::new(
-                trace_id,
-                SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
-                flags,
-                true,
-                TraceState::default(),
-            ))
-        };
-        assert_eq!(sampled_trace_id(&context(TraceFlags::SAMPLED)), trace_id);
-        assert_eq!(
-            sampled_trace_id(&context(TraceFlags::default())),
-            TraceId::INVALID
-        );
-    }
 
     #[test]
     fn a_connection_lost_mid_call_is_unavailable_and_named_statuses_are_kept() {

@@ -12,7 +12,6 @@ use crate::metrics::{ALL, Kind, status_code_name};
 struct Schema {
     metric: Vec<MetricDecl>,
     attribute: Vec<AttributeDecl>,
-    library_attribute: Vec<LibraryDecl>,
 }
 
 #[derive(Deserialize)]
@@ -33,11 +32,6 @@ struct AttributeDecl {
     values: Vec<String>,
     #[serde(default)]
     span_only: bool,
-}
-
-#[derive(Deserialize)]
-struct LibraryDecl {
-    names: Vec<String>,
 }
 
 fn schema() -> Schema {
@@ -79,6 +73,15 @@ fn folded(name: &str) -> String {
 }
 
 #[test]
+fn the_call_spans_attributes_are_declared() {
+    let schema = schema();
+    let declared: BTreeSet<&str> = schema.attribute.iter().map(|a| a.name.as_str()).collect();
+    for name in crate::call_span::SPAN_ATTRIBUTES {
+        assert!(declared.contains(name), "`{name}` is not in schema.toml");
+    }
+}
+
+#[test]
 fn no_two_names_clash() {
     let schema = schema();
     // Our names: no two may fold to the same string.
@@ -91,14 +94,6 @@ fn no_two_names_clash() {
     {
         if let Some(earlier) = ours.insert(folded(name), name) {
             panic!("`{name}` clashes with `{earlier}`");
-        }
-    }
-    // Libraries' names (which carry both spellings of some semantic
-    // conventions, e.g. `code.filepath` and `code.file.path`) must not
-    // clash with ours.
-    for name in schema.library_attribute.iter().flat_map(|l| l.names.iter()) {
-        if let Some(ours) = ours.get(&folded(name)) {
-            panic!("library attribute `{name}` clashes with `{ours}`");
         }
     }
     // And the folding does catch what it is for.

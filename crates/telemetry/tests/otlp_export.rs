@@ -1,5 +1,6 @@
-//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, spans leave the process over
-//! OTLP/gRPC: a real OTLP trace receiver, in this test, must get them.
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set, a served call's span leaves the
+//! process over OTLP/gRPC: a real OTLP trace receiver, in this test, must
+//! get it, named by its method and with the call's outcome.
 
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
+use tower::{Layer, Service, ServiceExt};
+use tp_telemetry::{Metrics, RpcMethods, ServerTelemetryLayer};
 
 struct Receiver(mpsc::UnboundedSender<ExportTraceServiceRequest>);
 
@@ -54,9 +57,28 @@ fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
 
     runtime.block_on(async {
         let guard = tp_telemetry::init("otlp-test").expect("telemetry");
-        tracing::info_span!("export-check").in_scope(|| {
-            tracing::info!("inside the span");
-        });
+        // A call served behind the layer every service uses.
+        let methods = RpcMethods::new([("x.v1.Export/Check".to_owned(), false)]);
+        let mut server = ServerTelemetryLayer::new(Metrics::new("otlp-test"), methods).layer(
+            tower::service_fn(|_request: http::Request<tonic::body::Body>| async {
+                let mut response = http::Response::new(tonic::body::Body::empty());
+                response
+                    .headers_mut()
+                    .insert("grpc-status", http::HeaderValue::from_static("5"));
+                Ok::<_, std::convert::Infallible>(response)
+            }),
+        );
+        let request = http::Request::builder()
+            .uri("/x.v1.Export/Check")
+            .body(tonic::body::Body::empty())
+            .expect("request");
+        server
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("served");
         // Dropping the guard flushes the batch exporter.
         tokio::task::spawn_blocking(move || drop(guard))
             .await
@@ -74,11 +96,32 @@ fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
             .and_then(|kv| kv.value.as_ref())
             .and_then(|v| v.value.clone());
         assert_eq!(service_name, Some(Value::StringValue("otlp-test".into())));
-        let names: Vec<&str> = resource_spans
+        let spans: Vec<_> = resource_spans
             .scope_spans
             .iter()
-            .flat_map(|s| s.spans.iter().map(|span| span.name.as_str()))
+            .flat_map(|s| s.spans.iter())
             .collect();
-        assert!(names.contains(&"export-check"), "{names:?}");
+        let call = spans
+            .iter()
+            .find(|span| span.name == "x.v1.Export/Check")
+            .unwrap_or_else(|| panic!("the call's span was exported: {spans:?}"));
+        let attribute = |key: &str| {
+            call.attributes
+                .iter()
+                .find(|kv| kv.key == key)
+                .and_then(|kv| kv.value.as_ref())
+                .and_then(|v| v.value.clone())
+        };
+        assert_eq!(
+            attribute("rpc.method"),
+            Some(Value::StringValue("x.v1.Export/Check".into()))
+        );
+        assert_eq!(
+            attribute("rpc.status_code"),
+            Some(Value::StringValue("NOT_FOUND".into()))
+        );
+        // A client's error is not the server's: no error type, status unset.
+        assert_eq!(attribute("error.type"), None);
+        assert_eq!(call.status.as_ref().map(|s| s.code), Some(0));
     });
 }

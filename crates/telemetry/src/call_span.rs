@@ -1,0 +1,187 @@
+//! The served call's span, made with the OpenTelemetry SDK directly, and
+//! the call's trace context, found from the tracing span the call's work
+//! runs in.
+//!
+//! Each service exports one span per served call and no other; a tracing
+//! span is only a log line's context. Through tracing-opentelemetry the
+//! call's span cost, on every call: a second attribute list built from the
+//! tracing fields, a lookup of the layer's data on every `record`, the
+//! trace context rebuilt on every read (propagation, each metric's
+//! exemplar), and the finished span converted again when it closed. Under
+//! the load generator that was a quarter of telemetry's cost in the
+//! knowledge service. Made directly, the span is built once at the call's
+//! start, given its outcome at the end, and its context is read from the
+//! tracing span's extensions with one lookup.
+
+use std::sync::{Arc, OnceLock};
+
+use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
+use opentelemetry::{Context, KeyValue};
+use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
+use tracing::Span;
+use tracing_subscriber::Registry;
+use tracing_subscriber::registry::LookupSpan;
+
+/// The tracer of this process's calls, set once by [`crate::init`] (or the
+/// test set-up). Unset, calls get no span and start no trace.
+static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+pub(crate) fn install_tracer(tracer: SdkTracer) {
+    // A second install (tests racing to set telemetry up) keeps the first,
+    // as the global subscriber does.
+    let _ = TRACER.set(tracer);
+}
+
+/// Every attribute a call's span can carry (`schema.toml` declares each;
+/// a unit test holds them to it).
+pub(crate) const SPAN_ATTRIBUTES: [&str; 7] = [
+    RPC_SYSTEM_NAME,
+    RPC_METHOD,
+    COMPONENT,
+    RPC_STATUS_CODE,
+    ERROR_TYPE,
+    TENANT_ID,
+    MEMBER_ID,
+];
+const RPC_SYSTEM_NAME: &str = "rpc.system.name";
+const RPC_METHOD: &str = "rpc.method";
+const COMPONENT: &str = "tp.component";
+const RPC_STATUS_CODE: &str = "rpc.status_code";
+const ERROR_TYPE: &str = "error.type";
+const TENANT_ID: &str = "tp.tenant.id";
+const MEMBER_ID: &str = "tp.member.id";
+
+/// The trace context of a served call, kept in the extensions of the
+/// tracing span its work runs in.
+#[derive(Clone, Debug)]
+struct CallContext(SpanContext);
+
+/// One served call's exported span.
+pub(crate) struct CallSpan {
+    span: Option<SdkSpan>,
+    context: SpanContext,
+}
+
+impl CallSpan {
+    /// Starts the call's span as a child of `parent` (the caller's context,
+    /// from its `traceparent`; empty for a new trace), named by its
+    /// `rpc.method`.
+    pub(crate) fn start(parent: &Context, method: &Arc<str>, component: &'static str) -> Self {
+        let Some(tracer) = TRACER.get() else {
+            return Self {
+                span: None,
+                context: parent.span().span_context().clone(),
+            };
+        };
+        let span = tracer
+            .span_builder(String::from(&**method))
+            .with_kind(SpanKind::Server)
+            .with_attributes([
+                KeyValue::new(RPC_SYSTEM_NAME, "grpc"),
+                KeyValue::new(RPC_METHOD, method.clone()),
+                KeyValue::new(COMPONENT, component),
+            ])
+            .start_with_context(tracer, parent);
+        let context = opentelemetry::trace::Span::span_context(&span).clone();
+        Self {
+            span: Some(span),
+            context,
+        }
+    }
+
+    /// The call's trace context.
+    pub(crate) fn context(&self) -> &SpanContext {
+        &self.context
+    }
+
+    /// Makes this call's context the one found from `span` (and the spans
+    /// inside it) by [`current_context`].
+    pub(crate) fn attach_to(&self, span: &Span) {
+        span.with_subscriber(|(id, dispatch)| {
+            if let Some(data) = dispatch
+                .downcast_ref::<Registry>()
+                .and_then(|registry| registry.span(id))
+            {
+                data.extensions_mut()
+                    .insert(CallContext(self.context.clone()));
+            }
+        });
+    }
+
+    /// Ends the span with the call's outcome: its status code's name, the
+    /// error type the conventions give a server error, and who called.
+    pub(crate) fn end(
+        self,
+        status_code: &'static str,
+        error_type: Option<&'static str>,
+        tenant_id: Option<&str>,
+        member_id: Option<&str>,
+    ) {
+        let Some(mut span) = self.span else { return };
+        use opentelemetry::trace::Span as _;
+        span.set_attribute(KeyValue::new(RPC_STATUS_CODE, status_code));
+        if let Some(error_type) = error_type {
+            span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+            span.set_status(Status::error(error_type));
+        }
+        if let Some(tenant) = tenant_id {
+            span.set_attribute(KeyValue::new(TENANT_ID, tenant.to_owned()));
+        }
+        if let Some(member) = member_id {
+            span.set_attribute(KeyValue::new(MEMBER_ID, member.to_owned()));
+        }
+        span.end();
+    }
+}
+
+/// The trace context of the served call the current tracing span belongs
+/// to (the call's own span or one inside it), if any.
+pub(crate) fn current_context() -> Option<SpanContext> {
+    Span::current()
+        .with_subscriber(|(id, dispatch)| {
+            let registry = dispatch.downcast_ref::<Registry>()?;
+            registry
+                .span(id)?
+                .scope()
+                .find_map(|span| span.extensions().get::<CallContext>().map(|c| c.0.clone()))
+        })
+        .flatten()
+}
+
+/// The context's trace id if its trace is sampled (exported), else
+/// `INVALID` (no exemplar): an exemplar is a link to a trace, and with head
+/// sampling (`OTEL_TRACES_SAMPLER`) most trace ids lead nowhere. Logs keep
+/// every trace id; they correlate a call's lines across services.
+pub(crate) fn sampled_trace_id(context: &SpanContext) -> TraceId {
+    if context.is_sampled() {
+        context.trace_id()
+    } else {
+        TraceId::INVALID
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{SpanId, TraceFlags, TraceState};
+
+    use super::*;
+
+    #[test]
+    fn only_a_sampled_trace_is_an_exemplar() {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex");
+        let context = |flags| {
+            SpanContext::new(
+                trace_id,
+                SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+                flags,
+                true,
+                TraceState::default(),
+            )
+        };
+        assert_eq!(sampled_trace_id(&context(TraceFlags::SAMPLED)), trace_id);
+        assert_eq!(
+            sampled_trace_id(&context(TraceFlags::default())),
+            TraceId::INVALID
+        );
+    }
+}
