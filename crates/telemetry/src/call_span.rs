@@ -20,7 +20,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 use tracing::Span;
 use tracing_subscriber::Registry;
-use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::registry::{LookupSpan, SpanRef};
 
 /// The tracer of this process's calls, set once by [`crate::init`] (or the
 /// test set-up). Unset, calls get no span and start no trace.
@@ -34,6 +34,7 @@ pub(crate) fn install_tracer(tracer: SdkTracer) {
 
 /// Every attribute a call's span can carry (`schema.toml` declares each;
 /// a unit test holds them to it).
+#[cfg(test)]
 pub(crate) const SPAN_ATTRIBUTES: [&str; 7] = [
     RPC_SYSTEM_NAME,
     RPC_METHOD,
@@ -97,15 +98,7 @@ impl CallSpan {
     /// Makes this call's context the one found from `span` (and the spans
     /// inside it) by [`current_context`].
     pub(crate) fn attach_to(&self, span: &Span) {
-        span.with_subscriber(|(id, dispatch)| {
-            if let Some(data) = dispatch
-                .downcast_ref::<Registry>()
-                .and_then(|registry| registry.span(id))
-            {
-                data.extensions_mut()
-                    .insert(CallContext(self.context.clone()));
-            }
-        });
+        attach(span, self.context.clone());
     }
 
     /// Ends the span with the call's outcome: its status code's name, the
@@ -132,6 +125,31 @@ impl CallSpan {
         }
         span.end();
     }
+}
+
+/// Keeps `context` in `span`'s extensions, for [`current_context`] and the
+/// log lines written inside it.
+pub(crate) fn attach(span: &Span, context: SpanContext) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(data) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        {
+            data.extensions_mut().insert(CallContext(context));
+        }
+    });
+}
+
+/// The trace id of the call `span` belongs to (it is the call's span or
+/// inside it), if the call has a valid one.
+pub(crate) fn trace_id_of<'a, R: LookupSpan<'a>>(span: &SpanRef<'a, R>) -> Option<TraceId> {
+    span.scope()
+        .find_map(|span| {
+            span.extensions()
+                .get::<CallContext>()
+                .map(|c| c.0.trace_id())
+        })
+        .filter(|id| *id != TraceId::INVALID)
 }
 
 /// The trace context of the served call the current tracing span belongs

@@ -36,7 +36,7 @@ use tracing_subscriber::registry::LookupSpan;
 
 use crate::CANONICAL_TARGET;
 // Written under `span`, as the other log lines carry it.
-use crate::log_fields::TRACE_ID;
+use crate::log_fields::{TRACE_ID, add_trace_id};
 
 /// How late a log line may reach stdout.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
@@ -69,7 +69,18 @@ where
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
         if event.metadata().target() != CANONICAL_TARGET {
-            return self.0.format_event(ctx, writer, event);
+            let Some(trace_id) = ctx
+                .lookup_current()
+                .and_then(|span| crate::call_span::trace_id_of(&span))
+            else {
+                return self.0.format_event(ctx, writer, event);
+            };
+            return LINE.with_borrow_mut(|line| {
+                line.clear();
+                self.0.format_event(ctx, Writer::new(line), event)?;
+                add_trace_id(line, trace_id);
+                writer.write_str(line)
+            });
         }
         LINE.with_borrow_mut(|line| {
             line.clear();
@@ -446,7 +457,6 @@ mod tests {
                 .event_format(WithCanonical(
                     tracing_subscriber::fmt::format().json().with_target(true),
                 ))
-                .fmt_fields(crate::log_fields::TraceIdOnly)
                 .with_writer(buffer.clone()),
         );
         tracing::subscriber::with_default(subscriber, || {

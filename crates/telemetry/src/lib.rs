@@ -271,23 +271,24 @@ fn global_filter(directives: Option<&str>) -> EnvFilter {
 
 /// The JSON log lines: the canonical event encoded by
 /// [`canonical_log::WithCanonical`], every other event by
-/// tracing-subscriber's JSON formatter; spans contribute only their trace
-/// id ([`log_fields::TraceIdOnly`]).
+/// tracing-subscriber's JSON formatter; of the spans, a line carries only
+/// the trace id of the call it was written in (see `log_fields`).
 fn json_lines<S, W>(writer: W) -> impl Layer<S> + Send + Sync + 'static
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
 {
-    tracing_subscriber::fmt::layer()
-        .event_format(canonical_log::WithCanonical(
-            tracing_subscriber::fmt::format()
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
-                .with_target(true),
-        ))
-        .fmt_fields(log_fields::TraceIdOnly)
-        .with_writer(writer)
+    log_fields::EventsOnly(
+        tracing_subscriber::fmt::layer()
+            .event_format(canonical_log::WithCanonical(
+                tracing_subscriber::fmt::format()
+                    .json()
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_target(true),
+            ))
+            .with_writer(writer),
+    )
 }
 
 fn install<L>(

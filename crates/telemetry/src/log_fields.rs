@@ -1,80 +1,77 @@
 //! What a JSON log line says about the span it was written in: only the
-//! trace id, so a log line leads to its trace.
+//! trace id of the call it belongs to, so a log line leads to its trace.
 //!
 //! tracing-subscriber's JSON formatter keeps each span's fields as a JSON
-//! string: it re-parses and re-writes that string on every `Span::record`
-//! and parses it again for every event written inside the span. Profiled
-//! under load (`tp-loadgen`), that was the largest single cost of
-//! telemetry. The span's other fields are on the span itself (exported by
-//! OpenTelemetry) and on the canonical event, so the log line loses
-//! nothing by not repeating them.
+//! string, made when the span is created and re-made on every
+//! `Span::record`. A call's span exists on every call but a log line
+//! inside it is rare (the canonical event carries its own trace id), so
+//! the formatter sees no spans at all ([`EventsOnly`]) and a line written
+//! inside a call gets the call's trace id when it is written
+//! ([`add_trace_id`]), from the context `call_span` keeps on the span.
 
-use std::fmt;
+use std::any::TypeId;
 
-use tracing::field::{Field, Visit};
-use tracing_subscriber::field::RecordFields;
-use tracing_subscriber::fmt::FormatFields;
-use tracing_subscriber::fmt::FormattedFields;
-use tracing_subscriber::fmt::format::Writer;
+use opentelemetry::trace::TraceId;
+use tracing::{Event, Metadata, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
 
-/// The field holding a call's trace id: on its span, for these log lines,
-/// and on its canonical event.
+/// The field holding a call's trace id on its canonical event, and the
+/// key under `span` in every log line written inside a call.
 pub(crate) const TRACE_ID: &str = "trace_id";
 
-/// Formats a span's fields as `{"trace_id":"…"}`, or `{}` before the
-/// trace id is recorded; every other field is ignored.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct TraceIdOnly;
+/// A layer (the JSON log lines) told only of events: it is not asked to
+/// format or store the fields of spans it never prints.
+pub(crate) struct EventsOnly<L>(pub L);
 
-#[derive(Default)]
-struct TraceIdVisitor(Option<String>);
-
-impl Visit for TraceIdVisitor {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        if field.name() == TRACE_ID {
-            self.0 = Some(value.to_owned());
-        }
+impl<S, L> Layer<S> for EventsOnly<L>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    L: Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.0.on_register_dispatch(subscriber)
     }
 
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        if field.name() == TRACE_ID {
-            self.0 = Some(format!("{value:?}"));
-        }
-    }
-}
-
-fn write_json(mut writer: Writer<'_>, trace_id: Option<&str>) -> fmt::Result {
-    match trace_id {
-        // A trace id is 32 hex digits: nothing to escape, but keep only
-        // what is safe inside a JSON string in case a caller records
-        // something else under the name.
-        Some(id) if id.bytes().all(|b| b.is_ascii_alphanumeric()) => {
-            write!(writer, "{{\"{TRACE_ID}\":\"{id}\"}}")
-        }
-        _ => write!(writer, "{{}}"),
-    }
-}
-
-impl<'writer> FormatFields<'writer> for TraceIdOnly {
-    fn format_fields<R: RecordFields>(&self, writer: Writer<'writer>, fields: R) -> fmt::Result {
-        let mut visitor = TraceIdVisitor::default();
-        fields.record(&mut visitor);
-        write_json(writer, visitor.0.as_deref())
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.0.on_layer(subscriber)
     }
 
-    fn add_fields(
+    fn register_callsite(
         &self,
-        current: &'writer mut FormattedFields<Self>,
-        fields: &tracing::span::Record<'_>,
-    ) -> fmt::Result {
-        let mut visitor = TraceIdVisitor::default();
-        fields.record(&mut visitor);
-        // Only a newly recorded trace id changes anything.
-        if let Some(id) = visitor.0 {
-            current.fields.clear();
-            write_json(current.as_writer(), Some(&id))?;
+        metadata: &'static Metadata<'static>,
+    ) -> tracing::subscriber::Interest {
+        self.0.register_callsite(metadata)
+    }
+
+    fn enabled(&self, metadata: &Metadata<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.enabled(metadata, ctx)
+    }
+
+    fn event_enabled(&self, event: &Event<'_>, ctx: Context<'_, S>) -> bool {
+        self.0.event_enabled(event, ctx)
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        self.0.on_event(event, ctx)
+    }
+
+    unsafe fn downcast_raw(&self, id: TypeId) -> Option<*const ()> {
+        if id == TypeId::of::<Self>() {
+            return Some(self as *const Self as *const ());
         }
-        Ok(())
+        // SAFETY: forwarded unchanged to the wrapped layer, which answers
+        // for its own types.
+        unsafe { self.0.downcast_raw(id) }
+    }
+}
+
+/// Adds `"span":{"trace_id":"…"}` to a JSON object written on one line
+/// (`{…}` and a newline), as the last key.
+pub(crate) fn add_trace_id(line: &mut String, trace_id: TraceId) {
+    if let Some(end) = line.rfind('}') {
+        line.insert_str(end, &format!(",\"span\":{{\"{TRACE_ID}\":\"{trace_id}\"}}"));
     }
 }
 
@@ -82,9 +79,8 @@ impl<'writer> FormatFields<'writer> for TraceIdOnly {
 mod tests {
     use std::sync::{Arc, Mutex};
 
+    use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
     use tracing_subscriber::layer::SubscriberExt;
-
-    use super::*;
 
     #[derive(Clone, Default)]
     struct Buffer(Arc<Mutex<Vec<u8>>>);
@@ -104,31 +100,29 @@ mod tests {
     }
 
     #[test]
-    fn log_lines_carry_the_spans_trace_id_and_nothing_else_of_it() {
+    fn log_lines_in_a_call_carry_its_trace_id_and_nothing_else_of_the_span() {
         let buffer = Buffer::default();
         let writer = buffer.clone();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .json()
-                .with_current_span(true)
-                .with_span_list(false)
-                .fmt_fields(TraceIdOnly)
-                .with_writer(move || writer.clone()),
-        );
+        let subscriber =
+            tracing_subscriber::registry().with(crate::json_lines(move || writer.clone()));
+        let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("hex");
         tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!(
-                "grpc.server",
-                tp.tenant.id = tracing::field::Empty,
-                trace_id = tracing::field::Empty
+            tracing::info!("outside");
+            let span = tracing::info_span!("grpc.server", tp.tenant.id = "tenant-secret-ish");
+            crate::call_span::attach(
+                &span,
+                SpanContext::new(
+                    trace_id,
+                    SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+                    TraceFlags::SAMPLED,
+                    true,
+                    TraceState::default(),
+                ),
             );
             let _entered = span.enter();
-            tracing::info!("before");
-            span.record("tp.tenant.id", "tenant-secret-ish");
-            span.record(
-                "trace_id",
-                tracing::field::display("0af7651916cd43dd8448eb211c80319c"),
-            );
-            tracing::info!(answer = 42, "after");
+            let inner = tracing::info_span!("inner");
+            let _inner = inner.enter();
+            tracing::info!(answer = 42, "inside");
         });
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
@@ -136,13 +130,14 @@ mod tests {
             .map(|l| serde_json::from_str(l).expect("every line is JSON"))
             .collect();
         assert_eq!(lines.len(), 2, "{text}");
-        assert_eq!(lines[0]["span"]["name"], "grpc.server");
-        assert!(lines[0]["span"].get("trace_id").is_none());
+        assert!(lines[0].get("span").is_none(), "{text}");
+        // Found from a span inside the call's, too.
         assert_eq!(
             lines[1]["span"]["trace_id"],
             "0af7651916cd43dd8448eb211c80319c"
         );
-        // The event's own fields are all there; the span's others are not.
+        assert_eq!(lines[1]["span"].as_object().map(|o| o.len()), Some(1));
+        // The event's own fields are all there; the span's are not.
         assert_eq!(lines[1]["fields"]["answer"], 42);
         assert!(!text.contains("tenant-secret-ish"), "{text}");
     }

@@ -358,13 +358,10 @@ where
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
         let call_span = CallSpan::start(&parent, &method, self.layer.metrics.component());
-        // The tracing span is the log lines' context: its one field is the
-        // trace id they are found by (see `log_fields`).
-        let span = tracing::info_span!(
-            target: crate::RPC_SPAN_TARGET,
-            "grpc.server",
-            trace_id = %call_span.context().trace_id(),
-        );
+        // The tracing span the call's work runs in: no fields, only the
+        // call's trace context in its extensions, for propagation, the
+        // exemplars and the trace id of log lines (see `log_fields`).
+        let span = tracing::info_span!(target: crate::RPC_SPAN_TARGET, "grpc.server");
         call_span.attach_to(&span);
         let record = CallRecord::new();
         request.extensions_mut().insert(record.clone());
