@@ -57,28 +57,39 @@ fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
 
     runtime.block_on(async {
         let guard = tp_telemetry::init("otlp-test").expect("telemetry");
-        // A call served behind the layer every service uses.
-        let methods = RpcMethods::new([("x.v1.Export/Check".to_owned(), false)]);
+        // Two calls served behind the layer every service uses: one the
+        // caller's fault (NOT_FOUND), one the server's (INTERNAL).
+        let methods = RpcMethods::new([
+            ("x.v1.Export/Check".to_owned(), false),
+            ("x.v1.Export/Fail".to_owned(), false),
+        ]);
         let mut server = ServerTelemetryLayer::new(Metrics::new("otlp-test"), methods).layer(
-            tower::service_fn(|_request: http::Request<tonic::body::Body>| async {
+            tower::service_fn(|request: http::Request<tonic::body::Body>| async move {
+                let status = if request.uri().path().ends_with("/Fail") {
+                    "13"
+                } else {
+                    "5"
+                };
                 let mut response = http::Response::new(tonic::body::Body::empty());
                 response
                     .headers_mut()
-                    .insert("grpc-status", http::HeaderValue::from_static("5"));
+                    .insert("grpc-status", http::HeaderValue::from_static(status));
                 Ok::<_, std::convert::Infallible>(response)
             }),
         );
-        let request = http::Request::builder()
-            .uri("/x.v1.Export/Check")
-            .body(tonic::body::Body::empty())
-            .expect("request");
-        server
-            .ready()
-            .await
-            .expect("ready")
-            .call(request)
-            .await
-            .expect("served");
+        for path in ["/x.v1.Export/Check", "/x.v1.Export/Fail"] {
+            let request = http::Request::builder()
+                .uri(path)
+                .body(tonic::body::Body::empty())
+                .expect("request");
+            server
+                .ready()
+                .await
+                .expect("ready")
+                .call(request)
+                .await
+                .expect("served");
+        }
         // Dropping the guard flushes the batch exporter.
         tokio::task::spawn_blocking(move || drop(guard))
             .await
@@ -101,27 +112,31 @@ fn spans_are_exported_over_otlp_when_the_endpoint_is_set() {
             .iter()
             .flat_map(|s| s.spans.iter())
             .collect();
-        let call = spans
-            .iter()
-            .find(|span| span.name == "x.v1.Export/Check")
-            .unwrap_or_else(|| panic!("the call's span was exported: {spans:?}"));
-        let attribute = |key: &str| {
-            call.attributes
+        let span = |name: &str| {
+            *spans
+                .iter()
+                .find(|span| span.name == name)
+                .unwrap_or_else(|| panic!("{name}'s span was exported: {spans:?}"))
+        };
+        let attribute = |span: &opentelemetry_proto::tonic::trace::v1::Span, key: &str| {
+            span.attributes
                 .iter()
                 .find(|kv| kv.key == key)
                 .and_then(|kv| kv.value.as_ref())
                 .and_then(|v| v.value.clone())
         };
-        assert_eq!(
-            attribute("rpc.method"),
-            Some(Value::StringValue("x.v1.Export/Check".into()))
-        );
-        assert_eq!(
-            attribute("rpc.status_code"),
-            Some(Value::StringValue("NOT_FOUND".into()))
-        );
+        let string = |s: &str| Some(Value::StringValue(s.into()));
+        let check = span("x.v1.Export/Check");
+        assert_eq!(attribute(check, "rpc.method"), string("x.v1.Export/Check"));
+        assert_eq!(attribute(check, "rpc.status_code"), string("NOT_FOUND"));
         // A client's error is not the server's: no error type, status unset.
-        assert_eq!(attribute("error.type"), None);
-        assert_eq!(call.status.as_ref().map(|s| s.code), Some(0));
+        assert_eq!(attribute(check, "error.type"), None);
+        assert_eq!(check.status.as_ref().map(|s| s.code), Some(0));
+        // A server error is one: its type, and the span's status is Error
+        // (2 in OTLP).
+        let fail = span("x.v1.Export/Fail");
+        assert_eq!(attribute(fail, "rpc.status_code"), string("INTERNAL"));
+        assert_eq!(attribute(fail, "error.type"), string("INTERNAL"));
+        assert_eq!(fail.status.as_ref().map(|s| s.code), Some(2));
     });
 }
