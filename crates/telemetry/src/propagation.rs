@@ -153,10 +153,7 @@ pub trait Observe {
 
 /// One served call in flight.
 pub struct ServerObservation {
-    /// The exported span; the tracing span the call's work ran in is
-    /// dropped (closed) with the observation.
     call_span: CallSpan,
-    _span: tracing::Span,
     metrics: Metrics,
     method: Arc<str>,
     streaming: bool,
@@ -372,7 +369,6 @@ where
         };
         let observation = ServerObservation {
             call_span,
-            _span: span.clone(),
             metrics: self.layer.metrics.clone(),
             method,
             streaming,
