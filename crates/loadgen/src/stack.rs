@@ -2,9 +2,11 @@
 //! processes on free loopback ports, as `deploy/local/run` starts them,
 //! so each one's memory and CPU can be read on its own.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -74,10 +76,25 @@ pub struct Stack {
     processes: Vec<ServiceProcess>,
 }
 
-/// A port on loopback nothing listens on right now.
+/// A port on loopback nothing listens on right now, and one this process
+/// has not handed out before.
+///
+/// The port is free only until someone binds it: the kernel may give the
+/// same port to the next `bind(0)` once this probe closes. Stacks started
+/// side by side in one process (the process tests run in parallel) would
+/// then collide: one service fails to bind, and the other stack's service
+/// answers the first stack's readiness probe in its place. Remembering
+/// every port handed out rules that out within a process.
 pub fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
-    Ok(listener.local_addr()?)
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    for _ in 0..64 {
+        let addr = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?;
+        let mut handed_out = HANDED_OUT.lock().unwrap_or_else(PoisonError::into_inner);
+        if handed_out.insert(addr.port()) {
+            return Ok(addr);
+        }
+    }
+    bail!("no loopback port this process has not used already after 64 tries")
 }
 
 fn binary(bin_dir: &Path, name: &str) -> anyhow::Result<PathBuf> {
@@ -289,15 +306,18 @@ impl Stack {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(200) = http_status(http, "/readyz").await {
-                return Ok(());
-            }
+            let ready = matches!(http_status(http, "/readyz").await, Ok(200));
+            // Checked after the probe too: a service that died cannot be
+            // ready, whatever answered on its port.
             let process = self.process(name)?;
             if let Some(status) = process.child.try_wait()? {
                 bail!(
                     "{name} exited ({status}) while starting; see {}",
                     log_dir.join(format!("{name}.log")).display()
                 );
+            }
+            if ready {
+                return Ok(());
             }
             if Instant::now() > deadline {
                 bail!(
@@ -358,4 +378,24 @@ pub async fn http_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
     // "HTTP/1.1 200"
     let code = std::str::from_utf8(&head[9..12])?.parse()?;
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice_in_a_process() -> anyhow::Result<()> {
+        let mut seen = BTreeSet::new();
+        for _ in 0..500 {
+            let addr = free_port()?;
+            assert!(addr.ip().is_loopback());
+            assert!(
+                seen.insert(addr.port()),
+                "port {} handed out twice",
+                addr.port()
+            );
+        }
+        Ok(())
+    }
 }
