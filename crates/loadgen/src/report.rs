@@ -79,6 +79,9 @@ pub struct Report {
     /// Each telemetry stack's CPU over the whole comparison, per call.
     #[serde(default)]
     pub telemetry_cpu: Option<TelemetryCpu>,
+    /// This build against `--compare-bin-dir`'s, when asked for.
+    #[serde(default)]
+    pub builds_cpu: Option<BuildsCpu>,
     /// The gateway hop taken apart from the exported spans.
     #[serde(default)]
     pub hop_breakdown: Option<crate::otlp::HopBreakdown>,
@@ -94,6 +97,26 @@ pub struct Report {
 pub struct TelemetryCpu {
     pub on_us_per_call: f64,
     pub off_us_per_call: f64,
+}
+
+/// The slices of the builds comparison.
+pub const THIS_BUILD: &str = "this build, slice ";
+pub const OTHER_BUILD: &str = "compared build, slice ";
+
+/// Successful calls per second of `op` summed over phases.
+pub fn rate(phases: &[&PhaseResult], op: &str) -> f64 {
+    let ok: u64 = phases.iter().filter_map(|p| p.op(op)).map(|o| o.ok).sum();
+    let secs: f64 = phases.iter().map(|p| p.seconds).sum();
+    if secs > 0.0 { ok as f64 / secs } else { 0.0 }
+}
+
+/// CPU time of the three services per SendMessage, this build and the one
+/// it is compared with, read as [`TelemetryCpu`] is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BuildsCpu {
+    pub other_bin_dir: String,
+    pub this_us_per_call: f64,
+    pub other_us_per_call: f64,
 }
 
 impl Report {
@@ -253,6 +276,27 @@ impl Report {
                 cpu.on_us_per_call,
                 cpu.off_us_per_call,
                 cpu.on_us_per_call - cpu.off_us_per_call
+            );
+        }
+        if let Some(cpu) = &self.builds_cpu {
+            let slices = |prefix: &str| -> Vec<&PhaseResult> {
+                self.phases
+                    .iter()
+                    .filter(|p| p.name.starts_with(prefix))
+                    .collect()
+            };
+            let send = crate::workers::op::SEND_MESSAGE;
+            let this = rate(&slices(THIS_BUILD), send);
+            let other = rate(&slices(OTHER_BUILD), send);
+            let _ = writeln!(
+                out,
+                "this build against {}: SendMessage {this:.0}/s against {other:.0}/s ({:+.1} %); \
+                 CPU of the three services per call {:.0} us against {:.0} us ({:+.0} us)",
+                cpu.other_bin_dir,
+                (this / other.max(f64::EPSILON) - 1.0) * 100.0,
+                cpu.this_us_per_call,
+                cpu.other_us_per_call,
+                cpu.this_us_per_call - cpu.other_us_per_call
             );
         }
         let _ = writeln!(out, "\ntargets (ratios and figures from this run):");

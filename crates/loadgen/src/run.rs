@@ -16,7 +16,10 @@ use tonic::transport::Channel;
 use crate::api::channels;
 use crate::driver::{self, Phase, PhaseResult};
 use crate::pgbench;
-use crate::report::{Machine, Report, Settings, TargetCheck, TelemetryCpu, mib};
+use crate::report::{
+    BuildsCpu, Machine, OTHER_BUILD, Report, Settings, THIS_BUILD, TargetCheck, TelemetryCpu, mib,
+    rate,
+};
 use crate::seed;
 use crate::stack::{Launcher, SIGNING_SECRET, Stack, StackConfig, free_port, migrate};
 use crate::workers::{ApiWorker, EchoWorker, HopWorker, Mix, Reader, Sender};
@@ -79,6 +82,12 @@ pub struct RunArgs {
     /// Run only these groups of phases (comma-separated; default all).
     #[arg(long, value_enum, value_delimiter = ',')]
     phases: Vec<PhaseGroup>,
+    /// Compare this build with the services in this directory (a build of
+    /// another commit, say): two stacks side by side and SendMessage
+    /// alternating between them, as the telemetry comparison runs. The
+    /// other build runs against this build's schema. Only with this flag.
+    #[arg(long)]
+    compare_bin_dir: Option<PathBuf>,
 }
 
 /// Groups of phases, for `--phases`.
@@ -103,6 +112,8 @@ pub enum PhaseGroup {
     /// SendMessage arriving at twice its capacity (open loop), then a
     /// closed loop right after: shedding and recovery.
     Overload,
+    /// This build against `--compare-bin-dir`'s (only with that flag).
+    Builds,
 }
 
 impl RunArgs {
@@ -509,6 +520,71 @@ fn stack_cpu(stack: &Stack) -> f64 {
         .sum()
 }
 
+/// Two fresh stacks side by side (telemetry on against off, or two
+/// builds) and SendMessage alternating between them in slices (A-B, B-A,
+/// ...), so both see the same machine: whole phases minutes apart
+/// differed by up to 30 % here. Each slice is as long as a whole phase: a
+/// difference of a few percent is lost in this machine's noise over 2.5 s
+/// slices (runs of the same build read -22 % to +18 %); over 10 s slices
+/// they agree within a few percent. Returns each side's CPU per call.
+async fn alternate(
+    args: &RunArgs,
+    db: &Database,
+    seeded: &Seeded,
+    sides: [(&str, &Stack); 2],
+    phases: &mut Vec<PhaseResult>,
+) -> anyhow::Result<Option<[f64; 2]>> {
+    let c = args.concurrency;
+    let first_channels = channels(sides[0].1.gateway, CONNECTIONS).await?;
+    let second_channels = channels(sides[1].1.gateway, CONNECTIONS).await?;
+    settle(
+        args,
+        db,
+        seeded,
+        &[
+            (&first_channels[..], sides[0].1),
+            (&second_channels[..], sides[1].1),
+        ],
+    )
+    .await?;
+    let mut slice = args.phase("", c);
+    slice.warmup = slice.warmup.min(Duration::from_millis(500));
+    let cpu_before = sides.map(|(_, stack)| stack_cpu(stack));
+    let first_slice = phases.len();
+    for pair in 0..SLICES {
+        for first in ab_ba(pair) {
+            let ((prefix, stack), channels) = if first {
+                (sides[0], &first_channels)
+            } else {
+                (sides[1], &second_channels)
+            };
+            slice.name = format!("{prefix}{}", pair + 1);
+            let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, seeded);
+            phases.push(driver::run(&slice, workers, stack.processes()).await);
+        }
+    }
+    // Let deferred work (batched span exports, log flushes) finish: work a
+    // stack defers often runs during the other's slice.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let calls = |prefix: &str| -> u64 {
+        phases[first_slice..]
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .filter_map(|p| p.op(crate::workers::op::SEND_MESSAGE))
+            .map(|o| o.ok)
+            .sum()
+    };
+    let mut per_call = [0.0; 2];
+    for (i, (prefix, stack)) in sides.iter().enumerate() {
+        let n = calls(prefix);
+        if n == 0 {
+            return Ok(None);
+        }
+        per_call[i] = (stack_cpu(stack) - cpu_before[i]) * 1e6 / n as f64;
+    }
+    Ok(Some(per_call))
+}
+
 fn check(name: &str, measured: String, target: &str, met: bool) -> TargetCheck {
     TargetCheck {
         name: name.to_owned(),
@@ -516,13 +592,6 @@ fn check(name: &str, measured: String, target: &str, met: bool) -> TargetCheck {
         target: target.to_owned(),
         met,
     }
-}
-
-/// Successful calls per second of `op` summed over phases.
-fn rate(phases: &[&PhaseResult], op: &str) -> f64 {
-    let ok: u64 = phases.iter().filter_map(|p| p.op(op)).map(|o| o.ok).sum();
-    let secs: f64 = phases.iter().map(|p| p.seconds).sum();
-    if secs > 0.0 { ok as f64 / secs } else { 0.0 }
 }
 
 pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
@@ -766,54 +835,40 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     if args.runs(PhaseGroup::Telemetry) {
         let loud = Stack::start(&stack_config(true)).await?;
         let quiet = Stack::start(&stack_config(false)).await?;
-        let loud_gateway = channels(loud.gateway, CONNECTIONS).await?;
-        let quiet_gateway = channels(quiet.gateway, CONNECTIONS).await?;
-        settle(
-            &args,
-            &db,
-            &seeded,
-            &[(&loud_gateway[..], &loud), (&quiet_gateway[..], &quiet)],
-        )
-        .await?;
-        // Each slice as long as a whole phase: a cost of a few percent is
-        // lost in this machine's noise over 2.5 s slices (runs of the same
-        // build read -22 % to +18 %); over 10 s slices they agree within a
-        // few percent.
-        let mut slice = args.phase("", c);
-        slice.warmup = slice.warmup.min(Duration::from_millis(500));
-        let cpu_before = (stack_cpu(&loud), stack_cpu(&quiet));
-        let first_slice = phases.len();
-        for pair in 0..SLICES {
-            for telemetry in ab_ba(pair) {
-                let (prefix, channels, processes) = if telemetry {
-                    (TELEMETRY_ON, &loud_gateway, loud.processes())
-                } else {
-                    (TELEMETRY_OFF, &quiet_gateway, quiet.processes())
-                };
-                slice.name = format!("{prefix}{}", pair + 1);
-                let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, &seeded);
-                phases.push(driver::run(&slice, workers, processes).await);
-            }
-        }
-        // Let deferred work (batched span exports, log flushes) finish.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let calls = |prefix: &str| -> u64 {
-            phases[first_slice..]
-                .iter()
-                .filter(|p| p.name.starts_with(prefix))
-                .filter_map(|p| p.op(crate::workers::op::SEND_MESSAGE))
-                .map(|o| o.ok)
-                .sum()
-        };
-        let (on_calls, off_calls) = (calls(TELEMETRY_ON), calls(TELEMETRY_OFF));
-        if on_calls > 0 && off_calls > 0 {
+        let sides = [(TELEMETRY_ON, &loud), (TELEMETRY_OFF, &quiet)];
+        if let Some([on, off]) = alternate(&args, &db, &seeded, sides, &mut phases).await? {
             telemetry_cpu = Some(TelemetryCpu {
-                on_us_per_call: (stack_cpu(&loud) - cpu_before.0) * 1e6 / on_calls as f64,
-                off_us_per_call: (stack_cpu(&quiet) - cpu_before.1) * 1e6 / off_calls as f64,
+                on_us_per_call: on,
+                off_us_per_call: off,
             });
         }
         loud.stop().await?;
         quiet.stop().await?;
+    }
+
+    // Another build against this one, the same way.
+    let mut builds_cpu = None;
+    if let Some(other_dir) = args.compare_bin_dir.clone()
+        && args.runs(PhaseGroup::Builds)
+    {
+        let this = Stack::start(&stack_config(true)).await?;
+        let other = Stack::start(&StackConfig {
+            launcher: Launcher::BinDir(other_dir.clone()),
+            ..stack_config(true)
+        })
+        .await?;
+        let sides = [(THIS_BUILD, &this), (OTHER_BUILD, &other)];
+        if let Some([this_us, other_us]) =
+            alternate(&args, &db, &seeded, sides, &mut phases).await?
+        {
+            builds_cpu = Some(BuildsCpu {
+                other_bin_dir: other_dir.display().to_string(),
+                this_us_per_call: this_us,
+                other_us_per_call: other_us,
+            });
+        }
+        this.stop().await?;
+        other.stop().await?;
     }
     stack.stop().await?;
     drop(echo);
@@ -837,6 +892,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         otlp_spans: otlp.spans(),
         otlp_metric_exports: otlp.metric_exports(),
         telemetry_cpu,
+        builds_cpu,
         // Read after the stacks stopped: stopping flushes their last spans.
         hop_breakdown: crate::otlp::hop_breakdown(&otlp.hop_spans()),
         targets: Vec::new(),
@@ -1149,6 +1205,7 @@ mod tests {
             otlp_spans: 0,
             otlp_metric_exports: 0,
             telemetry_cpu: None,
+            builds_cpu: None,
             hop_breakdown: None,
             pgbench: Some(crate::pgbench::PgbenchResult {
                 clients: 32,
@@ -1196,6 +1253,32 @@ mod tests {
             phase(&format!("{TELEMETRY_ON}1"), 5.0, send(900)),
         ]);
         assert!(!find(&targets(&r), "throughput lost").met);
+    }
+
+    #[test]
+    fn the_builds_comparison_reports_both_sides_rates_and_cpu() {
+        let send = |ok| vec![op_with(op::SEND_MESSAGE, ok, 5.0, 10.0, 20.0, None)];
+        let mut r = report(vec![
+            phase(&format!("{THIS_BUILD}1"), 5.0, send(550)),
+            phase(&format!("{OTHER_BUILD}1"), 5.0, send(500)),
+            phase(&format!("{OTHER_BUILD}2"), 5.0, send(500)),
+            phase(&format!("{THIS_BUILD}2"), 5.0, send(550)),
+        ]);
+        let without = r.render();
+        assert!(!without.contains("this build against"), "{without}");
+        r.builds_cpu = Some(BuildsCpu {
+            other_bin_dir: "/tmp/before".into(),
+            this_us_per_call: 900.0,
+            other_us_per_call: 1000.0,
+        });
+        let text = r.render();
+        assert!(
+            text.contains(
+                "this build against /tmp/before: SendMessage 110/s against 100/s (+10.0 %)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("900 us against 1000 us (-100 us)"), "{text}");
     }
 
     #[test]
