@@ -25,6 +25,28 @@ pub struct PgbenchResult {
     pub failed: u64,
 }
 
+impl PgbenchResult {
+    /// Several runs as one: their rates and latencies weighted by their
+    /// seconds; `None` for no runs.
+    pub fn combined(runs: &[PgbenchResult]) -> Option<PgbenchResult> {
+        let first = runs.first()?;
+        let seconds: f64 = runs.iter().map(|r| r.seconds).sum();
+        if seconds <= 0.0 {
+            return None;
+        }
+        let weighted = |value: fn(&PgbenchResult) -> f64| -> f64 {
+            runs.iter().map(|r| value(r) * r.seconds).sum::<f64>() / seconds
+        };
+        Some(PgbenchResult {
+            clients: first.clients,
+            seconds,
+            rate_per_sec: weighted(|r| r.rate_per_sec),
+            latency_avg_ms: weighted(|r| r.latency_avg_ms),
+            failed: runs.iter().map(|r| r.failed).sum(),
+        })
+    }
+}
+
 /// Finds `pgbench`: on the PATH, or beside Debian's PostgreSQL server.
 pub fn find() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("PATH")
@@ -170,6 +192,24 @@ tps = 1234.567890 (without initial connection time)
         assert!((r.rate_per_sec - 1234.56789).abs() < 1e-6);
         assert!((r.latency_avg_ms - 25.918).abs() < 1e-9);
         assert_eq!(r.failed, 0);
+    }
+
+    #[test]
+    fn runs_combine_weighted_by_their_seconds() {
+        let run = |seconds, rate_per_sec, failed| PgbenchResult {
+            clients: 32,
+            seconds,
+            rate_per_sec,
+            latency_avg_ms: 32.0 * 1000.0 / rate_per_sec,
+            failed,
+        };
+        let all = PgbenchResult::combined(&[run(10.0, 1000.0, 1), run(30.0, 1400.0, 2)])
+            .expect("two runs");
+        assert_eq!(all.seconds, 40.0);
+        assert!((all.rate_per_sec - 1300.0).abs() < 1e-9, "{all:?}");
+        assert_eq!(all.failed, 3);
+        assert_eq!(all.clients, 32);
+        assert!(PgbenchResult::combined(&[]).is_none());
     }
 
     #[test]
