@@ -16,6 +16,7 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
@@ -258,15 +259,41 @@ fn rust_log() -> EnvFilter {
 /// of its own looks every span up again on every enter and exit to ask
 /// whether it is enabled for it, and spans are entered on every poll of
 /// every instrumented future.
-fn global_filter(directives: Option<&str>) -> EnvFilter {
-    let filter = match directives {
-        Some(directives) => EnvFilter::new(directives),
-        None => rust_log(),
+///
+/// For the same reason it is a [`Targets`] filter whenever the directives
+/// only name targets and levels (`info`, `warn,tp_gateway=debug`): an
+/// [`EnvFilter`] takes a lock and looks the span up on every enter and exit,
+/// in case a span-field directive (`[span{field=value}]`) cares about it.
+/// Only directives like that get an `EnvFilter`.
+fn global_filter(directives: Option<&str>) -> GlobalFilter {
+    let directives = match directives {
+        Some(directives) => directives.to_owned(),
+        None => std::env::var(EnvFilter::DEFAULT_ENV)
+            .ok()
+            .filter(|d| !d.trim().is_empty())
+            .unwrap_or_else(|| "info".to_owned()),
     };
-    match format!("{RPC_SPAN_TARGET}=info").parse() {
+    if let Ok(targets) = directives.parse::<Targets>() {
+        return GlobalFilter {
+            targets: Some(targets.with_target(RPC_SPAN_TARGET, tracing::Level::INFO)),
+            env: None,
+        };
+    }
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
+    let env = match format!("{RPC_SPAN_TARGET}=info").parse() {
         Ok(directive) => filter.add_directive(directive),
         Err(_) => filter,
+    };
+    GlobalFilter {
+        targets: None,
+        env: Some(env),
     }
+}
+
+/// One of the two: a layer that is `None` does nothing.
+struct GlobalFilter {
+    targets: Option<Targets>,
+    env: Option<EnvFilter>,
 }
 
 /// The JSON log lines: the canonical event encoded by
@@ -295,7 +322,7 @@ fn install<L>(
     service_name: &'static str,
     tracer_provider: SdkTracerProvider,
     logs: L,
-    filter: EnvFilter,
+    filter: GlobalFilter,
 ) -> Result<(), TelemetryError>
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
@@ -305,7 +332,8 @@ where
     global::set_tracer_provider(tracer_provider);
     tracing_subscriber::registry()
         .with(logs)
-        .with(filter)
+        .with(filter.targets)
+        .with(filter.env)
         .try_init()?;
     Ok(())
 }
@@ -391,5 +419,46 @@ mod testing {
                 events.push(fields.0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+    use tracing::Level;
+
+    #[test]
+    fn targets_and_levels_get_a_targets_filter_that_keeps_the_calls_spans() {
+        let filter = global_filter(Some("warn,tp_gateway=debug"));
+        assert!(filter.env.is_none());
+        let targets = filter.targets.expect("a Targets filter");
+        assert!(targets.would_enable(RPC_SPAN_TARGET, &Level::INFO));
+        assert!(targets.would_enable("tp_gateway::access", &Level::DEBUG));
+        assert!(!targets.would_enable("tp_gateway::access", &Level::TRACE));
+        assert!(!targets.would_enable("h2::proto", &Level::INFO));
+        assert!(targets.would_enable("h2::proto", &Level::WARN));
+    }
+
+    #[test]
+    fn span_field_directives_get_an_env_filter() {
+        let filter = global_filter(Some("info,[grpc.server{rpc.method=x}]=debug"));
+        assert!(filter.targets.is_none());
+        assert!(filter.env.is_some());
+    }
+
+    #[test]
+    fn the_test_capture_directives_are_plain_targets() {
+        let filter = global_filter(Some(testing_directives()));
+        assert!(filter.targets.is_some());
+    }
+
+    #[cfg(feature = "testing")]
+    fn testing_directives() -> &'static str {
+        testing::CAPTURE_FILTER
+    }
+
+    #[cfg(not(feature = "testing"))]
+    fn testing_directives() -> &'static str {
+        "info,tp_gateway=debug,tp_conversation=debug"
     }
 }
