@@ -142,6 +142,16 @@ const PROBLEMS: &[&str] = &[
     "hard to",
 ];
 
+/// The user's clauses a profile restates, as found in their turns: what
+/// they tried and the constraint (the latest of each), the problem (the
+/// first).
+#[derive(Default)]
+struct Clauses<'a> {
+    tried: Option<&'a str>,
+    constraint: Option<&'a str>,
+    problem: Option<&'a str>,
+}
+
 /// Longest restatement of one of the user's clauses, in words.
 const RESTATE_WORDS: usize = 14;
 
@@ -197,12 +207,25 @@ impl ContextProfile {
 
     /// Reads more turns into the profile; what they say overrides what was known.
     pub fn absorb_all<'a>(&mut self, turns: impl IntoIterator<Item = &'a str>) {
+        // The clauses worth restating, restated once at the end: a reply
+        // reads every earlier user turn, and later turns replace most of
+        // what earlier ones said.
+        let mut clauses = Clauses::default();
         for turn in turns {
-            self.absorb(turn);
+            self.absorb(turn, &mut clauses);
+        }
+        if let Some(tried) = clauses.tried {
+            self.tried = Some(restate(tried));
+        }
+        if let Some(constraint) = clauses.constraint {
+            self.constraint = Some(restate(constraint));
+        }
+        if let Some(problem) = clauses.problem {
+            self.problem = Some(restate(problem));
         }
     }
 
-    fn absorb(&mut self, turn: &str) {
+    fn absorb<'a>(&mut self, turn: &'a str, clauses: &mut Clauses<'a>) {
         let lower = words(turn);
         if let Some((_, role)) = ROLES.iter().find(|(p, _)| lower.contains(p)) {
             self.role = Some(role);
@@ -223,11 +246,14 @@ impl ContextProfile {
         {
             let lower = sentence.to_lowercase();
             if ATTEMPTS.iter().any(|p| lower.contains(p)) {
-                self.tried = Some(restate(sentence));
+                clauses.tried = Some(sentence);
             } else if CONSTRAINTS.iter().any(|p| lower.contains(p)) {
-                self.constraint = Some(restate(sentence));
-            } else if self.problem.is_none() && PROBLEMS.iter().any(|p| lower.contains(p)) {
-                self.problem = Some(restate(sentence));
+                clauses.constraint = Some(sentence);
+            } else if self.problem.is_none()
+                && clauses.problem.is_none()
+                && PROBLEMS.iter().any(|p| lower.contains(p))
+            {
+                clauses.problem = Some(sentence);
             }
         }
     }
@@ -526,6 +552,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn reading_turns_together_is_reading_them_one_by_one() {
+        let turns = [
+            "I'm an EM of 8 engineers. Our problem is that on-call is burning people out.",
+            "We tried a follow-the-sun rotation; it didn't stick.",
+            "Budget is frozen until Q3. Also releases are slow and painful.",
+            "We're series B now, 40 engineers. We tried pairing new hires with seniors.",
+            "The deadline is the board meeting. The struggle is hiring.",
+        ];
+        let together = ContextProfile::from_turns(turns);
+        let mut one_by_one = ContextProfile::default();
+        for turn in turns {
+            one_by_one.absorb_all([turn]);
+        }
+        assert_eq!(together, one_by_one);
+        // What it read: the latest attempt and constraint, the first problem.
+        assert!(
+            together
+                .tried
+                .as_deref()
+                .is_some_and(|t| t.contains("pairing")),
+            "{together:?}"
+        );
+        assert!(together.problem.is_some(), "{together:?}");
+        assert!(together.constraint.is_some(), "{together:?}");
     }
 
     #[test]
