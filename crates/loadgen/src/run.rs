@@ -524,10 +524,11 @@ fn stack_cpu(stack: &Stack) -> f64 {
 /// Two fresh stacks side by side (telemetry on against off, or two
 /// builds) and SendMessage alternating between them in slices (A-B, B-A,
 /// ...), so both see the same machine: whole phases minutes apart
-/// differed by up to 30 % here. Each slice is as long as a whole phase: a
-/// difference of a few percent is lost in this machine's noise over 2.5 s
-/// slices (runs of the same build read -22 % to +18 %); over 10 s slices
-/// they agree within a few percent. Returns each side's CPU per call.
+/// differed by up to 30 % here. Each slice is as long as a whole phase:
+/// over 2.5 s slices runs of the same build read -22 % to +18 %; over
+/// 10 s slices the same binaries on both sides still read -8 % once
+/// (session 11), so one run resolves differences of about that size and
+/// no finer. Returns each side's CPU per call.
 async fn alternate(
     args: &RunArgs,
     db: &Database,
