@@ -249,7 +249,9 @@ pub fn init_for_tests() -> TestTelemetry {
 /// chooses to log.
 pub(crate) const RPC_SPAN_TARGET: &str = "rpc";
 
-/// `RUST_LOG`, or `info` when it is unset or unreadable.
+/// `RUST_LOG`, or `info` when it is unset or unreadable (the tests' stdout
+/// filter).
+#[cfg(feature = "testing")]
 fn rust_log() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
