@@ -581,3 +581,73 @@ async fn the_context_is_the_last_forty_messages_of_the_branch_across_a_fork() ->
     assert_eq!(prompts[1], expected_next);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reply_that_lands_after_the_member_moved_on_leaves_the_active_branch_where_they_are()
+-> anyhow::Result<()> {
+    let text = |s: &str| FakeReply::Text(vec![s.to_owned()], 10, 5);
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            text("What is slipping, and since when?"),
+            FakeReply::Slow(
+                "Who decides ".into(),
+                Duration::from_millis(1500),
+                vec!["what ships?".into()],
+            ),
+            text("Which two teams, and what do they wait on?"),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    let first = send(&mut client, &id, "Our releases keep slipping.", "").await?;
+
+    // The second turn's reply is slow; meanwhile the member rewrites their
+    // first turn, which moves the active branch to the rewrite.
+    let mut slow_client = client.clone();
+    let slow_id = id.clone();
+    let slow = tokio::spawn(async move {
+        send(
+            &mut slow_client,
+            &slow_id,
+            "The platform team says it's not them.",
+            "",
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let edited = edit(
+        &mut client,
+        &first.user().message_id,
+        "Two teams keep blocking each other.",
+        "",
+    )
+    .await?;
+    let slow = slow.await??;
+    assert_eq!(slow.assistant().content, "Who decides what ships?");
+
+    // The slow reply is stored on the branch it answered, and the active
+    // branch is still the rewrite the member moved to.
+    let (active, _) = list_all(&mut client, &id, "", 50).await?;
+    assert_eq!(
+        ids(&active),
+        [
+            edited.user().message_id.as_str(),
+            edited.assistant().message_id.as_str()
+        ]
+    );
+    let (old, _) = list_all(&mut client, &id, &slow.assistant().message_id, 50).await?;
+    assert_eq!(
+        ids(&old),
+        [
+            first.user().message_id.as_str(),
+            first.assistant().message_id.as_str(),
+            slow.user().message_id.as_str(),
+            slow.assistant().message_id.as_str()
+        ]
+    );
+    Ok(())
+}

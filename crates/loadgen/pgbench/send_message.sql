@@ -41,27 +41,34 @@ SELECT COALESCE(active_leaf_id::text, '') AS leaf FROM conversation.conversation
  WHERE conversation_id = :conv AND user_id = :usr FOR UPDATE \gset
 SELECT user_id, monthly_messages, monthly_tokens FROM conversation.quotas
  WHERE user_id IN ('', :usr) ORDER BY user_id;
-INSERT INTO conversation.messages
-    (message_id, tenant_id, conversation_id, role, content, idempotency_key,
-     reply_lease_until, reply_lease_holder, reply_lease_generation,
-     parent_id, branch_id, depth)
-SELECT n.id, :tenant, :conv, 'user',
-       'We need to hire more engineers. We''re 40 engineers at series B.', NULL,
-       now() + make_interval(secs => 15), gen_random_uuid(), 0,
-       p.message_id,
-       CASE WHEN p.message_id IS NULL OR EXISTS (
-                SELECT 1 FROM conversation.messages c
-                 WHERE c.tenant_id = :tenant AND c.parent_id = p.message_id)
-            THEN n.id ELSE p.branch_id END,
-       COALESCE(p.depth, 0) + 1
-  FROM (SELECT gen_random_uuid() AS id) AS n
-  LEFT JOIN conversation.messages p ON p.tenant_id = :tenant AND p.message_id = NULLIF(:leaf, '')::uuid
-RETURNING message_id AS user_message_id, conversation_id, role, content, create_time,
-          COALESCE(parent_id::text, '') AS user_parent_id, depth, reply_to, generation \gset
-UPDATE conversation.conversations
-   SET update_time = now(), message_count = message_count + 2, active_leaf_id = :user_message_id
- WHERE conversation_id = :conv
-RETURNING message_count;
+WITH turn AS (
+     INSERT INTO conversation.messages
+        (message_id, tenant_id, conversation_id, role, content, idempotency_key,
+         reply_lease_until, reply_lease_holder, reply_lease_generation,
+         parent_id, branch_id, depth)
+     SELECT n.id, :tenant, :conv, 'user',
+            'We need to hire more engineers. We''re 40 engineers at series B.', NULL,
+            now() + make_interval(secs => 15), gen_random_uuid(), 0,
+            p.message_id,
+            CASE WHEN p.message_id IS NULL OR EXISTS (
+                     SELECT 1 FROM conversation.messages c
+                      WHERE c.tenant_id = :tenant AND c.parent_id = p.message_id)
+                 THEN n.id ELSE p.branch_id END,
+            COALESCE(p.depth, 0) + 1
+       FROM (SELECT gen_random_uuid() AS id) AS n
+       LEFT JOIN conversation.messages p ON p.tenant_id = :tenant AND p.message_id = NULLIF(:leaf, '')::uuid
+     RETURNING message_id, conversation_id, role, content, create_time, parent_id, depth,
+               reply_to, generation
+ ), counted AS (
+     UPDATE conversation.conversations
+        SET update_time = now(), message_count = message_count + 2,
+            active_leaf_id = (SELECT message_id FROM turn)
+      WHERE conversation_id = :conv
+      RETURNING message_count)
+SELECT turn.message_id AS user_message_id, turn.conversation_id, turn.role, turn.content,
+       turn.create_time, COALESCE(turn.parent_id::text, '') AS user_parent_id, turn.depth,
+       turn.reply_to, turn.generation, counted.message_count
+  FROM turn, counted \gset
 WITH RECURSIVE chain (branch_id, upto) AS (
     SELECT branch_id, depth FROM conversation.messages
      WHERE message_id = NULLIF(:user_parent_id, '')::uuid
@@ -74,22 +81,26 @@ WITH RECURSIVE chain (branch_id, upto) AS (
       CROSS JOIN LATERAL (
           SELECT branch_id, depth FROM conversation.messages
            WHERE message_id = f.parent_id LIMIT 1) p
-)
-SELECT m.role, m.content FROM chain c CROSS JOIN LATERAL (
-    SELECT role, content, depth FROM conversation.messages
-     WHERE branch_id = c.branch_id AND depth <= c.upto
-       AND depth > (SELECT max(upto) FROM chain) - 40
-     ORDER BY depth DESC LIMIT 40) m
- ORDER BY m.depth DESC LIMIT 40;
-SELECT role, team_size, stage, update_time FROM conversation.member_profiles WHERE user_id = :usr;
-WITH member AS (
+), counted_member AS (
      INSERT INTO conversation.member_usage AS u (tenant_id, user_id, day, messages)
-     VALUES (:tenant, :usr, (now() AT TIME ZONE 'UTC')::date, 1)
+     SELECT :tenant, :usr, (now() AT TIME ZONE 'UTC')::date, 1 WHERE true
      ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
- )
- INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
- VALUES (:tenant, (now() AT TIME ZONE 'UTC')::date, conversation.usage_shard(:usr), 1)
- ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1;
+), counted_tenant AS (
+     INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
+     SELECT :tenant, (now() AT TIME ZONE 'UTC')::date, conversation.usage_shard(:usr), 1 WHERE true
+     ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1
+), transcript AS (
+     SELECT m.role, m.content, m.depth FROM chain c CROSS JOIN LATERAL (
+         SELECT role, content, depth FROM conversation.messages
+          WHERE branch_id = c.branch_id AND depth <= c.upto
+            AND depth > (SELECT max(upto) FROM chain) - 40
+          ORDER BY depth DESC LIMIT 40) m
+      ORDER BY m.depth DESC LIMIT 40)
+SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
+       ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
+       p.role, p.team_size, p.stage, p.update_time
+  FROM (VALUES (1)) AS one
+  LEFT JOIN conversation.member_profiles p ON p.user_id = :usr;
 COMMIT;
 
 -- conversation, complete_exchange: the assistant's turn.
@@ -97,24 +108,31 @@ BEGIN;
 SELECT set_config('app.tenant_id', :tenant, true);
 SELECT active_leaf_id FROM conversation.conversations
  WHERE conversation_id = :conv FOR UPDATE;
-INSERT INTO conversation.messages
-    (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
-     cited_frameworks, policy_violations, grounded, input_tokens, output_tokens,
-     generation, idempotency_key, parent_id, branch_id, depth)
-SELECT n.id, :tenant, :conv, 'assistant',
-        'Here''s what I understand so far: you''re a director; the organisation has about 40 engineers; it''s a series B company; the problem: you need to hire more engineers. Before I suggest anything: what is the hiring meant to fix? Is it a throughput problem, a coverage problem (on-call, a domain no one owns), or a bet on a new product line? And who will these engineers report to, with what managers? Headcount changes the system: every ten engineers add roughly a team, and every team adds coordination. One lens: Technical Coherence asks whether more people will build one product or several diverging ones. Which of those outcomes worries you most?',
-       :user_message_id, 'offline', '{technical-coherence}', '{}', true, NULL, NULL, 0, NULL,
-       p.message_id,
-       CASE WHEN p.message_id IS NULL OR EXISTS (
-                SELECT 1 FROM conversation.messages c
-                 WHERE c.tenant_id = :tenant AND c.parent_id = p.message_id)
-            THEN n.id ELSE p.branch_id END,
-       COALESCE(p.depth, 0) + 1
-  FROM (SELECT gen_random_uuid() AS id) AS n, conversation.messages p
- WHERE p.tenant_id = :tenant AND p.message_id = :user_message_id
-ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
-RETURNING message_id AS reply_id, conversation_id, role, content, create_time, parent_id, depth,
-          reply_to, generation \gset
-UPDATE conversation.conversations SET update_time = now(), active_leaf_id = :reply_id
- WHERE conversation_id = :conv;
+WITH reply AS (
+     INSERT INTO conversation.messages
+         (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
+          cited_frameworks, policy_violations, grounded, input_tokens, output_tokens,
+          generation, idempotency_key, parent_id, branch_id, depth)
+     SELECT n.id, :tenant, :conv, 'assistant',
+             'Here''s what I understand so far: you''re a director; the organisation has about 40 engineers; it''s a series B company; the problem: you need to hire more engineers. Before I suggest anything: what is the hiring meant to fix? Is it a throughput problem, a coverage problem (on-call, a domain no one owns), or a bet on a new product line? And who will these engineers report to, with what managers? Headcount changes the system: every ten engineers add roughly a team, and every team adds coordination. One lens: Technical Coherence asks whether more people will build one product or several diverging ones. Which of those outcomes worries you most?',
+            :user_message_id, 'offline', '{technical-coherence}', '{}', true, NULL, NULL, 0, NULL,
+            p.message_id,
+            CASE WHEN p.message_id IS NULL OR EXISTS (
+                     SELECT 1 FROM conversation.messages c
+                      WHERE c.tenant_id = :tenant AND c.parent_id = p.message_id)
+                 THEN n.id ELSE p.branch_id END,
+            COALESCE(p.depth, 0) + 1
+       FROM (SELECT gen_random_uuid() AS id) AS n, conversation.messages p
+      WHERE p.tenant_id = :tenant AND p.message_id = :user_message_id
+     ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
+     RETURNING message_id, conversation_id, role, content, create_time, parent_id, depth,
+               reply_to, generation
+), moved AS (
+     UPDATE conversation.conversations c
+        SET update_time = now(),
+            active_leaf_id = CASE WHEN c.active_leaf_id = :user_message_id
+                                  THEN r.message_id ELSE c.active_leaf_id END
+       FROM reply r
+      WHERE c.conversation_id = :conv)
+SELECT * FROM reply;
 COMMIT;

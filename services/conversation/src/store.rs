@@ -532,16 +532,10 @@ impl ConversationStore {
             }
         };
 
-        let transcript = branch_before(&mut tx, user_message.parent_id).await?;
-        let kept_profile = kept_profile(&mut tx, ctx).await?;
-        // Last before the commit: counting locks the tenant's row for the
-        // day until the commit, and every member of the tenant sending at
-        // that moment waits for it (measured with tp-loadgen: one tenant's
-        // 32 members sent 28 % less than 1,000 tenants' did). A regenerated
-        // reply counts as a message: it costs what a turn's reply costs.
-        if new_message {
-            crate::usage::count_message(&mut tx, ctx).await?;
-        }
+        // A regenerated reply counts as a message: it costs what a turn's
+        // reply costs.
+        let (transcript, kept_profile) =
+            context_and_count(&mut tx, ctx, user_message.parent_id, new_message).await?;
         tx.commit().await?;
         Ok(Exchange {
             user_message,
@@ -664,25 +658,41 @@ impl ConversationStore {
         let conversation_id = user_message.conversation_id;
         // The lock placing a child under the turn needs; gone when the
         // conversation was deleted while the reply was produced.
-        let active: Option<Option<Uuid>> = sqlx::query_scalar(
+        let locked: Option<Option<Uuid>> = sqlx::query_scalar(
             "SELECT active_leaf_id FROM conversation.conversations
               WHERE conversation_id = $1 FOR UPDATE",
         )
         .bind(conversation_id)
         .fetch_optional(&mut *tx)
         .await?;
-        let active = active.ok_or(ConversationError::ConversationNotFound(conversation_id))?;
+        if locked.is_none() {
+            return Err(ConversationError::ConversationNotFound(conversation_id));
+        }
+        // The reply, and the conversation moved on to it, in one statement
+        // (one round trip): the end of the active branch moves only when it
+        // is still the turn answered (a member who edited meanwhile stays
+        // on their edit), and nothing moves when a concurrent retry stored
+        // this reply first.
         let inserted = sqlx::query_as::<_, MessageRow>(concat!(
-            "INSERT INTO conversation.messages
-                (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
-                 cited_frameworks, policy_violations, grounded, input_tokens, output_tokens,
-                 generation, idempotency_key, parent_id, branch_id, depth)
-             SELECT $1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ",
+            "WITH reply AS (
+                 INSERT INTO conversation.messages
+                    (message_id, tenant_id, conversation_id, role, content, reply_to, responder,
+                     cited_frameworks, policy_violations, grounded, input_tokens, output_tokens,
+                     generation, idempotency_key, parent_id, branch_id, depth)
+                 SELECT $1, $2, $3, 'assistant', $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, ",
             placed_under_p!(),
-            " FROM conversation.messages p WHERE p.tenant_id = $2 AND p.message_id = $5
-             ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
-             RETURNING ",
-            message_columns!()
+            "    FROM conversation.messages p WHERE p.tenant_id = $2 AND p.message_id = $5
+                 ON CONFLICT (tenant_id, reply_to, generation) DO NOTHING
+                 RETURNING ",
+            message_columns!(),
+            "), moved AS (
+                 UPDATE conversation.conversations c
+                    SET update_time = now(),
+                        active_leaf_id = CASE WHEN c.active_leaf_id = $5
+                                              THEN r.message_id ELSE c.active_leaf_id END
+                   FROM reply r
+                  WHERE c.conversation_id = $3)
+             SELECT * FROM reply"
         ))
         .bind(Uuid::new_v4())
         .bind(ctx.tenant_id.as_uuid())
@@ -714,19 +724,6 @@ impl ConversationStore {
         })?;
         let stored = match inserted {
             Some(stored) => {
-                sqlx::query(
-                    "UPDATE conversation.conversations
-                        SET update_time = now(), active_leaf_id = $2
-                      WHERE conversation_id = $1",
-                )
-                .bind(conversation_id)
-                .bind(if active == Some(user_message.message_id) {
-                    Some(stored.message_id)
-                } else {
-                    active
-                })
-                .execute(&mut *tx)
-                .await?;
                 if let Some(profile) = &reply.profile_to_keep {
                     keep_profile(&mut tx, ctx, profile).await?;
                 }
@@ -916,17 +913,27 @@ async fn start_turn(
         return Ok((stored, owner, false));
     }
     crate::usage::check_quotas(tx, ctx).await?;
-    let turn = sqlx::query_as::<_, MessageRow>(concat!(
-        "INSERT INTO conversation.messages
-            (message_id, tenant_id, conversation_id, role, content, idempotency_key,
-             reply_lease_until, reply_lease_holder, reply_lease_generation,
-             parent_id, branch_id, depth)
-         SELECT $1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6), $7, 0, ",
+    // The turn and the conversation's count in one statement (one round
+    // trip): the caller holds the conversation's row lock, so the UPDATE
+    // sees what the INSERT's snapshot saw.
+    let counted = sqlx::query_as::<_, CountedTurn>(concat!(
+        "WITH turn AS (
+             INSERT INTO conversation.messages
+                (message_id, tenant_id, conversation_id, role, content, idempotency_key,
+                 reply_lease_until, reply_lease_holder, reply_lease_generation,
+                 parent_id, branch_id, depth)
+             SELECT $1, $2, $3, 'user', $4, $5, now() + make_interval(secs => $6), $7, 0, ",
         placed_under_p!(),
-        " FROM (VALUES (1)) AS one
-           LEFT JOIN conversation.messages p ON p.tenant_id = $2 AND p.message_id = $8
-         RETURNING ",
-        message_columns!()
+        "    FROM (VALUES (1)) AS one
+               LEFT JOIN conversation.messages p ON p.tenant_id = $2 AND p.message_id = $8
+             RETURNING ",
+        message_columns!(),
+        "), counted AS (
+             UPDATE conversation.conversations
+                SET update_time = now(), message_count = message_count + 2, active_leaf_id = $1
+              WHERE conversation_id = $3
+              RETURNING message_count)
+         SELECT turn.*, counted.message_count FROM turn, counted"
     ))
     .bind(Uuid::new_v4())
     .bind(ctx.tenant_id.as_uuid())
@@ -938,8 +945,16 @@ async fn start_turn(
     .bind(parent)
     .fetch_one(&mut **tx)
     .await?;
-    count_exchange(tx, conversation_id, 2, turn.message_id).await?;
-    Ok((turn, ReplyOwner::This(lease), true))
+    within_length(conversation_id, counted.message_count)?;
+    Ok((counted.turn, ReplyOwner::This(lease), true))
+}
+
+/// A new user turn as stored, with its conversation's message count after it.
+#[derive(sqlx::FromRow)]
+struct CountedTurn {
+    #[sqlx(flatten)]
+    turn: MessageRow,
+    message_count: i32,
 }
 
 /// RegenerateReply: the reply its idempotency key already produced (or is
@@ -1033,40 +1048,82 @@ async fn keyed_message(
     .await?)
 }
 
-/// The branch ending at `last`, its last [`CONTEXT_TURNS`] messages (both
-/// sides) oldest first: what the responder sees before the turn it answers.
+/// What the responder needs besides the turn, read in the statement that
+/// counts the turn (when `count`), the last before the commit:
 ///
-/// Read by segments, as ListMessages reads a branch (a step per fork, then
-/// one bounded range scan per segment), not by a walk up `parent_id` a
-/// message at a time: measured with `tp-loadgen --phases send-message` on a fresh
-/// database, whose statistics were taken while the table was nearly empty,
-/// the cached plan of the 40-step walk scanned the tenant's messages at
-/// every step (SendMessage 330/s against 626/s before branching).
-async fn branch_before(
+/// * the branch ending at `last`, its last [`CONTEXT_TURNS`] messages (both
+///   sides) as (role, content), oldest first: what the responder sees before
+///   the turn it answers;
+/// * what is kept about the member from earlier conversations.
+///
+/// One statement, one round trip, where these were three: each round trip
+/// costs both processes a send, a receive and a wake-up (measured with
+/// `strace -c` and `perf`: conversation's `send()` to PostgreSQL alone was
+/// a quarter of its CPU). Counting comes last because it locks the tenant's
+/// row for the day until the commit, and every member of the tenant sending
+/// at that moment waits for it (measured with tp-loadgen: one tenant's 32
+/// members sent 28 % less than 1,000 tenants' did).
+///
+/// The branch is read by segments, as ListMessages reads a branch (a step
+/// per fork, then one bounded range scan per segment), not by a walk up
+/// `parent_id` a message at a time: measured with `tp-loadgen --phases
+/// send-message` on a fresh database, whose statistics were taken while the
+/// table was nearly empty, the cached plan of the 40-step walk scanned the
+/// tenant's messages at every step (SendMessage 330/s against 626/s before
+/// branching).
+async fn context_and_count(
     tx: &mut Tx,
+    ctx: &RequestContext,
     last: Option<Uuid>,
-) -> Result<Vec<(String, String)>, ConversationError> {
-    let Some(last) = last else {
-        return Ok(Vec::new());
-    };
+    count: bool,
+) -> Result<(Vec<(String, String)>, Option<KeptProfile>), ConversationError> {
     // Depths run on without a gap along a branch, so the last N messages
     // are those deeper than the last one's depth minus N: a bounded range
-    // in each segment, read the same whichever plan is chosen.
-    let mut newest_first: Vec<(String, String)> = sqlx::query_as(concat!(
+    // in each segment, read the same whichever plan is chosen. A first turn
+    // (`last` NULL) has an empty chain.
+    let read: ContextRow = sqlx::query_as(concat!(
         branch_segments!(),
-        " SELECT m.role, m.content FROM chain c CROSS JOIN LATERAL (
-              SELECT role, content, depth FROM conversation.messages
-               WHERE branch_id = c.branch_id AND depth <= c.upto
-                 AND depth > (SELECT max(upto) FROM chain) - $2
-               ORDER BY depth DESC LIMIT $2) m
-          ORDER BY m.depth DESC LIMIT $2"
+        ", ",
+        crate::usage::counted_message!(),
+        ", transcript AS (
+             SELECT m.role, m.content, m.depth FROM chain c CROSS JOIN LATERAL (
+                 SELECT role, content, depth FROM conversation.messages
+                  WHERE branch_id = c.branch_id AND depth <= c.upto
+                    AND depth > (SELECT max(upto) FROM chain) - $2
+                  ORDER BY depth DESC LIMIT $2) m
+              ORDER BY m.depth DESC LIMIT $2)
+         SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
+                ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
+                p.role, p.team_size, p.stage, p.update_time
+           FROM (VALUES (1)) AS one
+           LEFT JOIN conversation.member_profiles p ON p.user_id = $4"
     ))
     .bind(last)
     .bind(CONTEXT_TURNS)
-    .fetch_all(&mut **tx)
+    .bind(ctx.tenant_id.as_uuid())
+    .bind(&ctx.user_id)
+    .bind(count)
+    .fetch_one(&mut **tx)
     .await?;
-    newest_first.reverse();
-    Ok(newest_first)
+    let transcript = read.roles.into_iter().zip(read.contents).collect();
+    let kept = read.update_time.map(|update_time| KeptProfile {
+        role: read.role,
+        team_size: read.team_size,
+        stage: read.stage,
+        update_time,
+    });
+    Ok((transcript, kept))
+}
+
+/// The row [`context_and_count`] reads.
+#[derive(sqlx::FromRow)]
+struct ContextRow {
+    roles: Vec<String>,
+    contents: Vec<String>,
+    role: Option<String>,
+    team_size: Option<i32>,
+    stage: Option<String>,
+    update_time: Option<OffsetDateTime>,
 }
 
 /// Who writes a reply to a stored user turn: no one if it is stored,
@@ -1154,6 +1211,11 @@ async fn count_exchange(
     .bind(leaf)
     .fetch_one(&mut **tx)
     .await?;
+    within_length(conversation_id, count)
+}
+
+/// Refuses a conversation counting `count` messages past the length limit.
+fn within_length(conversation_id: Uuid, count: i32) -> Result<(), ConversationError> {
     if usize::try_from(count).unwrap_or(usize::MAX) > MAX_TRANSCRIPT_MESSAGES {
         return Err(ConversationError::TranscriptFull(conversation_id));
     }

@@ -162,26 +162,27 @@ pub async fn check_quotas(
     Ok(())
 }
 
-/// Counts one stored user turn. The tenant's count for the day is spread
-/// over 8 rows by member (`shard`), so a tenant's members do not all wait
-/// on one row's lock.
-pub async fn count_message(tx: &mut PgConnection, ctx: &RequestContext) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "WITH member AS (
+/// Counts one stored user turn, as two CTEs (`counted_member`,
+/// `counted_tenant`) of a statement whose `$3` is the tenant, `$4` the
+/// member and `$5` whether to count at all: the store runs them in the
+/// statement that also reads the turn's context, the last before the
+/// commit (see [`crate::store`]'s `context_and_count`). The tenant's count
+/// for the day is spread over 8 rows by member (`shard`), so a tenant's
+/// members do not all wait on one row's lock.
+macro_rules! counted_message {
+    () => {
+        "counted_member AS (
              INSERT INTO conversation.member_usage AS u (tenant_id, user_id, day, messages)
-             VALUES ($1, $2, (now() AT TIME ZONE 'UTC')::date, 1)
+             SELECT $3, $4, (now() AT TIME ZONE 'UTC')::date, 1 WHERE $5
              ON CONFLICT (tenant_id, user_id, day) DO UPDATE SET messages = u.messages + 1
-         )
-         INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
-         VALUES ($1, (now() AT TIME ZONE 'UTC')::date, conversation.usage_shard($2), 1)
-         ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1",
-    )
-    .bind(ctx.tenant_id.as_uuid())
-    .bind(&ctx.user_id)
-    .execute(tx)
-    .await?;
-    Ok(())
+         ), counted_tenant AS (
+             INSERT INTO conversation.tenant_token_usage AS t (tenant_id, day, shard, messages)
+             SELECT $3, (now() AT TIME ZONE 'UTC')::date, conversation.usage_shard($4), 1 WHERE $5
+             ON CONFLICT (tenant_id, day, shard) DO UPDATE SET messages = t.messages + 1
+         )"
+    };
 }
+pub(crate) use counted_message;
 
 /// Counts a stored reply's tokens against the member who asked.
 pub async fn count_tokens(
