@@ -4,10 +4,19 @@
 //! command.)
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+
+/// This package's directory, read when the test runs (cargo sets it for
+/// the test process): a test binary built in another checkout that shares
+/// the target directory is reused as fresh, and the compile-time value
+/// would point it at that checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    manifest_dir()
         .parent()
         .expect("tests/ has a parent")
         .to_owned()

@@ -112,9 +112,18 @@ mod tests {
             .collect()
     }
 
+    /// This package's directory, read when the test runs (cargo sets it for
+    /// the test process): a test binary built in another checkout that shares
+    /// the target directory is reused as fresh, and the compile-time value
+    /// would point it at that checkout's files.
+    fn manifest_dir() -> std::path::PathBuf {
+        std::env::var_os("CARGO_MANIFEST_DIR")
+            .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+    }
+
     /// The OpenSLO specs in slo/*.yaml, as (stem, text).
     fn slo_specs() -> Vec<(String, String)> {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../slo");
+        let dir = manifest_dir().join("../../slo");
         let mut specs: Vec<(String, String)> = std::fs::read_dir(&dir)
             .expect("slo/ exists")
             .map(|entry| entry.expect("a directory entry").path())

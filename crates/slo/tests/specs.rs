@@ -1,14 +1,23 @@
 //! The committed specs in slo/ and what is generated from them.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use tp_slo::generate::{self, GENERATED_DIRS, PUBLIC_API_DOC};
 use tp_slo::openslo::{Document, parse_documents, to_yaml};
 use tp_slo::{Catalog, RpcPromise};
 
+/// This package's directory, read when the test runs (cargo sets it for
+/// the test process): a test binary built in another checkout that shares
+/// the target directory is reused as fresh, and the compile-time value
+/// would point it at that checkout's files.
+fn manifest_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into)
+}
+
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    manifest_dir().join("../..")
 }
 
 fn spec_sources() -> Vec<(String, String)> {
