@@ -39,8 +39,6 @@ SELECT set_config('app.tenant_id', tenant_id::text, true) AS tenant_set, tenant_
   FROM loadgen.pgbench_targets WHERE client_id = :client_id \gset
 SELECT COALESCE(active_leaf_id::text, '') AS leaf FROM conversation.conversations
  WHERE conversation_id = :conv AND user_id = :usr FOR UPDATE \gset
-SELECT user_id, monthly_messages, monthly_tokens FROM conversation.quotas
- WHERE user_id IN ('', :usr) ORDER BY user_id;
 WITH turn AS (
      INSERT INTO conversation.messages
         (message_id, tenant_id, conversation_id, role, content, idempotency_key,
@@ -67,7 +65,13 @@ WITH turn AS (
       RETURNING message_count)
 SELECT turn.message_id AS user_message_id, turn.conversation_id, turn.role, turn.content,
        turn.create_time, COALESCE(turn.parent_id::text, '') AS user_parent_id, turn.depth,
-       turn.reply_to, turn.generation, counted.message_count
+       turn.reply_to, turn.generation, counted.message_count,
+       ARRAY(SELECT user_id FROM conversation.quotas
+              WHERE user_id IN ('', :usr) ORDER BY user_id) AS quota_users,
+       ARRAY(SELECT monthly_messages FROM conversation.quotas
+              WHERE user_id IN ('', :usr) ORDER BY user_id) AS quota_messages,
+       ARRAY(SELECT monthly_tokens FROM conversation.quotas
+              WHERE user_id IN ('', :usr) ORDER BY user_id) AS quota_tokens
   FROM turn, counted \gset
 WITH RECURSIVE chain (branch_id, upto) AS (
     SELECT branch_id, depth FROM conversation.messages

@@ -912,10 +912,10 @@ async fn start_turn(
         let owner = reply_owner(tx, stored.message_id, &ReplyTarget::first(), lease).await?;
         return Ok((stored, owner, false));
     }
-    crate::usage::check_quotas(tx, ctx).await?;
-    // The turn and the conversation's count in one statement (one round
-    // trip): the caller holds the conversation's row lock, so the UPDATE
-    // sees what the INSERT's snapshot saw.
+    // The turn, the conversation's count and the quotas in one statement
+    // (one round trip): the caller holds the conversation's row lock, so
+    // the UPDATE sees what the INSERT's snapshot saw; a turn past a limit
+    // or quota is refused afterwards, which rolls it back.
     let counted = sqlx::query_as::<_, CountedTurn>(concat!(
         "WITH turn AS (
              INSERT INTO conversation.messages
@@ -933,7 +933,9 @@ async fn start_turn(
                 SET update_time = now(), message_count = message_count + 2, active_leaf_id = $1
               WHERE conversation_id = $3
               RETURNING message_count)
-         SELECT turn.*, counted.message_count FROM turn, counted"
+         SELECT turn.*, counted.message_count, ",
+        crate::usage::quotas_of_member!(),
+        " FROM turn, counted"
     ))
     .bind(Uuid::new_v4())
     .bind(ctx.tenant_id.as_uuid())
@@ -943,18 +945,31 @@ async fn start_turn(
     .bind(REPLY_LEASE.as_secs_f64())
     .bind(lease.0)
     .bind(parent)
+    .bind(&ctx.user_id)
     .fetch_one(&mut **tx)
     .await?;
     within_length(conversation_id, counted.message_count)?;
+    let quotas = counted
+        .quota_users
+        .into_iter()
+        .zip(counted.quota_messages)
+        .zip(counted.quota_tokens)
+        .map(|((user, messages), tokens)| (user, messages, tokens))
+        .collect();
+    crate::usage::check_quotas_read(tx, quotas).await?;
     Ok((counted.turn, ReplyOwner::This(lease), true))
 }
 
-/// A new user turn as stored, with its conversation's message count after it.
+/// A new user turn as stored, with its conversation's message count after
+/// it and the quotas that apply to it.
 #[derive(sqlx::FromRow)]
 struct CountedTurn {
     #[sqlx(flatten)]
     turn: MessageRow,
     message_count: i32,
+    quota_users: Vec<String>,
+    quota_messages: Vec<i64>,
+    quota_tokens: Vec<i64>,
 }
 
 /// RegenerateReply: the reply its idempotency key already produced (or is

@@ -111,6 +111,15 @@ async fn quota_statuses(
     .bind(user_id)
     .fetch_all(&mut *tx)
     .await?;
+    with_use(tx, quotas).await
+}
+
+/// Each quota (whose, monthly messages, monthly tokens) with this month's
+/// use: no read at all without quotas.
+async fn with_use(
+    tx: &mut PgConnection,
+    quotas: Vec<(String, i64, i64)>,
+) -> Result<Vec<(String, Limits, Used)>, sqlx::Error> {
     let mut statuses = Vec::with_capacity(quotas.len());
     for (user, messages, tokens) in quotas {
         let (used_messages, used_tokens): (i64, i64) = if user.is_empty() {
@@ -152,8 +161,24 @@ pub async fn check_quotas(
     tx: &mut PgConnection,
     ctx: &RequestContext,
 ) -> Result<(), ConversationError> {
+    let statuses = quota_statuses(tx, &ctx.user_id).await?;
+    refuse_past_quota(statuses)
+}
+
+/// [`check_quotas`] for quotas already read (by the statement that stored
+/// the turn, which the refusal then rolls back): what [`quotas_of_member!`]
+/// returned.
+pub async fn check_quotas_read(
+    tx: &mut PgConnection,
+    quotas: Vec<(String, i64, i64)>,
+) -> Result<(), ConversationError> {
+    let statuses = with_use(tx, quotas).await?;
+    refuse_past_quota(statuses)
+}
+
+fn refuse_past_quota(statuses: Vec<(String, Limits, Used)>) -> Result<(), ConversationError> {
     let now = OffsetDateTime::now_utc();
-    for (user, limits, used) in quota_statuses(tx, &ctx.user_id).await? {
+    for (user, limits, used) in statuses {
         let whose = (!user.is_empty()).then_some(user.as_str());
         if let Some(exceeded) = refuses(whose, limits, used, now) {
             return Err(ConversationError::QuotaExceeded(exceeded));
@@ -161,6 +186,21 @@ pub async fn check_quotas(
     }
     Ok(())
 }
+
+/// The organisation's (`''`) and the member's (`$9`) quotas as three
+/// columns of arrays in one order (`quota_users`, `quota_messages`,
+/// `quota_tokens`), for a statement that reads them beside its own work.
+macro_rules! quotas_of_member {
+    () => {
+        "ARRAY(SELECT user_id FROM conversation.quotas
+                WHERE user_id IN ('', $9) ORDER BY user_id) AS quota_users,
+         ARRAY(SELECT monthly_messages FROM conversation.quotas
+                WHERE user_id IN ('', $9) ORDER BY user_id) AS quota_messages,
+         ARRAY(SELECT monthly_tokens FROM conversation.quotas
+                WHERE user_id IN ('', $9) ORDER BY user_id) AS quota_tokens"
+    };
+}
+pub(crate) use quotas_of_member;
 
 /// Counts one stored user turn, as two CTEs (`counted_member`,
 /// `counted_tenant`) of a statement whose `$3` is the tenant, `$4` the
