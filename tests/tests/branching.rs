@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use tonic::Code;
-use tp_e2e::fake_provider::{self, FakeReply, Wire};
+use tp_context::TenantId;
+use tp_e2e::fake_provider::{self, FakeProvider, FakeReply, Wire};
 use tp_e2e::tp_proto::v1 as pb;
 use tp_e2e::{ConversationClient, TestApp, TestDatabase, edit, new_conversation, regenerate, send};
 
@@ -54,6 +55,36 @@ async fn messages_of(
     .bind(conversation_id)
     .fetch_all(&admin)
     .await?)
+}
+
+/// A model's reply in one chunk.
+fn text(s: &str) -> FakeReply {
+    FakeReply::Text(vec![s.to_owned()], 10, 5)
+}
+
+/// A stack whose model answers with `script`, and alice of Acme in a new
+/// conversation.
+struct WithModel {
+    fake: FakeProvider,
+    app: TestApp,
+    tenant: TenantId,
+    client: ConversationClient,
+    id: String,
+}
+
+async fn with_model(script: Vec<FakeReply>) -> anyhow::Result<WithModel> {
+    let fake = fake_provider::start(Wire::OpenAi, script).await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    Ok(WithModel {
+        fake,
+        app,
+        tenant,
+        client,
+        id,
+    })
 }
 
 #[tokio::test]
@@ -435,25 +466,23 @@ async fn bad_edits_and_regenerations_are_refused_and_change_nothing() -> anyhow:
 #[tokio::test]
 async fn the_models_context_follows_the_branch_and_one_reply_is_written_at_a_time()
 -> anyhow::Result<()> {
-    let text = |s: &str| FakeReply::Text(vec![s.to_owned()], 10, 5);
-    let fake = fake_provider::start(
-        Wire::OpenAi,
-        vec![
-            text("What is slipping, and since when?"),
-            text("Who decides what ships?"),
-            text("What does each team wait on?"),
-            FakeReply::Slow(
-                "Let me ask it another way: ".into(),
-                Duration::from_millis(1500),
-                vec!["what would on time look like?".into()],
-            ),
-        ],
-    )
+    let WithModel {
+        fake,
+        app: _app,
+        mut client,
+        id,
+        ..
+    } = with_model(vec![
+        text("What is slipping, and since when?"),
+        text("Who decides what ships?"),
+        text("What does each team wait on?"),
+        FakeReply::Slow(
+            "Let me ask it another way: ".into(),
+            Duration::from_millis(1500),
+            vec!["what would on time look like?".into()],
+        ),
+    ])
     .await?;
-    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
-    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
-    let mut client = app.conversations(&token).await?;
-    let id = new_conversation(&mut client, "").await?.conversation_id;
     send(&mut client, &id, "Our releases keep slipping.", "").await?;
     let second = send(
         &mut client,
@@ -528,16 +557,13 @@ async fn the_models_context_follows_the_branch_and_one_reply_is_written_at_a_tim
 #[tokio::test]
 async fn the_context_is_the_last_forty_messages_of_the_branch_across_a_fork() -> anyhow::Result<()>
 {
-    let text = |s: &str| FakeReply::Text(vec![s.to_owned()], 10, 5);
-    let fake = fake_provider::start(
-        Wire::OpenAi,
-        vec![text("Which of them matters most?"), text("And then?")],
-    )
-    .await?;
-    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
-    let (tenant, token) = app.tenant_with_member("Acme", "alice").await?;
-    let mut client = app.conversations(&token).await?;
-    let id = new_conversation(&mut client, "").await?.conversation_id;
+    let WithModel {
+        fake,
+        app,
+        tenant,
+        mut client,
+        id,
+    } = with_model(vec![text("Which of them matters most?"), text("And then?")]).await?;
     let turns: Vec<String> = (0..60).map(|n| format!("turn {n}")).collect();
     app.db.insert_user_turns(tenant, &id, &turns).await?;
     let (listed, _) = list_all(&mut client, &id, "", 100).await?;
@@ -585,24 +611,21 @@ async fn the_context_is_the_last_forty_messages_of_the_branch_across_a_fork() ->
 #[tokio::test]
 async fn a_reply_that_lands_after_the_member_moved_on_leaves_the_active_branch_where_they_are()
 -> anyhow::Result<()> {
-    let text = |s: &str| FakeReply::Text(vec![s.to_owned()], 10, 5);
-    let fake = fake_provider::start(
-        Wire::OpenAi,
-        vec![
-            text("What is slipping, and since when?"),
-            FakeReply::Slow(
-                "Who decides ".into(),
-                Duration::from_millis(1500),
-                vec!["what ships?".into()],
-            ),
-            text("Which two teams, and what do they wait on?"),
-        ],
-    )
+    let WithModel {
+        app: _app,
+        mut client,
+        id,
+        ..
+    } = with_model(vec![
+        text("What is slipping, and since when?"),
+        FakeReply::Slow(
+            "Who decides ".into(),
+            Duration::from_millis(1500),
+            vec!["what ships?".into()],
+        ),
+        text("Which two teams, and what do they wait on?"),
+    ])
     .await?;
-    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
-    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
-    let mut client = app.conversations(&token).await?;
-    let id = new_conversation(&mut client, "").await?.conversation_id;
     let first = send(&mut client, &id, "Our releases keep slipping.", "").await?;
 
     // The second turn's reply is slow; meanwhile the member rewrites their
