@@ -65,14 +65,12 @@ WITH turn AS (
       RETURNING message_count)
 SELECT turn.message_id AS user_message_id, turn.conversation_id, turn.role, turn.content,
        turn.create_time, COALESCE(turn.parent_id::text, '') AS user_parent_id, turn.depth,
-       turn.reply_to, turn.generation, counted.message_count,
-       ARRAY(SELECT user_id FROM conversation.quotas
-              WHERE user_id IN ('', :usr) ORDER BY user_id) AS quota_users,
-       ARRAY(SELECT monthly_messages FROM conversation.quotas
-              WHERE user_id IN ('', :usr) ORDER BY user_id) AS quota_messages,
-       ARRAY(SELECT monthly_tokens FROM conversation.quotas
-              WHERE user_id IN ('', :usr) ORDER BY user_id) AS quota_tokens
-  FROM turn, counted \gset
+       turn.reply_to, turn.generation, counted.message_count, quotas.*
+  FROM turn, counted, LATERAL (
+       SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}') AS quota_users,
+              coalesce(array_agg(monthly_messages ORDER BY user_id), '{}') AS quota_messages,
+              coalesce(array_agg(monthly_tokens ORDER BY user_id), '{}') AS quota_tokens
+         FROM conversation.quotas WHERE user_id IN ('', :usr)) AS quotas \gset
 WITH RECURSIVE chain (branch_id, upto) AS (
     SELECT branch_id, depth FROM conversation.messages
      WHERE message_id = NULLIF(:user_parent_id, '')::uuid

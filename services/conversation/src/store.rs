@@ -933,9 +933,9 @@ async fn start_turn(
                 SET update_time = now(), message_count = message_count + 2, active_leaf_id = $1
               WHERE conversation_id = $3
               RETURNING message_count)
-         SELECT turn.*, counted.message_count, ",
-        crate::usage::quotas_of_member!(),
-        " FROM turn, counted"
+         SELECT turn.*, counted.message_count, quotas.*
+           FROM turn, counted, ",
+        crate::usage::quotas_of_member!()
     ))
     .bind(Uuid::new_v4())
     .bind(ctx.tenant_id.as_uuid())

@@ -187,17 +187,17 @@ fn refuse_past_quota(statuses: Vec<(String, Limits, Used)>) -> Result<(), Conver
     Ok(())
 }
 
-/// The organisation's (`''`) and the member's (`$9`) quotas as three
-/// columns of arrays in one order (`quota_users`, `quota_messages`,
-/// `quota_tokens`), for a statement that reads them beside its own work.
+/// The organisation's (`''`) and the member's (`$9`) quotas as a FROM
+/// item `quotas` of three arrays in one order (`quota_users`,
+/// `quota_messages`, `quota_tokens`; empty without quotas), read in one
+/// scan by a statement that reads them beside its own work.
 macro_rules! quotas_of_member {
     () => {
-        "ARRAY(SELECT user_id FROM conversation.quotas
-                WHERE user_id IN ('', $9) ORDER BY user_id) AS quota_users,
-         ARRAY(SELECT monthly_messages FROM conversation.quotas
-                WHERE user_id IN ('', $9) ORDER BY user_id) AS quota_messages,
-         ARRAY(SELECT monthly_tokens FROM conversation.quotas
-                WHERE user_id IN ('', $9) ORDER BY user_id) AS quota_tokens"
+        "LATERAL (
+             SELECT coalesce(array_agg(user_id ORDER BY user_id), '{}') AS quota_users,
+                    coalesce(array_agg(monthly_messages ORDER BY user_id), '{}') AS quota_messages,
+                    coalesce(array_agg(monthly_tokens ORDER BY user_id), '{}') AS quota_tokens
+               FROM conversation.quotas WHERE user_id IN ('', $9)) AS quotas"
     };
 }
 pub(crate) use quotas_of_member;
