@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The baseline: the knowledge service's own search, in this process, on
     // the same database, as the same role.
-    let pool = TestDatabase::pool(&app.db.app_url).await?;
+    let pool = tp_store::Pool::new(&app.db.app_url, 2, tp_store::ACQUIRE_TIMEOUT)?;
     let searcher = Searcher::new(
         KnowledgeStore::new(pool.clone()),
         Arc::new(Catalog::load(&pool).await?),

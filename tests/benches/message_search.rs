@@ -101,7 +101,7 @@ async fn main() -> anyhow::Result<()> {
 
     // The baseline: the conversation service's own search, in this process,
     // on the same database, as the same role.
-    let app_pool = TestDatabase::pool(&app.db.app_url).await?;
+    let app_pool = tp_store::Pool::new(&app.db.app_url, 2, tp_store::ACQUIRE_TIMEOUT)?;
     let direct_search = MessageSearch::new(app_pool, tp_store::TxTimer::disabled());
 
     let (mut api, mut direct, mut floor) = (Vec::new(), Vec::new(), Vec::new());

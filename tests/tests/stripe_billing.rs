@@ -579,9 +579,9 @@ async fn billing_tables_are_tenant_isolated_and_bodies_are_capped() -> anyhow::R
     }
     admin.close().await;
     // The application role sees the account only as its tenant.
-    let app = TestDatabase::pool(&stack.app.db.app_url).await?;
+    let app = tp_store::Pool::new(&stack.app.db.app_url, 2, tp_store::ACQUIRE_TIMEOUT)?;
     let unscoped: i64 = sqlx::query_scalar("SELECT count(*) FROM gateway.billing_accounts")
-        .fetch_one(&app)
+        .fetch_one(&mut *app.acquire().await?)
         .await?;
     assert_eq!(unscoped, 0);
     let mut tx = tp_store::begin_tenant_tx(&app, tenant).await?;
@@ -597,7 +597,7 @@ async fn billing_tables_are_tenant_isolated_and_bodies_are_capped() -> anyhow::R
         .await?;
     assert_eq!(foreign, 0);
     drop(other);
-    app.close().await;
+    app.close();
 
     let huge = vec![b' '; (1 << 20) + 1];
     let signature = sign(&huge, WEBHOOK_SECRET, unix_now());

@@ -20,12 +20,12 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use prost::Message as _;
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_server::Health as _;
 use tonic_health::server::{HealthReporter, HealthService};
+use tp_store::Pool;
 use tp_telemetry::{Metrics, OPENMETRICS_CONTENT_TYPE, PoolSample, RpcMethods};
 
 use crate::{Listener, ServerError};
@@ -106,7 +106,7 @@ pub struct Ops {
     metrics: Metrics,
     health: HealthReporter,
     services: Vec<&'static str>,
-    pools: Vec<(&'static str, PgPool)>,
+    pools: Vec<(&'static str, Pool)>,
 }
 
 fn text(status: StatusCode, body: &str) -> HttpResponse {
@@ -133,7 +133,7 @@ impl Ops {
 
     /// A database pool that must answer for the service to be ready, and
     /// whose occupancy is sampled on every scrape.
-    pub fn with_pool(mut self, name: &'static str, pool: PgPool) -> Self {
+    pub fn with_pool(mut self, name: &'static str, pool: Pool) -> Self {
         self.pools.push((name, pool));
         self
     }
@@ -145,7 +145,14 @@ impl Ops {
     /// Why the service cannot serve now, if it cannot.
     async fn not_ready(&self) -> Option<String> {
         for (name, pool) in &self.pools {
-            let ping = sqlx::query_scalar::<_, i32>("SELECT 1").fetch_one(pool);
+            let ping = async {
+                let mut connection = pool.acquire().await?;
+                sqlx::query_scalar::<_, i32>("SELECT 1")
+                    .fetch_one(&mut *connection)
+                    .await?;
+                connection.release();
+                Ok::<(), sqlx::Error>(())
+            };
             match tokio::time::timeout(DB_READY_TIMEOUT, ping).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => return Some(format!("database pool {name}: {e}")),
@@ -179,14 +186,16 @@ impl Ops {
 
     fn scrape(&self) -> HttpResponse {
         for (name, pool) in &self.pools {
-            let size = u64::from(pool.size());
-            let idle = u64::try_from(pool.num_idle()).unwrap_or(u64::MAX).min(size);
+            let status = pool.status();
+            let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+            let (size, idle) = (count(status.size), count(status.idle));
+            let idle = idle.min(size);
             self.metrics.db_pool(
                 name,
                 PoolSample {
                     used: size - idle,
                     idle,
-                    max: u64::from(pool.options().get_max_connections()),
+                    max: count(status.max_size),
                 },
             );
         }
@@ -374,11 +383,12 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_database_is_not_ready_and_pools_are_sampled() {
         // Nothing listens on port 1: every connection attempt is refused.
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(3)
-            .acquire_timeout(Duration::from_millis(500))
-            .connect_lazy("postgres://tp_app@127.0.0.1:1/none")
-            .expect("a lazy pool");
+        let pool = Pool::new(
+            "postgres://tp_app@127.0.0.1:1/none",
+            3,
+            Duration::from_millis(500),
+        )
+        .expect("a pool");
         let ops = Ops::new(Metrics::new("knowledge"), HealthReporter::new(), &[])
             .with_pool("knowledge", pool);
         let started = std::time::Instant::now();

@@ -6,7 +6,10 @@
 //! tenant-owned table read it back and fail closed when it is unset.
 
 pub mod paging;
+mod pool;
 pub mod sealed;
+
+pub use pool::{Pool, PoolStatus, PooledConnection};
 
 use std::future::Future;
 use std::str::FromStr;
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{Executor, PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{Executor, PgConnection, PgPool};
 use tp_context::TenantId;
 
 /// The role every service connects as. Migrations grant it table privileges;
@@ -50,38 +53,17 @@ pub struct DatabaseSettings {
 /// during a 3 s restart hung until the database was back).
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a pooled connection may sit idle before it is checked with a
-/// ping on its way out of the pool.
-const PING_IF_IDLE_FOR: Duration = Duration::from_secs(1);
-
 /// Connects as the application role and refuses a role that row-level
 /// security would not bind: a superuser, a `BYPASSRLS` role, or the owner of
 /// the service's schema or tables.
-pub async fn connect_app(settings: &DatabaseSettings, schema: &str) -> Result<PgPool, StoreError> {
-    let options = PgConnectOptions::from_str(&settings.url)?;
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.max_connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        // sqlx pings every connection before handing it out: one more round
-        // trip and statement on every transaction (three per SendMessage).
-        // A connection in steady use is known to be alive; only one that sat
-        // idle (e.g. across a database restart) is checked.
-        .test_before_acquire(false)
-        .before_acquire(|connection, meta| {
-            Box::pin(async move {
-                if meta.idle_for > PING_IF_IDLE_FOR {
-                    sqlx::Connection::ping(connection).await?;
-                }
-                Ok(true)
-            })
-        })
-        .connect_with(options)
-        .await?;
+pub async fn connect_app(settings: &DatabaseSettings, schema: &str) -> Result<Pool, StoreError> {
+    let pool = Pool::new(&settings.url, settings.max_connections, ACQUIRE_TIMEOUT)?;
     check_app_role(&pool, schema).await?;
     Ok(pool)
 }
 
-async fn check_app_role(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
+async fn check_app_role(pool: &Pool, schema: &str) -> Result<(), StoreError> {
+    let mut connection = pool.acquire().await?;
     let (role, superuser, bypass_rls, owns_schema, owns_tables, tables): (
         String,
         bool,
@@ -97,8 +79,9 @@ async fn check_app_role(pool: &PgPool, schema: &str) -> Result<(), StoreError> {
            FROM pg_roles r WHERE r.rolname = current_user",
     )
     .bind(schema)
-    .fetch_one(pool)
+    .fetch_one(&mut *connection)
     .await?;
+    connection.release();
     let unsafe_role = |reason: &str| StoreError::UnsafeRole {
         role: role.clone(),
         reason: reason.to_owned(),
@@ -164,15 +147,55 @@ async fn schema_pool(owner_url: &str, schema: &str) -> Result<PgPool, StoreError
     Ok(pool)
 }
 
+/// A transaction on a pooled connection. It derefs to the connection, so
+/// `&mut *tx` works as with a `sqlx::Transaction`; dropped without
+/// [`commit`](Self::commit), it rolls back (in a task of its own, before
+/// the connection goes back to the pool).
+#[derive(Debug)]
+pub struct Tx {
+    connection: PooledConnection,
+}
+
+impl Tx {
+    /// `statement` must open the transaction (it starts with BEGIN).
+    async fn begin(pool: &Pool, statement: String) -> Result<Tx, sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        // Before BEGIN is sent: a call cancelled while it travels still
+        // rolls back whatever it opened.
+        connection.transaction_open();
+        connection.execute(sqlx::AssertSqlSafe(statement)).await?;
+        Ok(Tx { connection })
+    }
+
+    /// Commits; the connection goes straight back to the pool. When the
+    /// COMMIT fails, the connection is rolled back and checked instead.
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        self.connection.execute("COMMIT").await?;
+        self.connection.release();
+        Ok(())
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = PgConnection;
+
+    fn deref(&self) -> &PgConnection {
+        &self.connection
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut PgConnection {
+        &mut self.connection
+    }
+}
+
 /// Begins a transaction scoped to one tenant: `app.tenant_id` is set with
 /// `set_config(..., true)`, so it ends with the transaction and can never
 /// leak to the next user of the pooled connection.
 ///
 /// Keep these transactions short: never hold one open while a reply streams.
-pub async fn begin_tenant_tx(
-    pool: &PgPool,
-    tenant: TenantId,
-) -> Result<Transaction<'static, Postgres>, StoreError> {
+pub async fn begin_tenant_tx(pool: &Pool, tenant: TenantId) -> Result<Tx, StoreError> {
     // BEGIN and the setting travel as one simple query: one round trip, not
     // two, on every request. The tenant id is a parsed UUID (hex digits and
     // hyphens only), so formatting it into the statement cannot inject SQL.
@@ -180,7 +203,7 @@ pub async fn begin_tenant_tx(
         "BEGIN; SELECT set_config('app.tenant_id', '{}', true)",
         tenant.as_uuid().hyphenated()
     );
-    Ok(pool.begin_with(sqlx::AssertSqlSafe(statement)).await?)
+    Ok(Tx::begin(pool, statement).await?)
 }
 
 /// Begins the one cross-tenant read the product makes: the retention sweep
@@ -188,12 +211,12 @@ pub async fn begin_tenant_tx(
 /// `retention` for this transaction only, which a single policy on
 /// `gateway.tenants` honours (SELECT of rows with a retention; migration
 /// gateway/0007). No tenant is set, so every other table shows nothing.
-pub async fn begin_retention_sweep_tx(
-    pool: &PgPool,
-) -> Result<Transaction<'static, Postgres>, StoreError> {
-    Ok(pool
-        .begin_with("BEGIN; SELECT set_config('app.sweep', 'retention', true)")
-        .await?)
+pub async fn begin_retention_sweep_tx(pool: &Pool) -> Result<Tx, StoreError> {
+    Ok(Tx::begin(
+        pool,
+        "BEGIN; SELECT set_config('app.sweep', 'retention', true)".to_owned(),
+    )
+    .await?)
 }
 
 /// What [`TxTimer`] reports of one transaction: the operation it served (a
@@ -270,7 +293,7 @@ impl TxTimer {
     /// waits longest.
     pub async fn begin(
         &self,
-        pool: &PgPool,
+        pool: &Pool,
         tenant: TenantId,
         operation: &'static str,
     ) -> Result<TenantTx, StoreError> {
@@ -333,7 +356,7 @@ impl Drop for Timing {
 /// `sqlx::Transaction`; dropping it rolls back (and is reported as
 /// [`ROLLED_BACK`]).
 pub struct TenantTx {
-    tx: Transaction<'static, Postgres>,
+    tx: Tx,
     timing: Timing,
 }
 
@@ -346,9 +369,9 @@ impl TenantTx {
     }
 
     /// Ends a read-only transaction without waiting for a COMMIT: dropping
-    /// it queues the ROLLBACK, which sqlx sends as the connection returns
-    /// to the pool, so the caller saves a round trip and loses nothing.
-    /// Reported as a success.
+    /// it rolls back in a task of its own as the connection returns to the
+    /// pool, so the caller saves a round trip and loses nothing. Reported
+    /// as a success.
     pub fn close_read_only(self) {
         let TenantTx { tx, mut timing } = self;
         drop(tx);
@@ -408,10 +431,12 @@ mod tests {
     async fn a_failed_begin_is_reported() {
         let (timer, records) = recording();
         // Nothing listens on port 1: the pool cannot hand out a connection.
-        let pool = PgPoolOptions::new()
-            .acquire_timeout(Duration::from_millis(200))
-            .connect_lazy("postgres://tp_app@127.0.0.1:1/none")
-            .expect("a lazy pool");
+        let pool = Pool::new(
+            "postgres://tp_app@127.0.0.1:1/none",
+            2,
+            Duration::from_millis(200),
+        )
+        .expect("a pool");
         let tenant: TenantId = "7f0c0a36-2a8e-4d43-9c5a-5b0c2a0e9d10"
             .parse()
             .expect("a tenant id");

@@ -12,13 +12,13 @@
 //! tenant.
 
 use serde_json::json;
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use tokio::sync::mpsc;
 use tonic::Status;
 use tp_context::{RequestContext, TenantId};
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_store::sealed::TokenSealer;
 use uuid::Uuid;
@@ -322,12 +322,12 @@ impl<C: Chunk> Chunker<C> {
 /// Reads for exports: the caller's own conversation, or all of a tenant's.
 #[derive(Clone)]
 pub struct ExportStore {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl ExportStore {
-    pub fn new(pool: PgPool, timer: TxTimer) -> Self {
+    pub fn new(pool: Pool, timer: TxTimer) -> Self {
         Self { pool, timer }
     }
 

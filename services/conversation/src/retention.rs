@@ -5,9 +5,9 @@
 //! (`ON DELETE CASCADE`), and so their search entries, which live in the
 //! message rows' own GIN-indexed column.
 
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use tp_proto::internal::conversation::v1 as internal;
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::error::ConversationError;
@@ -19,12 +19,12 @@ pub const MAX_BATCH: i32 = 1_000;
 pub const OPERATION: &str = "purge_expired";
 
 pub struct RetentionHandler {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl RetentionHandler {
-    pub fn new(pool: PgPool, timer: TxTimer) -> Self {
+    pub fn new(pool: Pool, timer: TxTimer) -> Self {
         Self { pool, timer }
     }
 }

@@ -10,11 +10,11 @@
 //! query ([`tp_store::sealed`]), so a token edited or carried to another
 //! query is refused, not read.
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::Status;
 use tp_context::RequestContext;
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_store::sealed::TokenSealer;
 use uuid::Uuid;
@@ -228,12 +228,12 @@ impl HitRow {
 /// Runs searches for the service.
 #[derive(Clone)]
 pub struct MessageSearch {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl MessageSearch {
-    pub fn new(pool: PgPool, timer: TxTimer) -> Self {
+    pub fn new(pool: Pool, timer: TxTimer) -> Self {
         Self { pool, timer }
     }
 

@@ -4,9 +4,9 @@
 //! `user_id` filters keep one member's conversations private from other
 //! members of the same tenant, and row-level security keeps tenants apart.
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tp_context::RequestContext;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_store::paging::Page;
 use uuid::Uuid;
@@ -266,12 +266,12 @@ pub mod op {
 
 #[derive(Clone)]
 pub struct ConversationStore {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl ConversationStore {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

@@ -4,11 +4,12 @@
 //! and survive restarts; a quota check reads at most a month of daily rows.
 //! Months are calendar months in UTC.
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use time::{Date, OffsetDateTime, Time};
 use tonic::{Request, Response, Status};
 use tp_context::RequestContext;
 use tp_proto::internal::conversation::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::store::op;
@@ -250,12 +251,12 @@ pub async fn count_tokens(
 
 /// Internal `UsageService`, for the gateway.
 pub struct UsageHandler {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl UsageHandler {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

@@ -5,11 +5,12 @@
 //! change them (no grant, no policy).
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_context::TenantId;
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_store::paging::Page;
 
@@ -51,7 +52,7 @@ pub async fn record(
 /// reporting what the conversation service deleted). `operation` names the
 /// transaction in the metrics.
 pub async fn record_alone(
-    pool: &sqlx::PgPool,
+    pool: &tp_store::Pool,
     timer: &tp_store::TxTimer,
     operation: &'static str,
     tenant: TenantId,
@@ -111,12 +112,12 @@ fn to_value(value: Value) -> prost_types::Value {
 
 /// Public `AuditService` (tenant admins).
 pub struct AuditLog {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl AuditLog {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

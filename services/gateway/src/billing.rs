@@ -5,10 +5,11 @@
 
 use std::sync::Arc;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use tonic::Status;
 use tp_billing::{BillingError, BillingProvider, LocalBilling};
 use tp_context::TenantId;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_stripe::{
     AccountDirectory, BoxFuture, StripeAccount, StripeBilling, StripeSettings, SubscriptionStatus,
@@ -35,7 +36,7 @@ impl Billing {
 
     /// Stripe, its accounts kept in `pool` (each read timed by `timer`).
     /// No request is made yet.
-    pub fn stripe(settings: &StripeSettings, pool: PgPool, timer: TxTimer) -> anyhow::Result<Self> {
+    pub fn stripe(settings: &StripeSettings, pool: Pool, timer: TxTimer) -> anyhow::Result<Self> {
         let stripe = Arc::new(StripeBilling::new(
             settings,
             Arc::new(PgAccountDirectory { pool, timer }),
@@ -49,7 +50,7 @@ impl Billing {
 
 /// Tenants' Stripe accounts, read in the tenant's own transaction.
 pub struct PgAccountDirectory {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 

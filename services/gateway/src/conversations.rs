@@ -10,7 +10,7 @@ use tp_proto::v1 as pb;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
 use tp_telemetry::TraceClient;
 
-use sqlx::PgPool;
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::access::{caller, internal_request, storage_status};
@@ -22,12 +22,12 @@ pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
 pub struct ConversationGateway {
     conversation: ConversationClient,
     /// For the audit entry of an organisation's export.
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl ConversationGateway {
-    pub fn new(conversation: ConversationClient, pool: PgPool, timer: TxTimer) -> Self {
+    pub fn new(conversation: ConversationClient, pool: Pool, timer: TxTimer) -> Self {
         Self {
             conversation,
             pool,

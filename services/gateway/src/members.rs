@@ -1,9 +1,9 @@
 //! Public `MemberService` (tenant admins).
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_store::paging::Page;
 
@@ -13,13 +13,13 @@ use crate::membership::Membership;
 use crate::seats::check_seat_free;
 
 pub struct MemberAdmin {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
     membership: Membership,
 }
 
 impl MemberAdmin {
-    pub fn new(pool: PgPool, membership: Membership) -> Self {
+    pub fn new(pool: Pool, membership: Membership) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

@@ -15,10 +15,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::task::JoinHandle;
 use tp_context::{Role, TenantId};
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::policy::{Standing, TenantStatus};
@@ -118,7 +118,7 @@ impl MembershipCache {
 /// Membership lookups, cached when a time to live is configured.
 #[derive(Clone)]
 pub struct Membership {
-    pool: PgPool,
+    pool: Pool,
     cache: Option<Arc<MembershipCache>>,
     timer: TxTimer,
 }
@@ -128,7 +128,7 @@ pub const LOOKUP_MEMBERSHIP: &str = "lookup_membership";
 
 impl Membership {
     /// Lookups that always read the database.
-    pub fn uncached(pool: PgPool) -> Self {
+    pub fn uncached(pool: Pool) -> Self {
         Self {
             pool,
             cache: None,
@@ -147,7 +147,7 @@ impl Membership {
     /// connection is made here, so the cache is live once this returns
     /// (unless it failed: then it is bypassed until a retry succeeds). The
     /// listener runs until the returned guard is dropped.
-    pub async fn cached(pool: PgPool, ttl: Duration, listen_url: String) -> (Self, ListenerGuard) {
+    pub async fn cached(pool: Pool, ttl: Duration, listen_url: String) -> (Self, ListenerGuard) {
         let cache = Arc::new(MembershipCache::new(ttl));
         let first = listen(&listen_url)
             .await

@@ -3,10 +3,10 @@
 //! count and enforces them on every send); the gateway checks who may ask,
 //! that a per-member quota names a member, and audits changes.
 
-use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 use tp_proto::internal::conversation::v1 as internal_pb;
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::access::{caller, internal_request, storage_status};
@@ -14,13 +14,13 @@ use crate::audit::{self, Event};
 use crate::subscription::UsageClient;
 
 pub struct Quotas {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
     usage: UsageClient,
 }
 
 impl Quotas {
-    pub fn new(pool: PgPool, usage: UsageClient) -> Self {
+    pub fn new(pool: Pool, usage: UsageClient) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

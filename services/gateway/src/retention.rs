@@ -11,12 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::transport::Channel;
 use tp_context::{RequestContext, Role, TenantId};
 use tp_proto::internal::conversation::v1 as internal;
 use tp_proto::internal::conversation::v1::retention_service_client::RetentionServiceClient;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_telemetry::{Metrics, TraceClient};
 use uuid::Uuid;
@@ -48,7 +48,7 @@ pub struct Swept {
 
 #[derive(Clone)]
 pub struct RetentionSweep {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
     client: RetentionClient,
     metrics: Metrics,
@@ -57,7 +57,7 @@ pub struct RetentionSweep {
 
 impl RetentionSweep {
     pub fn new(
-        pool: PgPool,
+        pool: Pool,
         timer: TxTimer,
         client: RetentionClient,
         metrics: Metrics,

@@ -4,22 +4,22 @@
 //! the `tenants_changed` notification. Each change is audited in its own
 //! transaction, with before and after.
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::access::{caller, storage_status};
 use crate::audit::{self, Event};
 
 pub struct Settings {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl Settings {
-    pub fn new(pool: PgPool, timer: TxTimer) -> Self {
+    pub fn new(pool: Pool, timer: TxTimer) -> Self {
         Self { pool, timer }
     }
 }

@@ -5,13 +5,14 @@
 
 use std::sync::Arc;
 
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_billing::{BillingError, BillingProvider, Period, SeatChange, SeatUpdate};
 use tp_context::TenantId;
 use tp_proto::internal::conversation::v1 as internal_pb;
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 
 use crate::access::{caller, storage_status};
@@ -31,7 +32,7 @@ pub struct Pricing {
 }
 
 pub struct Subscriptions {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
     pricing: Pricing,
     billing: Arc<dyn BillingProvider>,
@@ -40,7 +41,7 @@ pub struct Subscriptions {
 
 impl Subscriptions {
     pub fn new(
-        pool: PgPool,
+        pool: Pool,
         pricing: Pricing,
         billing: Arc<dyn BillingProvider>,
         usage: UsageClient,

@@ -2,11 +2,11 @@
 
 use std::sync::Arc;
 
-use sqlx::PgPool;
 use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 use tp_context::TenantId;
 use tp_proto::v1 as pb;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_stripe::StripeBilling;
 
@@ -20,7 +20,7 @@ const MAX_DISPLAY_NAME_CHARS: usize = 200;
 const MAX_REASON_CHARS: usize = 500;
 
 pub struct TenantAdmin {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
     membership: Membership,
     /// With the `stripe` provider, every new tenant gets a Stripe account.
@@ -28,7 +28,7 @@ pub struct TenantAdmin {
 }
 
 impl TenantAdmin {
-    pub fn new(pool: PgPool, membership: Membership) -> Self {
+    pub fn new(pool: Pool, membership: Membership) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

@@ -20,9 +20,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use sqlx::PgPool;
 use tp_billing::BillingError;
 use tp_context::TenantId;
+use tp_store::Pool;
 use tp_store::TxTimer;
 use tp_stripe::{StripeBilling, SubscriptionSnapshot, WebhookEvent};
 
@@ -56,14 +56,14 @@ const HANDLED: [&str; 5] = [
 /// What a webhook needs: the database, Stripe, and the membership cache
 /// (a tenant's standing is cached with its memberships).
 pub struct Webhooks {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
     stripe: Arc<StripeBilling>,
     membership: Membership,
 }
 
 impl Webhooks {
-    pub fn new(pool: PgPool, stripe: Arc<StripeBilling>, membership: Membership) -> Self {
+    pub fn new(pool: Pool, stripe: Arc<StripeBilling>, membership: Membership) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),

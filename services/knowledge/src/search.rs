@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use sqlx::PgPool;
 use tp_context::TenantId;
+use tp_store::Pool;
 
 use uuid::Uuid;
 
@@ -19,14 +19,16 @@ pub struct Catalog {
 }
 
 impl Catalog {
-    pub async fn load(pool: &PgPool) -> Result<Self, sqlx::Error> {
-        let entries = crate::store::load_entries(pool).await?;
+    pub async fn load(pool: &Pool) -> Result<Self, sqlx::Error> {
+        let mut connection = pool.acquire().await?;
+        let entries = crate::store::load_entries(&mut connection).await?;
         let by_id = entries
             .iter()
             .enumerate()
             .map(|(i, e)| (e.entry_id.clone(), i))
             .collect();
-        let common_lexemes = crate::store::common_lexemes(pool).await?;
+        let common_lexemes = crate::store::common_lexemes(&mut connection).await?;
+        connection.release();
         Ok(Self {
             entries,
             by_id,

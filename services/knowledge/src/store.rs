@@ -2,11 +2,11 @@
 //! schema owner, during `migrate`), full-text search, and tenant documents
 //! (as the application role, in tenant-scoped transactions).
 
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use tp_context::{RequestContext, TenantId};
-use tp_store::TxTimer;
 use tp_store::paging::Page;
+use tp_store::{Pool, TxTimer};
 use uuid::Uuid;
 
 use crate::corpus::Entry;
@@ -43,7 +43,7 @@ impl From<KnowledgeError> for tonic::Status {
 /// Replaces the built-in corpus with `entries` in one transaction: edited
 /// entries are updated, new ones inserted, removed ones deleted. Running it
 /// twice changes nothing.
-pub async fn sync_corpus(owner: &PgPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
+pub async fn sync_corpus(owner: &sqlx::PgPool, entries: &[Entry]) -> Result<(), sqlx::Error> {
     let mut tx = owner.begin().await?;
     for entry in entries {
         let f = &entry.front;
@@ -104,26 +104,26 @@ pub struct EntryRow {
     pub diagnostic_question: String,
 }
 
-pub async fn load_entries(pool: &PgPool) -> Result<Vec<EntryRow>, sqlx::Error> {
+pub async fn load_entries(connection: &mut PgConnection) -> Result<Vec<EntryRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT entry_id, kind, title, author, summary, body, url, sources, frameworks,
                 diagnostic_question
            FROM knowledge.entries ORDER BY title",
     )
-    .fetch_all(pool)
+    .fetch_all(connection)
     .await
 }
 
 /// Lexemes that appear in more than half the corpus: they carry no signal
 /// for ranking ("engineer", "team" in a leadership corpus), so queries drop
 /// them.
-pub async fn common_lexemes(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+pub async fn common_lexemes(connection: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT word FROM ts_stat('SELECT search FROM knowledge.entries')
           WHERE ndoc > (SELECT count(*) FROM knowledge.entries) / 2
           ORDER BY word",
     )
-    .fetch_all(pool)
+    .fetch_all(connection)
     .await
 }
 
@@ -212,12 +212,12 @@ pub mod op {
 
 #[derive(Clone)]
 pub struct KnowledgeStore {
-    pool: PgPool,
+    pool: Pool,
     timer: TxTimer,
 }
 
 impl KnowledgeStore {
-    pub fn new(pool: PgPool) -> Self {
+    pub fn new(pool: Pool) -> Self {
         Self {
             pool,
             timer: TxTimer::disabled(),
@@ -260,9 +260,14 @@ impl KnowledgeStore {
         .bind(&query.typed)
         .bind(PASSAGE_TERMS)
         .bind(kinds)
-        .bind(limit)
-        .fetch_all(&self.pool);
-        Ok(self.timer.time(op::RANK_ENTRIES, statement).await?)
+        .bind(limit);
+        let ranked = async {
+            let mut connection = self.pool.acquire().await?;
+            let rows = statement.fetch_all(&mut *connection).await?;
+            connection.release();
+            Ok(rows)
+        };
+        Ok(self.timer.time(op::RANK_ENTRIES, ranked).await?)
     }
 
     /// Ranks the tenant's document passages by the query's rarest terms;
@@ -300,10 +305,10 @@ impl KnowledgeStore {
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        // Read only, so ending it by rollback loses nothing. Dropping the
-        // transaction queues the ROLLBACK, which sqlx flushes in the
-        // background as the connection returns to the pool; awaiting a
-        // COMMIT would put one more round trip before the headlines.
+        // Read only, so ending it by rollback loses nothing. The ROLLBACK
+        // is sent in the background as the connection returns to the pool;
+        // awaiting a COMMIT would put one more round trip before the
+        // headlines.
         tx.close_read_only();
         Ok(hits)
     }
@@ -331,9 +336,14 @@ impl KnowledgeStore {
         .bind(common)
         .bind(&query.typed)
         .bind(PASSAGE_TERMS)
-        .bind(texts)
-        .fetch_all(&self.pool);
-        Ok(self.timer.time(op::HEADLINES, statement).await?)
+        .bind(texts);
+        let headlines = async {
+            let mut connection = self.pool.acquire().await?;
+            let rows = statement.fetch_all(&mut *connection).await?;
+            connection.release();
+            Ok(rows)
+        };
+        Ok(self.timer.time(op::HEADLINES, headlines).await?)
     }
 
     /// Stores a document and its passages in one transaction.
