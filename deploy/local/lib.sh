@@ -147,13 +147,15 @@ stack_start() {
             || { tail -n 20 "$logs/$service.log" >&2; die "$service migrations failed"; }
     done
     export TP_DATABASE_URL="$app_url"
-    TP_KNOWLEDGE_ADDR="127.0.0.1:$know" TP_HTTP_ADDR="127.0.0.1:$((know + 10))" "$TP_BIN/knowledge" serve >>"$logs/knowledge.log" 2>&1 &
+    # The gateway and knowledge need a fraction of a core: one worker
+    # thread each (TP_WORKER_THREADS; BENCHMARKS.md, session 13).
+    TP_KNOWLEDGE_ADDR="127.0.0.1:$know" TP_HTTP_ADDR="127.0.0.1:$((know + 10))" TP_WORKER_THREADS=1 "$TP_BIN/knowledge" serve >>"$logs/knowledge.log" 2>&1 &
     STACK_PIDS+=($!)
     TP_CONVERSATION_ADDR="127.0.0.1:$conv" TP_HTTP_ADDR="127.0.0.1:$((conv + 10))" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
         "$TP_BIN/conversation" serve >>"$logs/conversation.log" 2>&1 &
     STACK_PIDS+=($!)
     TP_GATEWAY_ADDR="127.0.0.1:$gw" TP_HTTP_ADDR="127.0.0.1:$((gw + 10))" TP_CONVERSATION_URL="http://127.0.0.1:$conv" TP_KNOWLEDGE_URL="http://127.0.0.1:$know" \
-        TP_SLO_SCRAPE_URLS="http://127.0.0.1:$((conv + 10))/metrics,http://127.0.0.1:$((know + 10))/metrics" \
+        TP_SLO_SCRAPE_URLS="http://127.0.0.1:$((conv + 10))/metrics,http://127.0.0.1:$((know + 10))/metrics" TP_WORKER_THREADS=1 \
         "$TP_BIN/gateway" serve >>"$logs/gateway.log" 2>&1 &
     STACK_PIDS+=($!)
     local port

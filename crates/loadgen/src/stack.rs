@@ -151,6 +151,9 @@ impl Stack {
                 vec![
                     ("TP_KNOWLEDGE_ADDR", knowledge.to_string()),
                     ("TP_HTTP_ADDR", http[2].to_string()),
+                    // As deployed (deploy/k8s): a fraction of a core, one
+                    // worker thread.
+                    ("TP_WORKER_THREADS", "1".to_owned()),
                 ],
             ),
             (
@@ -171,6 +174,7 @@ impl Stack {
                     ("TP_CONVERSATION_URL", url(conversation)),
                     ("TP_KNOWLEDGE_URL", url(knowledge)),
                     ("TP_JWT_HS256_SECRET", SIGNING_SECRET.to_owned()),
+                    ("TP_WORKER_THREADS", "1".to_owned()),
                     (
                         "TP_SLO_SCRAPE_URLS",
                         format!("http://{}/metrics,http://{}/metrics", http[1], http[2]),

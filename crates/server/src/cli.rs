@@ -49,6 +49,14 @@ struct ServeArgs<C: Args> {
     /// are refused from the signal on.
     #[arg(long, env = "TP_SHUTDOWN_GRACE_SECS", default_value_t = 20)]
     shutdown_grace_secs: u64,
+    /// Threads that run the service's tasks; default one per CPU. A
+    /// service that needs a fraction of a core (the gateway, knowledge)
+    /// is cheaper on one: measured on two shared cores, the gateway and
+    /// knowledge on one thread each cost ~230 µs less CPU per SendMessage,
+    /// the wake-ups of an idle second thread that a call's tasks hop to
+    /// (BENCHMARKS.md, session 13). Scale such a service out, not up.
+    #[arg(long, env = "TP_WORKER_THREADS")]
+    worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 /// Runs `serve` with a shutdown future that resolves on `signal`, and
@@ -94,9 +102,15 @@ where
 /// then migrate or serve.
 pub fn main<S: ServiceMain>() -> anyhow::Result<()> {
     let cli = Cli::<S::Config>::parse_from(std::env::args_os());
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(ServeArgs {
+        worker_threads: Some(threads),
+        ..
+    }) = &cli.command
+    {
+        runtime.worker_threads(threads.get());
+    }
+    let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
         let _telemetry = tp_telemetry::init(S::NAME)?;
         match cli.command {
@@ -115,6 +129,34 @@ pub fn main<S: ServiceMain>() -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Args)]
+    struct NoConfig {}
+
+    #[test]
+    fn worker_threads_are_a_positive_count_and_only_for_serve() {
+        let parse = |args: &[&str]| Cli::<NoConfig>::try_parse_from(args);
+        let threads = |cli: Cli<NoConfig>| match cli.command {
+            Command::Serve(serve) => serve.worker_threads.map(|n| n.get()),
+            Command::Migrate { .. } => None,
+        };
+        let one = parse(&["svc", "serve", "--worker-threads", "1"]).expect("parses");
+        assert_eq!(threads(one), Some(1));
+        let default = parse(&["svc", "serve"]).expect("parses");
+        assert_eq!(threads(default), None);
+        assert!(parse(&["svc", "serve", "--worker-threads", "0"]).is_err());
+        assert!(
+            parse(&[
+                "svc",
+                "migrate",
+                "--database-url",
+                "x",
+                "--worker-threads",
+                "1"
+            ])
+            .is_err()
+        );
+    }
     use std::time::Instant;
     use tonic::transport::Server;
     use tonic_health::pb::HealthCheckRequest;
