@@ -103,6 +103,34 @@ pub struct TelemetryCpu {
 pub const THIS_BUILD: &str = "this build, slice ";
 pub const OTHER_BUILD: &str = "compared build, slice ";
 
+/// Each pair's rate of `op` in the slices named `{first}{k}` over that in
+/// `{second}{k}` (k = 1, 2, ...), in pair order: the spread of an
+/// alternating comparison. Pairs seconds apart share the machine's state,
+/// so their spread is what one comparison can resolve on it (an A/A run
+/// here: ±8 %), and a mean inside it is not a result.
+pub fn pair_ratios(phases: &[PhaseResult], first: &str, second: &str, op: &str) -> Vec<f64> {
+    let slice = |prefix: &str, k: usize| {
+        let name = format!("{prefix}{k}");
+        phases.iter().find(|p| p.name == name)
+    };
+    (1..)
+        .map_while(|k| Some((slice(first, k)?, slice(second, k)?)))
+        .filter_map(|(a, b)| {
+            let below = rate(&[b], op);
+            (below > 0.0).then(|| rate(&[a], op) / below)
+        })
+        .collect()
+}
+
+/// Fractions as signed percentages: `[0.041, -0.02]` is "+4.1, -2.0 %".
+pub fn percents(fractions: impl IntoIterator<Item = f64>) -> String {
+    let parts: Vec<String> = fractions
+        .into_iter()
+        .map(|f| format!("{:+.1}", f * 100.0))
+        .collect();
+    format!("{} %", parts.join(", "))
+}
+
 /// Successful calls per second of `op` summed over phases.
 pub fn rate(phases: &[&PhaseResult], op: &str) -> f64 {
     let ok: u64 = phases.iter().filter_map(|p| p.op(op)).map(|o| o.ok).sum();
@@ -288,12 +316,15 @@ impl Report {
             let send = crate::workers::op::SEND_MESSAGE;
             let this = rate(&slices(THIS_BUILD), send);
             let other = rate(&slices(OTHER_BUILD), send);
+            let pairs = pair_ratios(&self.phases, THIS_BUILD, OTHER_BUILD, send);
             let _ = writeln!(
                 out,
-                "this build against {}: SendMessage {this:.0}/s against {other:.0}/s ({:+.1} %); \
-                 CPU of the three services per call {:.0} us against {:.0} us ({:+.0} us)",
+                "this build against {}: SendMessage {this:.0}/s against {other:.0}/s ({:+.1} %; \
+                 pair by pair {}); CPU of the three services per call {:.0} us against {:.0} us \
+                 ({:+.0} us)",
                 cpu.other_bin_dir,
                 (this / other.max(f64::EPSILON) - 1.0) * 100.0,
+                percents(pairs.iter().map(|r| r - 1.0)),
                 cpu.this_us_per_call,
                 cpu.other_us_per_call,
                 cpu.this_us_per_call - cpu.other_us_per_call
