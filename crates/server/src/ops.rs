@@ -228,7 +228,20 @@ impl Ops {
             return Some(text(StatusCode::METHOD_NOT_ALLOWED, "use GET"));
         }
         Some(match path {
-            "/metrics" => self.scrape(),
+            "/metrics" => {
+                // Encoding every series (tens of MB with 1,000 tenants) is
+                // milliseconds of CPU: on a blocking thread, so a service
+                // on one worker thread keeps serving calls meanwhile.
+                let ops = self.clone();
+                tokio::task::spawn_blocking(move || ops.scrape())
+                    .await
+                    .unwrap_or_else(|_| {
+                        text(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "encoding the metrics failed",
+                        )
+                    })
+            }
             "/healthz" => text(StatusCode::OK, "ok"),
             _ => match self.not_ready().await {
                 None => text(StatusCode::OK, "ready"),

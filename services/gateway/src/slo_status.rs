@@ -166,7 +166,7 @@ fn now_unix() -> i64 {
 
 /// The SLO plan, the history and where the counts come from.
 pub struct SloMonitor {
-    plan: SliPlan,
+    plan: Arc<SliPlan>,
     history: Mutex<History>,
     metrics: Metrics,
     targets: Vec<ScrapeTarget>,
@@ -189,7 +189,7 @@ impl SloMonitor {
             .max()
             .unwrap_or(tp_slo::Duration::days(28));
         let targets = parse_scrape_urls(scrape_urls)?;
-        let plan = SliPlan::new(&catalog);
+        let plan = Arc::new(SliPlan::new(&catalog));
         Ok(Self {
             history: Mutex::new(History::new(longest, targets.len() + 1, MAX_SERIES)),
             failing: Mutex::new(vec![false; targets.len()]),
@@ -203,16 +203,30 @@ impl SloMonitor {
     pub async fn sample(&self) {
         let mut readings = Vec::with_capacity(self.targets.len() + 1);
         // The gateway's own exposition (every tenant's series) is read as
-        // it is written, a line at a time, never held whole.
-        let mut own = SelectedLines {
-            plan: &self.plan,
-            line: String::new(),
-            samples: Vec::new(),
-        };
-        readings.push(match self.metrics.encode_to(&mut own) {
-            Ok(()) => Some(self.plan.read(&own.finish())),
-            Err(e) => {
+        // it is written, a line at a time, never held whole. With 1,000
+        // tenants that is tens of MB of text, milliseconds of CPU: on a
+        // blocking thread, so a gateway on one worker thread (as deployed)
+        // keeps serving calls meanwhile.
+        let (plan, metrics) = (self.plan.clone(), self.metrics.clone());
+        let own = tokio::task::spawn_blocking(move || {
+            let mut own = SelectedLines {
+                plan: &plan,
+                line: String::new(),
+                samples: Vec::new(),
+            };
+            metrics
+                .encode_to(&mut own)
+                .map(|()| plan.read(&own.finish()))
+        })
+        .await;
+        readings.push(match own {
+            Ok(Ok(reading)) => Some(reading),
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "SLO sampler: encoding the gateway's metrics failed");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "SLO sampler: reading the gateway's metrics failed");
                 None
             }
         });
@@ -230,7 +244,14 @@ impl SloMonitor {
                     if was_failing {
                         tracing::info!(target = %target.authority, "SLO sampler: scraping again");
                     }
-                    readings.push(Some(self.read(&text)));
+                    // Parsing another service's exposition is CPU work
+                    // too: off the worker threads, as above.
+                    let plan = self.plan.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        plan.read(&plan.selected_samples(&text))
+                    })
+                    .await;
+                    readings.push(read.ok());
                 }
                 Err(e) => {
                     if !was_failing {
@@ -245,10 +266,6 @@ impl SloMonitor {
         if let Ok(mut history) = self.history.lock() {
             history.record(now, readings);
         }
-    }
-
-    fn read(&self, text: &str) -> tp_slo::live::Reading {
-        self.plan.read(&self.plan.selected_samples(text))
     }
 
     /// Samples now and then every `interval`, until the task is aborted.
