@@ -7,16 +7,28 @@ use tp_e2e::processes::ProcessStack;
 
 const SERVICE_BINARY: &str = env!("CARGO_BIN_EXE_tp-e2e-service");
 
-/// Tokio's worker threads of process `pid`, by their thread name.
-fn runtime_workers(pid: u32) -> anyhow::Result<usize> {
-    let mut workers = 0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-        let comm = std::fs::read_to_string(task?.path().join("comm"))?;
-        if comm.trim_end() == "tokio-rt-worker" {
-            workers += 1;
+/// The worker count `service` logged as its runtime started (Tokio names
+/// its blocking threads as its workers, so counting threads cannot tell).
+async fn logged_workers(app: &ProcessStack, service: &str) -> anyhow::Result<u64> {
+    let path = app.log_dir().join(format!("{service}.log"));
+    let started = std::time::Instant::now();
+    loop {
+        // Log lines are written in batches, up to 50 ms late.
+        let log = std::fs::read_to_string(&path)?;
+        let logged = log
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|line| line["fields"]["message"] == "runtime started")
+            .and_then(|line| line["fields"]["worker_threads"].as_u64());
+        if let Some(workers) = logged {
+            return Ok(workers);
         }
+        anyhow::ensure!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "{service} logged no \"runtime started\" line"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Ok(workers)
 }
 
 #[tokio::test]
@@ -28,8 +40,9 @@ async fn each_service_runs_the_worker_threads_it_is_configured_with() -> anyhow:
     )
     .await?;
     let mut seen = Vec::new();
-    for (name, pid) in app.stack.processes() {
-        seen.push((name.clone(), runtime_workers(pid)?));
+    for (name, _pid) in app.stack.processes() {
+        let workers = logged_workers(&app, &name).await?;
+        seen.push((name, workers));
     }
     seen.sort();
     assert_eq!(

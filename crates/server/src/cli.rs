@@ -116,6 +116,12 @@ pub fn main<S: ServiceMain>() -> anyhow::Result<()> {
         match cli.command {
             Command::Migrate { database_url } => S::migrate(&database_url).await,
             Command::Serve(args) => {
+                // Tokio names its blocking threads as its workers, so this
+                // is where the worker count can be read (and checked).
+                tracing::info!(
+                    worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
+                    "runtime started"
+                );
                 let grace = Duration::from_secs(args.shutdown_grace_secs);
                 serve_with_grace(crate::shutdown_signal(), grace, |shutdown| {
                     S::serve(args.config, shutdown)
