@@ -319,10 +319,11 @@ impl Report {
             let pairs = pair_ratios(&self.phases, THIS_BUILD, OTHER_BUILD, send);
             let _ = writeln!(
                 out,
-                "this build against {}: SendMessage {this:.0}/s against {other:.0}/s ({:+.1} %; \
+                "this build against {}, {}SendMessage {this:.0}/s against {other:.0}/s ({:+.1} %; \
                  pair by pair {}); CPU of the three services per call {:.0} us against {:.0} us \
                  ({:+.0} us)",
                 cpu.other_bin_dir,
+                crate::run::sharing_note(&slices(THIS_BUILD), self.settings.concurrency),
                 (this / other.max(f64::EPSILON) - 1.0) * 100.0,
                 percents(pairs.iter().map(|r| r - 1.0)),
                 cpu.this_us_per_call,

@@ -88,6 +88,19 @@ pub struct RunArgs {
     /// other build runs against this build's schema. Only with this flag.
     #[arg(long)]
     compare_bin_dir: Option<PathBuf>,
+    /// How the two-stack comparisons (telemetry, builds) share the machine.
+    #[arg(long, value_enum, default_value_t = Sharing::Together)]
+    sharing: Sharing,
+}
+
+/// How the two stacks of a comparison take turns on the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Sharing {
+    /// Both at once, half the streams each, in windows: each side sees
+    /// the same machine at every instant.
+    Together,
+    /// One at a time, all the streams, in alternating slices (A-B, B-A...).
+    Alternate,
 }
 
 /// Groups of phases, for `--phases`.
@@ -522,14 +535,22 @@ fn stack_cpu(stack: &Stack) -> f64 {
 }
 
 /// Two fresh stacks side by side (telemetry on against off, or two
-/// builds) and SendMessage alternating between them in slices (A-B, B-A,
-/// ...), so both see the same machine: whole phases minutes apart
-/// differed by up to 30 % here. Each slice is as long as a whole phase:
-/// over 2.5 s slices runs of the same build read -22 % to +18 %; over
-/// 10 s slices the same binaries on both sides still read -8 % once
-/// (session 11), so one run resolves differences of about that size and
-/// no finer. Returns each side's CPU per call.
-async fn alternate(
+/// builds) under SendMessage load, sharing the machine as `args.sharing`
+/// says, so both see the same machine: whole phases minutes apart
+/// differed by up to 30 % here. Returns each side's CPU per call.
+///
+/// - [`Sharing::Alternate`]: all the streams on one side at a time, in
+///   slices as long as a whole phase (A-B, B-A, ...). Slices of the same
+///   build still differ by up to ±15 % on this machine (sessions 11-14),
+///   so one run resolves differences of about that size and no finer.
+/// - [`Sharing::Together`]: both at once, half the streams each, over
+///   their own conversations, in windows as long as a whole phase (twice
+///   as many windows as alternating slices: the same wall time). Whatever
+///   slows the machine slows both sides in the same instant; what differs
+///   is each side's own cost per call. With the CPU shared fairly, each
+///   side's share of the calls is its share of the work: the ratio of
+///   their rates is the ratio each would reach alone.
+async fn compare_stacks(
     args: &RunArgs,
     db: &Database,
     seeded: &Seeded,
@@ -553,16 +574,52 @@ async fn alternate(
     slice.warmup = slice.warmup.min(Duration::from_millis(500));
     let cpu_before = sides.map(|(_, stack)| stack_cpu(stack));
     let first_slice = phases.len();
-    for pair in 0..SLICES {
-        for first in ab_ba(pair) {
-            let ((prefix, stack), channels) = if first {
-                (sides[0], &first_channels)
-            } else {
-                (sides[1], &second_channels)
-            };
-            slice.name = format!("{prefix}{}", pair + 1);
-            let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, seeded);
-            phases.push(driver::run(&slice, workers, stack.processes()).await);
+    match args.sharing {
+        Sharing::Alternate => {
+            for pair in 0..SLICES {
+                for first in ab_ba(pair) {
+                    let ((prefix, stack), channels) = if first {
+                        (sides[0], &first_channels)
+                    } else {
+                        (sides[1], &second_channels)
+                    };
+                    slice.name = format!("{prefix}{}", pair + 1);
+                    let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, seeded);
+                    phases.push(driver::run(&slice, workers, stack.processes()).await);
+                }
+            }
+        }
+        Sharing::Together => {
+            // Each side its own half of the conversations: a conversation
+            // is locked while a turn is stored, and a side must never wait
+            // on the other's lock. The halves, and which side's workers
+            // start first, swap from one window to the next.
+            let half = (c / 2).max(1);
+            let (evens, odds) = halves(&seeded.senders);
+            slice.concurrency = half;
+            for window in 1..=2 * SLICES {
+                let swapped = window % 2 == 0;
+                let run_side = |i: usize, senders: &[Sender]| {
+                    let mut phase = slice.clone();
+                    phase.name = format!("{}{window}", sides[i].0);
+                    let channels = if i == 0 {
+                        &first_channels
+                    } else {
+                        &second_channels
+                    };
+                    let workers = api_workers(channels, half, Mix::SEND, senders, seeded);
+                    let processes = sides[i].1.processes();
+                    async move { driver::run(&phase, workers, processes).await }
+                };
+                let (first, second) = if swapped {
+                    let (second, first) = tokio::join!(run_side(1, &evens), run_side(0, &odds));
+                    (first, second)
+                } else {
+                    tokio::join!(run_side(0, &evens), run_side(1, &odds))
+                };
+                phases.push(first);
+                phases.push(second);
+            }
         }
     }
     // Let deferred work (batched span exports, log flushes) finish: work a
@@ -585,6 +642,18 @@ async fn alternate(
         per_call[i] = (stack_cpu(stack) - cpu_before[i]) * 1e6 / n as f64;
     }
     Ok(Some(per_call))
+}
+
+/// The senders split in two for the stacks of a [`Sharing::Together`]
+/// comparison: no conversation on both sides (one sender: both share it).
+fn halves<T: Clone>(senders: &[T]) -> (Vec<T>, Vec<T>) {
+    let evens: Vec<T> = senders.iter().step_by(2).cloned().collect();
+    let odds: Vec<T> = senders.iter().skip(1).step_by(2).cloned().collect();
+    if odds.is_empty() {
+        (evens.clone(), evens)
+    } else {
+        (evens, odds)
+    }
 }
 
 fn check(name: &str, measured: String, target: &str, met: bool) -> TargetCheck {
@@ -859,7 +928,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let loud = Stack::start(&stack_config(true)).await?;
         let quiet = Stack::start(&stack_config(false)).await?;
         let sides = [(TELEMETRY_ON, &loud), (TELEMETRY_OFF, &quiet)];
-        if let Some([on, off]) = alternate(&args, &db, &seeded, sides, &mut phases).await? {
+        if let Some([on, off]) = compare_stacks(&args, &db, &seeded, sides, &mut phases).await? {
             telemetry_cpu = Some(TelemetryCpu {
                 on_us_per_call: on,
                 off_us_per_call: off,
@@ -882,7 +951,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         .await?;
         let sides = [(THIS_BUILD, &this), (OTHER_BUILD, &other)];
         if let Some([this_us, other_us]) =
-            alternate(&args, &db, &seeded, sides, &mut phases).await?
+            compare_stacks(&args, &db, &seeded, sides, &mut phases).await?
         {
             builds_cpu = Some(BuildsCpu {
                 other_bin_dir: other_dir.display().to_string(),
@@ -927,6 +996,18 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         eprintln!("[loadgen] report written to {}", path.display());
     }
     Ok(report)
+}
+
+/// How a comparison's slices shared the machine, from their streams: a
+/// slice with fewer streams than the run's ran beside the other side's.
+pub fn sharing_note(slices: &[&PhaseResult], concurrency: usize) -> String {
+    match slices.first() {
+        Some(slice) if slice.concurrency < concurrency => {
+            format!("both stacks at once, {} streams each: ", slice.concurrency)
+        }
+        Some(_) => "in alternating slices: ".to_owned(),
+        None => String::new(),
+    }
 }
 
 /// The issue's targets, from this run's figures.
@@ -1076,7 +1157,8 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         checks.push(check(
             "throughput lost to full telemetry (SendMessage)",
             format!(
-                "{on:.0}/s on, {off:.0}/s off: {:.1} % (pair by pair: {})",
+                "{}{on:.0}/s on, {off:.0}/s off: {:.1} % (pair by pair: {})",
+                sharing_note(&slices(TELEMETRY_ON), report.settings.concurrency),
                 loss * 100.0,
                 crate::report::percents(losses)
             ),
@@ -1301,6 +1383,45 @@ mod tests {
     }
 
     #[test]
+    fn the_telemetry_figure_says_how_the_stacks_shared_the_machine() {
+        let send = |ok| vec![op_with(op::SEND_MESSAGE, ok, 5.0, 10.0, 20.0, None)];
+        let alone = report(vec![
+            phase(&format!("{TELEMETRY_ON}1"), 5.0, send(960)),
+            phase(&format!("{TELEMETRY_OFF}1"), 5.0, send(1000)),
+        ]);
+        let measured = find(&targets(&alone), "throughput lost").measured.clone();
+        assert!(
+            measured.starts_with("in alternating slices: "),
+            "{measured}"
+        );
+        // Both at once: each side had half the run's 32 streams.
+        let half = |mut p: PhaseResult| {
+            p.concurrency = 16;
+            p
+        };
+        let together = report(vec![
+            half(phase(&format!("{TELEMETRY_ON}1"), 5.0, send(480))),
+            half(phase(&format!("{TELEMETRY_OFF}1"), 5.0, send(500))),
+        ]);
+        let measured = find(&targets(&together), "throughput lost")
+            .measured
+            .clone();
+        assert!(
+            measured.starts_with("both stacks at once, 16 streams each: 96/s on, 100/s off: 4.0 %"),
+            "{measured}"
+        );
+    }
+
+    #[test]
+    fn stacks_run_together_never_share_a_conversation() {
+        let (first, second) = halves(&[1, 2, 3, 4, 5]);
+        assert_eq!(first, vec![1, 3, 5]);
+        assert_eq!(second, vec![2, 4]);
+        // One conversation only: both sides must still have one to send to.
+        assert_eq!(halves(&[7]), (vec![7], vec![7]));
+    }
+
+    #[test]
     fn the_builds_comparison_reports_both_sides_rates_and_cpu() {
         let send = |ok| vec![op_with(op::SEND_MESSAGE, ok, 5.0, 10.0, 20.0, None)];
         let mut r = report(vec![
@@ -1319,8 +1440,8 @@ mod tests {
         let text = r.render();
         assert!(
             text.contains(
-                "this build against /tmp/before: SendMessage 110/s against 100/s (+10.0 %; \
-                 pair by pair +10.0, +10.0 %)"
+                "this build against /tmp/before, in alternating slices: SendMessage 110/s \
+                 against 100/s (+10.0 %; pair by pair +10.0, +10.0 %)"
             ),
             "{text}"
         );
