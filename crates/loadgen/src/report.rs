@@ -104,10 +104,10 @@ pub const THIS_BUILD: &str = "this build, slice ";
 pub const OTHER_BUILD: &str = "compared build, slice ";
 
 /// Each pair's rate of `op` in the slices named `{first}{k}` over that in
-/// `{second}{k}` (k = 1, 2, ...), in pair order: the spread of an
-/// alternating comparison. Pairs seconds apart share the machine's state,
-/// so their spread is what one comparison can resolve on it (an A/A run
-/// here: ±8 %), and a mean inside it is not a result.
+/// `{second}{k}` (k = 1, 2, ...), in pair order: the spread of a
+/// comparison. A pair shares the machine's state (the same window, or
+/// slices seconds apart), so their spread is what one comparison can
+/// resolve on it, and a mean inside it is not a result.
 pub fn pair_ratios(phases: &[PhaseResult], first: &str, second: &str, op: &str) -> Vec<f64> {
     let slice = |prefix: &str, k: usize| {
         let name = format!("{prefix}{k}");

@@ -83,8 +83,8 @@ pub struct RunArgs {
     #[arg(long, value_enum, value_delimiter = ',')]
     phases: Vec<PhaseGroup>,
     /// Compare this build with the services in this directory (a build of
-    /// another commit, say): two stacks side by side and SendMessage
-    /// alternating between them, as the telemetry comparison runs. The
+    /// another commit, say): two stacks side by side under SendMessage,
+    /// sharing the machine as the telemetry comparison does. The
     /// other build runs against this build's schema. Only with this flag.
     #[arg(long)]
     compare_bin_dir: Option<PathBuf>,
@@ -918,8 +918,8 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     }
 
     // Telemetry on against off: two fresh stacks side by side, one with
-    // telemetry off, and the load alternating between them in short slices
-    // (on-off, off-on, ...), so both see the same machine: whole phases
+    // telemetry off, sharing the load as `--sharing` says (see
+    // `compare_stacks`), so both see the same machine: whole phases
     // minutes apart differed by up to 30 % here. Both are fresh, so the
     // first stack's history (1,000 tenants' series) is not counted against
     // telemetry.
