@@ -69,10 +69,7 @@ where
         event: &tracing::Event<'_>,
     ) -> fmt::Result {
         if event.metadata().target() != CANONICAL_TARGET {
-            let Some(trace_id) = ctx
-                .lookup_current()
-                .and_then(|span| crate::call_span::trace_id_of(&span))
-            else {
+            let Some(trace_id) = crate::call_span::current_trace_id() else {
                 return self.0.format_event(ctx, writer, event);
             };
             return LINE.with_borrow_mut(|line| {

@@ -31,6 +31,7 @@ mod propagation;
 mod schema_check;
 
 pub use call::{CallFields, CallRecord};
+pub use call_span::in_current_call;
 pub use metrics::{
     AuthMode, AuthOutcome, GenAiProvider, LimitScope, Metrics, MetricsError,
     OPENMETRICS_CONTENT_TYPE, PoolSample, TokenType,
@@ -243,12 +244,6 @@ pub fn init_for_tests() -> TestTelemetry {
         .clone()
 }
 
-/// The target of every call's tracing span. [`global_filter`] always lets
-/// it through: the call's trace context hangs on it (see `call_span`), so
-/// trace propagation and exemplars do not depend on how much an operator
-/// chooses to log.
-pub(crate) const RPC_SPAN_TARGET: &str = "rpc";
-
 /// `RUST_LOG`, or `info` when it is unset or unreadable (the tests' stdout
 /// filter).
 #[cfg(feature = "testing")]
@@ -256,11 +251,11 @@ fn rust_log() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// What exists at all: `RUST_LOG` (default `info`) plus the calls' spans.
-/// It is the only filter for the services' layers: a layer with a filter
-/// of its own looks every span up again on every enter and exit to ask
-/// whether it is enabled for it, and spans are entered on every poll of
-/// every instrumented future.
+/// What exists at all: `RUST_LOG` (default `info`). Trace propagation and
+/// exemplars do not depend on it: a call's trace context is not a tracing
+/// span (see `call_span`). It is the only filter for the services'
+/// layers: a layer with a filter of its own looks every span up again on
+/// every enter and exit to ask whether it is enabled for it.
 ///
 /// For the same reason it is a [`Targets`] filter whenever the directives
 /// only name targets and levels (`info`, `warn,tp_gateway=debug`): an
@@ -277,18 +272,13 @@ fn global_filter(directives: Option<&str>) -> GlobalFilter {
     };
     if let Ok(targets) = directives.parse::<Targets>() {
         return GlobalFilter {
-            targets: Some(targets.with_target(RPC_SPAN_TARGET, tracing::Level::INFO)),
+            targets: Some(targets),
             env: None,
         };
     }
-    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"));
-    let env = match format!("{RPC_SPAN_TARGET}=info").parse() {
-        Ok(directive) => filter.add_directive(directive),
-        Err(_) => filter,
-    };
     GlobalFilter {
         targets: None,
-        env: Some(env),
+        env: Some(EnvFilter::try_new(&directives).unwrap_or_else(|_| EnvFilter::new("info"))),
     }
 }
 
@@ -430,11 +420,10 @@ mod filter_tests {
     use tracing::Level;
 
     #[test]
-    fn targets_and_levels_get_a_targets_filter_that_keeps_the_calls_spans() {
+    fn targets_and_levels_get_a_targets_filter() {
         let filter = global_filter(Some("warn,tp_gateway=debug"));
         assert!(filter.env.is_none());
         let targets = filter.targets.expect("a Targets filter");
-        assert!(targets.would_enable(RPC_SPAN_TARGET, &Level::INFO));
         assert!(targets.would_enable("tp_gateway::access", &Level::DEBUG));
         assert!(!targets.would_enable("tp_gateway::access", &Level::TRACE));
         assert!(!targets.would_enable("h2::proto", &Level::INFO));

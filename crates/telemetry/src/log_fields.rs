@@ -7,7 +7,7 @@
 //! inside it is rare (the canonical event carries its own trace id), so
 //! the formatter sees no spans at all ([`EventsOnly`]) and a line written
 //! inside a call gets the call's trace id when it is written
-//! ([`add_trace_id`]), from the context `call_span` keeps on the span.
+//! ([`add_trace_id`]), from the context `call_span` keeps for the call.
 
 use std::any::TypeId;
 
@@ -108,21 +108,19 @@ mod tests {
         let trace_id = TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").expect("hex");
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!("outside");
-            let span = tracing::info_span!("grpc.server", tp.tenant.id = "tenant-secret-ish");
-            crate::call_span::attach(
-                &span,
-                SpanContext::new(
-                    trace_id,
-                    SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
-                    TraceFlags::SAMPLED,
-                    true,
-                    TraceState::default(),
-                ),
+            let context = SpanContext::new(
+                trace_id,
+                SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+                TraceFlags::SAMPLED,
+                true,
+                TraceState::default(),
             );
-            let _entered = span.enter();
-            let inner = tracing::info_span!("inner");
-            let _inner = inner.enter();
-            tracing::info!(answer = 42, "inside");
+            crate::call_span::with_context(context, || {
+                // A span of the code's own does not hide the call's.
+                let inner = tracing::info_span!("inner", tp.tenant.id = "tenant-secret-ish");
+                let _inner = inner.enter();
+                tracing::info!(answer = 42, "inside");
+            });
         });
         let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
@@ -131,7 +129,6 @@ mod tests {
             .collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].get("span").is_none(), "{text}");
-        // Found from a span inside the call's, too.
         assert_eq!(
             lines[1]["span"]["trace_id"],
             "0af7651916cd43dd8448eb211c80319c"

@@ -78,7 +78,7 @@ impl RpcMethods {
 }
 
 /// Server side: continues the caller's trace from the `traceparent` metadata,
-/// wraps the call in a `grpc.server` span, measures it
+/// runs the call in its context and exports its span, measures it
 /// (`rpc.server.call.duration`, and `tp.rpc.server.time_to_first_message`
 /// for server-streaming methods), and emits its canonical event. A call is
 /// measured until its response body ends, so a streaming call's duration
@@ -355,18 +355,13 @@ where
             global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
         let call_span = CallSpan::start(&parent, &method, self.layer.metrics.component());
-        // The tracing span the call's work runs in: no fields, only the
-        // call's trace context in its extensions, for propagation, the
-        // exemplars and the trace id of log lines (see `log_fields`).
-        let span = tracing::info_span!(target: crate::RPC_SPAN_TARGET, "grpc.server");
-        call_span.attach_to(&span);
         let record = CallRecord::new();
         request.extensions_mut().insert(record.clone());
 
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
+        // The call's work runs with its trace context current, for
+        // propagation, the exemplars and the trace id of log lines (see
+        // `call_span`).
+        let future = call_span.scope(call_span.in_scope(|| self.inner.call(request)));
         let observation = ServerObservation {
             call_span,
             metrics: self.layer.metrics.clone(),
@@ -378,7 +373,7 @@ where
             first_message: None,
         };
         Box::pin(async move {
-            match tracing::Instrument::instrument(future, span).await {
+            match future.await {
                 Ok(response) => Ok(observe_response(response, observation)),
                 Err(error) => {
                     observation.finish(CODE_UNKNOWN);

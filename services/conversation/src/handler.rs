@@ -8,7 +8,6 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use tp_proto::v1 as pb;
 use tp_store::paging::Page;
-use tracing::Instrument;
 
 use crate::export::{self, Chunker, ExportError, ExportStore};
 use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
@@ -68,7 +67,9 @@ impl ConversationHandler {
             exchange,
             events,
         );
-        tokio::spawn(task.instrument(tracing::Span::current()));
+        // The reply's work keeps the call's trace context (its call to
+        // knowledge continues the trace; its log lines carry the trace id).
+        tokio::spawn(tp_telemetry::in_current_call(task));
         Ok(ReceiverStream::new(receiver))
     }
 }
@@ -403,18 +404,13 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             format!("conversation-{id}.{extension}"),
         );
         let store = self.exports.clone();
-        tokio::spawn(
-            async move {
-                match export::write_conversation(&store, &ctx, &conversation, format, &mut out)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(ExportError::Gone) => tracing::info!("export abandoned by the client"),
-                    Err(ExportError::Store(e)) => out.fail(e.into()).await,
-                }
+        tokio::spawn(tp_telemetry::in_current_call(async move {
+            match export::write_conversation(&store, &ctx, &conversation, format, &mut out).await {
+                Ok(()) => {}
+                Err(ExportError::Gone) => tracing::info!("export abandoned by the client"),
+                Err(ExportError::Store(e)) => out.fail(e.into()).await,
             }
-            .in_current_span(),
-        );
+        }));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
@@ -435,23 +431,20 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
             format!("thoughtpartner-{}-{date}.jsonl", ctx.tenant_id),
         );
         let (store, sealer) = (self.exports.clone(), self.sealer.clone());
-        tokio::spawn(
-            async move {
-                match export::write_tenant(&store, &sealer, ctx.tenant_id, from, &mut out).await {
-                    Ok((conversations, messages)) => tracing::info!(
-                        conversations,
-                        messages,
-                        resumed = from.is_some(),
-                        "organisation export finished"
-                    ),
-                    Err(ExportError::Gone) => {
-                        tracing::info!("organisation export abandoned by the client")
-                    }
-                    Err(ExportError::Store(e)) => out.fail(e.into()).await,
+        tokio::spawn(tp_telemetry::in_current_call(async move {
+            match export::write_tenant(&store, &sealer, ctx.tenant_id, from, &mut out).await {
+                Ok((conversations, messages)) => tracing::info!(
+                    conversations,
+                    messages,
+                    resumed = from.is_some(),
+                    "organisation export finished"
+                ),
+                Err(ExportError::Gone) => {
+                    tracing::info!("organisation export abandoned by the client")
                 }
+                Err(ExportError::Store(e)) => out.fail(e.into()).await,
             }
-            .in_current_span(),
-        );
+        }));
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 
