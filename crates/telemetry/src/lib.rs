@@ -29,6 +29,7 @@ pub mod metrics;
 mod propagation;
 #[cfg(test)]
 mod schema_check;
+mod trace_context;
 
 pub use call::{CallFields, CallRecord};
 pub use call_span::in_current_call;

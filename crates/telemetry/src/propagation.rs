@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Buf as _;
 use http_body_util::BodyExt;
-use opentelemetry::global;
 use opentelemetry::trace::{SpanContext, TraceContextExt, TraceId};
-use opentelemetry_http::{HeaderExtractor, HeaderInjector};
 use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -21,6 +19,7 @@ use tower_service::Service;
 use crate::call::CallRecord;
 use crate::call_span::{CallSpan, current_context, sampled_trace_id};
 use crate::metrics::{Metrics, OTHER_METHOD, server_error_type, status_code_name};
+use crate::trace_context;
 
 /// The trace id a metric's exemplar carries: the current call's, if its
 /// trace is sampled.
@@ -351,8 +350,10 @@ where
             return Box::pin(async move { Ok(future.await?.map(tonic::body::Body::new)) });
         }
         let started = Instant::now();
-        let parent =
-            global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(request.headers())));
+        let parent = match trace_context::extract(request.headers()) {
+            Some(caller) => opentelemetry::Context::new().with_remote_span_context(caller),
+            None => opentelemetry::Context::new(),
+        };
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
         let call_span = CallSpan::start(&parent, &method, self.layer.metrics.component());
         let record = CallRecord::new();
@@ -456,12 +457,7 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         let context = current_context().unwrap_or_else(SpanContext::empty_context);
-        global::get_text_map_propagator(|p| {
-            p.inject_context(
-                &opentelemetry::Context::new().with_remote_span_context(context.clone()),
-                &mut HeaderInjector(request.headers_mut()),
-            )
-        });
+        trace_context::inject(&context, request.headers_mut());
         // Only our own services are called through this layer, so the
         // method names are the few the code calls: bounded.
         let observation = ClientObservation {
