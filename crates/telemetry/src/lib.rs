@@ -14,7 +14,6 @@ use opentelemetry::global;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -320,7 +319,6 @@ fn install<L>(
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
-    global::set_text_map_propagator(TraceContextPropagator::new());
     call_span::install_tracer(tracer_provider.tracer(service_name));
     global::set_tracer_provider(tracer_provider);
     tracing_subscriber::registry()
