@@ -431,7 +431,7 @@ mod tests {
         .expect("described");
         let (name, streaming) =
             methods.lookup("/thoughtpartner.v1.ConversationService/SendMessage");
-        assert_eq!(&*name, "thoughtpartner.v1.ConversationService/SendMessage");
+        assert_eq!(name, "thoughtpartner.v1.ConversationService/SendMessage");
         assert!(streaming);
         assert!(
             !methods
@@ -440,13 +440,13 @@ mod tests {
         );
         // Served by others, not by this server.
         assert_eq!(
-            &*methods
+            methods
                 .lookup("/thoughtpartner.v1.KnowledgeService/Search")
                 .0,
             "_OTHER"
         );
         assert_eq!(
-            &*methods.lookup("/grpc.health.v1.Health/Check").0,
+            methods.lookup("/grpc.health.v1.Health/Check").0,
             "grpc.health.v1.Health/Check"
         );
         assert!(matches!(

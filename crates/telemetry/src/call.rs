@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 /// What is known about one call, filled as it proceeds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CallFields {
-    pub tenant_id: Option<String>,
-    pub member_id: Option<String>,
+    /// Shared, not copied, by the call's span and its canonical event.
+    pub tenant_id: Option<Arc<str>>,
+    pub member_id: Option<Arc<str>>,
     pub conversation_id: Option<String>,
     pub responder: Option<String>,
     pub input_tokens: Option<u64>,
@@ -50,8 +51,8 @@ impl CallRecord {
     /// The tenant and member the call acts for.
     pub fn set_caller(&self, tenant_id: impl ToString, member_id: &str) {
         let mut fields = self.fields();
-        fields.tenant_id = Some(tenant_id.to_string());
-        fields.member_id = Some(member_id.to_owned());
+        fields.tenant_id = Some(Arc::from(tenant_id.to_string()));
+        fields.member_id = Some(Arc::from(member_id));
     }
 
     pub fn set_conversation(&self, conversation_id: impl ToString) {
@@ -80,6 +81,17 @@ impl CallRecord {
     /// A copy of what is known so far.
     pub fn snapshot(&self) -> CallFields {
         self.fields().clone()
+    }
+
+    /// The tenant the call acts for, if known yet.
+    pub fn tenant_id(&self) -> Option<Arc<str>> {
+        self.fields().tenant_id.clone()
+    }
+
+    /// What is known, taken out once the call is over (the record is left
+    /// empty): nothing is copied.
+    pub(crate) fn take(&self) -> CallFields {
+        std::mem::take(&mut *self.fields())
     }
 }
 

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
 
 /// The tracer of this process's calls, set once by [`crate::init`] (or the
@@ -48,6 +48,9 @@ pub(crate) const SPAN_ATTRIBUTES: [&str; 7] = [
     TENANT_ID,
     MEMBER_ID,
 ];
+/// How many of them `start` sets, and how many `end` may add.
+const START_ATTRIBUTES: usize = 3;
+const END_ATTRIBUTES: usize = 4;
 const RPC_SYSTEM_NAME: &str = "rpc.system.name";
 const RPC_METHOD: &str = "rpc.method";
 const COMPONENT: &str = "tp.component";
@@ -71,22 +74,24 @@ impl CallSpan {
     /// Starts the call's span as a child of `parent` (the caller's context,
     /// from its `traceparent`; empty for a new trace), named by its
     /// `rpc.method`.
-    pub(crate) fn start(parent: &Context, method: &Arc<str>, component: &'static str) -> Self {
+    pub(crate) fn start(parent: &Context, method: &'static str, component: &'static str) -> Self {
         let Some(tracer) = TRACER.get() else {
             return Self {
                 span: None,
                 context: parent.span().span_context().clone(),
             };
         };
-        let span = tracer
-            .span_builder(String::from(&**method))
-            .with_kind(SpanKind::Server)
-            .with_attributes([
-                KeyValue::new(RPC_SYSTEM_NAME, "grpc"),
-                KeyValue::new(RPC_METHOD, method.clone()),
-                KeyValue::new(COMPONENT, component),
-            ])
-            .start_with_context(tracer, parent);
+        // Room for the attributes `end` adds, so the SDK's vector is
+        // allocated once.
+        let mut attributes = Vec::with_capacity(START_ATTRIBUTES + END_ATTRIBUTES);
+        attributes.extend([
+            KeyValue::new(RPC_SYSTEM_NAME, "grpc"),
+            KeyValue::new(RPC_METHOD, method),
+            KeyValue::new(COMPONENT, component),
+        ]);
+        let mut builder = tracer.span_builder(method).with_kind(SpanKind::Server);
+        builder.attributes = Some(attributes);
+        let span = builder.start_with_context(tracer, parent);
         let context = opentelemetry::trace::Span::span_context(&span).clone();
         Self {
             span: Some(span),
@@ -116,8 +121,8 @@ impl CallSpan {
         self,
         status_code: &'static str,
         error_type: Option<&'static str>,
-        tenant_id: Option<&str>,
-        member_id: Option<&str>,
+        tenant_id: Option<Arc<str>>,
+        member_id: Option<Arc<str>>,
     ) {
         let Some(mut span) = self.span else { return };
         use opentelemetry::trace::Span as _;
@@ -127,10 +132,10 @@ impl CallSpan {
             span.set_status(Status::error(error_type));
         }
         if let Some(tenant) = tenant_id {
-            span.set_attribute(KeyValue::new(TENANT_ID, tenant.to_owned()));
+            span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant)));
         }
         if let Some(member) = member_id {
-            span.set_attribute(KeyValue::new(MEMBER_ID, member.to_owned()));
+            span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member)));
         }
         span.end();
     }

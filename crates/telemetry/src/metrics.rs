@@ -338,10 +338,26 @@ impl EncodeLabelKey for Key {
 pub(crate) type LabelSet = Vec<(Key, Value)>;
 
 /// A label value: mostly static names, sometimes a tenant id or model.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// Compared and hashed by its text, whichever way it is held, so the same
+/// label set is one series however a caller built it.
+#[derive(Clone, Debug)]
 pub(crate) enum Value {
     Static(&'static str),
     Owned(Arc<str>),
+}
+
+impl PartialEq for Value {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Value {}
+
+impl std::hash::Hash for Value {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
 }
 
 impl Value {
@@ -362,22 +378,47 @@ impl EncodeLabelValue for Value {
     }
 }
 
-/// Builds a [`LabelSet`] in a metric's declared order.
-pub(crate) struct Labels(LabelSet);
+/// The most labels any metric has (`rpc.server.call.duration`: system,
+/// method, status code, error type, component, tenant).
+const MAX_LABELS: usize = 6;
+
+/// Builds a metric's labels in its declared order, on the stack: an
+/// observation finds its handles by these labels as a slice, so only the
+/// first observation of a label set allocates (the map's key).
+pub(crate) struct Labels {
+    items: [(Key, Value); MAX_LABELS],
+    len: usize,
+}
 
 impl Labels {
     pub(crate) fn new() -> Self {
-        Self(Vec::with_capacity(6))
+        Self {
+            items: std::array::from_fn(|_| (Key(""), Value::Static(""))),
+            len: 0,
+        }
     }
 
-    pub(crate) fn with(mut self, key: &'static str, value: &'static str) -> Self {
-        self.0.push((Key(key), Value::Static(value)));
+    fn push(mut self, key: &'static str, value: Value) -> Self {
+        // A metric with more labels than MAX_LABELS is a programming error
+        // the schema test catches; in release the extra label is dropped
+        // rather than panic on a caller's request.
+        debug_assert!(
+            self.len < MAX_LABELS,
+            "{key}: more than {MAX_LABELS} labels"
+        );
+        if let Some(slot) = self.items.get_mut(self.len) {
+            *slot = (Key(key), value);
+            self.len += 1;
+        }
         self
     }
 
-    pub(crate) fn with_owned(mut self, key: &'static str, value: impl Into<Arc<str>>) -> Self {
-        self.0.push((Key(key), Value::Owned(value.into())));
-        self
+    pub(crate) fn with(self, key: &'static str, value: &'static str) -> Self {
+        self.push(key, Value::Static(value))
+    }
+
+    pub(crate) fn with_owned(self, key: &'static str, value: impl Into<Arc<str>>) -> Self {
+        self.push(key, Value::Owned(value.into()))
     }
 
     pub(crate) fn with_opt(self, key: &'static str, value: Option<&'static str>) -> Self {
@@ -385,6 +426,10 @@ impl Labels {
             Some(value) => self.with(key, value),
             None => self,
         }
+    }
+
+    fn as_slice(&self) -> &[(Key, Value)] {
+        &self.items[..self.len]
     }
 }
 
@@ -454,19 +499,24 @@ impl<H: Clone> Bound<H> {
     }
 
     /// The handles of `labels`, made by `bind` the first time they are seen.
-    fn get(&self, labels: LabelSet, bind: impl FnOnce(&LabelSet) -> H) -> H {
+    /// Looked up by slice (a `Vec` key borrows as one, with the same hash),
+    /// so a label set already seen costs no allocation.
+    fn get(&self, labels: &[(Key, Value)], bind: impl FnOnce(&LabelSet) -> H) -> H {
         // A poisoned lock only means another thread panicked mid-insert;
         // the map is still a valid map.
         if let Some(found) = self
             .handles
             .read()
             .unwrap_or_else(|e| e.into_inner())
-            .get(&labels)
+            .get(labels)
         {
             return found.clone();
         }
         let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
-        handles.entry(labels).or_insert_with_key(bind).clone()
+        handles
+            .entry(labels.to_vec())
+            .or_insert_with_key(bind)
+            .clone()
     }
 }
 
@@ -485,7 +535,7 @@ struct Hist {
 
 impl Hist {
     fn record(&self, value: f64, labels: Labels, trace_id: TraceId) {
-        let labels = labels.0;
+        let labels = labels.as_slice();
         debug_assert!(
             labels.iter().all(|(k, _)| self.def.labels.contains(&k.0)),
             "{}: a label not in schema.toml",
@@ -515,7 +565,7 @@ struct Count {
 
 impl Count {
     fn add(&self, n: u64, labels: Labels) {
-        let labels = labels.0;
+        let labels = labels.as_slice();
         debug_assert!(
             labels.iter().all(|(k, _)| self.def.labels.contains(&k.0)),
             "{}: a label not in schema.toml",
@@ -537,7 +587,7 @@ struct Level {
 
 impl Level {
     fn set(&self, value: i64, labels: Labels) {
-        let labels = labels.0;
+        let labels = labels.as_slice().to_vec();
         self.otel.record(value, &otel_attributes(&labels));
         self.family.get_or_create(&labels).set(value);
     }
@@ -817,7 +867,7 @@ impl Metrics {
     /// A served call, to the end of its response stream.
     pub(crate) fn rpc_server_call(
         &self,
-        method: Arc<str>,
+        method: &'static str,
         code: i64,
         tenant: Option<Arc<str>>,
         duration: Duration,
@@ -825,7 +875,7 @@ impl Metrics {
     ) {
         let mut labels = Labels::new()
             .with("rpc.system.name", "grpc")
-            .with_owned("rpc.method", method)
+            .with("rpc.method", method)
             .with("rpc.status_code", status_code_name(code))
             .with_opt("error.type", server_error_type(code))
             .with("tp.component", self.inner.component);
@@ -840,14 +890,14 @@ impl Metrics {
     /// A server-streaming call's first response message.
     pub(crate) fn rpc_first_message(
         &self,
-        method: Arc<str>,
+        method: &'static str,
         tenant: Option<Arc<str>>,
         elapsed: Duration,
         trace_id: TraceId,
     ) {
         let mut labels = Labels::new()
             .with("rpc.system.name", "grpc")
-            .with_owned("rpc.method", method)
+            .with("rpc.method", method)
             .with("tp.component", self.inner.component);
         if let Some(tenant) = tenant {
             labels = labels.with_owned("tp.tenant.id", tenant);
@@ -860,14 +910,14 @@ impl Metrics {
     /// A call this service made to another of ours.
     pub(crate) fn rpc_client_call(
         &self,
-        method: Arc<str>,
+        method: &'static str,
         code: i64,
         duration: Duration,
         trace_id: TraceId,
     ) {
         let labels = Labels::new()
             .with("rpc.system.name", "grpc")
-            .with_owned("rpc.method", method)
+            .with("rpc.method", method)
             .with("rpc.status_code", status_code_name(code))
             .with_opt("error.type", client_error_type(code))
             .with("tp.component", self.inner.component);
@@ -1106,7 +1156,7 @@ mod tests {
     #[test]
     fn observations_through_bound_handles_add_up_per_label_set() {
         let metrics = Metrics::new("knowledge");
-        let method = || Arc::from("thoughtpartner.internal.knowledge.v1.RetrievalService/Retrieve");
+        let method = || "thoughtpartner.internal.knowledge.v1.RetrievalService/Retrieve";
         for (code, tenant, millis) in [
             (0, "t1", 10),
             (0, "t1", 20),
@@ -1157,18 +1207,46 @@ mod tests {
     }
 
     #[test]
+    fn a_label_set_is_one_series_however_its_values_are_held() {
+        use std::hash::BuildHasher as _;
+        let hasher = foldhash::fast::FixedState::default();
+        let held = Value::Owned(Arc::from(String::from("offline-coach")));
+        assert_eq!(Value::Static("offline-coach"), held);
+        assert_eq!(
+            hasher.hash_one(Value::Static("offline-coach")),
+            hasher.hash_one(&held)
+        );
+        assert_ne!(Value::Static("offline"), held);
+
+        // The model label is owned, built anew from the caller's text on
+        // every observation: still one series, counting both.
+        let metrics = Metrics::new("conversation");
+        for _ in 0..2 {
+            let model = String::from("offline-coach");
+            metrics.gen_ai_tokens(GenAiProvider::Offline, &model, TokenType::Input, 7);
+        }
+        let text = metrics.encode().unwrap();
+        let counts: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("gen_ai_client_token_usage_count{"))
+            .collect();
+        assert_eq!(counts.len(), 1, "{text}");
+        assert!(counts[0].ends_with(" 2"), "{text}");
+    }
+
+    #[test]
     fn exposition_carries_trace_exemplars_and_prometheus_names() {
         let metrics = Metrics::new("conversation");
         let trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
         metrics.rpc_server_call(
-            Arc::from("thoughtpartner.v1.ConversationService/SendMessage"),
+            "thoughtpartner.v1.ConversationService/SendMessage",
             0,
             None,
             Duration::from_millis(30),
             trace,
         );
         metrics.rpc_server_call(
-            Arc::from("thoughtpartner.v1.ConversationService/SendMessage"),
+            "thoughtpartner.v1.ConversationService/SendMessage",
             13,
             Some(Arc::from("t1")),
             Duration::from_millis(30),

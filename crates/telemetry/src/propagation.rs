@@ -2,10 +2,10 @@
 //! served and every internal outgoing call by the OpenTelemetry RPC
 //! conventions, and emit one canonical event per served call.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -35,13 +35,34 @@ const CODE_CANCELLED: i64 = 1;
 const CODE_UNKNOWN: i64 = 2;
 const CODE_UNAVAILABLE: i64 = 14;
 
+/// The process's one copy of each method name, for the metrics' labels and
+/// the spans' names, which are otherwise a string allocated on every call.
+/// The names are bounded: the methods of the compiled services a process
+/// serves and the few paths its clients call (see [`TraceClient`]), so
+/// keeping each for the life of the process costs a few kilobytes.
+fn interned(name: &str) -> &'static str {
+    static NAMES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(RwLock::default);
+    // A poisoned lock only means another thread panicked mid-insert; the
+    // set is still a valid set.
+    if let Some(known) = NAMES.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+        return known;
+    }
+    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+    if let Some(known) = names.get(name) {
+        return known;
+    }
+    let name: &'static str = Box::leak(Box::from(name));
+    names.insert(name);
+    name
+}
+
 /// The methods a server serves, so `rpc.method` stays bounded: any other
 /// path is labelled `_OTHER`. Keys are `package.Service/Method`.
 #[derive(Clone, Debug, Default)]
 pub struct RpcMethods(Arc<HashMap<Box<str>, MethodEntry>>);
 
 /// A served method's `rpc.method` label and whether it streams its response.
-type MethodEntry = (Arc<str>, bool);
+type MethodEntry = (&'static str, bool);
 
 impl RpcMethods {
     /// `methods`: each fully-qualified method (`package.Service/Method`)
@@ -51,7 +72,7 @@ impl RpcMethods {
             methods
                 .into_iter()
                 .map(|(name, streaming)| {
-                    let label: Arc<str> = Arc::from(name.as_str());
+                    let label = interned(&name);
                     (name.into_boxed_str(), (label, streaming))
                 })
                 .collect(),
@@ -60,10 +81,10 @@ impl RpcMethods {
 
     /// The `rpc.method` of a request path, and whether it is a
     /// server-streaming method.
-    pub fn lookup(&self, path: &str) -> (Arc<str>, bool) {
+    pub fn lookup(&self, path: &str) -> (&'static str, bool) {
         match self.0.get(path.trim_start_matches('/')) {
-            Some((label, streaming)) => (label.clone(), *streaming),
-            None => (Arc::from(OTHER_METHOD), false),
+            Some(entry) => *entry,
+            None => (OTHER_METHOD, false),
         }
     }
 
@@ -154,7 +175,7 @@ pub trait Observe {
 pub struct ServerObservation {
     call_span: CallSpan,
     metrics: Metrics,
-    method: Arc<str>,
+    method: &'static str,
     streaming: bool,
     tenant_label: bool,
     record: CallRecord,
@@ -182,10 +203,10 @@ impl Observe for ServerObservation {
         }
         let elapsed = self.started.elapsed();
         self.first_message = Some(elapsed);
-        let fields = self.record.snapshot();
+        let tenant_id = self.record.tenant_id();
         self.metrics.rpc_first_message(
-            self.method.clone(),
-            self.tenant(fields.tenant_id.as_deref()),
+            self.method,
+            self.tenant(tenant_id.as_deref()),
             elapsed,
             self.trace_id(),
         );
@@ -194,11 +215,12 @@ impl Observe for ServerObservation {
     fn finish(self, code: i64) {
         let duration = self.started.elapsed();
         let trace_id = self.trace_id();
-        let fields = self.record.snapshot();
+        // The call is over: its record is read for the last time.
+        let fields = self.record.take();
         let status = status_code_name(code);
         let error_type = server_error_type(code);
         self.metrics.rpc_server_call(
-            self.method.clone(),
+            self.method,
             code,
             self.tenant(fields.tenant_id.as_deref()),
             duration,
@@ -209,8 +231,8 @@ impl Observe for ServerObservation {
         self.call_span.end(
             status,
             error_type,
-            fields.tenant_id.as_deref(),
-            fields.member_id.as_deref(),
+            fields.tenant_id.clone(),
+            fields.member_id.clone(),
         );
         // The canonical event: one per call, with the trace id the log line
         // is found by. Names as in schema.toml; never content.
@@ -218,7 +240,7 @@ impl Observe for ServerObservation {
             target: crate::CANONICAL_TARGET,
             tracing::Level::INFO,
             tp.component = self.metrics.component(),
-            rpc.method = &*self.method,
+            rpc.method = self.method,
             rpc.status_code = status,
             "error.type" = error_type,
             tp.tenant.id = fields.tenant_id.as_deref(),
@@ -355,7 +377,7 @@ where
             None => opentelemetry::Context::new(),
         };
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
-        let call_span = CallSpan::start(&parent, &method, self.layer.metrics.component());
+        let call_span = CallSpan::start(&parent, method, self.layer.metrics.component());
         let record = CallRecord::new();
         request.extensions_mut().insert(record.clone());
 
@@ -424,7 +446,7 @@ pub struct TraceClient<S> {
 /// One outgoing call in flight.
 pub struct ClientObservation {
     metrics: Option<Metrics>,
-    method: Arc<str>,
+    method: &'static str,
     trace_id: TraceId,
     started: Instant,
 }
@@ -462,7 +484,7 @@ where
         // method names are the few the code calls: bounded.
         let observation = ClientObservation {
             metrics: self.metrics.clone(),
-            method: Arc::from(request.uri().path().trim_start_matches('/')),
+            method: interned(request.uri().path().trim_start_matches('/')),
             trace_id: sampled_trace_id(&context),
             started: Instant::now(),
         };
@@ -556,19 +578,34 @@ mod tests {
         ]);
         let (name, streaming) =
             methods.lookup("/thoughtpartner.v1.ConversationService/SendMessage");
-        assert_eq!(&*name, "thoughtpartner.v1.ConversationService/SendMessage");
+        assert_eq!(name, "thoughtpartner.v1.ConversationService/SendMessage");
         assert!(streaming);
         let (name, streaming) =
             methods.lookup("/thoughtpartner.v1.ConversationService/ListMessages");
-        assert_eq!(&*name, "thoughtpartner.v1.ConversationService/ListMessages");
+        assert_eq!(name, "thoughtpartner.v1.ConversationService/ListMessages");
         assert!(!streaming);
+        // One copy per name, however often a server is set up or a path
+        // is seen.
+        let again = RpcMethods::new([(
+            "thoughtpartner.v1.ConversationService/SendMessage".to_owned(),
+            true,
+        )]);
+        let first = methods
+            .lookup("/thoughtpartner.v1.ConversationService/SendMessage")
+            .0;
+        let second = again
+            .lookup("/thoughtpartner.v1.ConversationService/SendMessage")
+            .0;
+        assert!(std::ptr::eq(first, second));
+        let path = String::from("thoughtpartner.v1.ConversationService/SendMessage");
+        assert!(std::ptr::eq(interned(&path), first));
         for path in [
             "/thoughtpartner.v1.ConversationService/Nope",
             "/x.Y/SendMessage",
             "/",
             "",
         ] {
-            assert_eq!(&*methods.lookup(path).0, OTHER_METHOD, "{path}");
+            assert_eq!(methods.lookup(path).0, OTHER_METHOD, "{path}");
         }
     }
 }
