@@ -400,8 +400,9 @@ impl Labels {
 
     fn push(mut self, key: &'static str, value: Value) -> Self {
         // A metric with more labels than MAX_LABELS is a programming error
-        // the schema test catches; in release the extra label is dropped
-        // rather than panic on a caller's request.
+        // a unit test catches (every metric's declared labels fit); in
+        // release the extra label is dropped rather than panic on a
+        // caller's request.
         debug_assert!(
             self.len < MAX_LABELS,
             "{key}: more than {MAX_LABELS} labels"
@@ -1204,6 +1205,18 @@ mod tests {
             text.contains(r#"tp_coach_policy_violations_total{tp_responder="offline",tp_coach_rule="too_many_questions"} 1"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn every_metrics_labels_fit_on_the_stack() {
+        for def in ALL {
+            assert!(
+                def.labels.len() <= MAX_LABELS,
+                "{}: {} labels, Labels holds {MAX_LABELS}",
+                def.name,
+                def.labels.len()
+            );
+        }
     }
 
     #[test]
