@@ -1098,9 +1098,7 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         }
     }
     if let (Some(before), Some(overload), Some(after)) = (
-        report
-            .phase(BEFORE_OVERLOAD)
-            .or_else(|| report.phase("send-message")),
+        report.phase(BEFORE_OVERLOAD),
         report.phase(OVERLOAD),
         report.phase(AFTER_OVERLOAD),
     ) && let Some(send) = overload.op(op::SEND_MESSAGE)
