@@ -10,7 +10,7 @@ use tp_proto::v1 as pb;
 use tp_store::paging::Page;
 
 use crate::export::{self, Chunker, ExportError, ExportStore};
-use crate::reply::{ReplyError, ReplyPipeline, WORDS_PER_DELTA, delta_event, deltas};
+use crate::reply::{EVENTS_IN_FLIGHT, ReplyError, ReplyPipeline, send_text};
 use crate::search::{self, MessageSearch};
 use crate::store::{
     Branch, BranchMessageRow, ConversationRow, ConversationStore, Exchange, KeptProfile,
@@ -58,7 +58,7 @@ impl ConversationHandler {
     ) -> Result<ReceiverStream<Result<pb::SendMessageResponse, Status>>, Status> {
         let exchange = self.store.begin_exchange(&ctx, turn).await?;
         record.set_conversation(exchange.user_message.conversation_id);
-        let (events, receiver) = mpsc::channel(16);
+        let (events, receiver) = mpsc::channel(EVENTS_IN_FLIGHT);
         let task = respond(
             self.store.clone(),
             self.pipeline.clone(),
@@ -668,10 +668,8 @@ impl Drop for AbortOnDrop {
 
 /// Streams a stored reply exactly as a fresh one would arrive.
 async fn replay(events: Events, user: MessageRow, assistant: MessageRow) {
-    for piece in deltas(&assistant.content, WORDS_PER_DELTA) {
-        if events.send(Ok(delta_event(piece))).await.is_err() {
-            return;
-        }
+    if send_text(&events, &assistant.content, || ()).await.is_err() {
+        return;
     }
     let _ = events.send(Ok(completed_event(user, assistant))).await;
 }

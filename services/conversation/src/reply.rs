@@ -29,6 +29,14 @@ pub type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
 /// Words per streamed delta of the offline coach (and of replays).
 pub const WORDS_PER_DELTA: usize = 6;
 
+/// Events a reply may have in flight to its client. A whole offline reply
+/// at the default word cap (30 deltas) and its completion fit, so the
+/// reply task puts them all in at once and the stream's reader finds them
+/// together: they leave in one HTTP/2 write, not in one write (and one
+/// wake-up of every hop downstream) per batch the reader happened to catch.
+/// With 16, a reply went out in two writes.
+pub const EVENTS_IN_FLIGHT: usize = 64;
+
 pub fn delta_event(text: &str) -> pb::SendMessageResponse {
     pb::SendMessageResponse {
         event: Some(pb::send_message_response::Event::TextDelta(pb::TextDelta {
@@ -205,12 +213,7 @@ impl ReplyPipeline {
                 });
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.
-                for piece in deltas(&reply.text, WORDS_PER_DELTA) {
-                    generation.chunk();
-                    if events.send(Ok(delta_event(piece))).await.is_err() {
-                        break;
-                    }
-                }
+                let _ = send_text(events, &reply.text, || generation.chunk()).await;
                 // The coach counts no tokens; estimate them as the prompt
                 // budget does, so its replies and a model's share a scale.
                 generation.succeeded(Some(Usage {
@@ -455,6 +458,28 @@ impl<'a> Generation<'a> {
     }
 }
 
+/// The client has gone: the event stream is closed.
+#[derive(Debug)]
+pub struct ClientGone;
+
+/// Streams a text that is whole already (the offline coach's reply, a
+/// stored reply replayed) as deltas of [`WORDS_PER_DELTA`] words, calling
+/// `on_delta` before each.
+pub async fn send_text(
+    events: &Events,
+    text: &str,
+    mut on_delta: impl FnMut(),
+) -> Result<(), ClientGone> {
+    for piece in deltas(text, WORDS_PER_DELTA) {
+        on_delta();
+        events
+            .send(Ok(delta_event(piece)))
+            .await
+            .map_err(|_| ClientGone)?;
+    }
+    Ok(())
+}
+
 /// Splits text into stream deltas of a few words each, keeping every byte
 /// (whitespace included) so the deltas concatenate to the original.
 pub fn deltas(text: &str, words_per_delta: usize) -> Vec<&str> {
@@ -485,7 +510,77 @@ pub fn deltas(text: &str, words_per_delta: usize) -> Vec<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::deltas;
+    use super::{EVENTS_IN_FLIGHT, WORDS_PER_DELTA, deltas, send_text};
+    use tokio::sync::mpsc;
+
+    const REPLY: &str = "Here's what I understand: the team ships weekly, but every \
+        release slips. One lens that may help is Technical Coherence. What does the team \
+        believe the release is for? And who decides when it is ready?";
+
+    fn texts(
+        events: &mut mpsc::Receiver<Result<super::pb::SendMessageResponse, tonic::Status>>,
+    ) -> Vec<String> {
+        let mut texts = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            match event.map(|e| e.event) {
+                Ok(Some(super::pb::send_message_response::Event::TextDelta(delta))) => {
+                    texts.push(delta.text)
+                }
+                other => panic!("not a delta: {other:?}"),
+            }
+        }
+        texts
+    }
+
+    #[test]
+    fn a_whole_offline_reply_and_its_completion_fit_in_the_stream() {
+        let longest = "word ".repeat(tp_coach::rules::DEFAULT_WORD_CAP);
+        assert!(deltas(&longest, WORDS_PER_DELTA).len() < EVENTS_IN_FLIGHT);
+    }
+
+    #[tokio::test]
+    async fn a_whole_text_is_in_the_stream_before_its_reader_runs() {
+        let pieces = deltas(REPLY, WORDS_PER_DELTA).len();
+        assert!(pieces > 3, "{pieces}");
+        let (sender, mut receiver) = mpsc::channel(EVENTS_IN_FLIGHT);
+        let mut counted = 0;
+        send_text(&sender, REPLY, || counted += 1)
+            .await
+            .expect("the reader is there");
+        // Nothing read yet: the reader finds every delta at once.
+        assert_eq!(receiver.len(), pieces);
+        assert_eq!(counted, pieces);
+        assert_eq!(texts(&mut receiver).concat(), REPLY);
+    }
+
+    #[tokio::test]
+    async fn a_text_longer_than_the_channel_arrives_whole_and_in_order() {
+        let (sender, mut receiver): (super::Events, _) = mpsc::channel(2);
+        let reader = tokio::spawn(async move {
+            let mut text = String::new();
+            while let Some(Ok(event)) = receiver.recv().await {
+                if let Some(super::pb::send_message_response::Event::TextDelta(delta)) = event.event
+                {
+                    text.push_str(&delta.text);
+                }
+            }
+            text
+        });
+        send_text(&sender, REPLY, || ())
+            .await
+            .expect("the reader is there");
+        drop(sender);
+        assert_eq!(reader.await.expect("reader"), REPLY);
+    }
+
+    #[tokio::test]
+    async fn a_gone_reader_stops_the_text() {
+        let (sender, receiver) = mpsc::channel(64);
+        drop(receiver);
+        let mut counted = 0;
+        assert!(send_text(&sender, REPLY, || counted += 1).await.is_err());
+        assert_eq!(counted, 1, "it stops at the first delta");
+    }
 
     #[test]
     fn deltas_concatenate_to_the_text() {
