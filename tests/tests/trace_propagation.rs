@@ -114,6 +114,31 @@ async fn send_message_is_one_trace_measured_to_the_end_of_its_stream() -> anyhow
     // The conversation span lasts until its stream ends, which is after the
     // knowledge lookup that happens while the reply is produced.
     assert!(conversation.end_time >= knowledge.end_time);
+    // Each span carries its canonical event's fields, so that an exported
+    // span can stand for the log line (`TP_CANONICAL_LOG=auto`).
+    assert_eq!(
+        attribute(conversation, "tp.conversation.id").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        attribute(conversation, "tp.responder").as_deref(),
+        Some("offline")
+    );
+    assert_eq!(
+        attribute(conversation, "tp.reply.grounded").as_deref(),
+        Some("true")
+    );
+    assert_eq!(
+        attribute(conversation, "tp.reply.policy_violations").as_deref(),
+        Some("0")
+    );
+    // The offline coach counts no tokens (a model's usage is added up
+    // into the same record).
+    assert_eq!(attribute(conversation, "gen_ai.usage.output_tokens"), None);
+    for span in [gateway, conversation] {
+        assert_eq!(attribute(span, "tp.member.id").as_deref(), Some("alice"));
+        assert!(attribute(span, "tp.call.first_message_ms").is_some());
+    }
 
     // The failed call is its own trace, with its status on the span.
     let failed = find(&spans, "gateway", "/SendMessage", "NOT_FOUND").expect("NOT_FOUND span");

@@ -20,11 +20,15 @@
 //! that gain was propagation's, see `trace_context`.)
 
 use std::future::Future;
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue, StringValue};
 use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
+
+use crate::call::CallFields;
 
 /// The tracer of this process's calls, set once by [`crate::init`] (or the
 /// test set-up). Unset, calls get no span and start no trace.
@@ -39,7 +43,7 @@ pub(crate) fn install_tracer(tracer: SdkTracer) {
 /// Every attribute a call's span can carry (`schema.toml` declares each;
 /// a unit test holds them to it).
 #[cfg(test)]
-pub(crate) const SPAN_ATTRIBUTES: [&str; 7] = [
+pub(crate) const SPAN_ATTRIBUTES: [&str; 14] = [
     RPC_SYSTEM_NAME,
     RPC_METHOD,
     COMPONENT,
@@ -47,10 +51,17 @@ pub(crate) const SPAN_ATTRIBUTES: [&str; 7] = [
     ERROR_TYPE,
     TENANT_ID,
     MEMBER_ID,
+    CONVERSATION_ID,
+    RESPONDER,
+    INPUT_TOKENS,
+    OUTPUT_TOKENS,
+    GROUNDED,
+    POLICY_VIOLATIONS,
+    FIRST_MESSAGE_MS,
 ];
 /// How many of them `start` sets, and how many `end` may add.
 const START_ATTRIBUTES: usize = 3;
-const END_ATTRIBUTES: usize = 4;
+const END_ATTRIBUTES: usize = 11;
 const RPC_SYSTEM_NAME: &str = "rpc.system.name";
 const RPC_METHOD: &str = "rpc.method";
 const COMPONENT: &str = "tp.component";
@@ -58,6 +69,31 @@ const RPC_STATUS_CODE: &str = "rpc.status_code";
 const ERROR_TYPE: &str = "error.type";
 const TENANT_ID: &str = "tp.tenant.id";
 const MEMBER_ID: &str = "tp.member.id";
+const CONVERSATION_ID: &str = "tp.conversation.id";
+const RESPONDER: &str = "tp.responder";
+const INPUT_TOKENS: &str = "gen_ai.usage.input_tokens";
+const OUTPUT_TOKENS: &str = "gen_ai.usage.output_tokens";
+const GROUNDED: &str = "tp.reply.grounded";
+const POLICY_VIOLATIONS: &str = "tp.reply.policy_violations";
+const FIRST_MESSAGE_MS: &str = "tp.call.first_message_ms";
+
+/// Whether exported spans stand for the calls' canonical events (set once,
+/// at start-up, by [`crate::init`]): spans go to an OTLP endpoint and
+/// `TP_CANONICAL_LOG` is `auto`.
+static SPANS_ARE_CANONICAL: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn set_spans_are_canonical(yes: bool) {
+    SPANS_ARE_CANONICAL.store(yes, Ordering::Relaxed);
+}
+
+/// Whether a call's span stands for its canonical event, so that no log
+/// line is written for it: exported spans stand for the events, and this
+/// one is recorded and sampled. A call whose trace is not sampled (a client
+/// sent `traceparent` with the sampled flag off, or a ratio sampler left it
+/// out) still gets its log line: every call has its canonical event.
+pub(crate) fn span_is_canonical(spans_are_canonical: bool, recorded: bool, sampled: bool) -> bool {
+    spans_are_canonical && recorded && sampled
+}
 
 tokio::task_local! {
     /// The trace context of the served call whose work is being polled.
@@ -104,6 +140,16 @@ impl CallSpan {
         &self.context
     }
 
+    /// Whether this span, once ended, is the call's canonical event (see
+    /// [`span_is_canonical`]).
+    pub(crate) fn is_canonical(&self) -> bool {
+        span_is_canonical(
+            SPANS_ARE_CANONICAL.load(Ordering::Relaxed),
+            self.span.is_some(),
+            self.context.is_sampled(),
+        )
+    }
+
     /// Runs `call` (the inner service's `call`, which may do work before
     /// returning its future) with this call's context current.
     pub(crate) fn in_scope<R>(&self, call: impl FnOnce() -> R) -> R {
@@ -115,27 +161,51 @@ impl CallSpan {
         CALL.scope(self.context.clone(), future)
     }
 
-    /// Ends the span with the call's outcome: its status code's name, the
-    /// error type the conventions give a server error, and who called.
+    /// Ends the span with the call's outcome and everything its record
+    /// holds: the fields of the canonical log line, so that an exported
+    /// span can stand for it. Never content.
     pub(crate) fn end(
         self,
         status_code: &'static str,
         error_type: Option<&'static str>,
-        tenant_id: Option<Arc<str>>,
-        member_id: Option<Arc<str>>,
+        fields: &CallFields,
+        first_message: Option<Duration>,
     ) {
         let Some(mut span) = self.span else { return };
         use opentelemetry::trace::Span as _;
+        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
         span.set_attribute(KeyValue::new(RPC_STATUS_CODE, status_code));
         if let Some(error_type) = error_type {
             span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
             span.set_status(Status::error(error_type));
         }
-        if let Some(tenant) = tenant_id {
-            span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant)));
+        if let Some(tenant) = &fields.tenant_id {
+            span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant.clone())));
         }
-        if let Some(member) = member_id {
-            span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member)));
+        if let Some(member) = &fields.member_id {
+            span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member.clone())));
+        }
+        if let Some(conversation) = &fields.conversation_id {
+            span.set_attribute(KeyValue::new(CONVERSATION_ID, conversation.clone()));
+        }
+        if let Some(responder) = &fields.responder {
+            span.set_attribute(KeyValue::new(RESPONDER, responder.clone()));
+        }
+        if let Some(tokens) = fields.input_tokens {
+            span.set_attribute(KeyValue::new(INPUT_TOKENS, count(tokens)));
+        }
+        if let Some(tokens) = fields.output_tokens {
+            span.set_attribute(KeyValue::new(OUTPUT_TOKENS, count(tokens)));
+        }
+        if let Some(grounded) = fields.grounded {
+            span.set_attribute(KeyValue::new(GROUNDED, grounded));
+        }
+        if let Some(violations) = fields.policy_violations {
+            span.set_attribute(KeyValue::new(POLICY_VIOLATIONS, count(violations)));
+        }
+        if let Some(first) = first_message {
+            let millis = i64::try_from(first.as_millis()).unwrap_or(i64::MAX);
+            span.set_attribute(KeyValue::new(FIRST_MESSAGE_MS, millis));
         }
         span.end();
     }

@@ -49,6 +49,36 @@ pub enum TelemetryError {
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
     #[error("could not start the log writer's thread: {0}")]
     LogWriter(#[from] std::io::Error),
+    #[error("TP_CANONICAL_LOG is {0:?}: use `auto` (the default) or `always`")]
+    CanonicalLog(String),
+}
+
+/// Where a served call's canonical event goes (`TP_CANONICAL_LOG`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CanonicalLog {
+    /// A JSON log line, unless the call's span is exported (an OTLP
+    /// endpoint is configured and the trace is sampled): the span carries
+    /// the same fields, and one event per call is enough.
+    Auto,
+    /// A log line for every call, whether or not its span is exported too.
+    Always,
+}
+
+impl CanonicalLog {
+    /// The setting's value, unset or empty meaning `auto`.
+    pub fn parse(value: Option<&str>) -> Result<Self, TelemetryError> {
+        match value.map(str::trim) {
+            None | Some("") => Ok(Self::Auto),
+            Some(v) if v.eq_ignore_ascii_case("auto") => Ok(Self::Auto),
+            Some(v) if v.eq_ignore_ascii_case("always") => Ok(Self::Always),
+            Some(other) => Err(TelemetryError::CanonicalLog(other.to_owned())),
+        }
+    }
+
+    /// Whether exported spans stand for the canonical events.
+    fn spans_are_canonical(self, spans_exported: bool) -> bool {
+        spans_exported && self == Self::Auto
+    }
 }
 
 /// Flushes and shuts down the exporters when dropped.
@@ -129,6 +159,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
             logs: None,
         });
     }
+    let canonical_log = CanonicalLog::parse(std::env::var("TP_CANONICAL_LOG").ok().as_deref())?;
     let resource = resource(service_name);
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut meter_provider = None;
@@ -149,6 +180,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
         global::set_meter_provider(meters.clone());
         meter_provider = Some(meters);
     }
+    call_span::set_spans_are_canonical(canonical_log.spans_are_canonical(otlp_configured()));
     let tracer_provider = tracer_builder.build();
     let logs = canonical_log::BatchedWriter::stdout()?;
     install(
@@ -410,6 +442,45 @@ mod testing {
                 events.push(fields.0);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod canonical_log_tests {
+    use super::*;
+    use crate::call_span::span_is_canonical;
+
+    #[test]
+    fn the_setting_is_auto_or_always() {
+        assert_eq!(CanonicalLog::parse(None).ok(), Some(CanonicalLog::Auto));
+        assert_eq!(CanonicalLog::parse(Some("")).ok(), Some(CanonicalLog::Auto));
+        assert_eq!(
+            CanonicalLog::parse(Some("auto")).ok(),
+            Some(CanonicalLog::Auto)
+        );
+        assert_eq!(
+            CanonicalLog::parse(Some(" Always ")).ok(),
+            Some(CanonicalLog::Always)
+        );
+        let refused = CanonicalLog::parse(Some("off")).map(|_| ()).unwrap_err();
+        assert!(refused.to_string().contains("`auto`"), "{refused}");
+    }
+
+    #[test]
+    fn a_span_stands_for_the_event_only_when_it_is_exported_and_sampled() {
+        let auto = CanonicalLog::Auto.spans_are_canonical(true);
+        assert!(span_is_canonical(auto, true, true));
+        // Not sampled (the caller's traceparent said so, or a ratio
+        // sampler): the log line is the event.
+        assert!(!span_is_canonical(auto, true, false));
+        // No span at all (no tracer installed).
+        assert!(!span_is_canonical(auto, false, true));
+        // No OTLP endpoint: spans go nowhere.
+        let no_export = CanonicalLog::Auto.spans_are_canonical(false);
+        assert!(!span_is_canonical(no_export, true, true));
+        // Asked for log lines for every call.
+        let always = CanonicalLog::Always.spans_are_canonical(true);
+        assert!(!span_is_canonical(always, true, true));
     }
 }
 

@@ -228,12 +228,13 @@ impl Observe for ServerObservation {
         );
         // Logs keep every trace id, sampled or not.
         let log_trace_id = self.call_span.context().trace_id();
-        self.call_span.end(
-            status,
-            error_type,
-            fields.tenant_id.clone(),
-            fields.member_id.clone(),
-        );
+        let span_is_canonical = self.call_span.is_canonical();
+        self.call_span
+            .end(status, error_type, &fields, self.first_message);
+        if span_is_canonical {
+            // The exported span carries the same fields.
+            return;
+        }
         // The canonical event: one per call, with the trace id the log line
         // is found by. Names as in schema.toml; never content.
         tracing::event!(
