@@ -458,9 +458,9 @@ impl<'a> Generation<'a> {
     }
 }
 
-/// The client has gone: the event stream is closed.
+/// The event stream is closed: its client has gone.
 #[derive(Debug)]
-pub struct ClientGone;
+pub struct StreamClosed;
 
 /// Streams a text that is whole already (the offline coach's reply, a
 /// stored reply replayed) as deltas of [`WORDS_PER_DELTA`] words, calling
@@ -469,13 +469,13 @@ pub async fn send_text(
     events: &Events,
     text: &str,
     mut on_delta: impl FnMut(),
-) -> Result<(), ClientGone> {
+) -> Result<(), StreamClosed> {
     for piece in deltas(text, WORDS_PER_DELTA) {
         on_delta();
         events
             .send(Ok(delta_event(piece)))
             .await
-            .map_err(|_| ClientGone)?;
+            .map_err(|_| StreamClosed)?;
     }
     Ok(())
 }
