@@ -22,7 +22,6 @@
 use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
 use opentelemetry::{Context, KeyValue, StringValue};
@@ -168,8 +167,8 @@ impl CallSpan {
         self,
         status_code: &'static str,
         error_type: Option<&'static str>,
-        fields: &CallFields,
-        first_message: Option<Duration>,
+        fields: CallFields,
+        first_message_ms: Option<u64>,
     ) {
         let Some(mut span) = self.span else { return };
         use opentelemetry::trace::Span as _;
@@ -179,17 +178,17 @@ impl CallSpan {
             span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
             span.set_status(Status::error(error_type));
         }
-        if let Some(tenant) = &fields.tenant_id {
-            span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant.clone())));
+        if let Some(tenant) = fields.tenant_id {
+            span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant)));
         }
-        if let Some(member) = &fields.member_id {
-            span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member.clone())));
+        if let Some(member) = fields.member_id {
+            span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member)));
         }
-        if let Some(conversation) = &fields.conversation_id {
-            span.set_attribute(KeyValue::new(CONVERSATION_ID, conversation.clone()));
+        if let Some(conversation) = fields.conversation_id {
+            span.set_attribute(KeyValue::new(CONVERSATION_ID, conversation));
         }
-        if let Some(responder) = &fields.responder {
-            span.set_attribute(KeyValue::new(RESPONDER, responder.clone()));
+        if let Some(responder) = fields.responder {
+            span.set_attribute(KeyValue::new(RESPONDER, responder));
         }
         if let Some(tokens) = fields.input_tokens {
             span.set_attribute(KeyValue::new(INPUT_TOKENS, count(tokens)));
@@ -203,9 +202,8 @@ impl CallSpan {
         if let Some(violations) = fields.policy_violations {
             span.set_attribute(KeyValue::new(POLICY_VIOLATIONS, count(violations)));
         }
-        if let Some(first) = first_message {
-            let millis = i64::try_from(first.as_millis()).unwrap_or(i64::MAX);
-            span.set_attribute(KeyValue::new(FIRST_MESSAGE_MS, millis));
+        if let Some(millis) = first_message_ms {
+            span.set_attribute(KeyValue::new(FIRST_MESSAGE_MS, count(millis)));
         }
         span.end();
     }

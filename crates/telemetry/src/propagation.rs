@@ -226,37 +226,36 @@ impl Observe for ServerObservation {
             duration,
             trace_id,
         );
-        // Logs keep every trace id, sampled or not.
-        let log_trace_id = self.call_span.context().trace_id();
-        let span_is_canonical = self.call_span.is_canonical();
-        self.call_span
-            .end(status, error_type, &fields, self.first_message);
-        if span_is_canonical {
-            // The exported span carries the same fields.
-            return;
-        }
+        let first_message_ms = self.first_message.map(millis);
         // The canonical event: one per call, with the trace id the log line
-        // is found by. Names as in schema.toml; never content.
-        tracing::event!(
-            target: crate::CANONICAL_TARGET,
-            tracing::Level::INFO,
-            tp.component = self.metrics.component(),
-            rpc.method = self.method,
-            rpc.status_code = status,
-            "error.type" = error_type,
-            tp.tenant.id = fields.tenant_id.as_deref(),
-            tp.member.id = fields.member_id.as_deref(),
-            tp.conversation.id = fields.conversation_id.as_deref(),
-            tp.responder = fields.responder.as_deref(),
-            gen_ai.usage.input_tokens = fields.input_tokens,
-            gen_ai.usage.output_tokens = fields.output_tokens,
-            tp.reply.grounded = fields.grounded,
-            tp.reply.policy_violations = fields.policy_violations,
-            tp.call.duration_ms = millis(duration),
-            tp.call.first_message_ms = self.first_message.map(millis),
-            trace_id = %log_trace_id,
-            "call"
-        );
+        // is found by (logs keep every trace id, sampled or not). Names as
+        // in schema.toml; never content. Written before the span ends, so
+        // the span can take the fields rather than copy them.
+        if !self.call_span.is_canonical() {
+            tracing::event!(
+                target: crate::CANONICAL_TARGET,
+                tracing::Level::INFO,
+                tp.component = self.metrics.component(),
+                rpc.method = self.method,
+                rpc.status_code = status,
+                "error.type" = error_type,
+                tp.tenant.id = fields.tenant_id.as_deref(),
+                tp.member.id = fields.member_id.as_deref(),
+                tp.conversation.id = fields.conversation_id.as_deref(),
+                tp.responder = fields.responder.as_deref(),
+                gen_ai.usage.input_tokens = fields.input_tokens,
+                gen_ai.usage.output_tokens = fields.output_tokens,
+                tp.reply.grounded = fields.grounded,
+                tp.reply.policy_violations = fields.policy_violations,
+                tp.call.duration_ms = millis(duration),
+                tp.call.first_message_ms = first_message_ms,
+                trace_id = %self.call_span.context().trace_id(),
+                "call"
+            );
+        }
+        // The span carries the same fields (and, exported, is the event).
+        self.call_span
+            .end(status, error_type, fields, first_message_ms);
     }
 }
 
