@@ -1,6 +1,10 @@
 //! `gateway`: thin entry point. Configuration, telemetry and the `serve` /
 //! `migrate` commands come from [`tp_server::cli`].
 
+/// mimalloc: see ARCHITECTURE.md ("Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     tp_server::cli::main::<tp_gateway::GatewayService>()
 }
