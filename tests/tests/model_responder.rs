@@ -121,6 +121,52 @@ async fn a_model_reply_is_streamed_stored_and_metered() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A model sees the conversation so far, both sides in order (the offline
+/// coach reads only the user's turns; a model's prompt must not lose the
+/// replies it is continuing).
+#[tokio::test]
+async fn a_models_prompt_holds_both_sides_of_the_earlier_turns() -> anyhow::Result<()> {
+    let first_reply = "What would more engineers change for your customers?";
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::Text(vec![first_reply.into()], 100, 10),
+            FakeReply::Text(vec!["Which team feels it first?".into()], 120, 6),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+
+    send(&mut client, &id, "We need to hire more engineers.", "k1").await?;
+    send(&mut client, &id, "Releases slip every quarter.", "k2").await?;
+
+    let requests = fake.requests.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 2, "one request per turn");
+    let turns: Vec<(String, String)> = requests[1]["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .skip(1) // the system prompt
+        .map(|m| {
+            (
+                m["role"].as_str().unwrap_or_default().to_owned(),
+                m["content"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("user", "We need to hire more engineers."),
+        ("assistant", first_reply),
+        ("user", "Releases slip every quarter."),
+    ]
+    .map(|(role, content)| (role.to_owned(), content.to_owned()));
+    assert_eq!(turns, expected);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyhow::Result<()> {
     let fake = fake_provider::start(

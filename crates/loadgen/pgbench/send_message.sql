@@ -33,6 +33,8 @@ WITH terms AS MATERIALIZED (
     LIMIT 8;
 
 -- conversation, begin_exchange: the user's turn, committed before the reply.
+-- The offline coach reads only the user's earlier turns (a model reads both).
+\set with_replies false
 BEGIN;
 SELECT set_config('app.tenant_id', tenant_id::text, true) AS tenant_set, tenant_id AS tenant,
        conversation_id AS conv, user_id AS usr
@@ -96,6 +98,7 @@ WITH RECURSIVE chain (branch_id, upto) AS (
          SELECT role, content, depth FROM conversation.messages
           WHERE branch_id = c.branch_id AND depth <= c.upto
             AND depth > (SELECT max(upto) FROM chain) - 40
+            AND (role = 'user' OR :with_replies)
           ORDER BY depth DESC LIMIT 40) m
       ORDER BY m.depth DESC LIMIT 40)
 SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,

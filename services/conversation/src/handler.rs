@@ -56,7 +56,10 @@ impl ConversationHandler {
         record: tp_telemetry::CallRecord,
         turn: Turn<'_>,
     ) -> Result<ReceiverStream<Result<pb::SendMessageResponse, Status>>, Status> {
-        let exchange = self.store.begin_exchange(&ctx, turn).await?;
+        let exchange = self
+            .store
+            .begin_exchange(&ctx, turn, self.pipeline.transcript_sides())
+            .await?;
         record.set_conversation(exchange.user_message.conversation_id);
         let (events, receiver) = mpsc::channel(EVENTS_IN_FLIGHT);
         let task = respond(

@@ -21,7 +21,7 @@ use tp_llm::{LlmClient, LlmError, StreamEvent, Usage};
 use tp_proto::v1 as pb;
 
 use crate::prompt;
-use crate::store::{Exchange, KeptProfile};
+use crate::store::{Exchange, KeptProfile, TranscriptSides};
 
 /// Where a reply's deltas go: the client's event stream.
 pub type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
@@ -68,6 +68,15 @@ impl Responder {
                 },
                 client.config().model.as_str(),
             ),
+        }
+    }
+
+    /// The earlier turns it reads: the offline coach reads only the
+    /// user's; a model's prompt holds both sides.
+    fn reads(&self) -> TranscriptSides {
+        match self {
+            Responder::Offline => TranscriptSides::User,
+            Responder::Model { .. } => TranscriptSides::Both,
         }
     }
 
@@ -155,6 +164,12 @@ impl ReplyPipeline {
             word_cap,
             metrics,
         }
+    }
+
+    /// Which earlier turns an exchange must read for this pipeline's
+    /// responder.
+    pub fn transcript_sides(&self) -> TranscriptSides {
+        self.responder.reads()
     }
 
     /// The service's metrics (the handler counts stored replies).

@@ -142,10 +142,23 @@ pub struct Exchange {
     pub target: ReplyTarget,
     /// The user's earlier turns, oldest first, for the coach's context.
     pub earlier_user_turns: Vec<String>,
-    /// The earlier turns of both sides, oldest first, for a model's prompt.
+    /// The earlier turns of both sides, oldest first, for a model's prompt;
+    /// empty when the exchange was begun with [`TranscriptSides::User`].
     pub transcript: Vec<tp_llm::ChatMessage>,
     /// What was kept about the member from earlier conversations.
     pub kept_profile: Option<KeptProfile>,
+}
+
+/// Which earlier turns a responder reads. The offline coach reads only the
+/// user's: the assistant's replies are most of a transcript's bytes (a
+/// 180-word reply against a sentence or two), and reading them for nothing
+/// cost every SendMessage ~20 KB from PostgreSQL, decoded and copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TranscriptSides {
+    /// The user's turns only.
+    User,
+    /// Both sides (a model's prompt).
+    Both,
 }
 
 /// Who writes the reply to a user turn.
@@ -469,6 +482,7 @@ impl ConversationStore {
         &self,
         ctx: &RequestContext,
         turn: Turn<'_>,
+        sides: TranscriptSides,
     ) -> Result<Exchange, ConversationError> {
         let mut tx = self
             .timer
@@ -534,29 +548,38 @@ impl ConversationStore {
 
         // A regenerated reply counts as a message: it costs what a turn's
         // reply costs.
-        let (transcript, kept_profile) =
-            context_and_count(&mut tx, ctx, user_message.parent_id, new_message).await?;
+        let (read, kept_profile) =
+            context_and_count(&mut tx, ctx, user_message.parent_id, new_message, sides).await?;
         tx.commit().await?;
+        let (earlier_user_turns, transcript) = match sides {
+            // Only the user's turns were read: no copies.
+            TranscriptSides::User => (
+                read.into_iter().map(|(_, content)| content).collect(),
+                Vec::new(),
+            ),
+            TranscriptSides::Both => (
+                read.iter()
+                    .filter(|(role, _)| role == "user")
+                    .map(|(_, content)| content.clone())
+                    .collect(),
+                read.into_iter()
+                    .map(|(role, content)| tp_llm::ChatMessage {
+                        role: if role == "user" {
+                            tp_llm::Role::User
+                        } else {
+                            tp_llm::Role::Assistant
+                        },
+                        content,
+                    })
+                    .collect(),
+            ),
+        };
         Ok(Exchange {
             user_message,
             reply,
             target,
-            earlier_user_turns: transcript
-                .iter()
-                .filter(|(role, _)| role == "user")
-                .map(|(_, content)| content.clone())
-                .collect(),
-            transcript: transcript
-                .into_iter()
-                .map(|(role, content)| tp_llm::ChatMessage {
-                    role: if role == "user" {
-                        tp_llm::Role::User
-                    } else {
-                        tp_llm::Role::Assistant
-                    },
-                    content,
-                })
-                .collect(),
+            earlier_user_turns,
+            transcript,
             kept_profile,
         })
     }
@@ -1066,9 +1089,9 @@ async fn keyed_message(
 /// What the responder needs besides the turn, read in the statement that
 /// counts the turn (when `count`), the last before the commit:
 ///
-/// * the branch ending at `last`, its last [`CONTEXT_TURNS`] messages (both
-///   sides) as (role, content), oldest first: what the responder sees before
-///   the turn it answers;
+/// * the branch ending at `last`, of its last [`CONTEXT_TURNS`] messages
+///   those of `sides` as (role, content), oldest first: what the responder
+///   sees before the turn it answers;
 /// * what is kept about the member from earlier conversations.
 ///
 /// One statement, one round trip, where these were three: each round trip
@@ -1091,6 +1114,7 @@ async fn context_and_count(
     ctx: &RequestContext,
     last: Option<Uuid>,
     count: bool,
+    sides: TranscriptSides,
 ) -> Result<(Vec<(String, String)>, Option<KeptProfile>), ConversationError> {
     // Depths run on without a gap along a branch, so the last N messages
     // are those deeper than the last one's depth minus N: a bounded range
@@ -1105,6 +1129,7 @@ async fn context_and_count(
                  SELECT role, content, depth FROM conversation.messages
                   WHERE branch_id = c.branch_id AND depth <= c.upto
                     AND depth > (SELECT max(upto) FROM chain) - $2
+                    AND (role = 'user' OR $6)
                   ORDER BY depth DESC LIMIT $2) m
               ORDER BY m.depth DESC LIMIT $2)
          SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
@@ -1118,6 +1143,7 @@ async fn context_and_count(
     .bind(ctx.tenant_id.as_uuid())
     .bind(&ctx.user_id)
     .bind(count)
+    .bind(sides == TranscriptSides::Both)
     .fetch_one(&mut **tx)
     .await?;
     let transcript = read.roles.into_iter().zip(read.contents).collect();
