@@ -85,6 +85,10 @@ pub struct Report {
     /// The gateway hop taken apart from the exported spans.
     #[serde(default)]
     pub hop_breakdown: Option<crate::otlp::HopBreakdown>,
+    /// The one-stream ListMessages phase's calls taken apart from the
+    /// exported spans (its measured window only).
+    #[serde(default)]
+    pub list_breakdown: Option<crate::otlp::TailBreakdown>,
     pub targets: Vec<TargetCheck>,
 }
 
@@ -294,6 +298,20 @@ impl Report {
                 hop.before_conversation_us,
                 hop.conversation_us,
                 hop.after_conversation_us,
+            );
+        }
+        if let Some(list) = &self.list_breakdown {
+            let part = |s: &crate::otlp::Spread| format!("{:.0}/{:.0}", s.p50_us, s.p99_us);
+            let _ = writeln!(
+                out,
+                "ListMessages at one stream from the exported spans ({} traces; p50/p99 of each \
+                 part, us): the gateway's span {}, before conversation's span {}, conversation's \
+                 span {}, after it {}",
+                list.traces,
+                part(&list.gateway),
+                part(&list.before_conversation),
+                part(&list.conversation),
+                part(&list.after_conversation),
             );
         }
         if let Some(cpu) = &self.telemetry_cpu {

@@ -835,7 +835,11 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let workers = api_workers(&gateway, c, Mix::LIST, &seeded.senders, &seeded);
         phases.push(driver::run(&args.phase("list-messages", c), workers, stack.processes()).await);
         let workers = api_workers(&gateway, 1, Mix::LIST, &seeded.senders, &seeded);
-        phases.push(driver::run(&args.phase(LIST_ONE_STREAM, 1), workers, stack.processes()).await);
+        let one_stream = args.phase(LIST_ONE_STREAM, 1);
+        // The measured window's spans, for the tail's breakdown.
+        otlp.open_list_window(std::time::SystemTime::now() + one_stream.warmup);
+        phases.push(driver::run(&one_stream, workers, stack.processes()).await);
+        otlp.close_list_window(std::time::SystemTime::now());
     }
     for (group, name, mix) in [
         (PhaseGroup::Search, "search", Mix::SEARCH),
@@ -1000,6 +1004,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         builds_cpu,
         // Read after the stacks stopped: stopping flushes their last spans.
         hop_breakdown: crate::otlp::hop_breakdown(&otlp.hop_spans()),
+        list_breakdown: crate::otlp::tail_breakdown(&otlp.list_spans()),
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -1379,6 +1384,7 @@ mod tests {
             telemetry_cpu: None,
             builds_cpu: None,
             hop_breakdown: None,
+            list_breakdown: None,
             pgbench: Some(crate::pgbench::PgbenchResult {
                 clients: 32,
                 seconds: 10.0,
