@@ -73,11 +73,16 @@ enum Weight {
 struct Part {
     text: String,
     weight: Weight,
+    /// `rules::word_count(&text)`, counted once: fitting a reply to the cap
+    /// sums the parts after every cut.
+    words: usize,
 }
 
 fn part(text: impl Into<String>, weight: Weight) -> Part {
+    let text = text.into();
     Part {
-        text: text.into(),
+        words: rules::word_count(&text),
+        text,
         weight,
     }
 }
@@ -237,12 +242,7 @@ fn first_sentence(text: &str) -> &str {
 /// Keeps a reply within the word cap: first the framework paragraph keeps
 /// only its first sentence, then parts go, least weighty and latest first.
 fn fit_to_cap(mut parts: Vec<Part>, framework: Option<&FrameworkRef>, cap: usize) -> Vec<Part> {
-    let words = |parts: &[Part]| {
-        parts
-            .iter()
-            .map(|p| rules::word_count(&p.text))
-            .sum::<usize>()
-    };
+    let words = |parts: &[Part]| parts.iter().map(|p| p.words).sum::<usize>();
     if words(&parts) <= cap {
         return parts;
     }
@@ -255,14 +255,16 @@ fn fit_to_cap(mut parts: Vec<Part>, framework: Option<&FrameworkRef>, cap: usize
                 p.text
                     .push_str(&format!(" (Source: {}.)", framework.source_url));
             }
+            p.words = rules::word_count(&p.text);
         }
     }
+    let mut total = words(&parts);
     for weight in [Weight::Optional, Weight::Useful] {
-        while words(&parts) > cap {
+        while total > cap {
             let Some(index) = parts.iter().rposition(|p| p.weight == weight) else {
                 break;
             };
-            parts.remove(index);
+            total -= parts.remove(index).words;
         }
     }
     parts
