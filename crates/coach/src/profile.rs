@@ -1,5 +1,9 @@
 //! What the user has told us about their situation, read from their turns.
 
+use std::sync::LazyLock;
+
+use aho_corasick::AhoCorasick;
+
 /// Company stage, as users usually describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stage {
@@ -92,6 +96,45 @@ const STAGES: &[(&str, Stage)] = &[
     ("public company", Stage::Public),
     ("publicly traded", Stage::Public),
 ];
+
+/// One automaton per pattern list, built once. `absorb` reads every
+/// earlier user turn of every reply, and `str::contains` set up a searcher
+/// for each pattern over each text, ~150 a turn: a twentieth of the
+/// services' CPU per SendMessage in `perf` (session 17).
+struct Patterns(AhoCorasick);
+
+impl Patterns {
+    fn new(patterns: impl IntoIterator<Item = &'static str>) -> Self {
+        // The lists are constants of this file: a failure is a bug in them,
+        // caught by every test that absorbs a turn.
+        Self(AhoCorasick::new(patterns).expect("the pattern lists build an automaton"))
+    }
+
+    /// The index of the first pattern, in list order, that occurs anywhere
+    /// in `text` (as `list.iter().position(|p| text.contains(p))`).
+    fn first_listed_in(&self, text: &str) -> Option<usize> {
+        self.0
+            .find_overlapping_iter(text)
+            .map(|m| m.pattern().as_usize())
+            .min()
+    }
+
+    /// Whether any pattern occurs in `text`.
+    fn any_in(&self, text: &str) -> bool {
+        self.0.is_match(text)
+    }
+}
+
+static ROLE_PATTERNS: LazyLock<Patterns> =
+    LazyLock::new(|| Patterns::new(ROLES.iter().map(|(p, _)| *p)));
+static STAGE_PATTERNS: LazyLock<Patterns> =
+    LazyLock::new(|| Patterns::new(STAGES.iter().map(|(p, _)| *p)));
+static ATTEMPT_PATTERNS: LazyLock<Patterns> =
+    LazyLock::new(|| Patterns::new(ATTEMPTS.iter().copied()));
+static CONSTRAINT_PATTERNS: LazyLock<Patterns> =
+    LazyLock::new(|| Patterns::new(CONSTRAINTS.iter().copied()));
+static PROBLEM_PATTERNS: LazyLock<Patterns> =
+    LazyLock::new(|| Patterns::new(PROBLEMS.iter().copied()));
 
 const ATTEMPTS: &[&str] = &[
     "we tried",
@@ -227,16 +270,16 @@ impl ContextProfile {
 
     fn absorb<'a>(&mut self, turn: &'a str, clauses: &mut Clauses<'a>) {
         let lower = words(turn);
-        if let Some((_, role)) = ROLES.iter().find(|(p, _)| lower.contains(p)) {
-            self.role = Some(role);
+        if let Some(i) = ROLE_PATTERNS.first_listed_in(&lower) {
+            self.role = Some(ROLES[i].1);
         }
-        if let Some((_, stage)) = STAGES.iter().find(|(p, _)| lower.contains(p)) {
-            self.stage = Some(*stage);
+        if let Some(i) = STAGE_PATTERNS.first_listed_in(&lower) {
+            self.stage = Some(STAGES[i].1);
         }
         if let Some(size) = team_size(&lower) {
             self.team_size = Some(size);
         }
-        if ATTEMPTS.iter().any(|p| lower.contains(p)) {
+        if ATTEMPT_PATTERNS.any_in(&lower) {
             self.mentioned_attempts = true;
         }
         for sentence in turn
@@ -245,13 +288,13 @@ impl ContextProfile {
             .filter(|s| s.split_whitespace().count() >= 3)
         {
             let lower = sentence.to_lowercase();
-            if ATTEMPTS.iter().any(|p| lower.contains(p)) {
+            if ATTEMPT_PATTERNS.any_in(&lower) {
                 clauses.tried = Some(sentence);
-            } else if CONSTRAINTS.iter().any(|p| lower.contains(p)) {
+            } else if CONSTRAINT_PATTERNS.any_in(&lower) {
                 clauses.constraint = Some(sentence);
             } else if self.problem.is_none()
                 && clauses.problem.is_none()
-                && PROBLEMS.iter().any(|p| lower.contains(p))
+                && PROBLEM_PATTERNS.any_in(&lower)
             {
                 clauses.problem = Some(sentence);
             }
@@ -579,6 +622,54 @@ mod tests {
         );
         assert!(together.problem.is_some(), "{together:?}");
         assert!(together.constraint.is_some(), "{together:?}");
+    }
+
+    /// The automata find what the lists' `contains` found: the first
+    /// pattern in list order, over texts built from the patterns' own
+    /// words, run together, overlapping and apart.
+    #[test]
+    fn the_automata_match_as_the_lists_do() {
+        let words: Vec<&str> = ROLES
+            .iter()
+            .map(|(p, _)| *p)
+            .chain(STAGES.iter().map(|(p, _)| *p))
+            .chain(ATTEMPTS.iter().copied())
+            .chain(CONSTRAINTS.iter().copied())
+            .chain(PROBLEMS.iter().copied())
+            .flat_map(|p| p.split(' '))
+            .chain(["", " ", "of", "we", "the team", "x"])
+            .collect();
+        // A fixed linear congruential sequence: the same texts every run.
+        let mut state: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = |n: usize| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            usize::try_from(state >> 33).unwrap_or(0) % n
+        };
+        let lists: [(&Patterns, Vec<&str>); 5] = [
+            (&ROLE_PATTERNS, ROLES.iter().map(|(p, _)| *p).collect()),
+            (&STAGE_PATTERNS, STAGES.iter().map(|(p, _)| *p).collect()),
+            (&ATTEMPT_PATTERNS, ATTEMPTS.to_vec()),
+            (&CONSTRAINT_PATTERNS, CONSTRAINTS.to_vec()),
+            (&PROBLEM_PATTERNS, PROBLEMS.to_vec()),
+        ];
+        let mut matched = 0;
+        for _ in 0..5_000 {
+            let parts = 1 + next(8);
+            let mut text = String::from(" ");
+            for _ in 0..parts {
+                text.push_str(words[next(words.len())]);
+                text.push_str([" ", "", "  ", "-"][next(4)]);
+            }
+            for (automaton, list) in &lists {
+                let expected = list.iter().position(|p| text.contains(p));
+                assert_eq!(automaton.first_listed_in(&text), expected, "{text:?}");
+                assert_eq!(automaton.any_in(&text), expected.is_some(), "{text:?}");
+                matched += usize::from(expected.is_some());
+            }
+        }
+        assert!(matched > 1_000, "the texts exercise the lists: {matched}");
     }
 
     #[test]
