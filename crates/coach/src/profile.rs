@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use aho_corasick::AhoCorasick;
+use aho_corasick::{AhoCorasick, AhoCorasickKind};
 
 /// Company stage, as users usually describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -97,44 +97,65 @@ const STAGES: &[(&str, Stage)] = &[
     ("publicly traded", Stage::Public),
 ];
 
-/// One automaton per pattern list, built once. `absorb` reads every
-/// earlier user turn of every reply, and `str::contains` set up a searcher
-/// for each pattern over each text, ~150 a turn: a twentieth of the
-/// services' CPU per SendMessage in `perf` (session 17).
-struct Patterns(AhoCorasick);
+/// Pattern lists matched together, in one pass over a text, by one
+/// Aho-Corasick automaton built once. `absorb` reads every earlier user turn
+/// of every reply, and `str::contains` set up a searcher for each pattern
+/// over each text, ~150 a turn: a twentieth of the services' CPU per
+/// SendMessage in `perf` (session 17); one automaton per list still
+/// scanned each text three times.
+struct PatternLists<const N: usize> {
+    automaton: AhoCorasick,
+    /// Where each list's patterns start in the automaton's numbering.
+    starts: [usize; N],
+}
 
-impl Patterns {
-    fn new(patterns: impl IntoIterator<Item = &'static str>) -> Self {
+impl<const N: usize> PatternLists<N> {
+    fn new(lists: [Vec<&'static str>; N]) -> Self {
+        let mut starts = [0; N];
+        let mut all = Vec::new();
+        for (start, list) in starts.iter_mut().zip(lists) {
+            *start = all.len();
+            all.extend(list);
+        }
         // The lists are constants of this file: a failure is a bug in them,
         // caught by every test that absorbs a turn.
-        Self(AhoCorasick::new(patterns).expect("the pattern lists build an automaton"))
+        let automaton = AhoCorasick::builder()
+            .kind(Some(AhoCorasickKind::DFA))
+            .build(all)
+            .expect("the pattern lists build an automaton");
+        Self { automaton, starts }
     }
 
-    /// The index of the first pattern, in list order, that occurs anywhere
-    /// in `text` (as `list.iter().position(|p| text.contains(p))`).
-    fn first_listed_in(&self, text: &str) -> Option<usize> {
-        self.0
-            .find_overlapping_iter(text)
-            .map(|m| m.pattern().as_usize())
-            .min()
-    }
-
-    /// Whether any pattern occurs in `text`.
-    fn any_in(&self, text: &str) -> bool {
-        self.0.is_match(text)
+    /// For each list, the index of its first pattern, in list order, that
+    /// occurs anywhere in `text` (as `list.iter().position(|p|
+    /// text.contains(p))`).
+    fn first_listed_in(&self, text: &str) -> [Option<usize>; N] {
+        let mut first = [None; N];
+        for found in self.automaton.find_overlapping_iter(text) {
+            let id = found.pattern().as_usize();
+            let list = self.starts.partition_point(|&start| start <= id) - 1;
+            let index = id - self.starts[list];
+            if first[list].is_none_or(|earlier| index < earlier) {
+                first[list] = Some(index);
+            }
+        }
+        first
     }
 }
 
-static ROLE_PATTERNS: LazyLock<Patterns> =
-    LazyLock::new(|| Patterns::new(ROLES.iter().map(|(p, _)| *p)));
-static STAGE_PATTERNS: LazyLock<Patterns> =
-    LazyLock::new(|| Patterns::new(STAGES.iter().map(|(p, _)| *p)));
-static ATTEMPT_PATTERNS: LazyLock<Patterns> =
-    LazyLock::new(|| Patterns::new(ATTEMPTS.iter().copied()));
-static CONSTRAINT_PATTERNS: LazyLock<Patterns> =
-    LazyLock::new(|| Patterns::new(CONSTRAINTS.iter().copied()));
-static PROBLEM_PATTERNS: LazyLock<Patterns> =
-    LazyLock::new(|| Patterns::new(PROBLEMS.iter().copied()));
+/// What a whole turn is read for: role, stage, an attempt.
+static TURN_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
+    PatternLists::new([
+        ROLES.iter().map(|(p, _)| *p).collect(),
+        STAGES.iter().map(|(p, _)| *p).collect(),
+        ATTEMPTS.to_vec(),
+    ])
+});
+
+/// What each sentence is read for: an attempt, a constraint, a problem.
+static SENTENCE_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
+    PatternLists::new([ATTEMPTS.to_vec(), CONSTRAINTS.to_vec(), PROBLEMS.to_vec()])
+});
 
 const ATTEMPTS: &[&str] = &[
     "we tried",
@@ -270,16 +291,17 @@ impl ContextProfile {
 
     fn absorb<'a>(&mut self, turn: &'a str, clauses: &mut Clauses<'a>) {
         let lower = words(turn);
-        if let Some(i) = ROLE_PATTERNS.first_listed_in(&lower) {
+        let [role, stage, attempt] = TURN_PATTERNS.first_listed_in(&lower);
+        if let Some(i) = role {
             self.role = Some(ROLES[i].1);
         }
-        if let Some(i) = STAGE_PATTERNS.first_listed_in(&lower) {
+        if let Some(i) = stage {
             self.stage = Some(STAGES[i].1);
         }
         if let Some(size) = team_size(&lower) {
             self.team_size = Some(size);
         }
-        if ATTEMPT_PATTERNS.any_in(&lower) {
+        if attempt.is_some() {
             self.mentioned_attempts = true;
         }
         for sentence in turn
@@ -287,15 +309,13 @@ impl ContextProfile {
             .map(str::trim)
             .filter(|s| s.split_whitespace().count() >= 3)
         {
-            let lower = sentence.to_lowercase();
-            if ATTEMPT_PATTERNS.any_in(&lower) {
+            let [attempt, constraint, problem] =
+                SENTENCE_PATTERNS.first_listed_in(&sentence.to_lowercase());
+            if attempt.is_some() {
                 clauses.tried = Some(sentence);
-            } else if CONSTRAINT_PATTERNS.any_in(&lower) {
+            } else if constraint.is_some() {
                 clauses.constraint = Some(sentence);
-            } else if self.problem.is_none()
-                && clauses.problem.is_none()
-                && PROBLEM_PATTERNS.any_in(&lower)
-            {
+            } else if self.problem.is_none() && clauses.problem.is_none() && problem.is_some() {
                 clauses.problem = Some(sentence);
             }
         }
@@ -647,13 +667,9 @@ mod tests {
                 .wrapping_add(1_442_695_040_888_963_407);
             usize::try_from(state >> 33).unwrap_or(0) % n
         };
-        let lists: [(&Patterns, Vec<&str>); 5] = [
-            (&ROLE_PATTERNS, ROLES.iter().map(|(p, _)| *p).collect()),
-            (&STAGE_PATTERNS, STAGES.iter().map(|(p, _)| *p).collect()),
-            (&ATTEMPT_PATTERNS, ATTEMPTS.to_vec()),
-            (&CONSTRAINT_PATTERNS, CONSTRAINTS.to_vec()),
-            (&PROBLEM_PATTERNS, PROBLEMS.to_vec()),
-        ];
+        let naive = |list: &[&str], text: &str| list.iter().position(|p| text.contains(p));
+        let roles: Vec<&str> = ROLES.iter().map(|(p, _)| *p).collect();
+        let stages: Vec<&str> = STAGES.iter().map(|(p, _)| *p).collect();
         let mut matched = 0;
         for _ in 0..5_000 {
             let parts = 1 + next(8);
@@ -662,12 +678,23 @@ mod tests {
                 text.push_str(words[next(words.len())]);
                 text.push_str([" ", "", "  ", "-"][next(4)]);
             }
-            for (automaton, list) in &lists {
-                let expected = list.iter().position(|p| text.contains(p));
-                assert_eq!(automaton.first_listed_in(&text), expected, "{text:?}");
-                assert_eq!(automaton.any_in(&text), expected.is_some(), "{text:?}");
-                matched += usize::from(expected.is_some());
-            }
+            let turn = [
+                naive(&roles, &text),
+                naive(&stages, &text),
+                naive(ATTEMPTS, &text),
+            ];
+            assert_eq!(TURN_PATTERNS.first_listed_in(&text), turn, "{text:?}");
+            let sentence = [
+                naive(ATTEMPTS, &text),
+                naive(CONSTRAINTS, &text),
+                naive(PROBLEMS, &text),
+            ];
+            assert_eq!(
+                SENTENCE_PATTERNS.first_listed_in(&text),
+                sentence,
+                "{text:?}"
+            );
+            matched += turn.iter().chain(&sentence).filter(|i| i.is_some()).count();
         }
         assert!(matched > 1_000, "the texts exercise the lists: {matched}");
     }
