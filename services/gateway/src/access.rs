@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 
 use http::HeaderValue;
 use tonic::body::Body;
+use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 use tower::{Layer, Service};
 use tp_auth::Principal;
@@ -55,14 +56,26 @@ pub fn internal_request<T>(
     ctx: &RequestContext,
     request: Request<T>,
 ) -> Result<Request<T>, Status> {
-    let deadline = request.metadata().get("grpc-timeout").cloned();
+    let metadata = internal_metadata(ctx, request.metadata().get("grpc-timeout"))?;
     let mut outbound = Request::new(request.into_inner());
-    ctx.write_to(outbound.metadata_mut())
+    *outbound.metadata_mut() = metadata;
+    Ok(outbound)
+}
+
+/// The metadata of every call the gateway makes on a client's behalf: the
+/// verified context, and the client's deadline if it set one. Nothing else
+/// the client sent.
+pub fn internal_metadata(
+    ctx: &RequestContext,
+    deadline: Option<&tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+) -> Result<MetadataMap, Status> {
+    let mut metadata = MetadataMap::new();
+    ctx.write_to(&mut metadata)
         .map_err(|e| Status::internal(e.to_string()))?;
     if let Some(deadline) = deadline {
-        outbound.metadata_mut().insert("grpc-timeout", deadline);
+        metadata.insert("grpc-timeout", deadline.clone());
     }
-    Ok(outbound)
+    Ok(metadata)
 }
 
 /// Applies the access policy to every public call.

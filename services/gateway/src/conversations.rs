@@ -1,5 +1,8 @@
 //! Public `ConversationService`: forwards each call (admitted by the
-//! access layer) to the conversation service with the verified context in metadata. The gateway
+//! access layer) to the conversation service with the verified context in
+//! metadata. The router sends only `SearchMessages` and `ExportTenant`
+//! here; every other method is passed on undecoded by [`crate::forward`]
+//! (its handler here does the same, typed). The gateway
 //! adds nothing to the payload; validation belongs to the service that owns
 //! the data. One decision is the gateway's: whether a search may cover the
 //! whole organisation (its settings live here).
@@ -17,7 +20,11 @@ use crate::access::{caller, internal_request, storage_status};
 use crate::audit::{self, Event};
 use crate::policy::{Standing, decide_organisation_search};
 
-pub type ConversationClient = ConversationServiceClient<TraceClient<Channel>>;
+/// The traced channel to `conversation`, which undecoded calls go
+/// through as they are ([`crate::forward`]).
+pub type UpstreamChannel = TraceClient<Channel>;
+
+pub type ConversationClient = ConversationServiceClient<UpstreamChannel>;
 
 pub struct ConversationGateway {
     conversation: ConversationClient,

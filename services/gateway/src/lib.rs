@@ -9,6 +9,7 @@ mod audit;
 mod billing;
 pub mod config;
 mod conversations;
+mod forward;
 mod knowledge;
 mod members;
 pub mod membership;

@@ -36,6 +36,7 @@ use crate::audit::AuditLog;
 use crate::billing::Billing;
 use crate::config::{GatewayConfig, SCHEMA};
 use crate::conversations::ConversationGateway;
+use crate::forward::ConversationRoutes;
 use crate::knowledge::KnowledgeGateway;
 use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
@@ -236,10 +237,8 @@ impl Application {
             (membership, Some(listener))
         };
         let membership = membership.with_timer(db_timer.clone());
-        let conversation = ConversationServiceClient::new(tp_server::internal_channel(
-            &config.conversation_url,
-            &metrics,
-        )?);
+        let conversation_channel = tp_server::internal_channel(&config.conversation_url, &metrics)?;
+        let conversation = ConversationServiceClient::new(conversation_channel.clone());
         let knowledge = KnowledgeServiceClient::new(tp_server::internal_channel(
             &config.knowledge_url,
             &metrics,
@@ -259,11 +258,10 @@ impl Application {
         let health =
             tp_server::add_infrastructure(&mut routes, &[tp_proto::PUBLIC_DESCRIPTOR_SET])?;
         routes
-            .add_service(ConversationServiceServer::new(ConversationGateway::new(
-                conversation,
-                pool.clone(),
-                db_timer.clone(),
-            )))
+            .add_service(ConversationRoutes::new(
+                ConversationGateway::new(conversation, pool.clone(), db_timer.clone()),
+                conversation_channel,
+            ))
             .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
                 knowledge,
             )))
