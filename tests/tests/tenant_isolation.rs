@@ -65,6 +65,80 @@ async fn tenant_b_cannot_touch_tenant_a_through_the_api() -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The gateway passes most calls on with their messages undecoded; the
+/// metadata it passes on is its own. A client that sends the internal
+/// context headers itself (another tenant's id, another user, a higher role)
+/// is still only itself.
+#[tokio::test]
+async fn a_client_cannot_claim_another_tenant_in_the_internal_headers() -> anyhow::Result<()> {
+    let app = TestApp::spawn().await?;
+    let (a, alice) = app.tenant_with_member("Tenant A", "alice").await?;
+    let (_b, bob) = app.tenant_with_member("Tenant B", "bob").await?;
+    let mut a_client = app.conversations(&alice).await?;
+    let id = new_conversation(&mut a_client, "A's secret")
+        .await?
+        .conversation_id;
+    send(&mut a_client, &id, "We are 12 engineers.", "").await?;
+
+    let mut b_client = app.conversations(&bob).await?;
+    let get = b_client
+        .get_conversation(claiming(
+            a,
+            pb::GetConversationRequest {
+                conversation_id: id.clone(),
+            },
+        ))
+        .await
+        .expect_err("B's token is B, whatever the headers say");
+    assert_eq!(get.code(), Code::NotFound);
+    let messages = b_client
+        .list_messages(claiming(
+            a,
+            pb::ListMessagesRequest {
+                conversation_id: id.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("B cannot read A's transcript");
+    assert_eq!(messages.code(), Code::NotFound);
+    let listed = b_client
+        .list_conversations(claiming(a, pb::ListConversationsRequest::default()))
+        .await?
+        .into_inner();
+    assert!(listed.conversations.is_empty(), "B lists only B's");
+    // A member claiming to be an admin still cannot add a document.
+    let mut b_knowledge = app.knowledge(&bob).await?;
+    let create = b_knowledge
+        .create_document(claiming(
+            a,
+            pb::CreateDocumentRequest {
+                title: "planted".into(),
+                content: b"A document in A's corpus.".to_vec(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .expect_err("a member's role is the stored one");
+    assert_eq!(create.code(), Code::PermissionDenied);
+    Ok(())
+}
+
+/// `message` as a request carrying the internal context headers, claiming
+/// `tenant`, its user `alice` and the operator role.
+fn claiming<T>(tenant: TenantId, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let metadata = request.metadata_mut();
+    for (key, value) in [
+        (tp_context::TENANT_ID_KEY, tenant.to_string()),
+        (tp_context::USER_ID_KEY, "alice".to_owned()),
+        (tp_context::ROLE_KEY, "operator".to_owned()),
+    ] {
+        metadata.insert(key, value.parse().expect("ASCII metadata"));
+    }
+    request
+}
+
 #[tokio::test]
 async fn row_level_security_hides_other_tenants_and_fails_closed() -> anyhow::Result<()> {
     let app = TestApp::spawn().await?;

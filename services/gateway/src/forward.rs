@@ -1,7 +1,9 @@
-//! The public `ConversationService` as the router sees it: calls the
-//! gateway only passes on go to `conversation` with their messages as they
-//! came, undecoded; the two whose handler reads the request or acts before
-//! forwarding go to the typed handlers in [`crate::conversations`].
+//! The public `ConversationService` and `KnowledgeService` as the router
+//! sees them: calls the gateway only passes on go to `conversation` or
+//! `knowledge` with their messages as they came, undecoded; the two whose
+//! handler reads the request or acts before forwarding go to the typed
+//! handlers in [`crate::conversations`]. Every `KnowledgeService` method is
+//! passed on (the access layer decides who may call which).
 //!
 //! Why: a typed handler decodes every message of a call and encodes it
 //! again, on the way in and, for each streamed event, on the way out, only
@@ -27,6 +29,7 @@ use tonic::server::NamedService;
 use tower::{Service, ServiceExt as _};
 use tp_context::RequestContext;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
+use tp_proto::v1::knowledge_service_server;
 
 use crate::access::internal_metadata;
 use crate::conversations::{ConversationGateway, UpstreamChannel};
@@ -94,7 +97,42 @@ impl Service<http::Request<Body>> for ConversationRoutes {
     }
 }
 
-/// Passes one call on to `conversation`; its answer, error statuses
+/// The public `KnowledgeService`: every call passed on to `knowledge`.
+#[derive(Clone)]
+pub struct KnowledgeRoutes {
+    upstream: UpstreamChannel,
+}
+
+impl KnowledgeRoutes {
+    pub fn new(upstream: UpstreamChannel) -> Self {
+        Self { upstream }
+    }
+}
+
+impl NamedService for KnowledgeRoutes {
+    const NAME: &'static str = knowledge_service_server::SERVICE_NAME;
+}
+
+impl Service<http::Request<Body>> for KnowledgeRoutes {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            Ok(forward(upstream, request)
+                .await
+                .unwrap_or_else(Status::into_http))
+        })
+    }
+}
+
+/// Passes one call on to the service behind `upstream`; its answer, error statuses
 /// included, comes back as `conversation` sent it.
 async fn forward(
     upstream: UpstreamChannel,

@@ -10,7 +10,6 @@ mod billing;
 pub mod config;
 mod conversations;
 mod forward;
-mod knowledge;
 mod members;
 pub mod membership;
 pub mod policy;

@@ -19,9 +19,6 @@ use tp_limits::{
 use tp_proto::internal::conversation::v1::usage_service_client::UsageServiceClient;
 use tp_proto::v1::audit_service_server::AuditServiceServer;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
-use tp_proto::v1::conversation_service_server::ConversationServiceServer;
-use tp_proto::v1::knowledge_service_client::KnowledgeServiceClient;
-use tp_proto::v1::knowledge_service_server::KnowledgeServiceServer;
 use tp_proto::v1::member_service_server::MemberServiceServer;
 use tp_proto::v1::operations_service_server::OperationsServiceServer;
 use tp_proto::v1::quota_service_server::QuotaServiceServer;
@@ -36,8 +33,7 @@ use crate::audit::AuditLog;
 use crate::billing::Billing;
 use crate::config::{GatewayConfig, SCHEMA};
 use crate::conversations::ConversationGateway;
-use crate::forward::ConversationRoutes;
-use crate::knowledge::KnowledgeGateway;
+use crate::forward::{ConversationRoutes, KnowledgeRoutes};
 use crate::members::MemberAdmin;
 use crate::membership::{ListenerGuard, Membership};
 use crate::policy::Standing;
@@ -239,10 +235,7 @@ impl Application {
         let membership = membership.with_timer(db_timer.clone());
         let conversation_channel = tp_server::internal_channel(&config.conversation_url, &metrics)?;
         let conversation = ConversationServiceClient::new(conversation_channel.clone());
-        let knowledge = KnowledgeServiceClient::new(tp_server::internal_channel(
-            &config.knowledge_url,
-            &metrics,
-        )?);
+        let knowledge = tp_server::internal_channel(&config.knowledge_url, &metrics)?;
         let usage = UsageServiceClient::new(tp_server::internal_channel(
             &config.conversation_url,
             &metrics,
@@ -262,9 +255,7 @@ impl Application {
                 ConversationGateway::new(conversation, pool.clone(), db_timer.clone()),
                 conversation_channel,
             ))
-            .add_service(KnowledgeServiceServer::new(KnowledgeGateway::new(
-                knowledge,
-            )))
+            .add_service(KnowledgeRoutes::new(knowledge))
             .add_service(TenantAdminServiceServer::new(
                 TenantAdmin::new(pool.clone(), membership.clone())
                     .with_stripe(billing.stripe.clone())
@@ -298,12 +289,8 @@ impl Application {
                 pool.clone(),
                 db_timer.clone(),
             )));
-        health
-            .set_serving::<ConversationServiceServer<ConversationGateway>>()
-            .await;
-        health
-            .set_serving::<KnowledgeServiceServer<KnowledgeGateway>>()
-            .await;
+        health.set_serving::<ConversationRoutes>().await;
+        health.set_serving::<KnowledgeRoutes>().await;
         health
             .set_serving::<TenantAdminServiceServer<TenantAdmin>>()
             .await;
