@@ -132,14 +132,69 @@ impl Service<http::Request<Body>> for KnowledgeRoutes {
     }
 }
 
-/// Passes one call on to the service behind `upstream`; its answer, error statuses
-/// included, comes back as `conversation` sent it.
+/// Passes one call on to the service behind `upstream`; its answer, error
+/// statuses included, comes back as the service sent it.
 async fn forward(
     upstream: UpstreamChannel,
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Status> {
     let outbound = internal_http_request(request)?;
-    upstream.oneshot(outbound).await.map_err(Status::from_error)
+    let response = upstream
+        .oneshot(outbound)
+        .await
+        .map_err(Status::from_error)?;
+    Ok(response.map(|body| Body::new(StatusOnError::new(body))))
+}
+
+/// A passed-on answer whose stream fails midway (the connection to the
+/// service lost, which the traced channel names `Unavailable`) ends with
+/// that status in its trailers, as a typed handler ends it. Passed on as an
+/// error, hyper would reset the client's stream, and the client would read
+/// an HTTP/2 protocol error (`Internal`) instead of a status that says
+/// "retry".
+struct StatusOnError {
+    inner: Body,
+    ended: bool,
+}
+
+impl StatusOnError {
+    fn new(inner: Body) -> Self {
+        Self {
+            inner,
+            ended: false,
+        }
+    }
+}
+
+impl http_body::Body for StatusOnError {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        match std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx)) {
+            Some(Err(status)) => {
+                self.ended = true;
+                let mut trailers = http::HeaderMap::new();
+                status.add_header(&mut trailers)?;
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+            frame => Poll::Ready(frame),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The internal request for an undecoded call: the client's path and
@@ -174,6 +229,7 @@ fn internal_http_request(request: http::Request<Body>) -> Result<http::Request<B
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Body as _;
     use tp_context::Role;
     use uuid::Uuid;
 
@@ -226,6 +282,26 @@ mod tests {
         assert!(headers.get("authorization").is_none());
         assert!(headers.get("cookie").is_none());
         assert_eq!(headers.len(), 8, "nothing else: {headers:?}");
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_fails_midway_ends_with_its_status_in_trailers() {
+        use http_body_util::BodyExt as _;
+        let frames: Vec<Result<http_body::Frame<bytes::Bytes>, Status>> = vec![
+            Ok(http_body::Frame::data(bytes::Bytes::from_static(b"event"))),
+            Err(Status::unavailable(
+                "the connection to conversation was lost",
+            )),
+        ];
+        let failing = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+        let mut body = StatusOnError::new(Body::new(failing));
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert_eq!(first.into_data().expect("data"), "event");
+        let last = body.frame().await.expect("a frame").expect("not an error");
+        let trailers = last.into_trailers().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "14");
+        assert!(body.frame().await.is_none(), "nothing after the trailers");
+        assert!(body.is_end_stream());
     }
 
     #[test]
