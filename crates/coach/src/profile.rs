@@ -121,14 +121,16 @@ impl<const N: usize> PatternLists<N> {
         // caught by every test that absorbs a turn.
         let automaton = AhoCorasick::builder()
             .kind(Some(AhoCorasickKind::DFA))
+            .ascii_case_insensitive(true)
             .build(all)
             .expect("the pattern lists build an automaton");
         Self { automaton, starts }
     }
 
     /// For each list, the index of its first pattern, in list order, that
-    /// occurs anywhere in `text` (as `list.iter().position(|p|
-    /// text.contains(p))`).
+    /// occurs anywhere in `text`, ASCII letters in either case (as
+    /// `list.iter().position(|p| text.to_ascii_lowercase().contains(p))`;
+    /// the patterns are lower-case).
     fn first_listed_in(&self, text: &str) -> [Option<usize>; N] {
         let mut first = [None; N];
         for found in self.automaton.find_overlapping_iter(text) {
@@ -309,8 +311,14 @@ impl ContextProfile {
             .map(str::trim)
             .filter(|s| s.split_whitespace().count() >= 3)
         {
-            let [attempt, constraint, problem] =
-                SENTENCE_PATTERNS.first_listed_in(&sentence.to_lowercase());
+            // The patterns are lower-case ASCII and the automaton matches
+            // ASCII letters in either case, so an ASCII sentence needs no
+            // lowered copy.
+            let [attempt, constraint, problem] = if sentence.is_ascii() {
+                SENTENCE_PATTERNS.first_listed_in(sentence)
+            } else {
+                SENTENCE_PATTERNS.first_listed_in(&sentence.to_lowercase())
+            };
             if attempt.is_some() {
                 clauses.tried = Some(sentence);
             } else if constraint.is_some() {
@@ -434,11 +442,24 @@ impl ContextProfile {
 /// conversation for every reply, and was a tenth of the conversation
 /// service's CPU per SendMessage as a chain of intermediate strings.
 pub fn words(text: &str) -> String {
-    // `str::to_lowercase`, not per character: a final sigma lowers to ς.
+    // Most turns are ASCII, lowered a byte at a time in the same pass; any
+    // other text by `str::to_lowercase`, not per character: a final sigma
+    // lowers to ς.
+    if text.is_ascii() {
+        return words_of_lowered(
+            text.bytes().map(|b| char::from(b.to_ascii_lowercase())),
+            text.len(),
+        );
+    }
     let lower = text.to_lowercase();
-    let mut out = String::with_capacity(lower.len() + 2);
+    words_of_lowered(lower.chars(), lower.len())
+}
+
+/// [`words`] of text already lowered, `len` bytes long.
+fn words_of_lowered(lower: impl Iterator<Item = char>, len: usize) -> String {
+    let mut out = String::with_capacity(len + 2);
     out.push(' ');
-    let mut chars = lower.chars().peekable();
+    let mut chars = lower.peekable();
     let mut previous: Option<char> = None;
     let mut gap = false;
     while let Some(c) = chars.next() {
@@ -465,25 +486,24 @@ pub fn words(text: &str) -> String {
 
 /// Finds "40 engineers", "a team of 12", "12-person team".
 fn team_size(lower: &str) -> Option<u32> {
-    let words: Vec<&str> = lower
+    let mut words = lower
         .split(|c: char| !(c.is_alphanumeric() || c == '-' || c == '~'))
         .filter(|w| !w.is_empty())
-        .collect();
-    for (i, word) in words.iter().enumerate() {
+        .peekable();
+    // The two words before the current one: "team of 12".
+    let mut before: [&str; 2] = ["", ""];
+    while let Some(word) = words.next() {
         let (number, suffix) = match word.split_once('-') {
             Some((n, s)) => (n, Some(s)),
-            None => (*word, None),
+            None => (word, None),
         };
-        let Ok(n) = number.trim_start_matches('~').parse::<u32>() else {
-            continue;
-        };
-        let next = suffix
-            .or_else(|| words.get(i + 1).copied())
-            .unwrap_or_default();
-        let previous_is_of = i > 0 && words[i - 1] == "of";
-        if TEAM_NOUNS.contains(&next) || (previous_is_of && i > 1 && words[i - 2] == "team") {
-            return Some(n);
+        if let Ok(n) = number.trim_start_matches('~').parse::<u32>() {
+            let next = suffix.or_else(|| words.peek().copied()).unwrap_or_default();
+            if TEAM_NOUNS.contains(&next) || before == ["team", "of"] {
+                return Some(n);
+            }
         }
+        before = [before[1], word];
     }
     None
 }
@@ -694,9 +714,30 @@ mod tests {
                 sentence,
                 "{text:?}"
             );
+            // A sentence is read as written when it is ASCII: capitals
+            // match as the lowered text would.
+            let shouted = text.to_ascii_uppercase();
+            assert_eq!(
+                SENTENCE_PATTERNS.first_listed_in(&shouted),
+                sentence,
+                "{shouted:?}"
+            );
             matched += turn.iter().chain(&sentence).filter(|i| i.is_some()).count();
         }
         assert!(matched > 1_000, "the texts exercise the lists: {matched}");
+    }
+
+    #[test]
+    fn every_pattern_is_lower_case() {
+        let roles = ROLES.iter().map(|(p, _)| *p);
+        let stages = STAGES.iter().map(|(p, _)| *p);
+        let lists = [ATTEMPTS, CONSTRAINTS, PROBLEMS]
+            .into_iter()
+            .flatten()
+            .copied();
+        for pattern in roles.chain(stages).chain(lists) {
+            assert_eq!(pattern, pattern.to_lowercase(), "{pattern:?}");
+        }
     }
 
     #[test]
@@ -704,6 +745,11 @@ mod tests {
         assert_eq!(team_size(" a team of 12 "), Some(12));
         assert_eq!(team_size(" our 8-person team "), Some(8));
         assert_eq!(team_size(" we shipped 3 features "), None);
+        assert_eq!(team_size(" 40 engineers "), Some(40));
+        assert_eq!(team_size(" ~25 people "), Some(25));
+        assert_eq!(team_size(" team of "), None);
+        assert_eq!(team_size(" of 12 "), None);
+        assert_eq!(team_size(" the team of 12 and 3 engineers "), Some(12));
     }
 
     #[test]
