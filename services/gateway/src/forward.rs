@@ -75,7 +75,7 @@ impl NamedService for ConversationRoutes {
 impl Service<http::Request<Body>> for ConversationRoutes {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Both inner services are always ready: the typed server is, and
@@ -88,12 +88,7 @@ impl Service<http::Request<Body>> for ConversationRoutes {
             let typed = self.typed.clone();
             return Box::pin(typed.oneshot(request));
         }
-        let upstream = self.upstream.clone();
-        Box::pin(async move {
-            Ok(forward(upstream, request)
-                .await
-                .unwrap_or_else(Status::into_http))
-        })
+        passed_on(&self.upstream, request)
     }
 }
 
@@ -116,20 +111,27 @@ impl NamedService for KnowledgeRoutes {
 impl Service<http::Request<Body>> for KnowledgeRoutes {
     type Response = http::Response<Body>;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+    type Future = RouteFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        let upstream = self.upstream.clone();
-        Box::pin(async move {
-            Ok(forward(upstream, request)
-                .await
-                .unwrap_or_else(Status::into_http))
-        })
+        passed_on(&self.upstream, request)
     }
+}
+
+type RouteFuture = Pin<Box<dyn Future<Output = Result<http::Response<Body>, Infallible>> + Send>>;
+
+/// The routed call passed on; a failure to pass it on is its status.
+fn passed_on(upstream: &UpstreamChannel, request: http::Request<Body>) -> RouteFuture {
+    let upstream = upstream.clone();
+    Box::pin(async move {
+        Ok(forward(upstream, request)
+            .await
+            .unwrap_or_else(Status::into_http))
+    })
 }
 
 /// Passes one call on to the service behind `upstream`; its answer, error
@@ -207,12 +209,12 @@ fn internal_http_request(request: http::Request<Body>) -> Result<http::Request<B
         .ok_or_else(|| Status::internal("tenant context missing: AccessLayer is not installed"))?;
     let (parts, body) = request.into_parts();
     let mut client_headers = parts.headers;
-    let passed_on = PASSED_ON.map(|name| client_headers.remove(&name).map(|value| (name, value)));
+    let encodings = PASSED_ON.map(|name| client_headers.remove(&name).map(|value| (name, value)));
     let client_metadata = MetadataMap::from_headers(client_headers);
     let mut headers = internal_metadata(&ctx, client_metadata.get("grpc-timeout"))?.into_headers();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
-    headers.extend(passed_on.into_iter().flatten());
+    headers.extend(encodings.into_iter().flatten());
     // The channel sets the scheme and authority of `conversation`.
     let path = parts
         .uri
