@@ -37,9 +37,14 @@ pub fn principal<T>(request: &Request<T>) -> Result<Principal, Status> {
 
 /// The tenant context [`AccessLayer`] verified for a tenant-scoped call.
 pub fn caller<T>(request: &Request<T>) -> Result<RequestContext, Status> {
-    request
-        .extensions()
-        .get::<RequestContext>()
+    verified(request.extensions().get::<RequestContext>())
+}
+
+/// The context [`AccessLayer`] put in a call's extensions, wherever they
+/// are read from (a typed handler's request, or the HTTP request of a call
+/// passed on undecoded).
+pub fn verified(context: Option<&RequestContext>) -> Result<RequestContext, Status> {
+    context
         .cloned()
         .ok_or_else(|| Status::internal("tenant context missing: AccessLayer is not installed"))
 }

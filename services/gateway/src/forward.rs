@@ -31,7 +31,7 @@ use tp_context::RequestContext;
 use tp_proto::v1::conversation_service_server::ConversationServiceServer;
 use tp_proto::v1::knowledge_service_server;
 
-use crate::access::internal_metadata;
+use crate::access::{internal_metadata, verified};
 use crate::conversations::{ConversationGateway, UpstreamChannel};
 
 type Typed = ConversationServiceServer<ConversationGateway>;
@@ -202,11 +202,7 @@ impl http_body::Body for StatusOnError {
 /// The internal request for an undecoded call: the client's path and
 /// messages, and fresh headers (see [`PASSED_ON`]).
 fn internal_http_request(request: http::Request<Body>) -> Result<http::Request<Body>, Status> {
-    let ctx = request
-        .extensions()
-        .get::<RequestContext>()
-        .cloned()
-        .ok_or_else(|| Status::internal("tenant context missing: AccessLayer is not installed"))?;
+    let ctx = verified(request.extensions().get::<RequestContext>())?;
     let (parts, body) = request.into_parts();
     let mut client_headers = parts.headers;
     let encodings = PASSED_ON.map(|name| client_headers.remove(&name).map(|value| (name, value)));
