@@ -1,10 +1,12 @@
 //! The parts of a gRPC server that every service shares, so each service's
 //! start-up only names its own handlers and layers.
 
+mod channel;
 pub mod cli;
 mod deadline;
 pub mod ops;
 
+pub use channel::{BadServiceUrl, Http2Channel};
 pub use deadline::{Deadline, DeadlineBody, DeadlineLayer, parse_grpc_timeout};
 
 pub use ops::{AbortOnDrop, HttpFallback, HttpListener, HttpResponse, Ops, served_methods};
@@ -16,8 +18,8 @@ use std::future::Future;
 use tokio::net::TcpListener;
 use tonic::body::Body;
 use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Channel, Endpoint, Server};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -36,11 +38,8 @@ pub enum ServerError {
     Descriptor(#[from] prost::DecodeError),
     #[error("no descriptor describes the service `{0}`")]
     UnknownService(String),
-    #[error("invalid service URL `{url}`: {source}")]
-    BadUrl {
-        url: String,
-        source: tonic::transport::Error,
-    },
+    #[error(transparent)]
+    BadUrl(#[from] BadServiceUrl),
 }
 
 /// A bound listener: bind first, so tests can ask for port 0 and learn the
@@ -158,19 +157,17 @@ pub fn add_infrastructure(
     Ok(reporter)
 }
 
+/// What a service calls another of ours through: see [`internal_channel`].
+pub type InternalChannel = tp_telemetry::TraceClient<Http2Channel>;
+
 /// A channel to another of our services that carries the trace context and
 /// measures each call into `metrics` (`rpc.client.call.duration`).
 /// Lazy: the other service may start later, and calls reconnect on their own.
 pub fn internal_channel(
     url: &str,
     metrics: &tp_telemetry::Metrics,
-) -> Result<tp_telemetry::TraceClient<Channel>, ServerError> {
-    let channel = Endpoint::from_shared(url.to_owned())
-        .map_err(|source| ServerError::BadUrl {
-            url: url.to_owned(),
-            source,
-        })?
-        .connect_lazy();
+) -> Result<InternalChannel, ServerError> {
+    let channel = Http2Channel::lazy(url)?;
     Ok(tp_telemetry::ClientTraceLayer::new(metrics.clone()).layer(channel))
 }
 

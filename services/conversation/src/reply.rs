@@ -6,13 +6,12 @@
 
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use tp_coach::rules;
 use tp_coach::{ContextProfile, FrameworkRef};
 use tp_context::RequestContext;
 use tp_proto::internal::knowledge::v1::retrieval_service_client::RetrievalServiceClient;
 use tp_proto::internal::knowledge::v1::{KnownContext, RetrieveRequest};
-use tp_telemetry::{GenAiProvider, Metrics, TokenType, TraceClient};
+use tp_telemetry::{GenAiProvider, Metrics, TokenType};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
@@ -102,7 +101,7 @@ pub enum ReplyError {
     Provider(#[from] LlmError),
 }
 
-pub type KnowledgeClient = RetrievalServiceClient<TraceClient<Channel>>;
+pub type KnowledgeClient = RetrievalServiceClient<tp_server::InternalChannel>;
 
 /// The responder name stored with every reply the offline coach writes.
 pub const OFFLINE_RESPONDER: &str = "offline";

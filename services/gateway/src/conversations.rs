@@ -7,11 +7,9 @@
 //! the data. One decision is the gateway's: whether a search may cover the
 //! whole organisation (its settings live here).
 
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 use tp_proto::v1 as pb;
 use tp_proto::v1::conversation_service_client::ConversationServiceClient;
-use tp_telemetry::TraceClient;
 
 use tp_store::Pool;
 use tp_store::TxTimer;
@@ -22,7 +20,7 @@ use crate::policy::{Standing, decide_organisation_search};
 
 /// The traced channel to `conversation`, which undecoded calls go
 /// through as they are ([`crate::forward`]).
-pub type UpstreamChannel = TraceClient<Channel>;
+pub type UpstreamChannel = tp_server::InternalChannel;
 
 pub type ConversationClient = ConversationServiceClient<UpstreamChannel>;
 

@@ -12,13 +12,12 @@
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
-use tonic::transport::Channel;
 use tp_context::{RequestContext, Role, TenantId};
 use tp_proto::internal::conversation::v1 as internal;
 use tp_proto::internal::conversation::v1::retention_service_client::RetentionServiceClient;
 use tp_store::Pool;
 use tp_store::TxTimer;
-use tp_telemetry::{Metrics, TraceClient};
+use tp_telemetry::Metrics;
 use uuid::Uuid;
 
 use crate::audit::{self, Event};
@@ -26,7 +25,7 @@ use crate::audit::{self, Event};
 /// Who the audit log names for the job's deletions.
 pub const ACTOR: &str = "system:retention";
 
-pub type RetentionClient = RetentionServiceClient<TraceClient<Channel>>;
+pub type RetentionClient = RetentionServiceClient<tp_server::InternalChannel>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SweepError {

@@ -65,7 +65,7 @@ impl Subscriptions {
 /// The conversation service's internal usage API.
 pub type UsageClient =
     tp_proto::internal::conversation::v1::usage_service_client::UsageServiceClient<
-        tp_telemetry::TraceClient<tonic::transport::Channel>,
+        tp_server::InternalChannel,
     >;
 
 /// The longest period `GetUsage` reports at once.
