@@ -313,12 +313,22 @@ impl BatchedWriter {
             .spawn(move || {
                 let shared = thread_shared;
                 let mut spare = Vec::with_capacity(FLUSH_AT_BYTES);
+                let stopping = || shared.stopping.load(Ordering::Acquire);
                 loop {
                     {
-                        let buffer = shared.lock();
+                        // Idle, the thread sleeps until a line arrives (the
+                        // first line into an empty buffer wakes it): no
+                        // timer ticking while nothing is logged, as in a
+                        // service whose exported spans are its canonical
+                        // events. Then it gives later lines the interval to
+                        // join that one in a single write.
+                        let buffer = shared
+                            .wake
+                            .wait_while(shared.lock(), |buffer| buffer.is_empty() && !stopping())
+                            .unwrap_or_else(|e| e.into_inner());
                         let _ = shared
                             .wake
-                            .wait_timeout(buffer, FLUSH_INTERVAL)
+                            .wait_timeout_while(buffer, FLUSH_INTERVAL, |_| !stopping())
                             .unwrap_or_else(|e| e.into_inner());
                     }
                     shared.flush(&mut spare);
@@ -354,6 +364,10 @@ impl BatchedWriter {
             return;
         }
         let mut buffer = self.shared.lock();
+        if buffer.is_empty() {
+            // The flushing thread sleeps while the buffer is empty.
+            self.shared.wake.notify_one();
+        }
         buffer.extend_from_slice(bytes);
         if buffer.len() >= FLUSH_AT_BYTES {
             // Rare: a burst filled the buffer within one interval. Write
@@ -521,6 +535,26 @@ mod tests {
         assert_eq!(line, "\"a\\u0007b\\\\c\\td\"");
         let parsed: String = serde_json::from_str(&line).unwrap();
         assert_eq!(parsed, "a\u{7}b\\c\td");
+    }
+
+    #[test]
+    fn a_line_after_an_idle_spell_is_written_without_a_shutdown() {
+        let sink = Buffer::default();
+        let out = BatchedWriter::start(Box::new(sink.clone())).unwrap();
+        // Idle for longer than the interval: the thread is asleep.
+        std::thread::sleep(FLUSH_INTERVAL * 3);
+        writeln!(out.make_writer(), "{{\"n\":1}}").unwrap();
+        // It wakes for the line; generous, so a slow machine still passes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lines(&sink).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            lines(&sink).len(),
+            1,
+            "the line was written while the writer runs"
+        );
+        out.shutdown();
     }
 
     #[test]
