@@ -13,7 +13,7 @@
 mod api;
 mod driver;
 mod echo;
-mod otlp;
+use tp_loadgen::otlp;
 mod pgbench;
 mod proxy;
 mod report;

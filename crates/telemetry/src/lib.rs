@@ -25,6 +25,7 @@ mod call_span;
 mod canonical_log;
 mod log_fields;
 pub mod metrics;
+mod otlp_spans;
 mod propagation;
 #[cfg(test)]
 mod schema_check;
@@ -47,6 +48,8 @@ pub enum TelemetryError {
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
+    #[error("could not set up span export: {0}")]
+    SpanExport(String),
     #[error("could not start the log writer's thread: {0}")]
     LogWriter(#[from] std::io::Error),
     #[error("TP_CANONICAL_LOG is {0:?}: use `auto` (the default) or `always`")]
@@ -166,10 +169,13 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     // A tracer provider always exists, even without an exporter, so every
     // request gets a real trace id for its logs and for propagation.
     if otlp_configured() {
-        let spans = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()?;
-        tracer_builder = tracer_builder.with_batch_exporter(spans);
+        // Not the SDK's batch processor with opentelemetry-otlp's exporter:
+        // see `otlp_spans` for why, and for the settings it reads.
+        let settings = otlp_spans::ExportSettings::from_env(|key| std::env::var(key).ok());
+        let sender = otlp_spans::GrpcSender::new(&settings).map_err(TelemetryError::SpanExport)?;
+        let spans = otlp_spans::OtlpSpanProcessor::start(settings, &resource, sender)
+            .map_err(|e| TelemetryError::SpanExport(e.to_string()))?;
+        tracer_builder = tracer_builder.with_span_processor(spans);
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
             .build()?;

@@ -1,0 +1,1005 @@
+//! Spans exported over OTLP/gRPC, each encoded to its protobuf bytes on the
+//! thread that ends it.
+//!
+//! The SDK's batch processor hands every finished `SpanData` to an export
+//! thread, where `opentelemetry-otlp` converts it into the generated protobuf
+//! structs (a `String` or `Vec` for every id, name, attribute key and value:
+//! ~30 allocations a span), encodes them, and frees both there, on another
+//! thread than the one that allocated them. Measured with the load
+//! generator (BENCHMARKS, session 19): that conversion alone, done on the
+//! worker and the bytes dropped, cost as much as the whole export; spans
+//! made and not exported cost about half as much. Here `on_end` writes the
+//! span's protobuf encoding straight from `SpanData` into a reused
+//! per-thread buffer (no allocation for the span), appends it to the
+//! pending batch, and drops the `SpanData` where it was made. A thread of
+//! its own wraps a batch in its resource and scope and sends it as one
+//! `Export` call. Spans this encoder does not write itself (with events,
+//! links, or array-valued attributes: none of ours) go through the
+//! official conversion, so every span is exported as the SDK would.
+//!
+//! Settings are the SDK's: `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` (default `http://localhost:4317`),
+//! `OTEL_EXPORTER_OTLP_TRACES_HEADERS` or `OTEL_EXPORTER_OTLP_HEADERS`,
+//! `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT`
+//! (ms, default 10 s), `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048),
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), `OTEL_BSP_SCHEDULED_DELAY` (ms,
+//! 5000). Spans past the queue's size are dropped and counted in a warning.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf as _, BufMut as _, Bytes};
+use opentelemetry::trace::{SpanId, SpanKind, Status};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{SpanData, SpanProcessor};
+use prost::Message as _;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+/// Where and how to export, read from the SDK's environment variables.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct ExportSettings {
+    pub endpoint: String,
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub max_queue: usize,
+    pub max_batch: usize,
+    pub delay: Duration,
+}
+
+impl ExportSettings {
+    /// The settings `var` gives (`std::env::var` in the services).
+    pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Self {
+        let set = |key: &str| var(key).filter(|v| !v.trim().is_empty());
+        let number = |key: &str, default: u64| {
+            set(key)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(default)
+        };
+        let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .unwrap_or_else(|| "http://localhost:4317".to_owned());
+        let headers = set("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_HEADERS"))
+            .map(|h| parse_headers(&h))
+            .unwrap_or_default();
+        let timeout_ms = set("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+            .or_else(|| set("OTEL_EXPORTER_OTLP_TIMEOUT"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(10_000);
+        let max_queue = usize::try_from(number("OTEL_BSP_MAX_QUEUE_SIZE", 2048))
+            .unwrap_or(2048)
+            .max(1);
+        let max_batch = usize::try_from(number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512))
+            .unwrap_or(512)
+            .clamp(1, max_queue);
+        Self {
+            endpoint,
+            headers,
+            timeout: Duration::from_millis(timeout_ms),
+            max_queue,
+            max_batch,
+            delay: Duration::from_millis(number("OTEL_BSP_SCHEDULED_DELAY", 5000)),
+        }
+    }
+}
+
+/// `key1=value1,key2=value2`, values percent-decoded where they can be (as
+/// the OTLP exporter specification says); pairs without `=` are skipped.
+fn parse_headers(text: &str) -> Vec<(String, String)> {
+    text.split(',')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty()).then(|| (key.to_ascii_lowercase(), percent_decode(value.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Some(byte) = std::str::from_utf8(&bytes[i + 1..i + 3])
+                .ok()
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+        {
+            out.push(byte);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap_or_else(|_| value.to_owned())
+}
+
+// ---------------------------------------------------------------- encoding
+
+fn len_field_len(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+fn put_len_field(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+fn put_nonempty(tag: u32, bytes: &[u8], out: &mut Vec<u8>) {
+    if !bytes.is_empty() {
+        put_len_field(tag, bytes, out);
+    }
+}
+
+fn put_fixed64(tag: u32, value: u64, out: &mut Vec<u8>) {
+    if value != 0 {
+        encode_key(tag, WireType::SixtyFourBit, out);
+        out.put_u64_le(value);
+    }
+}
+
+fn put_varint(tag: u32, value: u64, out: &mut Vec<u8>) {
+    if value != 0 {
+        encode_key(tag, WireType::Varint, out);
+        encode_varint(value, out);
+    }
+}
+
+fn nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// An `AnyValue`'s encoded length, for the scalar values this encoder writes.
+fn any_value_len(value: &Value) -> usize {
+    match value {
+        Value::String(s) => len_field_len(1, s.as_str().len()),
+        Value::Bool(_) => prost::encoding::key_len(2) + 1,
+        Value::I64(v) => prost::encoding::key_len(3) + encoded_len_varint(*v as u64),
+        Value::F64(_) => prost::encoding::key_len(4) + 8,
+        // Arrays go through the official conversion (see `encodable`).
+        _ => 0,
+    }
+}
+
+fn put_any_value(value: &Value, out: &mut Vec<u8>) {
+    match value {
+        Value::String(s) => put_len_field(1, s.as_str().as_bytes(), out),
+        Value::Bool(b) => {
+            encode_key(2, WireType::Varint, out);
+            encode_varint(u64::from(*b), out);
+        }
+        Value::I64(v) => {
+            encode_key(3, WireType::Varint, out);
+            encode_varint(*v as u64, out);
+        }
+        Value::F64(v) => {
+            encode_key(4, WireType::SixtyFourBit, out);
+            out.put_f64_le(*v);
+        }
+        _ => {}
+    }
+}
+
+/// Appends `KeyValue` messages as field `tag` of the enclosing message.
+fn put_attributes(tag: u32, attributes: &[KeyValue], out: &mut Vec<u8>) {
+    for attribute in attributes {
+        let key = attribute.key.as_str();
+        let value_len = any_value_len(&attribute.value);
+        let pair_len = len_field_len(1, key.len()) + len_field_len(2, value_len);
+        encode_key(tag, WireType::LengthDelimited, out);
+        encode_varint(pair_len as u64, out);
+        put_len_field(1, key.as_bytes(), out);
+        encode_key(2, WireType::LengthDelimited, out);
+        encode_varint(value_len as u64, out);
+        put_any_value(&attribute.value, out);
+    }
+}
+
+/// Whether this encoder writes `span` itself: no events, no links, no
+/// array-valued attributes (none of this service's spans have any).
+fn encodable(span: &SpanData) -> bool {
+    span.events.is_empty()
+        && span.links.is_empty()
+        && !span
+            .attributes
+            .iter()
+            .any(|kv| matches!(kv.value, Value::Array(_)))
+}
+
+/// The OTLP `Span` message for `span`, appended to `out`.
+pub(crate) fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
+    if !encodable(span) {
+        let official: opentelemetry_proto::tonic::trace::v1::Span = span.clone().into();
+        // Encoding into a Vec cannot run out of room.
+        let _ = official.encode(out);
+        return;
+    }
+    let context = &span.span_context;
+    put_len_field(1, &context.trace_id().to_bytes(), out);
+    put_len_field(2, &context.span_id().to_bytes(), out);
+    put_nonempty(3, context.trace_state().header().as_bytes(), out);
+    if span.parent_span_id != SpanId::INVALID {
+        put_len_field(4, &span.parent_span_id.to_bytes(), out);
+    }
+    put_nonempty(5, span.name.as_bytes(), out);
+    let kind: i32 = match span.span_kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    put_varint(6, kind as u64, out);
+    put_fixed64(7, nanos(span.start_time), out);
+    put_fixed64(8, nanos(span.end_time), out);
+    put_attributes(9, &span.attributes, out);
+    put_varint(10, u64::from(span.dropped_attributes_count), out);
+    put_varint(12, u64::from(span.events.dropped_count), out);
+    put_varint(14, u64::from(span.links.dropped_count), out);
+    // Status is always present, as the official conversion makes it.
+    let (code, message): (u64, &str) = match &span.status {
+        Status::Unset => (0, ""),
+        Status::Ok => (1, ""),
+        Status::Error { description } => (2, description.as_ref()),
+    };
+    let message_len = if message.is_empty() {
+        0
+    } else {
+        len_field_len(2, message.len())
+    };
+    let code_len = if code == 0 {
+        0
+    } else {
+        prost::encoding::key_len(3) + encoded_len_varint(code)
+    };
+    encode_key(15, WireType::LengthDelimited, out);
+    encode_varint((message_len + code_len) as u64, out);
+    put_nonempty(2, message.as_bytes(), out);
+    put_varint(3, code, out);
+    // Flags as the official conversion sets them: the W3C flags, and that
+    // whether the parent is remote is known.
+    let mut flags = u32::from(context.trace_flags().to_u8()) | 0x100;
+    if span.parent_span_is_remote {
+        flags |= 0x200;
+    }
+    encode_key(16, WireType::ThirtyTwoBit, out);
+    out.put_u32_le(flags);
+}
+
+/// The encoded `Resource` message.
+fn encode_resource(resource: &Resource) -> Vec<u8> {
+    let attributes: Vec<KeyValue> = resource
+        .iter()
+        .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
+        .filter(|kv| !matches!(kv.value, Value::Array(_)))
+        .collect();
+    let mut out = Vec::new();
+    put_attributes(1, &attributes, &mut out);
+    out
+}
+
+fn encode_scope(scope: &InstrumentationScope) -> Vec<u8> {
+    let official: opentelemetry_proto::tonic::common::v1::InstrumentationScope =
+        (scope, None).into();
+    official.encode_to_vec()
+}
+
+/// Spans of one instrumentation scope waiting for export: each a
+/// `ScopeSpans.spans` field (tag, length, message).
+struct ScopeBatch {
+    scope: InstrumentationScope,
+    spans: Vec<u8>,
+}
+
+#[derive(Default)]
+struct Pending {
+    scopes: Vec<ScopeBatch>,
+    count: usize,
+    /// Incremented by `force_flush`; the thread answers with `flushed`.
+    flush_requests: u64,
+    flushed: u64,
+    /// Set by the export thread as it ends.
+    exited: bool,
+}
+
+struct Shared {
+    pending: Mutex<Pending>,
+    /// Wakes the export thread (a full batch, a flush, shutdown) and those
+    /// waiting for a flush.
+    wake: Condvar,
+    stopping: AtomicBool,
+    dropped: AtomicU64,
+    settings: ExportSettings,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        // A thread that panicked mid-append leaves whole spans only (each
+        // is appended in one `extend_from_slice`).
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+thread_local! {
+    /// One span's encoding, reused: no allocation per span once warm.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+/// The span processor: see the module's documentation.
+pub(crate) struct OtlpSpanProcessor {
+    shared: Arc<Shared>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for OtlpSpanProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpSpanProcessor")
+            .field("endpoint", &self.shared.settings.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sends one encoded `ExportTraceServiceRequest`.
+pub(crate) trait SendBatch: Send + 'static {
+    fn send(&mut self, request: Bytes) -> Result<(), String>;
+}
+
+impl OtlpSpanProcessor {
+    /// Starts the export thread, which sends through `sender`.
+    pub(crate) fn start(
+        settings: ExportSettings,
+        resource: &Resource,
+        mut sender: impl SendBatch,
+    ) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+            stopping: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+            settings,
+        });
+        let resource = encode_resource(resource);
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("otlp-spans".into())
+            .spawn(move || export_loop(&thread_shared, &resource, &mut sender))?;
+        Ok(Self {
+            shared,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+}
+
+/// The export thread: waits for a full batch, the delay, a flush or
+/// shutdown, then sends what is pending.
+fn export_loop(shared: &Shared, resource: &[u8], sender: &mut impl SendBatch) {
+    let settings = &shared.settings;
+    loop {
+        let (scopes, count, flush_request) = {
+            let pending = shared.lock();
+            let (mut pending, _) = shared
+                .wake
+                .wait_timeout_while(pending, settings.delay, |p| {
+                    p.count < settings.max_batch
+                        && p.flush_requests == p.flushed
+                        && !shared.stopping.load(Ordering::Acquire)
+                })
+                .unwrap_or_else(|e| e.into_inner());
+            let count = std::mem::take(&mut pending.count);
+            (
+                std::mem::take(&mut pending.scopes),
+                count,
+                pending.flush_requests,
+            )
+        };
+        if count > 0 {
+            let request = wrap(resource, &scopes);
+            if let Err(error) = sender.send(request) {
+                tracing::warn!(spans = count, %error, "could not export spans");
+            }
+        }
+        let dropped = shared.dropped.swap(0, Ordering::Relaxed);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "spans dropped: more finished than the export queue holds (OTEL_BSP_MAX_QUEUE_SIZE)"
+            );
+        }
+        {
+            let mut pending = shared.lock();
+            pending.flushed = flush_request;
+        }
+        shared.wake.notify_all();
+        if shared.stopping.load(Ordering::Acquire) {
+            let mut pending = shared.lock();
+            if pending.count == 0 {
+                pending.exited = true;
+                drop(pending);
+                shared.wake.notify_all();
+                return;
+            }
+        }
+    }
+}
+
+/// The `ExportTraceServiceRequest`: one `ResourceSpans` with a
+/// `ScopeSpans` per scope.
+fn wrap(resource: &[u8], scopes: &[ScopeBatch]) -> Bytes {
+    let mut scope_spans = Vec::new();
+    for batch in scopes {
+        let scope = encode_scope(&batch.scope);
+        let schema_url = batch.scope.schema_url().unwrap_or_default();
+        let len = len_field_len(1, scope.len())
+            + batch.spans.len()
+            + if schema_url.is_empty() {
+                0
+            } else {
+                len_field_len(3, schema_url.len())
+            };
+        encode_key(2, WireType::LengthDelimited, &mut scope_spans);
+        encode_varint(len as u64, &mut scope_spans);
+        put_len_field(1, &scope, &mut scope_spans);
+        scope_spans.extend_from_slice(&batch.spans);
+        put_nonempty(3, schema_url.as_bytes(), &mut scope_spans);
+    }
+    let resource_spans_len = len_field_len(1, resource.len()) + scope_spans.len();
+    let mut request = Vec::with_capacity(len_field_len(1, resource_spans_len));
+    encode_key(1, WireType::LengthDelimited, &mut request);
+    encode_varint(resource_spans_len as u64, &mut request);
+    put_len_field(1, resource, &mut request);
+    request.extend_from_slice(&scope_spans);
+    Bytes::from(request)
+}
+
+impl SpanProcessor for OtlpSpanProcessor {
+    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        if !span.span_context.is_sampled() || self.shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            encode_span(&span, &mut scratch);
+            let full = {
+                let mut pending = self.shared.lock();
+                if pending.count >= self.shared.settings.max_queue {
+                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let index = match pending
+                    .scopes
+                    .iter()
+                    .position(|b| b.scope == span.instrumentation_scope)
+                {
+                    Some(index) => index,
+                    None => {
+                        pending.scopes.push(ScopeBatch {
+                            scope: span.instrumentation_scope.clone(),
+                            spans: Vec::with_capacity(64 * 1024),
+                        });
+                        pending.scopes.len() - 1
+                    }
+                };
+                put_len_field(2, &scratch, &mut pending.scopes[index].spans);
+                pending.count += 1;
+                pending.count == self.shared.settings.max_batch
+            };
+            if full {
+                self.shared.wake.notify_all();
+            }
+        });
+        // `span` is dropped here, on the thread that made it.
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        if self.shared.stopping.load(Ordering::Acquire) {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        let deadline = std::time::Instant::now() + self.shared.settings.timeout;
+        let mut pending = self.shared.lock();
+        pending.flush_requests += 1;
+        let wanted = pending.flush_requests;
+        self.shared.wake.notify_all();
+        while pending.flushed < wanted {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(OTelSdkError::Timeout(self.shared.settings.timeout));
+            }
+            pending = self
+                .shared
+                .wake
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let Some(thread) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return Err(OTelSdkError::AlreadyShutdown);
+        };
+        self.shared.stopping.store(true, Ordering::Release);
+        self.shared.wake.notify_all();
+        // Bounded: the last export needs the runtime's I/O, and a process
+        // ending must not hang on a collector that does not answer.
+        let deadline = std::time::Instant::now() + timeout.min(self.shared.settings.timeout);
+        let mut pending = self.shared.lock();
+        while !pending.exited {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                return Err(OTelSdkError::Timeout(timeout));
+            }
+            pending = self
+                .shared
+                .wake
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(pending);
+        thread
+            .join()
+            .map_err(|_| OTelSdkError::InternalFailure("the export thread panicked".into()))
+    }
+}
+
+// ------------------------------------------------------------- transport
+
+/// Sends batches with one gRPC `Export` call each, from the export thread,
+/// on the runtime the services run on (its handle taken at start-up).
+pub(crate) struct GrpcSender {
+    runtime: tokio::runtime::Handle,
+    client: tonic::client::Grpc<tonic::transport::Channel>,
+    headers: tonic::metadata::MetadataMap,
+    timeout: Duration,
+}
+
+impl GrpcSender {
+    /// A lazily connecting sender to `settings.endpoint`; call inside the
+    /// runtime.
+    pub(crate) fn new(settings: &ExportSettings) -> Result<Self, String> {
+        let channel = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+            .map_err(|e| format!("OTLP endpoint `{}`: {e}", settings.endpoint))?
+            .connect_lazy();
+        let mut headers = tonic::metadata::MetadataMap::new();
+        for (key, value) in &settings.headers {
+            match (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                value.parse(),
+            ) {
+                (Ok(key), Ok(value)) => {
+                    headers.insert(key, value);
+                }
+                _ => return Err(format!("OTLP header `{key}` is not a valid header")),
+            }
+        }
+        Ok(Self {
+            runtime: tokio::runtime::Handle::current(),
+            client: tonic::client::Grpc::new(channel),
+            headers,
+            timeout: settings.timeout,
+        })
+    }
+}
+
+impl SendBatch for GrpcSender {
+    fn send(&mut self, request: Bytes) -> Result<(), String> {
+        let mut call = tonic::Request::new(request);
+        *call.metadata_mut() = self.headers.clone();
+        let client = &mut self.client;
+        let timeout = self.timeout;
+        self.runtime.block_on(async move {
+            let export = async {
+                client
+                    .ready()
+                    .await
+                    .map_err(|e| format!("collector unreachable: {e}"))?;
+                client
+                    .unary(
+                        call,
+                        http::uri::PathAndQuery::from_static(
+                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                        ),
+                        RawCodec,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|status| format!("{}: {}", status.code(), status.message()))
+            };
+            tokio::time::timeout(timeout, export)
+                .await
+                .map_err(|_| format!("no answer in {timeout:?}"))?
+        })
+    }
+}
+
+/// Sends a request's bytes as they are; reads the answer's bytes and
+/// ignores them (a partial success only says what was rejected).
+#[derive(Clone, Copy, Debug, Default)]
+struct RawCodec;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct RawEncoder;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ();
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Bytes,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), Self::Error> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = ();
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<()>, Self::Error> {
+        let remaining = src.remaining();
+        src.advance(remaining);
+        Ok(Some(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::Array;
+    use opentelemetry::trace::{SpanContext, TraceFlags, TraceId, TraceState};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+    use opentelemetry_sdk::trace::{SpanEvents, SpanLinks};
+    use std::borrow::Cow;
+
+    fn span(attributes: Vec<KeyValue>, status: Status, remote_parent: bool) -> SpanData {
+        SpanData {
+            span_context: SpanContext::new(
+                TraceId::from_bytes([7; 16]),
+                SpanId::from_bytes([3; 8]),
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            parent_span_id: if remote_parent {
+                SpanId::from_bytes([9; 8])
+            } else {
+                SpanId::INVALID
+            },
+            parent_span_is_remote: remote_parent,
+            span_kind: SpanKind::Server,
+            name: Cow::Borrowed("thoughtpartner.v1.ConversationService/SendMessage"),
+            start_time: UNIX_EPOCH + Duration::from_nanos(1_764_000_000_123_456_789),
+            end_time: UNIX_EPOCH + Duration::from_nanos(1_764_000_000_987_654_321),
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: InstrumentationScope::builder("gateway").build(),
+        }
+    }
+
+    fn attributes() -> Vec<KeyValue> {
+        vec![
+            KeyValue::new("rpc.system.name", "grpc"),
+            KeyValue::new(
+                "rpc.method",
+                "thoughtpartner.v1.ConversationService/SendMessage",
+            ),
+            KeyValue::new(
+                "tp.tenant.id",
+                opentelemetry::StringValue::from(Arc::<str>::from("3f6c")),
+            ),
+            KeyValue::new("gen_ai.usage.input_tokens", 120_i64),
+            KeyValue::new("gen_ai.usage.output_tokens", -1_i64),
+            KeyValue::new("tp.reply.grounded", true),
+            KeyValue::new("tp.reply.ratio", 0.25_f64),
+            KeyValue::new("tp.empty", ""),
+        ]
+    }
+
+    fn decoded(span: &SpanData) -> ProtoSpan {
+        let mut out = Vec::new();
+        encode_span(span, &mut out);
+        ProtoSpan::decode(out.as_slice()).expect("our bytes decode as an OTLP span")
+    }
+
+    #[test]
+    fn a_span_encodes_as_the_official_conversion_makes_it() {
+        for (status, remote) in [
+            (Status::Unset, false),
+            (Status::Ok, true),
+            (Status::error("UNAVAILABLE"), true),
+            (Status::error(""), false),
+        ] {
+            let span = span(attributes(), status, remote);
+            let official: ProtoSpan = span.clone().into();
+            assert_eq!(decoded(&span), official);
+        }
+    }
+
+    #[test]
+    fn spans_with_events_or_arrays_fall_back_to_the_official_conversion() {
+        let mut with_array = span(attributes(), Status::Unset, false);
+        with_array.attributes.push(KeyValue::new(
+            "tp.list",
+            Value::Array(Array::from(vec![1_i64, 2, 3])),
+        ));
+        assert!(!encodable(&with_array));
+        let official: ProtoSpan = with_array.clone().into();
+        assert_eq!(decoded(&with_array), official);
+
+        let mut with_event = span(attributes(), Status::Unset, false);
+        with_event
+            .events
+            .events
+            .push(opentelemetry::trace::Event::new(
+                "retry",
+                UNIX_EPOCH + Duration::from_secs(5),
+                vec![KeyValue::new("attempt", 2_i64)],
+                0,
+            ));
+        assert!(!encodable(&with_event));
+        let official: ProtoSpan = with_event.clone().into();
+        assert_eq!(decoded(&with_event), official);
+    }
+
+    #[test]
+    fn headers_are_parsed_as_the_otlp_exporter_reads_them() {
+        assert_eq!(
+            parse_headers("api-key=secret%20one, X-Tenant = a=b ,broken,=novalue"),
+            vec![
+                ("api-key".to_owned(), "secret one".to_owned()),
+                ("x-tenant".to_owned(), "a=b".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn settings_follow_the_sdk_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |key: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == key)
+                    .map(|(_, v)| (*v).to_owned())
+            }
+        };
+        let defaults = ExportSettings::from_env(env(&[]));
+        assert_eq!(defaults.endpoint, "http://localhost:4317");
+        assert_eq!((defaults.max_queue, defaults.max_batch), (2048, 512));
+        assert_eq!(defaults.delay, Duration::from_secs(5));
+        assert_eq!(defaults.timeout, Duration::from_secs(10));
+        let set = ExportSettings::from_env(env(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://traces:4317"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "2500"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "100"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "500"),
+            ("OTEL_BSP_SCHEDULED_DELAY", "200"),
+        ]));
+        assert_eq!(set.endpoint, "http://traces:4317");
+        assert_eq!(set.timeout, Duration::from_millis(2500));
+        assert_eq!(
+            (set.max_queue, set.max_batch),
+            (100, 100),
+            "a batch is at most the queue"
+        );
+        assert_eq!(set.delay, Duration::from_millis(200));
+    }
+
+    /// Records each request it is given.
+    #[derive(Clone, Default)]
+    struct Collected(Arc<Mutex<Vec<Bytes>>>);
+
+    impl SendBatch for Collected {
+        fn send(&mut self, request: Bytes) -> Result<(), String> {
+            self.0.lock().unwrap().push(request);
+            Ok(())
+        }
+    }
+
+    fn settings(max_queue: usize, max_batch: usize, delay: Duration) -> ExportSettings {
+        ExportSettings {
+            endpoint: String::new(),
+            headers: vec![],
+            timeout: Duration::from_secs(10),
+            max_queue,
+            max_batch,
+            delay,
+        }
+    }
+
+    fn requests(collected: &Collected) -> Vec<ExportTraceServiceRequest> {
+        collected
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|bytes| ExportTraceServiceRequest::decode(bytes.clone()).expect("decodes"))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_batch_is_sent_as_one_request_with_its_resource_and_scope() {
+        let collected = Collected::default();
+        let resource = Resource::builder().with_service_name("gateway").build();
+        let processor = OtlpSpanProcessor::start(
+            settings(100, 3, Duration::from_secs(3600)),
+            &resource,
+            collected.clone(),
+        )
+        .unwrap();
+        for _ in 0..3 {
+            processor.on_end(span(attributes(), Status::Ok, true));
+        }
+        // The third span filled the batch: it goes without waiting for the
+        // (hour-long) delay. Generous, so a slow machine still passes.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while collected.0.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let sent = requests(&collected);
+        assert_eq!(sent.len(), 1);
+        let resource_spans = &sent[0].resource_spans;
+        assert_eq!(resource_spans.len(), 1);
+        let service = resource_spans[0]
+            .resource
+            .as_ref()
+            .unwrap()
+            .attributes
+            .iter()
+            .find(|kv| kv.key == "service.name")
+            .and_then(|kv| kv.value.clone());
+        assert_eq!(
+            service,
+            Some(opentelemetry_proto::tonic::common::v1::AnyValue::from(
+                Value::from("gateway")
+            ))
+        );
+        let scopes = &resource_spans[0].scope_spans;
+        assert_eq!(scopes.len(), 1);
+        assert_eq!(scopes[0].scope.as_ref().unwrap().name, "gateway");
+        assert_eq!(scopes[0].spans.len(), 3);
+        let official: ProtoSpan = span(attributes(), Status::Ok, true).into();
+        assert_eq!(scopes[0].spans[0], official);
+        processor
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
+    }
+
+    #[test]
+    fn flush_and_shutdown_send_what_is_pending_and_the_queue_is_bounded() {
+        let collected = Collected::default();
+        let resource = Resource::builder().with_service_name("knowledge").build();
+        let processor = OtlpSpanProcessor::start(
+            settings(4, 4, Duration::from_secs(3600)),
+            &resource,
+            collected.clone(),
+        )
+        .unwrap();
+        processor.on_end(span(attributes(), Status::Unset, false));
+        processor.force_flush().unwrap();
+        let sent = requests(&collected);
+        assert_eq!(sent.len(), 1, "flush sends the one pending span");
+        assert_eq!(sent[0].resource_spans[0].scope_spans[0].spans.len(), 1);
+
+        // An unsampled span is not exported.
+        let mut unsampled = span(attributes(), Status::Unset, false);
+        unsampled.span_context = SpanContext::new(
+            TraceId::from_bytes([1; 16]),
+            SpanId::from_bytes([1; 8]),
+            TraceFlags::default(),
+            false,
+            TraceState::default(),
+        );
+        processor.on_end(unsampled);
+        processor.on_end(span(attributes(), Status::Unset, false));
+        processor
+            .shutdown_with_timeout(Duration::from_secs(5))
+            .unwrap();
+        let sent = requests(&collected);
+        assert_eq!(sent.len(), 2, "shutdown sends the rest");
+        assert_eq!(sent[1].resource_spans[0].scope_spans[0].spans.len(), 1);
+        // After shutdown nothing more is taken.
+        processor.on_end(span(attributes(), Status::Unset, false));
+        assert_eq!(requests(&collected).len(), 2);
+    }
+
+    /// Holds every send until opened.
+    #[derive(Clone, Default)]
+    struct Gated {
+        sent: Collected,
+        open: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl SendBatch for Gated {
+        fn send(&mut self, request: Bytes) -> Result<(), String> {
+            let (open, wake) = &*self.open;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = wake.wait(open).unwrap();
+            }
+            self.sent.send(request)
+        }
+    }
+
+    #[test]
+    fn spans_past_the_queue_are_dropped_not_held() {
+        let gated = Gated::default();
+        let processor = OtlpSpanProcessor::start(
+            settings(2, 2, Duration::from_secs(3600)),
+            &Resource::builder().build(),
+            gated.clone(),
+        )
+        .unwrap();
+        // A full batch: the thread takes it and waits in the closed send.
+        processor.on_end(span(attributes(), Status::Unset, false));
+        processor.on_end(span(attributes(), Status::Unset, false));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while processor.shared.lock().count != 0 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(
+            processor.shared.lock().count,
+            0,
+            "the thread took the batch"
+        );
+        // The queue (2) fills again while the export is stuck; the next is
+        // dropped, not held.
+        for _ in 0..3 {
+            processor.on_end(span(attributes(), Status::Unset, false));
+        }
+        assert_eq!(processor.shared.lock().count, 2);
+        assert_eq!(processor.shared.dropped.load(Ordering::Relaxed), 1);
+        {
+            let (open, wake) = &*gated.open;
+            *open.lock().unwrap() = true;
+            wake.notify_all();
+        }
+        processor
+            .shutdown_with_timeout(Duration::from_secs(10))
+            .unwrap();
+        let exported: usize = requests(&gated.sent)
+            .iter()
+            .map(|r| r.resource_spans[0].scope_spans[0].spans.len())
+            .sum();
+        assert_eq!(exported, 4, "every span the queue held is exported");
+    }
+}
