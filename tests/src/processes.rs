@@ -43,6 +43,22 @@ impl ProcessStack {
         })
     }
 
+    /// Stops the three services as an orchestrator would (SIGTERM) and
+    /// waits for each to exit, so what they flush on the way out (logs,
+    /// spans) has been written.
+    pub async fn terminate_all(&mut self) -> anyhow::Result<()> {
+        const SERVICES: [&str; 3] = ["gateway", "conversation", "knowledge"];
+        for service in SERVICES {
+            self.stack.signal_terminate(service)?;
+        }
+        for service in SERVICES {
+            self.stack
+                .wait_exit(service, std::time::Duration::from_secs(15))
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Where each service's log is (`<service>.log`), kept when a test fails.
     pub fn log_dir(&self) -> &Path {
         &self.log_dir

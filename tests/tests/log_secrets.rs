@@ -4,8 +4,6 @@
 //! The services run as real processes, so their logs are the files an
 //! operator's log shipper would read.
 
-use std::time::Duration;
-
 use tp_context::Role;
 use tp_e2e::fake_provider::{self, FakeReply, Wire};
 use tp_e2e::fake_stripe::{self, FakeStripe, SEAT_PRICE};
@@ -111,14 +109,7 @@ async fn no_secret_token_or_message_text_reaches_any_log() -> anyhow::Result<()>
 
     // Stop the services (they flush their logs on the way out), then read
     // every line.
-    for service in ["gateway", "conversation", "knowledge"] {
-        app.stack.signal_terminate(service)?;
-    }
-    for service in ["gateway", "conversation", "knowledge"] {
-        app.stack
-            .wait_exit(service, Duration::from_secs(15))
-            .await?;
-    }
+    app.terminate_all().await?;
     let signature = member_token
         .rsplit('.')
         .next()

@@ -87,14 +87,7 @@ async fn each_service_exports_its_served_span_of_one_trace() -> anyhow::Result<(
             conversation_id: id.clone(),
         })
         .await?;
-    for service in ["gateway", "conversation", "knowledge"] {
-        app.stack.signal_terminate(service)?;
-    }
-    for service in ["gateway", "conversation", "knowledge"] {
-        app.stack
-            .wait_exit(service, Duration::from_secs(15))
-            .await?;
-    }
+    app.terminate_all().await?;
     let traces: std::collections::HashSet<Vec<u8>> = received
         .hop_spans()
         .into_iter()

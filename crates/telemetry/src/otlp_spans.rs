@@ -846,6 +846,23 @@ mod tests {
         }
     }
 
+    /// A processor for `service` with an hour's delay (a batch goes when
+    /// full, flushed or shut down), sending through `sender`.
+    fn processor(
+        max_queue: usize,
+        max_batch: usize,
+        service: &'static str,
+        sender: impl SendBatch,
+    ) -> OtlpSpanProcessor {
+        let resource = Resource::builder().with_service_name(service).build();
+        OtlpSpanProcessor::start(
+            settings(max_queue, max_batch, Duration::from_secs(3600)),
+            &resource,
+            sender,
+        )
+        .unwrap()
+    }
+
     fn requests(collected: &Collected) -> Vec<ExportTraceServiceRequest> {
         collected
             .0
@@ -859,13 +876,7 @@ mod tests {
     #[test]
     fn a_full_batch_is_sent_as_one_request_with_its_resource_and_scope() {
         let collected = Collected::default();
-        let resource = Resource::builder().with_service_name("gateway").build();
-        let processor = OtlpSpanProcessor::start(
-            settings(100, 3, Duration::from_secs(3600)),
-            &resource,
-            collected.clone(),
-        )
-        .unwrap();
+        let processor = processor(100, 3, "gateway", collected.clone());
         for _ in 0..3 {
             processor.on_end(span(attributes(), Status::Ok, true));
         }
@@ -907,13 +918,7 @@ mod tests {
     #[test]
     fn flush_and_shutdown_send_what_is_pending_and_the_queue_is_bounded() {
         let collected = Collected::default();
-        let resource = Resource::builder().with_service_name("knowledge").build();
-        let processor = OtlpSpanProcessor::start(
-            settings(4, 4, Duration::from_secs(3600)),
-            &resource,
-            collected.clone(),
-        )
-        .unwrap();
+        let processor = processor(4, 4, "knowledge", collected.clone());
         processor.on_end(span(attributes(), Status::Unset, false));
         processor.force_flush().unwrap();
         let sent = requests(&collected);
@@ -963,12 +968,7 @@ mod tests {
     #[test]
     fn spans_past_the_queue_are_dropped_not_held() {
         let gated = Gated::default();
-        let processor = OtlpSpanProcessor::start(
-            settings(2, 2, Duration::from_secs(3600)),
-            &Resource::builder().build(),
-            gated.clone(),
-        )
-        .unwrap();
+        let processor = processor(2, 2, "knowledge", gated.clone());
         // A full batch: the thread takes it and waits in the closed send.
         processor.on_end(span(attributes(), Status::Unset, false));
         processor.on_end(span(attributes(), Status::Unset, false));
