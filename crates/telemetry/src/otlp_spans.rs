@@ -23,7 +23,11 @@
 //! `OTEL_EXPORTER_OTLP_TRACES_TIMEOUT` or `OTEL_EXPORTER_OTLP_TIMEOUT`
 //! (ms, default 10 s), `OTEL_BSP_MAX_QUEUE_SIZE` (default 2048),
 //! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512), `OTEL_BSP_SCHEDULED_DELAY` (ms,
-//! 5000). Spans past the queue's size are dropped and counted in a warning.
+//! 5000). A batch leaves when that many spans wait or the delay has passed;
+//! unlike the SDK's processor, what piled up during a slow send leaves in
+//! the next request whole (up to the queue's size), not in batch-sized
+//! pieces. Spans past the queue's size are dropped and counted in a
+//! warning.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
