@@ -327,6 +327,21 @@ struct Shared {
 }
 
 impl Shared {
+    /// Waits on `wake` until `done` holds (`Some`) or `timeout` has passed
+    /// (`None`).
+    fn wait_for(
+        &self,
+        pending: MutexGuard<'_, Pending>,
+        timeout: Duration,
+        done: impl Fn(&Pending) -> bool,
+    ) -> Option<()> {
+        let (pending, _) = self
+            .wake
+            .wait_timeout_while(pending, timeout, |p| !done(p))
+            .unwrap_or_else(|e| e.into_inner());
+        done(&pending).then_some(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, Pending> {
         // A thread that panicked mid-append leaves whole spans only (each
         // is appended in one `extend_from_slice`).
@@ -511,24 +526,14 @@ impl SpanProcessor for OtlpSpanProcessor {
         if self.shared.stopping.load(Ordering::Acquire) {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        let deadline = std::time::Instant::now() + self.shared.settings.timeout;
         let mut pending = self.shared.lock();
         pending.flush_requests += 1;
         let wanted = pending.flush_requests;
         self.shared.wake.notify_all();
-        while pending.flushed < wanted {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Err(OTelSdkError::Timeout(self.shared.settings.timeout));
-            }
-            pending = self
-                .shared
-                .wake
-                .wait_timeout(pending, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        Ok(())
+        let timeout = self.shared.settings.timeout;
+        self.shared
+            .wait_for(pending, timeout, |p| p.flushed >= wanted)
+            .ok_or(OTelSdkError::Timeout(timeout))
     }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
@@ -539,21 +544,10 @@ impl SpanProcessor for OtlpSpanProcessor {
         self.shared.wake.notify_all();
         // Bounded: the last export needs the runtime's I/O, and a process
         // ending must not hang on a collector that does not answer.
-        let deadline = std::time::Instant::now() + timeout.min(self.shared.settings.timeout);
-        let mut pending = self.shared.lock();
-        while !pending.exited {
-            let now = std::time::Instant::now();
-            if now >= deadline {
-                return Err(OTelSdkError::Timeout(timeout));
-            }
-            pending = self
-                .shared
-                .wake
-                .wait_timeout(pending, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-        drop(pending);
+        let bound = timeout.min(self.shared.settings.timeout);
+        self.shared
+            .wait_for(self.shared.lock(), bound, |p| p.exited)
+            .ok_or(OTelSdkError::Timeout(bound))?;
         thread
             .join()
             .map_err(|_| OTelSdkError::InternalFailure("the export thread panicked".into()))
