@@ -79,6 +79,25 @@ async fn check(channel: &Http2Channel) -> Result<ServingStatus, tonic::Status> {
     Ok(response.into_inner().status())
 }
 
+/// `n` health checks started at once on clones of `channel`, each in its
+/// own task, and their results.
+async fn concurrent_checks(
+    channel: &Http2Channel,
+    n: usize,
+) -> Vec<Result<ServingStatus, tonic::Status>> {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let channel = channel.clone();
+            tokio::spawn(async move { check(&channel).await })
+        })
+        .collect();
+    let mut results = Vec::with_capacity(n);
+    for call in calls {
+        results.push(call.await.expect("task"));
+    }
+    results
+}
+
 fn loopback() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
@@ -88,17 +107,8 @@ async fn concurrent_first_calls_share_one_connection() {
     let (server, addr) = CountingServer::start(loopback()).await;
     let channel = Http2Channel::lazy(&format!("http://{addr}")).expect("url");
     assert_eq!(server.accepted(), 0, "lazy: nothing connects before a call");
-    let calls: Vec<_> = (0..16)
-        .map(|_| {
-            let channel = channel.clone();
-            tokio::spawn(async move { check(&channel).await })
-        })
-        .collect();
-    for call in calls {
-        assert_eq!(
-            call.await.expect("task").expect("call"),
-            ServingStatus::Serving
-        );
+    for call in concurrent_checks(&channel, 16).await {
+        assert_eq!(call.expect("call"), ServingStatus::Serving);
     }
     assert_eq!(check(&channel).await.expect("call"), ServingStatus::Serving);
     assert_eq!(server.accepted(), 1, "every call went over one connection");
@@ -111,14 +121,8 @@ async fn an_address_nobody_listens_on_is_unavailable_naming_it() {
     let addr = unused.local_addr().expect("addr");
     drop(unused);
     let channel = Http2Channel::lazy(&format!("http://{addr}")).expect("url");
-    let calls: Vec<_> = (0..8)
-        .map(|_| {
-            let channel = channel.clone();
-            tokio::spawn(async move { check(&channel).await })
-        })
-        .collect();
-    for call in calls {
-        let status = call.await.expect("task").expect_err("nobody listens");
+    for call in concurrent_checks(&channel, 8).await {
+        let status = call.expect_err("nobody listens");
         assert_eq!(status.code(), Code::Unavailable, "{status:?}");
         assert!(
             status.message().contains(&addr.to_string()),
