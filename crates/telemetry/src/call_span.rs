@@ -23,20 +23,53 @@ use std::future::Future;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use opentelemetry::trace::{SpanContext, SpanKind, Status, TraceContextExt, TraceId, Tracer as _};
-use opentelemetry::{Context, KeyValue, StringValue};
-use opentelemetry_sdk::trace::{SdkTracer, Span as SdkSpan};
+use std::time::SystemTime;
+
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, Tracer as _,
+};
+use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, SamplingDecision, SdkTracer, ShouldSample, Span as SdkSpan,
+};
 
 use crate::call::CallFields;
+use crate::otlp_spans::{AttributeValue, SpanParts, SpanQueue};
 
-/// The tracer of this process's calls, set once by [`crate::init`] (or the
+/// Where this process's call spans go, set once by [`crate::init`] (or the
 /// test set-up). Unset, calls get no span and start no trace.
-static TRACER: OnceLock<SdkTracer> = OnceLock::new();
+static SPANS: OnceLock<SpanSink> = OnceLock::new();
 
-pub(crate) fn install_tracer(tracer: SdkTracer) {
+/// How call spans are made.
+pub(crate) enum SpanSink {
+    /// Through the SDK's tracer: the tests' in-memory exporter reads
+    /// `SpanData`.
+    // Only the tests' set-up (`init_for_tests`, behind the `testing`
+    // feature) and this module's tests make SDK spans.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    Sdk(SdkTracer),
+    /// Without the SDK's span: the services. The SDK's sampler (as
+    /// `OTEL_TRACES_SAMPLER` configures it) and id generator decide as the
+    /// SDK's tracer would, and a sampled span is encoded straight from the
+    /// call's fields into the OTLP processor's batch when it ends. Made with
+    /// the SDK, every call built an attribute vector, a `SpanData` with a
+    /// copy of the instrumentation scope, and the processor then read them
+    /// all again to encode them (profiled under the load generator,
+    /// session 20: ~8 % of telemetry's cost, in a dozen SDK functions).
+    Direct {
+        sampler: Box<dyn ShouldSample>,
+        ids: RandomIdGenerator,
+        scope: InstrumentationScope,
+        /// `None` without an OTLP endpoint: spans give calls their trace
+        /// context and are not exported.
+        queue: Option<SpanQueue>,
+    },
+}
+
+pub(crate) fn install(sink: SpanSink) {
     // A second install (tests racing to set telemetry up) keeps the first,
     // as the global subscriber does.
-    let _ = TRACER.set(tracer);
+    let _ = SPANS.set(sink);
 }
 
 /// Every attribute a call's span can carry (`schema.toml` declares each;
@@ -101,8 +134,23 @@ tokio::task_local! {
 
 /// One served call's exported span.
 pub(crate) struct CallSpan {
-    span: Option<SdkSpan>,
+    recording: Recording,
     context: SpanContext,
+}
+
+enum Recording {
+    /// Not recorded: no sink, or the sampler dropped it.
+    No,
+    /// Boxed: the SDK's span is several times the size of the direct
+    /// path's fields, and only the tests make it.
+    Sdk(Box<SdkSpan>),
+    Direct {
+        parent_span_id: SpanId,
+        parent_is_remote: bool,
+        name: &'static str,
+        component: &'static str,
+        start: SystemTime,
+    },
 }
 
 impl CallSpan {
@@ -110,28 +158,92 @@ impl CallSpan {
     /// from its `traceparent`; empty for a new trace), named by its
     /// `rpc.method`.
     pub(crate) fn start(parent: &Context, method: &'static str, component: &'static str) -> Self {
-        let Some(tracer) = TRACER.get() else {
-            return Self {
-                span: None,
+        match SPANS.get() {
+            None => Self {
+                recording: Recording::No,
                 context: parent.span().span_context().clone(),
-            };
-        };
+            },
+            Some(SpanSink::Sdk(tracer)) => Self::start_sdk(tracer, parent, method, component),
+            Some(SpanSink::Direct { sampler, ids, .. }) => {
+                Self::start_direct(&**sampler, ids, parent, method, component)
+            }
+        }
+    }
+
+    fn start_sdk(
+        tracer: &SdkTracer,
+        parent: &Context,
+        method: &'static str,
+        component: &'static str,
+    ) -> Self {
         // Room for the attributes `end` adds, so the SDK's vector is
         // allocated once.
         let mut attributes = Vec::with_capacity(START_ATTRIBUTES + END_ATTRIBUTES);
-        attributes.extend([
-            KeyValue::new(RPC_SYSTEM_NAME, "grpc"),
-            KeyValue::new(RPC_METHOD, method),
-            KeyValue::new(COMPONENT, component),
-        ]);
+        attributes.extend(start_attributes(method, component));
         let mut builder = tracer.span_builder(method).with_kind(SpanKind::Server);
         builder.attributes = Some(attributes);
         let span = builder.start_with_context(tracer, parent);
         let context = opentelemetry::trace::Span::span_context(&span).clone();
         Self {
-            span: Some(span),
+            recording: Recording::Sdk(Box::new(span)),
             context,
         }
+    }
+
+    /// As the SDK's tracer starts a span (`SdkTracer::build_with_context`):
+    /// the parent's trace id if it has a valid one, else a new one; a new
+    /// span id; the sampler's decision and trace state.
+    fn start_direct(
+        sampler: &dyn ShouldSample,
+        ids: &RandomIdGenerator,
+        parent: &Context,
+        method: &'static str,
+        component: &'static str,
+    ) -> Self {
+        let parent_span = parent.span();
+        let parent_context = parent_span.span_context();
+        let parent_valid = parent_context.is_valid();
+        let span_id = ids.new_span_id();
+        let trace_id = if parent_valid {
+            parent_context.trace_id()
+        } else {
+            ids.new_trace_id()
+        };
+        let sampling = sampler.should_sample(
+            Some(parent),
+            trace_id,
+            method,
+            &SpanKind::Server,
+            &start_attributes(method, component),
+            &[],
+        );
+        let parent_flags = if parent_valid {
+            parent_context.trace_flags()
+        } else {
+            TraceFlags::default()
+        };
+        let (flags, recorded) = match sampling.decision {
+            SamplingDecision::RecordAndSample => (parent_flags.with_sampled(true), true),
+            SamplingDecision::RecordOnly => (parent_flags.with_sampled(false), true),
+            SamplingDecision::Drop => (TraceFlags::default(), false),
+        };
+        let context = SpanContext::new(trace_id, span_id, flags, false, sampling.trace_state);
+        let recording = if recorded {
+            Recording::Direct {
+                parent_span_id: if parent_valid {
+                    parent_context.span_id()
+                } else {
+                    SpanId::INVALID
+                },
+                parent_is_remote: parent_valid && parent_context.is_remote(),
+                name: method,
+                component,
+                start: SystemTime::now(),
+            }
+        } else {
+            Recording::No
+        };
+        Self { recording, context }
     }
 
     /// The call's trace context.
@@ -144,7 +256,7 @@ impl CallSpan {
     pub(crate) fn is_canonical(&self) -> bool {
         span_is_canonical(
             SPANS_ARE_CANONICAL.load(Ordering::Relaxed),
-            self.span.is_some(),
+            !matches!(self.recording, Recording::No),
             self.context.is_sampled(),
         )
     }
@@ -170,43 +282,155 @@ impl CallSpan {
         fields: CallFields,
         first_message_ms: Option<u64>,
     ) {
-        let Some(mut span) = self.span else { return };
-        use opentelemetry::trace::Span as _;
-        let count = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        span.set_attribute(KeyValue::new(RPC_STATUS_CODE, status_code));
-        if let Some(error_type) = error_type {
-            span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
-            span.set_status(Status::error(error_type));
+        match self.recording {
+            Recording::No => {}
+            Recording::Sdk(span) => {
+                end_sdk(*span, status_code, error_type, fields, first_message_ms)
+            }
+            Recording::Direct {
+                parent_span_id,
+                parent_is_remote,
+                name,
+                component,
+                start,
+            } => {
+                let Some(SpanSink::Direct {
+                    scope,
+                    queue: Some(queue),
+                    ..
+                }) = SPANS.get()
+                else {
+                    return;
+                };
+                if !self.context.is_sampled() {
+                    return;
+                }
+                let end = SystemTime::now();
+                let status = match error_type {
+                    Some(error_type) => Status::error(error_type),
+                    None => Status::Unset,
+                };
+                queue.push(scope, |out| {
+                    crate::otlp_spans::put_span(
+                        SpanParts {
+                            context: &self.context,
+                            parent_span_id,
+                            parent_is_remote,
+                            name,
+                            kind: SpanKind::Server,
+                            start,
+                            end,
+                            attributes: call_attributes(
+                                name,
+                                component,
+                                status_code,
+                                error_type,
+                                &fields,
+                                first_message_ms,
+                            ),
+                            status: &status,
+                        },
+                        out,
+                    );
+                });
+            }
         }
-        if let Some(tenant) = fields.tenant_id {
-            span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant)));
-        }
-        if let Some(member) = fields.member_id {
-            span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member)));
-        }
-        if let Some(conversation) = fields.conversation_id {
-            span.set_attribute(KeyValue::new(CONVERSATION_ID, conversation));
-        }
-        if let Some(responder) = fields.responder {
-            span.set_attribute(KeyValue::new(RESPONDER, responder));
-        }
-        if let Some(tokens) = fields.input_tokens {
-            span.set_attribute(KeyValue::new(INPUT_TOKENS, count(tokens)));
-        }
-        if let Some(tokens) = fields.output_tokens {
-            span.set_attribute(KeyValue::new(OUTPUT_TOKENS, count(tokens)));
-        }
-        if let Some(grounded) = fields.grounded {
-            span.set_attribute(KeyValue::new(GROUNDED, grounded));
-        }
-        if let Some(violations) = fields.policy_violations {
-            span.set_attribute(KeyValue::new(POLICY_VIOLATIONS, count(violations)));
-        }
-        if let Some(millis) = first_message_ms {
-            span.set_attribute(KeyValue::new(FIRST_MESSAGE_MS, count(millis)));
-        }
-        span.end();
     }
+}
+
+/// The attributes a call's span starts with.
+fn start_attributes(method: &'static str, component: &'static str) -> [KeyValue; START_ATTRIBUTES] {
+    [
+        KeyValue::new(RPC_SYSTEM_NAME, "grpc"),
+        KeyValue::new(RPC_METHOD, method),
+        KeyValue::new(COMPONENT, component),
+    ]
+}
+
+fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Every attribute of an ended call's span, in the order the SDK path sets
+/// them (`start_attributes`, then `end_sdk`'s): the fields of the canonical
+/// log line, so that an exported span can stand for it. Never content.
+fn call_attributes<'a>(
+    method: &'static str,
+    component: &'static str,
+    status_code: &'static str,
+    error_type: Option<&'static str>,
+    fields: &'a CallFields,
+    first_message_ms: Option<u64>,
+) -> impl Iterator<Item = (&'a str, AttributeValue<'a>)> {
+    use AttributeValue::{Bool, I64, Str};
+    let always = [
+        (RPC_SYSTEM_NAME, Str("grpc")),
+        (RPC_METHOD, Str(method)),
+        (COMPONENT, Str(component)),
+        (RPC_STATUS_CODE, Str(status_code)),
+    ];
+    let known = [
+        error_type.map(|e| (ERROR_TYPE, Str(e))),
+        fields.tenant_id.as_deref().map(|t| (TENANT_ID, Str(t))),
+        fields.member_id.as_deref().map(|m| (MEMBER_ID, Str(m))),
+        fields
+            .conversation_id
+            .as_deref()
+            .map(|c| (CONVERSATION_ID, Str(c))),
+        fields.responder.as_deref().map(|r| (RESPONDER, Str(r))),
+        fields.input_tokens.map(|n| (INPUT_TOKENS, I64(count(n)))),
+        fields.output_tokens.map(|n| (OUTPUT_TOKENS, I64(count(n)))),
+        fields.grounded.map(|g| (GROUNDED, Bool(g))),
+        fields
+            .policy_violations
+            .map(|n| (POLICY_VIOLATIONS, I64(count(n)))),
+        first_message_ms.map(|ms| (FIRST_MESSAGE_MS, I64(count(ms)))),
+    ];
+    always.into_iter().chain(known.into_iter().flatten())
+}
+
+/// Ends an SDK-made span with the call's outcome and its record's fields.
+fn end_sdk(
+    mut span: SdkSpan,
+    status_code: &'static str,
+    error_type: Option<&'static str>,
+    fields: CallFields,
+    first_message_ms: Option<u64>,
+) {
+    use opentelemetry::trace::Span as _;
+    span.set_attribute(KeyValue::new(RPC_STATUS_CODE, status_code));
+    if let Some(error_type) = error_type {
+        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
+        span.set_status(Status::error(error_type));
+    }
+    if let Some(tenant) = fields.tenant_id {
+        span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant)));
+    }
+    if let Some(member) = fields.member_id {
+        span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member)));
+    }
+    if let Some(conversation) = fields.conversation_id {
+        span.set_attribute(KeyValue::new(CONVERSATION_ID, conversation));
+    }
+    if let Some(responder) = fields.responder {
+        span.set_attribute(KeyValue::new(RESPONDER, responder));
+    }
+    if let Some(tokens) = fields.input_tokens {
+        span.set_attribute(KeyValue::new(INPUT_TOKENS, count(tokens)));
+    }
+    if let Some(tokens) = fields.output_tokens {
+        span.set_attribute(KeyValue::new(OUTPUT_TOKENS, count(tokens)));
+    }
+    if let Some(grounded) = fields.grounded {
+        span.set_attribute(KeyValue::new(GROUNDED, grounded));
+    }
+    if let Some(violations) = fields.policy_violations {
+        span.set_attribute(KeyValue::new(POLICY_VIOLATIONS, count(violations)));
+    }
+    if let Some(millis) = first_message_ms {
+        span.set_attribute(KeyValue::new(FIRST_MESSAGE_MS, count(millis)));
+    }
+    span.end();
 }
 
 /// The trace context of the served call being polled, if any: inside a
@@ -255,9 +479,196 @@ pub(crate) fn sampled_trace_id(context: &SpanContext) -> TraceId {
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry::trace::{SpanId, TraceFlags, TraceState};
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{Span as _, TraceState, TracerProvider as _};
+    use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData, SpanProcessor};
+    use prost::Message as _;
 
     use super::*;
+
+    const METHOD: &str = "thoughtpartner.v1.ConversationService/SendMessage";
+
+    /// Keeps the SDK's finished spans.
+    #[derive(Clone, Debug, Default)]
+    struct Capture(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Capture {
+        fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().expect("capture").push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _timeout: std::time::Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn sdk_tracer(sampler: Sampler) -> (SdkTracer, Capture) {
+        let capture = Capture::default();
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(sampler)
+            .with_span_processor(capture.clone())
+            .build();
+        (provider.tracer("conversation"), capture)
+    }
+
+    fn caller(flags: TraceFlags) -> Context {
+        Context::new().with_remote_span_context(SpanContext::new(
+            TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").expect("hex"),
+            SpanId::from_hex("00f067aa0ba902b7").expect("hex"),
+            flags,
+            true,
+            TraceState::default(),
+        ))
+    }
+
+    fn fields(full: bool) -> CallFields {
+        if !full {
+            return CallFields {
+                tenant_id: Some(Arc::from("3f6c2a")),
+                ..CallFields::default()
+            };
+        }
+        CallFields {
+            tenant_id: Some(Arc::from("3f6c2a")),
+            member_id: Some(Arc::from("alice")),
+            conversation_id: Some("c-17".to_owned()),
+            responder: Some("offline".to_owned()),
+            input_tokens: Some(120),
+            output_tokens: Some(340),
+            grounded: Some(true),
+            policy_violations: Some(0),
+        }
+    }
+
+    #[test]
+    fn a_call_span_encoded_directly_is_the_span_the_sdk_would_export() {
+        for (error_type, full, first_message_ms) in
+            [(None, true, Some(12)), (Some("UNAVAILABLE"), false, None)]
+        {
+            let (tracer, capture) = sdk_tracer(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let call = CallSpan::start_sdk(
+                &tracer,
+                &caller(TraceFlags::SAMPLED),
+                METHOD,
+                "conversation",
+            );
+            let Recording::Sdk(span) = call.recording else {
+                panic!("the SDK path records");
+            };
+            let status_code = if error_type.is_some() {
+                "UNAVAILABLE"
+            } else {
+                "OK"
+            };
+            end_sdk(
+                *span,
+                status_code,
+                error_type,
+                fields(full),
+                first_message_ms,
+            );
+            let made = capture.0.lock().expect("capture").pop().expect("a span");
+
+            let call_fields = fields(full);
+            let mut ours = Vec::new();
+            crate::otlp_spans::put_span(
+                SpanParts {
+                    context: &made.span_context,
+                    parent_span_id: made.parent_span_id,
+                    parent_is_remote: made.parent_span_is_remote,
+                    name: METHOD,
+                    kind: SpanKind::Server,
+                    start: made.start_time,
+                    end: made.end_time,
+                    attributes: call_attributes(
+                        METHOD,
+                        "conversation",
+                        status_code,
+                        error_type,
+                        &call_fields,
+                        first_message_ms,
+                    ),
+                    status: &made.status,
+                },
+                &mut ours,
+            );
+            let official: ProtoSpan = made.into();
+            assert_eq!(
+                ProtoSpan::decode(ours.as_slice()).expect("our bytes decode"),
+                official
+            );
+        }
+    }
+
+    #[test]
+    fn a_direct_span_is_sampled_as_the_sdk_tracer_samples_it() {
+        let samplers = || {
+            [
+                Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.0))),
+                Sampler::TraceIdRatioBased(1.0),
+                Sampler::AlwaysOff,
+            ]
+        };
+        let parents = || {
+            [
+                Context::new(),
+                caller(TraceFlags::SAMPLED),
+                caller(TraceFlags::default()),
+            ]
+        };
+        for (sampler, direct_sampler) in samplers().into_iter().zip(samplers()) {
+            for parent in parents() {
+                let (tracer, _capture) = sdk_tracer(sampler.clone());
+                let sdk = CallSpan::start_sdk(&tracer, &parent, METHOD, "conversation");
+                let ids = RandomIdGenerator::default();
+                let direct =
+                    CallSpan::start_direct(&direct_sampler, &ids, &parent, METHOD, "conversation");
+                let case = format!("{sampler:?}, parent {:?}", parent.span().span_context());
+                let sdk_recorded = match &sdk.recording {
+                    Recording::Sdk(span) => span.is_recording(),
+                    _ => false,
+                };
+                assert_eq!(
+                    !matches!(direct.recording, Recording::No),
+                    sdk_recorded,
+                    "{case}"
+                );
+                assert_eq!(
+                    direct.context.trace_flags(),
+                    sdk.context.trace_flags(),
+                    "{case}"
+                );
+                assert!(!direct.context.is_remote(), "{case}");
+                let parent_context = parent.span().span_context().clone();
+                if parent_context.is_valid() {
+                    assert_eq!(
+                        direct.context.trace_id(),
+                        parent_context.trace_id(),
+                        "{case}"
+                    );
+                    if let Recording::Direct {
+                        parent_span_id,
+                        parent_is_remote,
+                        ..
+                    } = direct.recording
+                    {
+                        assert_eq!(parent_span_id, parent_context.span_id(), "{case}");
+                        assert!(parent_is_remote, "{case}");
+                    }
+                } else {
+                    assert!(direct.context.trace_id() != TraceId::INVALID, "{case}");
+                }
+                assert!(direct.context.span_id() != SpanId::INVALID, "{case}");
+            }
+        }
+    }
 
     #[test]
     fn only_a_sampled_trace_is_an_exemplar() {

@@ -11,7 +11,6 @@
 //! recorded into OpenTelemetry instruments for OTLP export.
 
 use opentelemetry::global;
-use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -134,8 +133,9 @@ pub(crate) const CANONICAL_TARGET: &str = "canonical";
 /// Whether this process records telemetry: true unless `TP_TELEMETRY=off`.
 ///
 /// Off exists for one reason: the load generator's same-run baseline of
-/// what telemetry costs. A process started with it has no spans, no RPC or
-/// database metrics, no canonical events and logs only warnings and errors;
+/// what telemetry costs. A process started with it has no spans, records no
+/// metric (its handlers' GenAI, coaching and authentication metrics
+/// included), writes no canonical events and logs only warnings and errors;
 /// its SLOs see nothing. Read once per process.
 pub fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -166,8 +166,9 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     let resource = resource(service_name);
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
     let mut meter_provider = None;
-    // A tracer provider always exists, even without an exporter, so every
-    // request gets a real trace id for its logs and for propagation.
+    let mut span_queue = None;
+    // Call spans always exist, even without an exporter, so every request
+    // gets a real trace id for its logs and for propagation.
     if otlp_configured() {
         // Not the SDK's batch processor with opentelemetry-otlp's exporter:
         // see `otlp_spans` for why, and for the settings it reads.
@@ -175,6 +176,9 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
         let sender = otlp_spans::GrpcSender::new(&settings).map_err(TelemetryError::SpanExport)?;
         let spans = otlp_spans::OtlpSpanProcessor::start(settings, &resource, sender)
             .map_err(|e| TelemetryError::SpanExport(e.to_string()))?;
+        span_queue = Some(spans.queue());
+        // The provider owns the processor for its flush and shutdown; the
+        // call spans reach it through the queue, not the SDK.
         tracer_builder = tracer_builder.with_span_processor(spans);
         let metrics = opentelemetry_otlp::MetricExporter::builder()
             .with_tonic()
@@ -189,8 +193,17 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     call_span::set_spans_are_canonical(canonical_log.spans_are_canonical(otlp_configured()));
     let tracer_provider = tracer_builder.build();
     let logs = canonical_log::BatchedWriter::stdout()?;
+    let sink = call_span::SpanSink::Direct {
+        // The SDK's configuration read from the environment
+        // (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`), as its tracer
+        // would read it.
+        sampler: opentelemetry_sdk::trace::Config::default().sampler,
+        ids: opentelemetry_sdk::trace::RandomIdGenerator::default(),
+        scope: opentelemetry::InstrumentationScope::builder(service_name).build(),
+        queue: span_queue,
+    };
     install(
-        service_name,
+        sink,
         tracer_provider.clone(),
         json_lines(logs.clone()),
         global_filter(None),
@@ -265,8 +278,10 @@ pub fn init_for_tests() -> TestTelemetry {
             let stdout = json_lines(std::io::stdout).with_filter(rust_log());
             // Several test binaries may race for the global subscriber; the
             // loser keeps its exporters empty, which the tests notice.
+            let tracer =
+                opentelemetry::trace::TracerProvider::tracer(&provider, "thoughtpartner-tests");
             let _ = install(
-                "thoughtpartner-tests",
+                call_span::SpanSink::Sdk(tracer),
                 provider,
                 canonical.clone().and_then(captured).and_then(stdout),
                 global_filter(Some(testing::CAPTURE_FILTER)),
@@ -349,7 +364,7 @@ where
 }
 
 fn install<L>(
-    service_name: &'static str,
+    spans: call_span::SpanSink,
     tracer_provider: SdkTracerProvider,
     logs: L,
     filter: GlobalFilter,
@@ -357,7 +372,7 @@ fn install<L>(
 where
     L: Layer<tracing_subscriber::Registry> + Send + Sync + 'static,
 {
-    call_span::install_tracer(tracer_provider.tracer(service_name));
+    call_span::install(spans);
     global::set_tracer_provider(tracer_provider);
     tracing_subscriber::registry()
         .with(logs)

@@ -532,6 +532,8 @@ struct HistHandles {
 }
 
 struct Hist {
+    /// False with telemetry off: nothing is recorded (see [`crate::enabled`]).
+    on: bool,
     def: &'static Def,
     family: Family<LabelSet, HistogramWithExemplars<TraceExemplar>, Buckets>,
     otel: opentelemetry::metrics::Histogram<f64>,
@@ -540,6 +542,9 @@ struct Hist {
 
 impl Hist {
     fn record(&self, value: f64, labels: Labels, trace_id: TraceId) {
+        if !self.on {
+            return;
+        }
         let labels = labels.as_slice();
         debug_assert!(
             labels.iter().all(|(k, _)| self.def.labels.contains(&k.0)),
@@ -566,6 +571,7 @@ struct CountHandles {
 }
 
 struct Count {
+    on: bool,
     def: &'static Def,
     family: Family<LabelSet, Counter>,
     otel: opentelemetry::metrics::Counter<u64>,
@@ -574,6 +580,9 @@ struct Count {
 
 impl Count {
     fn add(&self, n: u64, labels: Labels) {
+        if !self.on {
+            return;
+        }
         let labels = labels.as_slice();
         debug_assert!(
             labels.iter().all(|(k, _)| self.def.labels.contains(&k.0)),
@@ -595,12 +604,16 @@ impl Count {
 }
 
 struct Level {
+    on: bool,
     family: Family<LabelSet, Gauge>,
     otel: opentelemetry::metrics::Gauge<i64>,
 }
 
 impl Level {
     fn set(&self, value: i64, labels: Labels) {
+        if !self.on {
+            return;
+        }
         let labels = labels.as_slice().to_vec();
         self.otel.record(value, &otel_attributes(&labels));
         self.family.get_or_create(&labels).set(value);
@@ -681,7 +694,7 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn histogram(registry: &mut Registry, def: &'static Def) -> Hist {
+fn histogram(registry: &mut Registry, def: &'static Def, on: bool) -> Hist {
     debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
     let family = Family::new_with_constructor(Buckets(def.buckets));
     match def.unit {
@@ -702,6 +715,7 @@ fn histogram(registry: &mut Registry, def: &'static Def) -> Hist {
         .with_boundaries(def.buckets.to_vec())
         .build();
     Hist {
+        on,
         def,
         family,
         otel,
@@ -709,7 +723,7 @@ fn histogram(registry: &mut Registry, def: &'static Def) -> Hist {
     }
 }
 
-fn counter(registry: &mut Registry, def: &'static Def) -> Count {
+fn counter(registry: &mut Registry, def: &'static Def, on: bool) -> Count {
     debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
     let family = Family::<LabelSet, Counter>::default();
     registry.register(def.prometheus_base(), def.help, family.clone());
@@ -719,6 +733,7 @@ fn counter(registry: &mut Registry, def: &'static Def) -> Count {
         .with_description(def.help)
         .build();
     Count {
+        on,
         def,
         family,
         otel,
@@ -726,7 +741,7 @@ fn counter(registry: &mut Registry, def: &'static Def) -> Count {
     }
 }
 
-fn gauge(registry: &mut Registry, def: &'static Def) -> Level {
+fn gauge(registry: &mut Registry, def: &'static Def, on: bool) -> Level {
     debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);
     let family = Family::<LabelSet, Gauge>::default();
     registry.register(def.prometheus_base(), def.help, family.clone());
@@ -735,7 +750,7 @@ fn gauge(registry: &mut Registry, def: &'static Def) -> Level {
         .with_unit(def.unit)
         .with_description(def.help)
         .build();
-    Level { family, otel }
+    Level { on, family, otel }
 }
 
 /// Which limit refused a call (`tp.limit.scope`).
@@ -828,6 +843,14 @@ impl Metrics {
     /// Like [`Metrics::new`], labelling at most `tenant_cap` distinct
     /// tenants; calls of any other tenant are labelled [`OTHER_TENANT`].
     pub fn with_tenant_cap(component: &'static str, tenant_cap: usize) -> Self {
+        Self::build(component, tenant_cap, crate::enabled())
+    }
+
+    /// With `on` false (telemetry off, the load generator's baseline of what
+    /// telemetry costs), every metric is registered and nothing is recorded:
+    /// the handlers' own metrics (GenAI, coaching, authentication) cost
+    /// nothing either, so that "off" leaves no telemetry to compare with.
+    fn build(component: &'static str, tenant_cap: usize, on: bool) -> Self {
         let mut registry = Registry::default();
         let inner = Inner {
             component,
@@ -835,21 +858,21 @@ impl Metrics {
                 cap: tenant_cap,
                 seen: RwLock::new(HashSet::new()),
             },
-            rpc_server: histogram(&mut registry, &RPC_SERVER_CALL_DURATION),
-            rpc_client: histogram(&mut registry, &RPC_CLIENT_CALL_DURATION),
-            rpc_first_message: histogram(&mut registry, &RPC_TIME_TO_FIRST_MESSAGE),
-            gen_ai_duration: histogram(&mut registry, &GEN_AI_OPERATION_DURATION),
-            gen_ai_first_chunk: histogram(&mut registry, &GEN_AI_TIME_TO_FIRST_CHUNK),
-            gen_ai_tokens: histogram(&mut registry, &GEN_AI_TOKEN_USAGE),
-            db_duration: histogram(&mut registry, &DB_OPERATION_DURATION),
-            db_connections: gauge(&mut registry, &DB_CONNECTION_COUNT),
-            db_connections_max: gauge(&mut registry, &DB_CONNECTION_MAX),
-            coach_replies: counter(&mut registry, &COACH_REPLIES),
-            coach_violations: counter(&mut registry, &COACH_POLICY_VIOLATIONS),
-            auth_duration: histogram(&mut registry, &AUTH_DURATION),
-            rate_limit_rejections: counter(&mut registry, &RATE_LIMIT_REJECTIONS),
-            retention_deleted: counter(&mut registry, &RETENTION_DELETED),
-            retention_runs: histogram(&mut registry, &RETENTION_RUN_DURATION),
+            rpc_server: histogram(&mut registry, &RPC_SERVER_CALL_DURATION, on),
+            rpc_client: histogram(&mut registry, &RPC_CLIENT_CALL_DURATION, on),
+            rpc_first_message: histogram(&mut registry, &RPC_TIME_TO_FIRST_MESSAGE, on),
+            gen_ai_duration: histogram(&mut registry, &GEN_AI_OPERATION_DURATION, on),
+            gen_ai_first_chunk: histogram(&mut registry, &GEN_AI_TIME_TO_FIRST_CHUNK, on),
+            gen_ai_tokens: histogram(&mut registry, &GEN_AI_TOKEN_USAGE, on),
+            db_duration: histogram(&mut registry, &DB_OPERATION_DURATION, on),
+            db_connections: gauge(&mut registry, &DB_CONNECTION_COUNT, on),
+            db_connections_max: gauge(&mut registry, &DB_CONNECTION_MAX, on),
+            coach_replies: counter(&mut registry, &COACH_REPLIES, on),
+            coach_violations: counter(&mut registry, &COACH_POLICY_VIOLATIONS, on),
+            auth_duration: histogram(&mut registry, &AUTH_DURATION, on),
+            rate_limit_rejections: counter(&mut registry, &RATE_LIMIT_REJECTIONS, on),
+            retention_deleted: counter(&mut registry, &RETENTION_DELETED, on),
+            retention_runs: histogram(&mut registry, &RETENTION_RUN_DURATION, on),
             registry,
         };
         Self {
@@ -1264,6 +1287,38 @@ mod tests {
             .collect();
         assert_eq!(counts.len(), 1, "{text}");
         assert!(counts[0].ends_with(" 2"), "{text}");
+    }
+
+    #[test]
+    fn with_telemetry_off_nothing_is_recorded() {
+        let record = |metrics: &Metrics| {
+            metrics.rpc_server_call(
+                "thoughtpartner.v1.ConversationService/SendMessage",
+                0,
+                None,
+                Duration::from_millis(30),
+                TraceId::INVALID,
+            );
+            metrics.coach_reply("offline", true);
+            metrics.db_pool(
+                "app",
+                PoolSample {
+                    idle: 1,
+                    used: 2,
+                    max: 4,
+                },
+            );
+            metrics.encode().expect("encodes")
+        };
+        let on = record(&Metrics::build("conversation", 10, true));
+        assert!(
+            on.contains("rpc_server_call_duration_seconds_count{"),
+            "{on}"
+        );
+        assert!(on.contains("tp_coach_replies_total{"), "{on}");
+        let off = record(&Metrics::build("conversation", 10, false));
+        // Not a sample of any metric.
+        assert!(off.lines().all(|line| line.starts_with('#')), "{off}");
     }
 
     #[test]

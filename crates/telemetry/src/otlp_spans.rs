@@ -36,7 +36,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf as _, BufMut as _, Bytes};
-use opentelemetry::trace::{SpanId, SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status, TraceState};
 use opentelemetry::{InstrumentationScope, KeyValue, Value};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
@@ -163,61 +163,109 @@ fn nanos(time: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
-/// An `AnyValue`'s encoded length, for the scalar values this encoder writes.
-fn any_value_len(value: &Value) -> usize {
-    match value {
-        Value::String(s) => len_field_len(1, s.as_str().len()),
-        Value::Bool(_) => prost::encoding::key_len(2) + 1,
-        Value::I64(v) => prost::encoding::key_len(3) + encoded_len_varint(*v as u64),
-        Value::F64(_) => prost::encoding::key_len(4) + 8,
-        // Arrays go through the official conversion (see `encodable`).
-        _ => 0,
-    }
+/// An attribute's value as this encoder writes it: the scalar kinds
+/// (arrays go through the official conversion, see `encodable`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum AttributeValue<'a> {
+    Str(&'a str),
+    Bool(bool),
+    I64(i64),
+    F64(f64),
 }
 
-fn put_any_value(value: &Value, out: &mut Vec<u8>) {
-    match value {
-        Value::String(s) => put_len_field(1, s.as_str().as_bytes(), out),
-        Value::Bool(b) => {
-            encode_key(2, WireType::Varint, out);
-            encode_varint(u64::from(*b), out);
+impl<'a> AttributeValue<'a> {
+    fn of(value: &'a Value) -> Option<Self> {
+        match value {
+            Value::String(s) => Some(Self::Str(s.as_str())),
+            Value::Bool(b) => Some(Self::Bool(*b)),
+            Value::I64(v) => Some(Self::I64(*v)),
+            Value::F64(v) => Some(Self::F64(*v)),
+            _ => None,
         }
-        Value::I64(v) => {
-            encode_key(3, WireType::Varint, out);
-            encode_varint(*v as u64, out);
+    }
+
+    /// The `AnyValue` message's encoded length.
+    fn encoded_len(self) -> usize {
+        match self {
+            Self::Str(s) => len_field_len(1, s.len()),
+            Self::Bool(_) => prost::encoding::key_len(2) + 1,
+            Self::I64(v) => prost::encoding::key_len(3) + encoded_len_varint(v as u64),
+            Self::F64(_) => prost::encoding::key_len(4) + 8,
         }
-        Value::F64(v) => {
-            encode_key(4, WireType::SixtyFourBit, out);
-            out.put_f64_le(*v);
+    }
+
+    fn put(self, out: &mut Vec<u8>) {
+        match self {
+            Self::Str(s) => put_len_field(1, s.as_bytes(), out),
+            Self::Bool(b) => {
+                encode_key(2, WireType::Varint, out);
+                encode_varint(u64::from(b), out);
+            }
+            Self::I64(v) => {
+                encode_key(3, WireType::Varint, out);
+                encode_varint(v as u64, out);
+            }
+            Self::F64(v) => {
+                encode_key(4, WireType::SixtyFourBit, out);
+                out.put_f64_le(v);
+            }
         }
-        _ => {}
     }
 }
 
 /// Appends `KeyValue` messages as field `tag` of the enclosing message.
-fn put_attributes(tag: u32, attributes: &[KeyValue], out: &mut Vec<u8>) {
-    for attribute in attributes {
-        let key = attribute.key.as_str();
-        let value_len = any_value_len(&attribute.value);
+fn put_attributes<'a>(
+    tag: u32,
+    attributes: impl Iterator<Item = (&'a str, AttributeValue<'a>)>,
+    out: &mut Vec<u8>,
+) {
+    for (key, value) in attributes {
+        let value_len = value.encoded_len();
         let pair_len = len_field_len(1, key.len()) + len_field_len(2, value_len);
         encode_key(tag, WireType::LengthDelimited, out);
         encode_varint(pair_len as u64, out);
         put_len_field(1, key.as_bytes(), out);
         encode_key(2, WireType::LengthDelimited, out);
         encode_varint(value_len as u64, out);
-        put_any_value(&attribute.value, out);
+        value.put(out);
     }
 }
 
-/// Whether this encoder writes `span` itself: no events, no links, no
-/// array-valued attributes (none of this service's spans have any).
+/// The scalar attributes of `attributes`, as [`put_attributes`] takes them.
+fn scalar_attributes(attributes: &[KeyValue]) -> impl Iterator<Item = (&str, AttributeValue<'_>)> {
+    attributes
+        .iter()
+        .filter_map(|kv| AttributeValue::of(&kv.value).map(|value| (kv.key.as_str(), value)))
+}
+
+/// Whether this encoder writes `span` itself: no events, no links, nothing
+/// dropped by the span limits, no array-valued attributes (none of this
+/// service's spans have any).
 fn encodable(span: &SpanData) -> bool {
     span.events.is_empty()
         && span.links.is_empty()
+        && span.dropped_attributes_count == 0
+        && span.events.dropped_count == 0
+        && span.links.dropped_count == 0
         && !span
             .attributes
             .iter()
             .any(|kv| matches!(kv.value, Value::Array(_)))
+}
+
+/// What an exported span is made of, read from the SDK's `SpanData` or,
+/// for the served call's span, from `call_span` without one.
+pub(crate) struct SpanParts<'a, A> {
+    pub context: &'a SpanContext,
+    /// `SpanId::INVALID` for a root span.
+    pub parent_span_id: SpanId,
+    pub parent_is_remote: bool,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    pub attributes: A,
+    pub status: &'a Status,
 }
 
 /// The OTLP `Span` message for `span`, appended to `out`.
@@ -228,15 +276,39 @@ pub(crate) fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
         let _ = official.encode(out);
         return;
     }
-    let context = &span.span_context;
+    put_span(
+        SpanParts {
+            context: &span.span_context,
+            parent_span_id: span.parent_span_id,
+            parent_is_remote: span.parent_span_is_remote,
+            name: &span.name,
+            kind: span.span_kind.clone(),
+            start: span.start_time,
+            end: span.end_time,
+            attributes: scalar_attributes(&span.attributes),
+            status: &span.status,
+        },
+        out,
+    );
+}
+
+/// The OTLP `Span` message made of `span`, appended to `out`, byte for byte
+/// as `opentelemetry-proto`'s conversion and prost would write it.
+pub(crate) fn put_span<'a>(
+    span: SpanParts<'a, impl Iterator<Item = (&'a str, AttributeValue<'a>)>>,
+    out: &mut Vec<u8>,
+) {
+    let context = span.context;
     put_len_field(1, &context.trace_id().to_bytes(), out);
     put_len_field(2, &context.span_id().to_bytes(), out);
-    put_nonempty(3, context.trace_state().header().as_bytes(), out);
+    if *context.trace_state() != TraceState::NONE {
+        put_nonempty(3, context.trace_state().header().as_bytes(), out);
+    }
     if span.parent_span_id != SpanId::INVALID {
         put_len_field(4, &span.parent_span_id.to_bytes(), out);
     }
     put_nonempty(5, span.name.as_bytes(), out);
-    let kind: i32 = match span.span_kind {
+    let kind: i32 = match span.kind {
         SpanKind::Internal => 1,
         SpanKind::Server => 2,
         SpanKind::Client => 3,
@@ -244,14 +316,11 @@ pub(crate) fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
         SpanKind::Consumer => 5,
     };
     put_varint(6, kind as u64, out);
-    put_fixed64(7, nanos(span.start_time), out);
-    put_fixed64(8, nanos(span.end_time), out);
-    put_attributes(9, &span.attributes, out);
-    put_varint(10, u64::from(span.dropped_attributes_count), out);
-    put_varint(12, u64::from(span.events.dropped_count), out);
-    put_varint(14, u64::from(span.links.dropped_count), out);
+    put_fixed64(7, nanos(span.start), out);
+    put_fixed64(8, nanos(span.end), out);
+    put_attributes(9, span.attributes, out);
     // Status is always present, as the official conversion makes it.
-    let (code, message): (u64, &str) = match &span.status {
+    let (code, message): (u64, &str) = match span.status {
         Status::Unset => (0, ""),
         Status::Ok => (1, ""),
         Status::Error { description } => (2, description.as_ref()),
@@ -273,7 +342,7 @@ pub(crate) fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
     // Flags as the official conversion sets them: the W3C flags, and that
     // whether the parent is remote is known.
     let mut flags = u32::from(context.trace_flags().to_u8()) | 0x100;
-    if span.parent_span_is_remote {
+    if span.parent_is_remote {
         flags |= 0x200;
     }
     encode_key(16, WireType::ThirtyTwoBit, out);
@@ -285,10 +354,9 @@ fn encode_resource(resource: &Resource) -> Vec<u8> {
     let attributes: Vec<KeyValue> = resource
         .iter()
         .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
-        .filter(|kv| !matches!(kv.value, Value::Array(_)))
         .collect();
     let mut out = Vec::new();
-    put_attributes(1, &attributes, &mut out);
+    put_attributes(1, scalar_attributes(&attributes), &mut out);
     out
 }
 
@@ -399,6 +467,64 @@ impl OtlpSpanProcessor {
     }
 }
 
+impl OtlpSpanProcessor {
+    /// A handle that appends spans encoded elsewhere (the served call's
+    /// span, made without the SDK: see `call_span`) to this processor's
+    /// batches.
+    pub(crate) fn queue(&self) -> SpanQueue {
+        SpanQueue {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// Appends encoded spans to an [`OtlpSpanProcessor`]'s pending batch; they
+/// leave with its next export, and its flush and shutdown cover them.
+#[derive(Clone)]
+pub(crate) struct SpanQueue {
+    shared: Arc<Shared>,
+}
+
+impl SpanQueue {
+    /// Appends the span `encode` writes (an OTLP `Span` message) under
+    /// `scope`, unless the queue is full (the span is dropped and counted)
+    /// or the processor is shutting down.
+    pub(crate) fn push(&self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
+        let shared = &*self.shared;
+        if shared.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        SCRATCH.with(|scratch| {
+            let mut scratch = scratch.borrow_mut();
+            scratch.clear();
+            encode(&mut scratch);
+            let full = {
+                let mut pending = shared.lock();
+                if pending.count >= shared.settings.max_queue {
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let index = match pending.scopes.iter().position(|b| b.scope == *scope) {
+                    Some(index) => index,
+                    None => {
+                        pending.scopes.push(ScopeBatch {
+                            scope: scope.clone(),
+                            spans: Vec::with_capacity(64 * 1024),
+                        });
+                        pending.scopes.len() - 1
+                    }
+                };
+                put_len_field(2, &scratch, &mut pending.scopes[index].spans);
+                pending.count += 1;
+                pending.count == shared.settings.max_batch
+            };
+            if full {
+                shared.wake.notify_all();
+            }
+        });
+    }
+}
+
 /// The export thread: waits for a full batch, the delay, a flush or
 /// shutdown, then sends what is pending.
 fn export_loop(shared: &Shared, resource: &[u8], sender: &mut impl SendBatch) {
@@ -484,41 +610,10 @@ impl SpanProcessor for OtlpSpanProcessor {
     fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
 
     fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() || self.shared.stopping.load(Ordering::Relaxed) {
-            return;
+        if span.span_context.is_sampled() {
+            self.queue()
+                .push(&span.instrumentation_scope, |out| encode_span(&span, out));
         }
-        SCRATCH.with(|scratch| {
-            let mut scratch = scratch.borrow_mut();
-            scratch.clear();
-            encode_span(&span, &mut scratch);
-            let full = {
-                let mut pending = self.shared.lock();
-                if pending.count >= self.shared.settings.max_queue {
-                    self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                let index = match pending
-                    .scopes
-                    .iter()
-                    .position(|b| b.scope == span.instrumentation_scope)
-                {
-                    Some(index) => index,
-                    None => {
-                        pending.scopes.push(ScopeBatch {
-                            scope: span.instrumentation_scope.clone(),
-                            spans: Vec::with_capacity(64 * 1024),
-                        });
-                        pending.scopes.len() - 1
-                    }
-                };
-                put_len_field(2, &scratch, &mut pending.scopes[index].spans);
-                pending.count += 1;
-                pending.count == self.shared.settings.max_batch
-            };
-            if full {
-                self.shared.wake.notify_all();
-            }
-        });
         // `span` is dropped here, on the thread that made it.
     }
 
