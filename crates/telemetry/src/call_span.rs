@@ -28,7 +28,7 @@ use std::time::SystemTime;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, Tracer as _,
 };
-use opentelemetry::{Context, InstrumentationScope, KeyValue, StringValue};
+use opentelemetry::{Context, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, SamplingDecision, SdkTracer, ShouldSample, Span as SdkSpan,
 };
@@ -179,7 +179,7 @@ impl CallSpan {
         // Room for the attributes `end` adds, so the SDK's vector is
         // allocated once.
         let mut attributes = Vec::with_capacity(START_ATTRIBUTES + END_ATTRIBUTES);
-        attributes.extend(start_attributes(method, component));
+        attributes.extend(start_key_values(method, component));
         let mut builder = tracer.span_builder(method).with_kind(SpanKind::Server);
         builder.attributes = Some(attributes);
         let span = builder.start_with_context(tracer, parent);
@@ -214,7 +214,7 @@ impl CallSpan {
             trace_id,
             method,
             &SpanKind::Server,
-            &start_attributes(method, component),
+            &start_key_values(method, component),
             &[],
         );
         let parent_flags = if parent_valid {
@@ -285,7 +285,7 @@ impl CallSpan {
         match self.recording {
             Recording::No => {}
             Recording::Sdk(span) => {
-                end_sdk(*span, status_code, error_type, fields, first_message_ms)
+                end_sdk(*span, status_code, error_type, &fields, first_message_ms)
             }
             Recording::Direct {
                 parent_span_id,
@@ -338,22 +338,30 @@ impl CallSpan {
     }
 }
 
-/// The attributes a call's span starts with.
-fn start_attributes(method: &'static str, component: &'static str) -> [KeyValue; START_ATTRIBUTES] {
+/// The attributes a call's span starts with (static strings all).
+fn start_attributes(
+    method: &'static str,
+    component: &'static str,
+) -> [(&'static str, &'static str); START_ATTRIBUTES] {
     [
-        KeyValue::new(RPC_SYSTEM_NAME, "grpc"),
-        KeyValue::new(RPC_METHOD, method),
-        KeyValue::new(COMPONENT, component),
+        (RPC_SYSTEM_NAME, "grpc"),
+        (RPC_METHOD, method),
+        (COMPONENT, component),
     ]
+}
+
+/// [`start_attributes`] as the SDK's (for the sampler, and the SDK path's
+/// span); no allocation, the strings are static.
+fn start_key_values(method: &'static str, component: &'static str) -> [KeyValue; START_ATTRIBUTES] {
+    start_attributes(method, component).map(|(key, value)| KeyValue::new(key, value))
 }
 
 fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-/// Every attribute of an ended call's span, in the order the SDK path sets
-/// them (`start_attributes`, then `end_sdk`'s): the fields of the canonical
-/// log line, so that an exported span can stand for it. Never content.
+/// Every attribute of an ended call's span: those it started with, then
+/// [`end_attributes`].
 fn call_attributes<'a>(
     method: &'static str,
     component: &'static str,
@@ -361,14 +369,28 @@ fn call_attributes<'a>(
     error_type: Option<&'static str>,
     fields: &'a CallFields,
     first_message_ms: Option<u64>,
-) -> impl Iterator<Item = (&'a str, AttributeValue<'a>)> {
+) -> impl Iterator<Item = (&'static str, AttributeValue<'a>)> {
+    start_attributes(method, component)
+        .into_iter()
+        .map(|(key, value)| (key, AttributeValue::Str(value)))
+        .chain(end_attributes(
+            status_code,
+            error_type,
+            fields,
+            first_message_ms,
+        ))
+}
+
+/// The attributes a call's span gets when it ends: the fields of the
+/// canonical log line, so that an exported span can stand for it. Never
+/// content.
+fn end_attributes<'a>(
+    status_code: &'static str,
+    error_type: Option<&'static str>,
+    fields: &'a CallFields,
+    first_message_ms: Option<u64>,
+) -> impl Iterator<Item = (&'static str, AttributeValue<'a>)> {
     use AttributeValue::{Bool, I64, Str};
-    let always = [
-        (RPC_SYSTEM_NAME, Str("grpc")),
-        (RPC_METHOD, Str(method)),
-        (COMPONENT, Str(component)),
-        (RPC_STATUS_CODE, Str(status_code)),
-    ];
     let known = [
         error_type.map(|e| (ERROR_TYPE, Str(e))),
         fields.tenant_id.as_deref().map(|t| (TENANT_ID, Str(t))),
@@ -386,7 +408,7 @@ fn call_attributes<'a>(
             .map(|n| (POLICY_VIOLATIONS, I64(count(n)))),
         first_message_ms.map(|ms| (FIRST_MESSAGE_MS, I64(count(ms)))),
     ];
-    always.into_iter().chain(known.into_iter().flatten())
+    std::iter::once((RPC_STATUS_CODE, Str(status_code))).chain(known.into_iter().flatten())
 }
 
 /// Ends an SDK-made span with the call's outcome and its record's fields.
@@ -394,41 +416,15 @@ fn end_sdk(
     mut span: SdkSpan,
     status_code: &'static str,
     error_type: Option<&'static str>,
-    fields: CallFields,
+    fields: &CallFields,
     first_message_ms: Option<u64>,
 ) {
     use opentelemetry::trace::Span as _;
-    span.set_attribute(KeyValue::new(RPC_STATUS_CODE, status_code));
+    for (key, value) in end_attributes(status_code, error_type, fields, first_message_ms) {
+        span.set_attribute(KeyValue::new(key, value.to_value()));
+    }
     if let Some(error_type) = error_type {
-        span.set_attribute(KeyValue::new(ERROR_TYPE, error_type));
         span.set_status(Status::error(error_type));
-    }
-    if let Some(tenant) = fields.tenant_id {
-        span.set_attribute(KeyValue::new(TENANT_ID, StringValue::from(tenant)));
-    }
-    if let Some(member) = fields.member_id {
-        span.set_attribute(KeyValue::new(MEMBER_ID, StringValue::from(member)));
-    }
-    if let Some(conversation) = fields.conversation_id {
-        span.set_attribute(KeyValue::new(CONVERSATION_ID, conversation));
-    }
-    if let Some(responder) = fields.responder {
-        span.set_attribute(KeyValue::new(RESPONDER, responder));
-    }
-    if let Some(tokens) = fields.input_tokens {
-        span.set_attribute(KeyValue::new(INPUT_TOKENS, count(tokens)));
-    }
-    if let Some(tokens) = fields.output_tokens {
-        span.set_attribute(KeyValue::new(OUTPUT_TOKENS, count(tokens)));
-    }
-    if let Some(grounded) = fields.grounded {
-        span.set_attribute(KeyValue::new(GROUNDED, grounded));
-    }
-    if let Some(violations) = fields.policy_violations {
-        span.set_attribute(KeyValue::new(POLICY_VIOLATIONS, count(violations)));
-    }
-    if let Some(millis) = first_message_ms {
-        span.set_attribute(KeyValue::new(FIRST_MESSAGE_MS, count(millis)));
     }
     span.end();
 }
@@ -570,7 +566,7 @@ mod tests {
                 *span,
                 status_code,
                 error_type,
-                fields(full),
+                &fields(full),
                 first_message_ms,
             );
             let made = capture.0.lock().expect("capture").pop().expect("a span");

@@ -174,6 +174,16 @@ pub(crate) enum AttributeValue<'a> {
 }
 
 impl<'a> AttributeValue<'a> {
+    /// As the SDK's attribute value (the tests' SDK-made spans).
+    pub(crate) fn to_value(self) -> Value {
+        match self {
+            Self::Str(s) => Value::from(s.to_owned()),
+            Self::Bool(b) => Value::Bool(b),
+            Self::I64(v) => Value::I64(v),
+            Self::F64(v) => Value::F64(v),
+        }
+    }
+
     fn of(value: &'a Value) -> Option<Self> {
         match value {
             Value::String(s) => Some(Self::Str(s.as_str())),
@@ -214,9 +224,9 @@ impl<'a> AttributeValue<'a> {
 }
 
 /// Appends `KeyValue` messages as field `tag` of the enclosing message.
-fn put_attributes<'a>(
+fn put_attributes<'k, 'v>(
     tag: u32,
-    attributes: impl Iterator<Item = (&'a str, AttributeValue<'a>)>,
+    attributes: impl Iterator<Item = (&'k str, AttributeValue<'v>)>,
     out: &mut Vec<u8>,
 ) {
     for (key, value) in attributes {
@@ -294,8 +304,8 @@ pub(crate) fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
 
 /// The OTLP `Span` message made of `span`, appended to `out`, byte for byte
 /// as `opentelemetry-proto`'s conversion and prost would write it.
-pub(crate) fn put_span<'a>(
-    span: SpanParts<'a, impl Iterator<Item = (&'a str, AttributeValue<'a>)>>,
+pub(crate) fn put_span<'a, 'k, 'v>(
+    span: SpanParts<'a, impl Iterator<Item = (&'k str, AttributeValue<'v>)>>,
     out: &mut Vec<u8>,
 ) {
     let context = span.context;
