@@ -552,6 +552,15 @@ fn stack_cpu(stack: &Stack) -> f64 {
 ///   is each side's own cost per call. With the CPU shared fairly, each
 ///   side's share of the calls is its share of the work: the ratio of
 ///   their rates is the ratio each would reach alone.
+///
+/// In two rounds with the sides' places swapped ([`ROUND_ORDER`]): the
+/// side that comes first (its connections opened and its settling sent
+/// first, its workers first in the first window) was the slower one. Two
+/// copies of the same build side by side, both with telemetry on, read
+/// the first side +22 to +37 µs per call and 1-3 % slower in four of four
+/// runs (session 21), and still +4 to +26 µs with either the start or the
+/// settling order reversed; no cause found. Each side now takes each
+/// place for half the windows, so whatever the place costs falls on both.
 async fn compare_stacks(
     args: &RunArgs,
     db: &Database,
@@ -560,73 +569,72 @@ async fn compare_stacks(
     phases: &mut Vec<PhaseResult>,
 ) -> anyhow::Result<Option<[f64; 2]>> {
     let c = args.concurrency;
-    let first_channels = channels(sides[0].1.gateway, CONNECTIONS).await?;
-    let second_channels = channels(sides[1].1.gateway, CONNECTIONS).await?;
-    settle(
-        args,
-        db,
-        seeded,
-        &[
-            (&first_channels[..], sides[0].1),
-            (&second_channels[..], sides[1].1),
-        ],
-    )
-    .await?;
     let mut slice = args.phase("", c);
     slice.warmup = slice.warmup.min(Duration::from_millis(500));
-    let cpu_before = sides.map(|(_, stack)| stack_cpu(stack));
+    let mut cpu = [0.0; 2];
     let first_slice = phases.len();
-    match args.sharing {
-        Sharing::Alternate => {
-            for pair in 0..SLICES {
-                for first in ab_ba(pair) {
-                    let ((prefix, stack), channels) = if first {
-                        (sides[0], &first_channels)
-                    } else {
-                        (sides[1], &second_channels)
+    let mut window = 0;
+    for (round, order) in ROUND_ORDER.into_iter().enumerate() {
+        let round = u32::try_from(round).unwrap_or(0);
+        // Channels in this round's order, each side's kept at its index.
+        let mut channel_sets: [Vec<Channel>; 2] = [Vec::new(), Vec::new()];
+        for &i in &order {
+            channel_sets[i] = channels(sides[i].1.gateway, CONNECTIONS).await?;
+        }
+        let in_order: Vec<(&[Channel], &Stack)> = order
+            .iter()
+            .map(|&i| (&channel_sets[i][..], sides[i].1))
+            .collect();
+        settle(args, db, seeded, &in_order).await?;
+        let cpu_before = sides.map(|(_, stack)| stack_cpu(stack));
+        match args.sharing {
+            Sharing::Alternate => {
+                for pair in round * SLICES / 2..(round + 1) * SLICES / 2 {
+                    for first in ab_ba(pair) {
+                        let i = if first { order[0] } else { order[1] };
+                        slice.name = format!("{}{}", sides[i].0, pair + 1);
+                        let workers =
+                            api_workers(&channel_sets[i], c, Mix::SEND, &seeded.senders, seeded);
+                        phases.push(driver::run(&slice, workers, sides[i].1.processes()).await);
+                    }
+                }
+            }
+            Sharing::Together => {
+                // Each side its own half of the conversations: a
+                // conversation is locked while a turn is stored, and a side
+                // must never wait on the other's lock. The halves, and
+                // which side's workers start first, swap from one window
+                // to the next.
+                let half = (c / 2).max(1);
+                let (evens, odds) = halves(&seeded.senders);
+                slice.concurrency = half;
+                for _ in 0..SLICES {
+                    window += 1;
+                    let run_side = |i: usize, senders: &[Sender]| {
+                        let mut phase = slice.clone();
+                        phase.name = format!("{}{window}", sides[i].0);
+                        let workers =
+                            api_workers(&channel_sets[i], half, Mix::SEND, senders, seeded);
+                        let processes = sides[i].1.processes();
+                        async move { driver::run(&phase, workers, processes).await }
                     };
-                    slice.name = format!("{prefix}{}", pair + 1);
-                    let workers = api_workers(channels, c, Mix::SEND, &seeded.senders, seeded);
-                    phases.push(driver::run(&slice, workers, stack.processes()).await);
+                    let [lead, other] = window_order(order, window);
+                    let (led, followed) =
+                        tokio::join!(run_side(lead, &evens), run_side(other, &odds));
+                    let mut by_side = [None, None];
+                    by_side[lead] = Some(led);
+                    by_side[other] = Some(followed);
+                    phases.extend(by_side.into_iter().flatten());
                 }
             }
         }
-        Sharing::Together => {
-            // Each side its own half of the conversations: a conversation
-            // is locked while a turn is stored, and a side must never wait
-            // on the other's lock. The halves, and which side's workers
-            // start first, swap from one window to the next.
-            let half = (c / 2).max(1);
-            let (evens, odds) = halves(&seeded.senders);
-            slice.concurrency = half;
-            for window in 1..=2 * SLICES {
-                let swapped = window % 2 == 0;
-                let run_side = |i: usize, senders: &[Sender]| {
-                    let mut phase = slice.clone();
-                    phase.name = format!("{}{window}", sides[i].0);
-                    let channels = if i == 0 {
-                        &first_channels
-                    } else {
-                        &second_channels
-                    };
-                    let workers = api_workers(channels, half, Mix::SEND, senders, seeded);
-                    let processes = sides[i].1.processes();
-                    async move { driver::run(&phase, workers, processes).await }
-                };
-                let (first, second) = if swapped {
-                    let (second, first) = tokio::join!(run_side(1, &evens), run_side(0, &odds));
-                    (first, second)
-                } else {
-                    tokio::join!(run_side(0, &evens), run_side(1, &odds))
-                };
-                phases.push(first);
-                phases.push(second);
-            }
+        // Let deferred work (batched span exports, log flushes) finish:
+        // work a stack defers often runs during the other's slice.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        for (i, (_, stack)) in sides.iter().enumerate() {
+            cpu[i] += stack_cpu(stack) - cpu_before[i];
         }
     }
-    // Let deferred work (batched span exports, log flushes) finish: work a
-    // stack defers often runs during the other's slice.
-    tokio::time::sleep(Duration::from_secs(1)).await;
     let calls = |prefix: &str| -> u64 {
         phases[first_slice..]
             .iter()
@@ -636,14 +644,29 @@ async fn compare_stacks(
             .sum()
     };
     let mut per_call = [0.0; 2];
-    for (i, (prefix, stack)) in sides.iter().enumerate() {
+    for (i, (prefix, _)) in sides.iter().enumerate() {
         let n = calls(prefix);
         if n == 0 {
             return Ok(None);
         }
-        per_call[i] = (stack_cpu(stack) - cpu_before[i]) * 1e6 / n as f64;
+        per_call[i] = cpu[i] * 1e6 / n as f64;
     }
     Ok(Some(per_call))
+}
+
+/// The two rounds of [`compare_stacks`]: which side comes first in each.
+/// Each side is first in one round.
+const ROUND_ORDER: [[usize; 2]; 2] = [[0, 1], [1, 0]];
+
+/// In a [`Sharing::Together`] window of a round in `order`: which side
+/// leads (its workers started first, on the even-numbered senders) and
+/// which follows. They swap from one window to the next.
+fn window_order(order: [usize; 2], window: u32) -> [usize; 2] {
+    if window.is_multiple_of(2) {
+        [order[1], order[0]]
+    } else {
+        order
+    }
 }
 
 /// The senders split in two for the stacks of a [`Sharing::Together`]
@@ -1467,6 +1490,25 @@ mod tests {
             measured.starts_with("both stacks at once, 16 streams each: 96/s on, 100/s off: 4.0 %"),
             "{measured}"
         );
+    }
+
+    #[test]
+    fn every_place_in_a_comparison_falls_to_each_side_equally() {
+        // Rounds and windows as `compare_stacks` runs them.
+        let mut first_in_round = [0; 2];
+        let mut led = [0; 2];
+        let mut window = 0;
+        for order in ROUND_ORDER {
+            first_in_round[order[0]] += 1;
+            for _ in 0..SLICES {
+                window += 1;
+                let [lead, follow] = window_order(order, window);
+                assert_ne!(lead, follow);
+                led[lead] += 1;
+            }
+        }
+        assert_eq!(first_in_round, [1, 1]);
+        assert_eq!(led, [SLICES, SLICES]);
     }
 
     #[test]
