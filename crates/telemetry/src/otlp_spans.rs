@@ -694,17 +694,10 @@ impl Drop for GrpcSender {
 impl GrpcSender {
     /// A lazily connecting sender to `settings.endpoint`.
     pub(crate) fn new(settings: &ExportSettings) -> Result<Self, String> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| format!("could not start the span exporter's runtime: {e}"))?;
-        // The channel's tasks belong to the runtime current when it is made.
-        let channel = {
-            let _entered = runtime.enter();
-            tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
-                .map_err(|e| format!("OTLP endpoint `{}`: {e}", settings.endpoint))?
-                .connect_lazy()
-        };
+        // Everything that can fail before the runtime exists: a runtime
+        // dropped on an error path here would be dropped in async code.
+        let endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+            .map_err(|e| format!("OTLP endpoint `{}`: {e}", settings.endpoint))?;
         let mut headers = tonic::metadata::MetadataMap::new();
         for (key, value) in &settings.headers {
             match (
@@ -717,6 +710,15 @@ impl GrpcSender {
                 _ => return Err(format!("OTLP header `{key}` is not a valid header")),
             }
         }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| format!("could not start the span exporter's runtime: {e}"))?;
+        // The channel's tasks belong to the runtime current when it is made.
+        let channel = {
+            let _entered = runtime.enter();
+            endpoint.connect_lazy()
+        };
         Ok(Self {
             runtime: Some(runtime),
             client: tonic::client::Grpc::new(channel),
@@ -912,6 +914,22 @@ mod tests {
         assert!(!encodable(&with_event));
         let official: ProtoSpan = with_event.clone().into();
         assert_eq!(decoded(&with_event), official);
+    }
+
+    /// Made and dropped in async code, as `init` does (in the services'
+    /// runtime) when a later step of the set-up fails: a runtime dropped
+    /// there panics.
+    #[tokio::test]
+    async fn a_sender_is_made_and_dropped_in_async_code_without_a_panic() {
+        let mut good = settings(8, 4, Duration::from_secs(1));
+        good.endpoint = "http://127.0.0.1:4317".to_owned();
+        drop(GrpcSender::new(&good).expect("a sender"));
+        let mut bad_endpoint = good.clone();
+        bad_endpoint.endpoint = "not a url".to_owned();
+        assert!(GrpcSender::new(&bad_endpoint).is_err());
+        let mut bad_header = good;
+        bad_header.headers = vec![("bad key".to_owned(), "v".to_owned())];
+        assert!(GrpcSender::new(&bad_header).is_err());
     }
 
     #[test]
