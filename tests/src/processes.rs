@@ -32,6 +32,7 @@ impl ProcessStack {
             telemetry: true,
             otlp_endpoint: None,
             extra_env,
+            callgrind: None,
         })
         .await?;
         let api = GatewayApi::new(stack.gateway, SIGNING_SECRET);

@@ -2,6 +2,7 @@
 //! and the process tests in `tests/tests` (`process_faults.rs`,
 //! `export_memory.rs`, `span_export.rs`).
 
+pub mod callgrind;
 pub mod handbook;
 pub mod otlp;
 pub mod procstat;

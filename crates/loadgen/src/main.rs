@@ -38,7 +38,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the stack, seed it, run the scenarios and baselines, report.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Serve the bare-tonic echo baseline (started by `run`).
     EchoServer {
         #[arg(long)]
@@ -53,6 +53,14 @@ enum Command {
     },
     /// Print a JSON report (`run --json`) as the human-readable table.
     Show { json: PathBuf },
+    /// Telemetry's instructions per SendMessage, from the profiles of a
+    /// `run --phases telemetry --callgrind DIR`.
+    CallgrindReport {
+        dir: PathBuf,
+        /// How many functions to list.
+        #[arg(long, default_value_t = 30)]
+        top: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,7 +71,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Run(args) => {
-                let report = run::run(args).await?;
+                let report = run::run(*args).await?;
                 if report.failed_calls() > 0 {
                     anyhow::bail!(
                         "{} calls failed during the measured windows (see the table above)",
@@ -74,6 +82,10 @@ fn main() -> anyhow::Result<()> {
             }
             Command::EchoServer { addr } => echo::serve(addr).await,
             Command::ProxyServer { addr, upstream } => proxy::serve(addr, upstream).await,
+            Command::CallgrindReport { dir, top } => {
+                print!("{}", tp_loadgen::callgrind::report_dir(&dir, top)?);
+                Ok(())
+            }
             Command::Show { json } => {
                 let report: report::Report = serde_json::from_slice(&std::fs::read(&json)?)?;
                 print!("{}", report.render());

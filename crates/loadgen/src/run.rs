@@ -91,6 +91,13 @@ pub struct RunArgs {
     /// How the two-stack comparisons (telemetry, builds) share the machine.
     #[arg(long, value_enum, default_value_t = Sharing::Together)]
     sharing: Sharing,
+    /// Run every service under valgrind's callgrind, writing one profile
+    /// per process here; then `tp-loadgen callgrind-report DIR` gives
+    /// telemetry's instructions per SendMessage (with `--phases
+    /// telemetry`). Services run ~50 times slower: this run's times and
+    /// rates mean nothing.
+    #[arg(long)]
+    callgrind: Option<PathBuf>,
 }
 
 /// How the two stacks of a comparison take turns on the machine.
@@ -708,6 +715,10 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
             _ => {}
         }
     }
+    if let Some(dir) = &args.callgrind {
+        tp_loadgen::callgrind::check_valgrind()?;
+        std::fs::create_dir_all(dir)?;
+    }
     let db = fresh_database(&args.admin_url, &args.database).await?;
     let owner_url = format!("postgres://tp_owner@{}:{}/{}", db.host, db.port, db.name);
     let launcher = Launcher::BinDir(bin_dir.clone());
@@ -720,6 +731,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         log_dir: args.log_dir.clone(),
         telemetry,
         otlp_endpoint: Some(otlp_endpoint.clone()),
+        callgrind: args.callgrind.clone(),
         // The gateway's cap on calls in flight, sized for this machine:
         // above every closed-loop phase's streams, and low enough that at
         // twice the capacity the admitted calls wait on little queue.

@@ -30,14 +30,31 @@ pub enum Launcher {
 
 impl Launcher {
     fn command(&self, name: &str) -> anyhow::Result<Command> {
-        Ok(match self {
-            Launcher::BinDir(dir) => Command::new(binary(dir, name)?),
-            Launcher::OneBinary(path) => {
-                let mut command = Command::new(path);
-                command.env("TP_SERVICE", name);
+        self.command_under(name, None)
+    }
+
+    /// The service's command, run by `valgrind --tool=callgrind` writing
+    /// `profile` when there is one.
+    fn command_under(&self, name: &str, profile: Option<&Path>) -> anyhow::Result<Command> {
+        let program = match self {
+            Launcher::BinDir(dir) => binary(dir, name)?,
+            Launcher::OneBinary(path) => path.clone(),
+        };
+        let mut command = match profile {
+            None => Command::new(program),
+            Some(profile) => {
+                let mut command = Command::new("valgrind");
+                command
+                    .arg("--tool=callgrind")
+                    .arg(format!("--callgrind-out-file={}", profile.display()))
+                    .arg(program);
                 command
             }
-        })
+        };
+        if let Launcher::OneBinary(_) = self {
+            command.env("TP_SERVICE", name);
+        }
+        Ok(command)
     }
 }
 
@@ -57,6 +74,9 @@ pub struct StackConfig {
     /// More environment for one service: (service, variable, value). Set
     /// after the stack's own, so it can override them.
     pub extra_env: Vec<(&'static str, String, String)>,
+    /// Run every service under valgrind's callgrind, its profile written
+    /// to this directory (see [`crate::callgrind`]).
+    pub callgrind: Option<PathBuf>,
 }
 
 pub struct ServiceProcess {
@@ -74,6 +94,9 @@ pub struct Stack {
     pub knowledge: SocketAddr,
     config: StackConfig,
     processes: Vec<ServiceProcess>,
+    /// In the order this process started its stacks (the callgrind
+    /// profiles' names).
+    number: usize,
 }
 
 /// A port on loopback nothing listens on right now, and one this process
@@ -142,6 +165,7 @@ impl Stack {
             knowledge,
             config: config.clone(),
             processes: Vec::new(),
+            number: crate::callgrind::next_stack_number(),
         };
         let url = |addr: SocketAddr| format!("http://{addr}");
         let spawn_plan: [(&'static str, SocketAddr, ServiceEnv); 3] = [
@@ -227,7 +251,11 @@ impl Stack {
             .create(true)
             .append(true)
             .open(config.log_dir.join(format!("{name}.log")))?;
-        let mut command = config.launcher.command(name)?;
+        let profile = config
+            .callgrind
+            .as_deref()
+            .map(|dir| crate::callgrind::profile_path(dir, self.number, name, config.telemetry));
+        let mut command = config.launcher.command_under(name, profile.as_deref())?;
         command
             .arg("serve")
             .env("TP_DATABASE_URL", &config.app_url)
