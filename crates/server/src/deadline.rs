@@ -55,6 +55,9 @@ pub struct Deadline<S> {
     inner: S,
 }
 
+/// Made once: looked up by `&str`, the name was parsed on every call.
+const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for Deadline<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
@@ -72,7 +75,7 @@ where
     fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         let deadline = request
             .headers()
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .map(|timeout| Instant::now() + timeout);
