@@ -130,8 +130,8 @@ fn percent_decode(value: &str) -> String {
 /// A varint, as prost writes it. prost's `encode_varint` is an out-of-line
 /// loop a byte at a time, called ~60 times a span (callgrind: ~30% of a
 /// span's encoding); nearly every key and length here fits one or two
-/// bytes, written inline.
-#[inline]
+/// bytes, written inline (`always`: plain `#[inline]` was not taken).
+#[inline(always)]
 fn encode_varint(value: u64, out: &mut Vec<u8>) {
     if value < 0x80 {
         out.push(value as u8);
@@ -143,7 +143,7 @@ fn encode_varint(value: u64, out: &mut Vec<u8>) {
 }
 
 /// A field's key (tag and wire type), as prost writes it.
-#[inline]
+#[inline(always)]
 fn encode_key(tag: u32, wire_type: WireType, out: &mut Vec<u8>) {
     encode_varint(u64::from(tag << 3 | wire_type as u32), out);
 }
