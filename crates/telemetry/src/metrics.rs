@@ -1342,13 +1342,16 @@ mod tests {
             let model = String::from("offline-coach");
             metrics.gen_ai_tokens(GenAiProvider::Offline, &model, TokenType::Input, 7);
         }
+        assert_one_series_counting(&metrics, "gen_ai_client_token_usage_count{", 2);
+    }
+
+    /// The exposition has exactly one series whose line starts with
+    /// `prefix`, and it has counted `count` observations.
+    fn assert_one_series_counting(metrics: &Metrics, prefix: &str, count: u64) {
         let text = metrics.encode().unwrap();
-        let counts: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("gen_ai_client_token_usage_count{"))
-            .collect();
+        let counts: Vec<&str> = text.lines().filter(|l| l.starts_with(prefix)).collect();
         assert_eq!(counts.len(), 1, "{text}");
-        assert!(counts[0].ends_with(" 2"), "{text}");
+        assert!(counts[0].ends_with(&format!(" {count}")), "{text}");
     }
 
     #[test]
@@ -1396,13 +1399,7 @@ mod tests {
         ] {
             metrics.rpc_server_call(method, 0, None, Duration::from_millis(5), TraceId::INVALID);
         }
-        let text = metrics.encode().unwrap();
-        let counts: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("rpc_server_call_duration_seconds_count{"))
-            .collect();
-        assert_eq!(counts.len(), 1, "{text}");
-        assert!(counts[0].ends_with(" 2"), "{text}");
+        assert_one_series_counting(&metrics, "rpc_server_call_duration_seconds_count{", 2);
     }
 
     #[test]
