@@ -28,6 +28,7 @@ mod otlp_spans;
 mod propagation;
 #[cfg(test)]
 mod schema_check;
+mod series;
 mod trace_context;
 
 pub use call::{CallFields, CallRecord};

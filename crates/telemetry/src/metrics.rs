@@ -1,8 +1,9 @@
-//! Every metric in `schema.toml`, recorded twice: into a per-service
-//! Prometheus registry (`prometheus-client`, which keeps trace-id exemplars
-//! and is always scrapeable on the ops port) and into OpenTelemetry
+//! Every metric in `schema.toml`, recorded twice: into per-thread tables of
+//! series (`series`: histograms keep trace-id exemplars) that the ops port
+//! writes as OpenMetrics text, always scrapeable, and into OpenTelemetry
 //! instruments from the global meter provider, which exports over OTLP when
-//! `init` configured an exporter and is a no-op otherwise.
+//! `init` configured an exporter and is a no-op otherwise. Gauges, sampled
+//! on a scrape rather than on a call's path, are `prometheus-client`'s.
 //!
 //! A [`Metrics`] handle is made once per service, not once per process: the
 //! end-to-end tests run all three services in one process and each must
@@ -15,11 +16,11 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TraceId;
 use prometheus_client::encoding::{EncodeLabelKey, EncodeLabelValue, LabelKeyEncoder};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::exemplar::HistogramWithExemplars;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::registry::Registry;
+
+use crate::series::{HistData, Sharded, Text};
 
 /// What the ops port answers `/metrics` with: OpenMetrics, the text format
 /// that carries exemplars.
@@ -317,8 +318,8 @@ pub(crate) const ALL: [&Def; 15] = [
 
 /// A label key, kept as its OpenTelemetry name and written to Prometheus
 /// with dots as underscores.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct Key(&'static str);
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct Key(pub(crate) &'static str);
 
 impl EncodeLabelKey for Key {
     fn encode(&self, encoder: &mut LabelKeyEncoder) -> Result<(), std::fmt::Error> {
@@ -361,7 +362,7 @@ impl std::hash::Hash for Value {
 }
 
 impl Value {
-    fn as_str(&self) -> &str {
+    pub(crate) fn as_str(&self) -> &str {
         match self {
             Value::Static(s) => s,
             Value::Owned(s) => s,
@@ -443,29 +444,6 @@ impl Labels {
     }
 }
 
-/// A trace id as an exemplar's label value, written out in hex only when
-/// the exposition is encoded: observing is on every call's path, encoding
-/// only on a scrape.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct TraceIdLabel(TraceId);
-
-impl EncodeLabelValue for TraceIdLabel {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write as _;
-        write!(encoder, "{}", self.0)
-    }
-}
-
-/// The exemplar's labels: the trace that produced the observation.
-type TraceExemplar = [(&'static str, TraceIdLabel); 1];
-
-fn exemplar(trace_id: TraceId) -> Option<TraceExemplar> {
-    (trace_id != TraceId::INVALID).then_some([("trace_id", TraceIdLabel(trace_id))])
-}
-
 /// The labels as OpenTelemetry attributes, without copying a value: static
 /// names stay static and owned values share their `Arc`.
 fn otel_attributes(labels: &LabelSet) -> Vec<KeyValue> {
@@ -480,125 +458,19 @@ fn otel_attributes(labels: &LabelSet) -> Vec<KeyValue> {
 
 // ------------------------------------------------------------ instruments
 
-#[derive(Clone, Copy, Debug)]
-struct Buckets(&'static [f64]);
-
-impl MetricConstructor<HistogramWithExemplars<TraceExemplar>> for Buckets {
-    fn new_metric(&self) -> HistogramWithExemplars<TraceExemplar> {
-        HistogramWithExemplars::new(self.0.iter().copied())
-    }
-}
-
-/// Each label set's handles in both registries, found with one lookup per
-/// observation. Recording through the two registries' own lookups cost, on
-/// every observation, a vector of OpenTelemetry attributes, the SDK sorting
-/// and hashing them, and the Prometheus family hashing the labels again
-/// (profiled under the load generator: a third of the metrics' cost). The
-/// label sets are bounded (tenants are capped, every other label is a
-/// code-chosen name), so the map is too; it holds what the Prometheus
-/// family holds anyway.
-///
-/// The map is a cache keyed by the labels' *identity* where that is cheap:
-/// a key and a static value by their address and length, an owned value
-/// (a tenant id, a model) by its text. Hashing and comparing the text of
-/// every label was half of an observation's instructions (callgrind, per
-/// SendMessage: 3.2k instructions hashing and 1.1k comparing in
-/// `conversation`'s nine observations). Two keys for the same text (the
-/// same name at two addresses, or static and owned) are two entries bound
-/// to the same series: both registries find their series by the text.
-struct Bound<H> {
-    hasher: foldhash::fast::RandomState,
-    handles: RwLock<hashbrown::HashTable<(LabelSet, H)>>,
-}
-
-impl<H> Bound<H> {
-    fn new() -> Self {
-        Self {
-            hasher: foldhash::fast::RandomState::default(),
-            handles: RwLock::new(hashbrown::HashTable::new()),
-        }
-    }
-
-    /// A multiply-rotate fold of each key's and static value's address and
-    /// length, and of each owned value's text hash: foldhash's hasher, fed
-    /// four words a label, cost ~100 instructions a lookup. Addresses are
-    /// not chosen by callers, and owned text goes through foldhash's
-    /// randomly seeded state, so the table's hashing is no easier to attack
-    /// than before.
-    fn identity_hash(&self, labels: &[(Key, Value)]) -> u64 {
-        use std::hash::BuildHasher as _;
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mix = |h: u64, x: u64| (h ^ x).wrapping_mul(K).rotate_left(26);
-        let mut h = labels.len() as u64;
-        for (key, value) in labels {
-            h = mix(h, key.0.as_ptr() as u64 ^ ((key.0.len() as u64) << 48));
-            h = match value {
-                Value::Static(s) => mix(h, s.as_ptr() as u64 ^ ((s.len() as u64) << 48)),
-                Value::Owned(s) => mix(h, self.hasher.hash_one(s.as_bytes())),
-            };
-        }
-        h ^ (h >> 32)
-    }
-
-    /// Runs `record` on the handles of `labels`, made by `bind` the first
-    /// time they are seen, so a label set already seen costs no
-    /// allocation. The handles are used where they lie, under the read
-    /// lock, not cloned out: each clone and its drop were two atomic
-    /// updates of reference counts that every worker thread writes, so the
-    /// counts' cache lines moved between cores on every observation.
-    fn with(
-        &self,
-        labels: &[(Key, Value)],
-        bind: impl FnOnce(&LabelSet) -> H,
-        record: impl FnOnce(&H),
-    ) {
-        let hash = self.identity_hash(labels);
-        let same = |entry: &(LabelSet, H)| same_identity(&entry.0, labels);
-        // A poisoned lock only means another thread panicked mid-insert;
-        // the map is still a valid map.
-        {
-            let handles = self.handles.read().unwrap_or_else(|e| e.into_inner());
-            if let Some((_, found)) = handles.find(hash, same) {
-                record(found);
-                return;
-            }
-        }
-        let mut handles = self.handles.write().unwrap_or_else(|e| e.into_inner());
-        let entry = handles.entry(hash, same, |entry| self.identity_hash(&entry.0));
-        let entry = entry.or_insert_with(|| {
-            let key = labels.to_vec();
-            let handles = bind(&key);
-            (key, handles)
-        });
-        record(&entry.get().1);
-    }
-}
-
-/// Whether two label sets are the same by [`Bound`]'s identity.
-fn same_identity(a: &[(Key, Value)], b: &[(Key, Value)]) -> bool {
-    a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
-            std::ptr::eq(ka.0, kb.0)
-                && match (va, vb) {
-                    (Value::Static(a), Value::Static(b)) => std::ptr::eq(*a, *b),
-                    (Value::Owned(a), Value::Owned(b)) => a == b,
-                    _ => false,
-                }
-        })
-}
-
-struct HistHandles {
+/// A histogram's series in one shard: its counts, and its handle in the
+/// OpenTelemetry SDK, bound once per label set.
+struct HistCell {
+    data: HistData,
     otel: opentelemetry::metrics::BoundHistogram<f64>,
-    prometheus: HistogramWithExemplars<TraceExemplar>,
 }
 
 struct Hist {
     /// False with telemetry off: nothing is recorded (see [`crate::enabled`]).
     on: bool,
     def: &'static Def,
-    family: Family<LabelSet, HistogramWithExemplars<TraceExemplar>, Buckets>,
     otel: opentelemetry::metrics::Histogram<f64>,
-    bound: Bound<HistHandles>,
+    series: Sharded<HistCell>,
 }
 
 impl Hist {
@@ -613,31 +485,53 @@ impl Hist {
             "{}: a label not in schema.toml",
             self.def.name
         );
-        self.bound.with(
+        let bounds = self.def.buckets;
+        self.series.with(
             labels,
-            |labels| HistHandles {
+            |labels| HistCell {
+                data: HistData::new(bounds),
                 otel: self.otel.bind(&otel_attributes(labels)),
-                prometheus: self.family.get_or_create(labels).clone(),
             },
-            |handles| {
-                handles.otel.record(value);
-                handles.prometheus.observe(value, exemplar(trace_id), None);
+            |cell| {
+                cell.data.observe(bounds, value, trace_id);
+                cell.otel.record(value);
             },
         );
     }
+
+    fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let name = self.def.prometheus_base();
+        // Annotations such as `{token}` are dropped by the OpenTelemetry
+        // to Prometheus rules: only seconds have a `# UNIT`.
+        let unit = (self.def.unit == "s").then_some("seconds");
+        let merged = self
+            .series
+            .merged(|total: &mut HistData, cell| total.merge(&cell.data));
+        // A family without a series yet is left out, as prometheus-client
+        // leaves out its own.
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut text = Text { out };
+        text.descriptor(&name, self.def.help, unit, "histogram")?;
+        for (labels, data) in &merged {
+            text.histogram(&name, self.def.buckets, labels, data)?;
+        }
+        Ok(())
+    }
 }
 
-struct CountHandles {
+/// A counter's series in one shard.
+struct CountCell {
+    value: u64,
     otel: opentelemetry::metrics::BoundCounter<u64>,
-    prometheus: Counter,
 }
 
 struct Count {
     on: bool,
     def: &'static Def,
-    family: Family<LabelSet, Counter>,
     otel: opentelemetry::metrics::Counter<u64>,
-    bound: Bound<CountHandles>,
+    series: Sharded<CountCell>,
 }
 
 impl Count {
@@ -651,17 +545,33 @@ impl Count {
             "{}: a label not in schema.toml",
             self.def.name
         );
-        self.bound.with(
+        self.series.with(
             labels,
-            |labels| CountHandles {
+            |labels| CountCell {
+                value: 0,
                 otel: self.otel.bind(&otel_attributes(labels)),
-                prometheus: self.family.get_or_create(labels).clone(),
             },
-            |handles| {
-                handles.otel.add(n);
-                handles.prometheus.inc_by(n);
+            |cell| {
+                cell.value += n;
+                cell.otel.add(n);
             },
         );
+    }
+
+    fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let name = self.def.prometheus_base();
+        let merged = self
+            .series
+            .merged(|total: &mut u64, cell| *total += cell.value);
+        if merged.is_empty() {
+            return Ok(());
+        }
+        let mut text = Text { out };
+        text.descriptor(&name, self.def.help, None, "counter")?;
+        for (labels, value) in &merged {
+            text.counter(&name, labels, *value)?;
+        }
+        Ok(())
     }
 }
 
@@ -756,20 +666,8 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-fn histogram(registry: &mut Registry, def: &'static Def, on: bool) -> Hist {
+fn histogram(def: &'static Def, on: bool) -> Hist {
     debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
-    let family = Family::new_with_constructor(Buckets(def.buckets));
-    match def.unit {
-        "s" => registry.register_with_unit(
-            def.name.replace('.', "_"),
-            def.help,
-            Unit::Seconds,
-            family.clone(),
-        ),
-        // Annotations such as `{token}` are dropped by the OpenTelemetry
-        // to Prometheus rules.
-        _ => registry.register(def.prometheus_base(), def.help, family.clone()),
-    }
     let otel = opentelemetry::global::meter("thoughtpartner")
         .f64_histogram(def.name)
         .with_unit(def.unit)
@@ -779,16 +677,13 @@ fn histogram(registry: &mut Registry, def: &'static Def, on: bool) -> Hist {
     Hist {
         on,
         def,
-        family,
         otel,
-        bound: Bound::new(),
+        series: Sharded::new(),
     }
 }
 
-fn counter(registry: &mut Registry, def: &'static Def, on: bool) -> Count {
+fn counter(def: &'static Def, on: bool) -> Count {
     debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
-    let family = Family::<LabelSet, Counter>::default();
-    registry.register(def.prometheus_base(), def.help, family.clone());
     let otel = opentelemetry::global::meter("thoughtpartner")
         .u64_counter(def.name)
         .with_unit(def.unit)
@@ -797,9 +692,8 @@ fn counter(registry: &mut Registry, def: &'static Def, on: bool) -> Count {
     Count {
         on,
         def,
-        family,
         otel,
-        bound: Bound::new(),
+        series: Sharded::new(),
     }
 }
 
@@ -920,21 +814,21 @@ impl Metrics {
                 cap: tenant_cap,
                 seen: RwLock::new(HashSet::new()),
             },
-            rpc_server: histogram(&mut registry, &RPC_SERVER_CALL_DURATION, on),
-            rpc_client: histogram(&mut registry, &RPC_CLIENT_CALL_DURATION, on),
-            rpc_first_message: histogram(&mut registry, &RPC_TIME_TO_FIRST_MESSAGE, on),
-            gen_ai_duration: histogram(&mut registry, &GEN_AI_OPERATION_DURATION, on),
-            gen_ai_first_chunk: histogram(&mut registry, &GEN_AI_TIME_TO_FIRST_CHUNK, on),
-            gen_ai_tokens: histogram(&mut registry, &GEN_AI_TOKEN_USAGE, on),
-            db_duration: histogram(&mut registry, &DB_OPERATION_DURATION, on),
+            rpc_server: histogram(&RPC_SERVER_CALL_DURATION, on),
+            rpc_client: histogram(&RPC_CLIENT_CALL_DURATION, on),
+            rpc_first_message: histogram(&RPC_TIME_TO_FIRST_MESSAGE, on),
+            gen_ai_duration: histogram(&GEN_AI_OPERATION_DURATION, on),
+            gen_ai_first_chunk: histogram(&GEN_AI_TIME_TO_FIRST_CHUNK, on),
+            gen_ai_tokens: histogram(&GEN_AI_TOKEN_USAGE, on),
+            db_duration: histogram(&DB_OPERATION_DURATION, on),
             db_connections: gauge(&mut registry, &DB_CONNECTION_COUNT, on),
             db_connections_max: gauge(&mut registry, &DB_CONNECTION_MAX, on),
-            coach_replies: counter(&mut registry, &COACH_REPLIES, on),
-            coach_violations: counter(&mut registry, &COACH_POLICY_VIOLATIONS, on),
-            auth_duration: histogram(&mut registry, &AUTH_DURATION, on),
-            rate_limit_rejections: counter(&mut registry, &RATE_LIMIT_REJECTIONS, on),
-            retention_deleted: counter(&mut registry, &RETENTION_DELETED, on),
-            retention_runs: histogram(&mut registry, &RETENTION_RUN_DURATION, on),
+            coach_replies: counter(&COACH_REPLIES, on),
+            coach_violations: counter(&COACH_POLICY_VIOLATIONS, on),
+            auth_duration: histogram(&AUTH_DURATION, on),
+            rate_limit_rejections: counter(&RATE_LIMIT_REJECTIONS, on),
+            retention_deleted: counter(&RETENTION_DELETED, on),
+            retention_runs: histogram(&RETENTION_RUN_DURATION, on),
             registry,
         };
         Self {
@@ -959,7 +853,33 @@ impl Metrics {
     /// consumes it line by line instead of holding it whole (with 1,000
     /// tenants it is tens of MB).
     pub fn encode_to(&self, out: &mut impl std::fmt::Write) -> Result<(), MetricsError> {
-        prometheus_client::encoding::text::encode(out, &self.inner.registry)?;
+        let inner = &*self.inner;
+        // The gauges (sampled on scrape, never on a call's path) are
+        // prometheus-client's; the histograms and counters are kept per
+        // thread (see `series`) and written here.
+        prometheus_client::encoding::text::encode_registry(out, &inner.registry)?;
+        for histogram in [
+            &inner.rpc_server,
+            &inner.rpc_client,
+            &inner.rpc_first_message,
+            &inner.gen_ai_duration,
+            &inner.gen_ai_first_chunk,
+            &inner.gen_ai_tokens,
+            &inner.db_duration,
+            &inner.auth_duration,
+            &inner.retention_runs,
+        ] {
+            histogram.encode(out)?;
+        }
+        for counter in [
+            &inner.coach_replies,
+            &inner.coach_violations,
+            &inner.rate_limit_rejections,
+            &inner.retention_deleted,
+        ] {
+            counter.encode(out)?;
+        }
+        prometheus_client::encoding::text::encode_eof(out)?;
         Ok(())
     }
 
@@ -1355,38 +1275,8 @@ mod tests {
     }
 
     #[test]
-    fn the_handle_cache_binds_by_identity_and_counts_by_text() {
-        use std::sync::atomic::{AtomicU32, Ordering};
-        let bound: Bound<AtomicU32> = Bound::new();
-        let binds = AtomicU32::new(0);
-        let observe = |labels: &Labels| {
-            bound.with(
-                labels.as_slice(),
-                |_| {
-                    binds.fetch_add(1, Ordering::Relaxed);
-                    AtomicU32::new(0)
-                },
-                |seen| {
-                    seen.fetch_add(1, Ordering::Relaxed);
-                },
-            )
-        };
-        // The same static text at a second address is a second entry.
-        let (key, grpc) = ("rpc.system.name", "grpc");
-        let elsewhere: &'static str = Box::leak(String::from(grpc).into_boxed_str());
-        observe(&Labels::new().with(key, grpc));
-        observe(&Labels::new().with(key, grpc));
-        observe(&Labels::new().with(key, elsewhere));
-        assert_eq!(binds.load(Ordering::Relaxed), 2);
-        // Owned text is found by its text, however many times it is built:
-        // the cache stays as bounded as the label values.
-        for _ in 0..100 {
-            observe(&Labels::new().with_owned("tp.tenant.id", String::from("t1")));
-        }
-        assert_eq!(binds.load(Ordering::Relaxed), 3);
-        let len = bound.handles.read().map(|t| t.len()).unwrap_or_default();
-        assert_eq!(len, 3);
-
+    fn two_identities_of_one_text_record_into_one_series() {
+        // (How entries are found by identity is `series`'s own test.)
         // Both entries for one text record into its one series.
         let metrics = Metrics::new("knowledge");
         let copy: &'static str = Box::leak(
