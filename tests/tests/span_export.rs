@@ -1,8 +1,10 @@
-//! The three services as real processes exporting their spans over
-//! OTLP/gRPC to a receiver (the load generator's): what an operator's
+//! The three services as real processes exporting their spans and metrics
+//! over OTLP/gRPC to a receiver (the load generator's): what an operator's
 //! collector gets. One call through the gateway is one trace, each
 //! service's served span named by its method under its own `service.name`,
-//! sent within the configured batch delay and again on shutdown.
+//! sent within the configured batch delay and again on shutdown; each
+//! service's served calls are counted in its `rpc.server.call.duration`,
+//! exported on its interval and once more on shutdown.
 
 use std::time::Duration;
 
@@ -23,10 +25,16 @@ async fn each_service_exports_its_served_span_of_one_trace() -> anyhow::Result<(
             "OTEL_EXPORTER_OTLP_ENDPOINT".to_owned(),
             endpoint.clone(),
         ));
-        // Batches leave within 200 ms, not the default 5 s.
+        // Batches leave within 200 ms, not the default 5 s, and metrics
+        // every 200 ms, not every minute.
         env.push((
             service,
             "OTEL_BSP_SCHEDULED_DELAY".to_owned(),
+            "200".to_owned(),
+        ));
+        env.push((
+            service,
+            "OTEL_METRIC_EXPORT_INTERVAL".to_owned(),
             "200".to_owned(),
         ));
     }
@@ -81,6 +89,22 @@ async fn each_service_exports_its_served_span_of_one_trace() -> anyhow::Result<(
     let before_shutdown = received.spans();
     assert!(before_shutdown >= 5, "{before_shutdown} spans exported");
 
+    // The served calls, counted by both services on the way, within the
+    // export interval.
+    let send_method = "thoughtpartner.v1.ConversationService/SendMessage";
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while received.served_calls("gateway", send_method) < 1
+        || received.served_calls("conversation", send_method) < 1
+        || received.served_calls("conversation", HOP_METHOD) < 1
+    {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "no exported rpc.server.call.duration of SendMessage from gateway and conversation"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(received.served_calls("knowledge", send_method), 0);
+
     // A call just before shutdown is exported on the way out.
     conversations
         .get_conversation(pb::GetConversationRequest {
@@ -98,6 +122,11 @@ async fn each_service_exports_its_served_span_of_one_trace() -> anyhow::Result<(
         traces.len(),
         2,
         "both GetConversation calls' gateway spans arrived"
+    );
+    assert_eq!(
+        received.served_calls("gateway", HOP_METHOD),
+        2,
+        "the last call counted in the export at shutdown"
     );
     Ok(())
 }

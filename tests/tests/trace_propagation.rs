@@ -2,13 +2,14 @@
 //! → knowledge (the context crosses each hop in gRPC metadata, not in
 //! memory: each server starts its span from the incoming `traceparent`),
 //! calls are measured to the end of their stream, the RPC metrics
-//! (`rpc.server.call.duration`, exported through OpenTelemetry as well as
+//! (`rpc.server.call.duration`, as the OTLP exporter sends them as well as
 //! scraped) carry the final status, and message content never reaches a span.
 
 use std::time::Duration;
 
 use opentelemetry::Value;
-use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use opentelemetry_sdk::trace::SpanData;
 use tonic::Code;
 use tp_e2e::{TestApp, new_conversation, send};
@@ -39,28 +40,29 @@ fn requests(
     code: &str,
 ) -> u64 {
     let mut total = 0;
-    for resource in telemetry.metrics() {
-        for scope in resource.scope_metrics() {
-            for metric in scope
-                .metrics()
-                .filter(|m| m.name() == "rpc.server.call.duration")
+    for metric in telemetry
+        .metrics()
+        .into_iter()
+        .filter(|m| m.name == "rpc.server.call.duration")
+    {
+        let Some(metric::Data::Histogram(histogram)) = metric.data else {
+            continue;
+        };
+        for point in histogram.data_points {
+            let has = |key: &str, value: &str| {
+                point.attributes.iter().any(|kv| {
+                    kv.key == key
+                        && matches!(
+                            kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                            Some(any_value::Value::StringValue(s)) if s == value
+                        )
+                })
+            };
+            if has("tp.component", component)
+                && has("rpc.method", method)
+                && has("rpc.status_code", code)
             {
-                let AggregatedMetrics::F64(MetricData::Histogram(histogram)) = metric.data() else {
-                    continue;
-                };
-                for point in histogram.data_points() {
-                    let has = |key: &str, value: &opentelemetry::Value| {
-                        point
-                            .attributes()
-                            .any(|kv| kv.key.as_str() == key && &kv.value == value)
-                    };
-                    if has("tp.component", &component.to_owned().into())
-                        && has("rpc.method", &method.to_owned().into())
-                        && has("rpc.status_code", &code.to_owned().into())
-                    {
-                        total = total.max(point.count());
-                    }
-                }
+                total = total.max(point.count);
             }
         }
     }

@@ -1,6 +1,8 @@
 //! An OTLP/gRPC receiver that counts and discards what it gets, so the
 //! stacks under load export their spans and metrics as they would to a
-//! collector: "telemetry on" includes the export. It keeps the timings of
+//! collector: "telemetry on" includes the export. Of the metrics it keeps
+//! the served calls each service counted (`rpc.server.call.duration`'s
+//! cumulative counts, [`Received::served_calls`]). It keeps the timings of
 //! two methods' served spans: [`HOP_METHOD`]'s, from which the report takes
 //! the gateway hop apart ([`hop_breakdown`]), and [`LIST_METHOD`]'s from a
 //! given moment on, from which it takes ListMessages' tail apart
@@ -25,7 +27,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::metric;
 use tonic::{Request, Response, Status};
 
 /// The method whose served spans are kept: only the gateway-hop phase
@@ -54,11 +57,17 @@ pub struct ServedSpan {
     pub end_ns: u64,
 }
 
+/// A service, a method and a status code (`rpc.status_code`).
+type ServedKey = (String, String, String);
+
 /// What the receiver has been sent so far.
 #[derive(Clone)]
 pub struct Received {
     spans: Arc<AtomicU64>,
     metric_exports: Arc<AtomicU64>,
+    /// Per service, method and status code, the latest cumulative count of
+    /// served calls.
+    served_calls: Arc<Mutex<std::collections::BTreeMap<ServedKey, u64>>>,
     hop_spans: Arc<Mutex<Vec<ServedSpan>>>,
     /// [`LIST_METHOD`]'s spans that started at or after the first and
     /// before the second (Unix ns); the default keeps none.
@@ -72,6 +81,7 @@ impl Default for Received {
         Self {
             spans: Arc::default(),
             metric_exports: Arc::default(),
+            served_calls: Arc::default(),
             hop_spans: Arc::default(),
             list_from_ns: Arc::new(AtomicU64::new(u64::MAX)),
             list_until_ns: Arc::new(AtomicU64::new(u64::MAX)),
@@ -119,6 +129,29 @@ impl Received {
     pub fn metric_exports(&self) -> u64 {
         self.metric_exports.load(Ordering::Relaxed)
     }
+
+    /// The calls of `method` (`pkg.Service/Method`) that `service` last
+    /// reported serving, whatever their status.
+    pub fn served_calls(&self, service: &str, method: &str) -> u64 {
+        self.served_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|((s, m, _), _)| s == service && m == method)
+            .map(|(_, count)| count)
+            .sum()
+    }
+}
+
+fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref())
+        .and_then(|v| match &v.value {
+            Some(any_value::Value::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        })
 }
 
 #[tonic::async_trait]
@@ -150,12 +183,7 @@ impl TraceService for Received {
             let service = resource
                 .resource
                 .as_ref()
-                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                .and_then(|a| a.value.as_ref())
-                .and_then(|v| match &v.value {
-                    Some(any_value::Value::StringValue(name)) => Some(name.clone()),
-                    _ => None,
-                })
+                .and_then(|r| string_attribute(&r.attributes, "service.name"))
                 .unwrap_or_default();
             let served = resource
                 .scope_spans
@@ -192,9 +220,39 @@ impl TraceService for Received {
 impl MetricsService for Received {
     async fn export(
         &self,
-        _request: Request<ExportMetricsServiceRequest>,
+        request: Request<ExportMetricsServiceRequest>,
     ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
         self.metric_exports.fetch_add(1, Ordering::Relaxed);
+        let mut served = self
+            .served_calls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for resource in &request.get_ref().resource_metrics {
+            let service = resource
+                .resource
+                .as_ref()
+                .and_then(|r| string_attribute(&r.attributes, "service.name"))
+                .unwrap_or_default();
+            let calls = resource
+                .scope_metrics
+                .iter()
+                .flat_map(|s| s.metrics.iter())
+                .filter(|m| m.name == "rpc.server.call.duration");
+            for metric in calls {
+                let Some(metric::Data::Histogram(histogram)) = &metric.data else {
+                    continue;
+                };
+                for point in &histogram.data_points {
+                    let label = |key| string_attribute(&point.attributes, key).unwrap_or_default();
+                    let key = (
+                        service.clone(),
+                        label("rpc.method"),
+                        label("rpc.status_code"),
+                    );
+                    served.insert(key, point.count);
+                }
+            }
+        }
         Ok(Response::new(ExportMetricsServiceResponse {
             partial_success: None,
         }))

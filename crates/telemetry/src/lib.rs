@@ -6,13 +6,12 @@
 //! Message content never goes into spans or logs: the layers here record
 //! only the RPC name, the outcome and the timing.
 //!
-//! Metrics (every name in `schema.toml`) live in a per-service [`Metrics`]
-//! registry, scraped as OpenMetrics text with trace-id exemplars and also
-//! recorded into OpenTelemetry instruments for OTLP export.
+//! Metrics (every name in `schema.toml`) live in a per-service [`Metrics`],
+//! scraped as OpenMetrics text with trace-id exemplars and, with an OTLP
+//! endpoint, exported from the same series over OTLP.
 
 use opentelemetry::global;
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
@@ -24,6 +23,7 @@ mod call_span;
 mod canonical_log;
 mod log_fields;
 pub mod metrics;
+mod otlp_metrics;
 mod otlp_spans;
 mod propagation;
 #[cfg(test)]
@@ -44,12 +44,12 @@ pub use propagation::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum TelemetryError {
-    #[error("could not build the OTLP exporter: {0}")]
-    Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
     #[error("a global tracing subscriber is already installed: {0}")]
     AlreadyInstalled(#[from] tracing_subscriber::util::TryInitError),
     #[error("could not set up span export: {0}")]
     SpanExport(String),
+    #[error("could not set up metric export: {0}")]
+    MetricExport(String),
     #[error("could not start the log writer's thread: {0}")]
     LogWriter(#[from] std::io::Error),
     #[error("TP_CANONICAL_LOG is {0:?}: use `auto` (the default) or `always`")]
@@ -87,7 +87,7 @@ impl CanonicalLog {
 /// Flushes and shuts down the exporters when dropped.
 pub struct TelemetryGuard {
     tracer_provider: SdkTracerProvider,
-    meter_provider: Option<SdkMeterProvider>,
+    metrics_exporter: Option<otlp_metrics::OtlpMetricsExporter>,
     logs: Option<canonical_log::BatchedWriter>,
 }
 
@@ -96,10 +96,9 @@ impl Drop for TelemetryGuard {
         if let Err(e) = self.tracer_provider.shutdown() {
             eprintln!("tracer shutdown: {e}");
         }
-        if let Some(meters) = &self.meter_provider
-            && let Err(e) = meters.shutdown()
-        {
-            eprintln!("meter shutdown: {e}");
+        // Exports once more, so the last interval's counts are not lost.
+        if let Some(mut metrics) = self.metrics_exporter.take() {
+            metrics.shutdown();
         }
         // Last, so the exporters' own shutdown messages are written too.
         if let Some(logs) = &self.logs {
@@ -159,14 +158,14 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
             .try_init()?;
         return Ok(TelemetryGuard {
             tracer_provider: SdkTracerProvider::builder().build(),
-            meter_provider: None,
+            metrics_exporter: None,
             logs: None,
         });
     }
     let canonical_log = CanonicalLog::parse(std::env::var("TP_CANONICAL_LOG").ok().as_deref())?;
     let resource = resource(service_name);
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
-    let mut meter_provider = None;
+    let mut metrics_exporter = None;
     let mut span_queue = None;
     // Call spans always exist, even without an exporter, so every request
     // gets a real trace id for its logs and for propagation.
@@ -181,15 +180,17 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
         // The provider owns the processor for its flush and shutdown; the
         // call spans reach it through the queue, not the SDK.
         tracer_builder = tracer_builder.with_span_processor(spans);
-        let metrics = opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()?;
-        let meters = SdkMeterProvider::builder()
-            .with_resource(resource)
-            .with_periodic_exporter(metrics)
-            .build();
-        global::set_meter_provider(meters.clone());
-        meter_provider = Some(meters);
+        // Metrics: the same series the ops port writes, not the SDK's
+        // meter provider (see `otlp_metrics`).
+        let var = |key: &str| std::env::var(key).ok();
+        let settings = otlp_spans::ExportSettings::for_signal("METRICS", var);
+        let sender = otlp_spans::GrpcSender::to(&settings, otlp_metrics::EXPORT_PATH)
+            .map_err(TelemetryError::MetricExport)?;
+        let interval = otlp_metrics::interval_from_env(var);
+        metrics_exporter = Some(
+            otlp_metrics::OtlpMetricsExporter::start(&resource, interval, sender)
+                .map_err(|e| TelemetryError::MetricExport(e.to_string()))?,
+        );
     }
     call_span::set_spans_are_canonical(canonical_log.spans_are_canonical(otlp_configured()));
     let tracer_provider = tracer_builder.build();
@@ -211,7 +212,7 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
     )?;
     Ok(TelemetryGuard {
         tracer_provider,
-        meter_provider,
+        metrics_exporter,
         logs: Some(logs),
     })
 }
@@ -222,8 +223,6 @@ pub fn init(service_name: &'static str) -> Result<TelemetryGuard, TelemetryError
 #[derive(Clone)]
 pub struct TestTelemetry {
     spans: opentelemetry_sdk::trace::InMemorySpanExporter,
-    metrics: opentelemetry_sdk::metrics::InMemoryMetricExporter,
-    meter_provider: SdkMeterProvider,
     canonical: testing::CanonicalEvents,
     logs: testing::CapturedLogs,
 }
@@ -234,10 +233,10 @@ impl TestTelemetry {
         self.spans.get_finished_spans().unwrap_or_default()
     }
 
-    /// Exports the metrics recorded so far (cumulative) and returns them.
-    pub fn metrics(&self) -> Vec<opentelemetry_sdk::metrics::data::ResourceMetrics> {
-        let _ = self.meter_provider.force_flush();
-        self.metrics.get_finished_metrics().unwrap_or_default()
+    /// The metrics recorded so far (cumulative) by every [`Metrics`] of
+    /// this process, as the OTLP exporter would send them now.
+    pub fn metrics(&self) -> Vec<opentelemetry_proto::tonic::metrics::v1::Metric> {
+        otlp_metrics::collect(&metrics::live::all(), std::time::SystemTime::now())
     }
 
     /// Every canonical event (target `canonical`) so far, as field name to
@@ -266,11 +265,6 @@ pub fn init_for_tests() -> TestTelemetry {
             let provider = SdkTracerProvider::builder()
                 .with_simple_exporter(spans.clone())
                 .build();
-            let metrics = opentelemetry_sdk::metrics::InMemoryMetricExporter::default();
-            let meter_provider = SdkMeterProvider::builder()
-                .with_periodic_exporter(metrics.clone())
-                .build();
-            global::set_meter_provider(meter_provider.clone());
             let canonical = testing::CanonicalEvents::default();
             let logs = testing::CapturedLogs::default();
             // The same JSON lines production writes, into memory, at the
@@ -289,8 +283,6 @@ pub fn init_for_tests() -> TestTelemetry {
             );
             TestTelemetry {
                 spans,
-                metrics,
-                meter_provider,
                 canonical,
                 logs,
             }

@@ -9,18 +9,12 @@
 //! end-to-end tests run all three services in one process and each must
 //! expose its own registry.
 
-use std::collections::HashSet;
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime};
 
-use opentelemetry::KeyValue;
+use crate::series::{self, HistData, LabelText, Sharded, Text};
 use opentelemetry::trace::TraceId;
-use prometheus_client::encoding::{EncodeLabelKey, EncodeLabelValue, LabelKeyEncoder};
-use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
-
-use crate::series::{HistData, Sharded, Text};
 
 /// What the ops port answers `/metrics` with: OpenMetrics, the text format
 /// that carries exemplars.
@@ -321,19 +315,6 @@ pub(crate) const ALL: [&Def; 15] = [
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub(crate) struct Key(pub(crate) &'static str);
 
-impl EncodeLabelKey for Key {
-    fn encode(&self, encoder: &mut LabelKeyEncoder) -> Result<(), std::fmt::Error> {
-        use std::fmt::Write as _;
-        for (i, part) in self.0.split('.').enumerate() {
-            if i > 0 {
-                encoder.write_char('_')?;
-            }
-            encoder.write_str(part)?;
-        }
-        Ok(())
-    }
-}
-
 /// A metric's labels; an absent label (no tenant, no error) is left out
 /// rather than written empty.
 pub(crate) type LabelSet = Vec<(Key, Value)>;
@@ -367,15 +348,6 @@ impl Value {
             Value::Static(s) => s,
             Value::Owned(s) => s,
         }
-    }
-}
-
-impl EncodeLabelValue for Value {
-    fn encode(
-        &self,
-        encoder: &mut prometheus_client::encoding::LabelValueEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        EncodeLabelValue::encode(&self.as_str(), encoder)
     }
 }
 
@@ -444,36 +416,68 @@ impl Labels {
     }
 }
 
-/// The labels as OpenTelemetry attributes, without copying a value: static
-/// names stay static and owned values share their `Arc`.
-fn otel_attributes(labels: &LabelSet) -> Vec<KeyValue> {
-    labels
-        .iter()
-        .map(|(key, value)| match value {
-            Value::Static(s) => KeyValue::new(key.0, *s),
-            Value::Owned(s) => KeyValue::new(key.0, opentelemetry::StringValue::from(s.clone())),
-        })
-        .collect()
-}
-
 // ------------------------------------------------------------ instruments
 
-/// A histogram's series in one shard: its counts, and its handle in the
-/// OpenTelemetry SDK, bound once per label set.
-struct HistCell {
-    data: HistData,
-    otel: opentelemetry::metrics::BoundHistogram<f64>,
+/// One metric's series merged across shards, by their labels' text.
+pub(crate) enum Points {
+    Histogram(BTreeMap<LabelText, HistData>),
+    Counter(BTreeMap<LabelText, u64>),
+    Gauge(BTreeMap<LabelText, i64>),
+}
+
+impl Points {
+    fn is_empty(&self) -> bool {
+        match self {
+            Points::Histogram(points) => points.is_empty(),
+            Points::Counter(points) => points.is_empty(),
+            Points::Gauge(points) => points.is_empty(),
+        }
+    }
+}
+
+/// Every [`Metrics`] recording in this process, for the OTLP exporter:
+/// one per service, three in the end-to-end tests, which run the services
+/// in one process.
+pub(crate) mod live {
+    use std::sync::{Arc, Mutex, Weak};
+
+    use super::{Inner, Metrics};
+
+    static LIVE: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+
+    pub(super) fn add(inner: &Arc<Inner>) {
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|weak| weak.strong_count() > 0);
+        live.push(Arc::downgrade(inner));
+    }
+
+    /// The [`Metrics`] not yet dropped, oldest first.
+    pub(crate) fn all() -> Vec<Metrics> {
+        let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.iter()
+            .filter_map(Weak::upgrade)
+            .map(|inner| Metrics { inner })
+            .collect()
+    }
 }
 
 struct Hist {
     /// False with telemetry off: nothing is recorded (see [`crate::enabled`]).
     on: bool,
     def: &'static Def,
-    otel: opentelemetry::metrics::Histogram<f64>,
-    series: Sharded<HistCell>,
+    series: Sharded<HistData>,
 }
 
 impl Hist {
+    fn new(def: &'static Def, on: bool) -> Self {
+        debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
+        Self {
+            on,
+            def,
+            series: Sharded::new(),
+        }
+    }
+
     /// Takes the labels by reference: moved, all six slots were copied.
     fn record(&self, value: f64, labels: &Labels, trace_id: TraceId) {
         if !self.on {
@@ -488,30 +492,27 @@ impl Hist {
         let bounds = self.def.buckets;
         self.series.with(
             labels,
-            |labels| HistCell {
-                data: HistData::new(bounds),
-                otel: self.otel.bind(&otel_attributes(labels)),
-            },
-            |cell| {
-                cell.data.observe(bounds, value, trace_id);
-                cell.otel.record(value);
-            },
+            |_| HistData::new(bounds),
+            |data| data.observe(bounds, value, trace_id),
         );
     }
 
+    fn merged(&self) -> BTreeMap<LabelText, HistData> {
+        self.series
+            .merged(|total: &mut HistData, shard| total.merge(shard))
+    }
+
     fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let name = self.def.prometheus_base();
-        // Annotations such as `{token}` are dropped by the OpenTelemetry
-        // to Prometheus rules: only seconds have a `# UNIT`.
-        let unit = (self.def.unit == "s").then_some("seconds");
-        let merged = self
-            .series
-            .merged(|total: &mut HistData, cell| total.merge(&cell.data));
+        let merged = self.merged();
         // A family without a series yet is left out, as prometheus-client
         // leaves out its own.
         if merged.is_empty() {
             return Ok(());
         }
+        let name = self.def.prometheus_base();
+        // Annotations such as `{token}` are dropped by the OpenTelemetry
+        // to Prometheus rules: only seconds have a `# UNIT`.
+        let unit = (self.def.unit == "s").then_some("seconds");
         let mut text = Text { out };
         text.descriptor(&name, self.def.help, unit, "histogram")?;
         for (labels, data) in &merged {
@@ -521,20 +522,22 @@ impl Hist {
     }
 }
 
-/// A counter's series in one shard.
-struct CountCell {
-    value: u64,
-    otel: opentelemetry::metrics::BoundCounter<u64>,
-}
-
 struct Count {
     on: bool,
     def: &'static Def,
-    otel: opentelemetry::metrics::Counter<u64>,
-    series: Sharded<CountCell>,
+    series: Sharded<u64>,
 }
 
 impl Count {
+    fn new(def: &'static Def, on: bool) -> Self {
+        debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
+        Self {
+            on,
+            def,
+            series: Sharded::new(),
+        }
+    }
+
     fn add(&self, n: u64, labels: &Labels) {
         if !self.on {
             return;
@@ -545,27 +548,19 @@ impl Count {
             "{}: a label not in schema.toml",
             self.def.name
         );
-        self.series.with(
-            labels,
-            |labels| CountCell {
-                value: 0,
-                otel: self.otel.bind(&otel_attributes(labels)),
-            },
-            |cell| {
-                cell.value += n;
-                cell.otel.add(n);
-            },
-        );
+        self.series.with(labels, |_| 0, |value| *value += n);
+    }
+
+    fn merged(&self) -> BTreeMap<LabelText, u64> {
+        self.series.merged(|total: &mut u64, shard| *total += shard)
     }
 
     fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let name = self.def.prometheus_base();
-        let merged = self
-            .series
-            .merged(|total: &mut u64, cell| *total += cell.value);
+        let merged = self.merged();
         if merged.is_empty() {
             return Ok(());
         }
+        let name = self.def.prometheus_base();
         let mut text = Text { out };
         text.descriptor(&name, self.def.help, None, "counter")?;
         for (labels, value) in &merged {
@@ -575,20 +570,54 @@ impl Count {
     }
 }
 
+/// A gauge: set when sampled (on a scrape), never on a call's path, so one
+/// lock for all its series is enough.
 struct Level {
     on: bool,
-    family: Family<LabelSet, Gauge>,
-    otel: opentelemetry::metrics::Gauge<i64>,
+    def: &'static Def,
+    values: Mutex<BTreeMap<LabelText, i64>>,
 }
 
 impl Level {
+    fn new(def: &'static Def, on: bool) -> Self {
+        debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);
+        Self {
+            on,
+            def,
+            values: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     fn set(&self, value: i64, labels: Labels) {
         if !self.on {
             return;
         }
-        let labels = labels.as_slice().to_vec();
-        self.otel.record(value, &otel_attributes(&labels));
-        self.family.get_or_create(&labels).set(value);
+        let text = series::label_text(labels.as_slice());
+        // A poisoned lock only means another thread panicked mid-insert;
+        // the map is still a valid map.
+        let mut values = self.values.lock().unwrap_or_else(|e| e.into_inner());
+        values.insert(text, value);
+    }
+
+    fn merged(&self) -> BTreeMap<LabelText, i64> {
+        self.values
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+        let values = self.merged();
+        if values.is_empty() {
+            return Ok(());
+        }
+        let name = self.def.prometheus_base();
+        let mut text = Text { out };
+        text.descriptor(&name, self.def.help, None, "gauge")?;
+        for (labels, value) in &values {
+            text.gauge(&name, labels, *value)?;
+        }
+        Ok(())
     }
 }
 
@@ -632,7 +661,7 @@ impl TenantCap {
 #[repr(align(128))]
 struct Inner {
     component: &'static str,
-    registry: Registry,
+    started: SystemTime,
     tenants: TenantCap,
     rpc_server: Hist,
     rpc_client: Hist,
@@ -664,49 +693,6 @@ impl std::fmt::Debug for Metrics {
             .field("component", &self.inner.component)
             .finish_non_exhaustive()
     }
-}
-
-fn histogram(def: &'static Def, on: bool) -> Hist {
-    debug_assert_eq!(def.kind, Kind::Histogram, "{}", def.name);
-    let otel = opentelemetry::global::meter("thoughtpartner")
-        .f64_histogram(def.name)
-        .with_unit(def.unit)
-        .with_description(def.help)
-        .with_boundaries(def.buckets.to_vec())
-        .build();
-    Hist {
-        on,
-        def,
-        otel,
-        series: Sharded::new(),
-    }
-}
-
-fn counter(def: &'static Def, on: bool) -> Count {
-    debug_assert_eq!(def.kind, Kind::Counter, "{}", def.name);
-    let otel = opentelemetry::global::meter("thoughtpartner")
-        .u64_counter(def.name)
-        .with_unit(def.unit)
-        .with_description(def.help)
-        .build();
-    Count {
-        on,
-        def,
-        otel,
-        series: Sharded::new(),
-    }
-}
-
-fn gauge(registry: &mut Registry, def: &'static Def, on: bool) -> Level {
-    debug_assert_eq!(def.kind, Kind::Gauge, "{}", def.name);
-    let family = Family::<LabelSet, Gauge>::default();
-    registry.register(def.prometheus_base(), def.help, family.clone());
-    let otel = opentelemetry::global::meter("thoughtpartner")
-        .i64_gauge(def.name)
-        .with_unit(def.unit)
-        .with_description(def.help)
-        .build();
-    Level { on, family, otel }
 }
 
 /// Which limit refused a call (`tp.limit.scope`).
@@ -807,33 +793,86 @@ impl Metrics {
     /// the handlers' own metrics (GenAI, coaching, authentication) cost
     /// nothing either, so that "off" leaves no telemetry to compare with.
     fn build(component: &'static str, tenant_cap: usize, on: bool) -> Self {
-        let mut registry = Registry::default();
         let inner = Inner {
             component,
+            started: SystemTime::now(),
             tenants: TenantCap {
                 cap: tenant_cap,
                 seen: RwLock::new(HashSet::new()),
             },
-            rpc_server: histogram(&RPC_SERVER_CALL_DURATION, on),
-            rpc_client: histogram(&RPC_CLIENT_CALL_DURATION, on),
-            rpc_first_message: histogram(&RPC_TIME_TO_FIRST_MESSAGE, on),
-            gen_ai_duration: histogram(&GEN_AI_OPERATION_DURATION, on),
-            gen_ai_first_chunk: histogram(&GEN_AI_TIME_TO_FIRST_CHUNK, on),
-            gen_ai_tokens: histogram(&GEN_AI_TOKEN_USAGE, on),
-            db_duration: histogram(&DB_OPERATION_DURATION, on),
-            db_connections: gauge(&mut registry, &DB_CONNECTION_COUNT, on),
-            db_connections_max: gauge(&mut registry, &DB_CONNECTION_MAX, on),
-            coach_replies: counter(&COACH_REPLIES, on),
-            coach_violations: counter(&COACH_POLICY_VIOLATIONS, on),
-            auth_duration: histogram(&AUTH_DURATION, on),
-            rate_limit_rejections: counter(&RATE_LIMIT_REJECTIONS, on),
-            retention_deleted: counter(&RETENTION_DELETED, on),
-            retention_runs: histogram(&RETENTION_RUN_DURATION, on),
-            registry,
+            rpc_server: Hist::new(&RPC_SERVER_CALL_DURATION, on),
+            rpc_client: Hist::new(&RPC_CLIENT_CALL_DURATION, on),
+            rpc_first_message: Hist::new(&RPC_TIME_TO_FIRST_MESSAGE, on),
+            gen_ai_duration: Hist::new(&GEN_AI_OPERATION_DURATION, on),
+            gen_ai_first_chunk: Hist::new(&GEN_AI_TIME_TO_FIRST_CHUNK, on),
+            gen_ai_tokens: Hist::new(&GEN_AI_TOKEN_USAGE, on),
+            db_duration: Hist::new(&DB_OPERATION_DURATION, on),
+            db_connections: Level::new(&DB_CONNECTION_COUNT, on),
+            db_connections_max: Level::new(&DB_CONNECTION_MAX, on),
+            coach_replies: Count::new(&COACH_REPLIES, on),
+            coach_violations: Count::new(&COACH_POLICY_VIOLATIONS, on),
+            auth_duration: Hist::new(&AUTH_DURATION, on),
+            rate_limit_rejections: Count::new(&RATE_LIMIT_REJECTIONS, on),
+            retention_deleted: Count::new(&RETENTION_DELETED, on),
+            retention_runs: Hist::new(&RETENTION_RUN_DURATION, on),
         };
-        Self {
-            inner: Arc::new(inner),
+        let inner = Arc::new(inner);
+        if on {
+            live::add(&inner);
         }
+        Self { inner }
+    }
+
+    fn histograms(&self) -> [&Hist; 9] {
+        let inner = &*self.inner;
+        [
+            &inner.rpc_server,
+            &inner.rpc_client,
+            &inner.rpc_first_message,
+            &inner.gen_ai_duration,
+            &inner.gen_ai_first_chunk,
+            &inner.gen_ai_tokens,
+            &inner.db_duration,
+            &inner.auth_duration,
+            &inner.retention_runs,
+        ]
+    }
+
+    fn counters(&self) -> [&Count; 4] {
+        let inner = &*self.inner;
+        [
+            &inner.coach_replies,
+            &inner.coach_violations,
+            &inner.rate_limit_rejections,
+            &inner.retention_deleted,
+        ]
+    }
+
+    fn gauges(&self) -> [&Level; 2] {
+        [&self.inner.db_connections, &self.inner.db_connections_max]
+    }
+
+    /// Every metric with a series, merged across shards, for OTLP.
+    pub(crate) fn snapshot(&self) -> Vec<(&'static Def, Points)> {
+        let histograms = self
+            .histograms()
+            .map(|h| (h.def, Points::Histogram(h.merged())));
+        let counters = self
+            .counters()
+            .map(|c| (c.def, Points::Counter(c.merged())));
+        let gauges = self.gauges().map(|g| (g.def, Points::Gauge(g.merged())));
+        histograms
+            .into_iter()
+            .chain(counters)
+            .chain(gauges)
+            .filter(|(_, points)| !points.is_empty())
+            .collect()
+    }
+
+    /// When these metrics started counting: the start of every cumulative
+    /// series.
+    pub(crate) fn started(&self) -> SystemTime {
+        self.inner.started
     }
 
     /// The service these metrics are of (`tp.component`).
@@ -853,33 +892,16 @@ impl Metrics {
     /// consumes it line by line instead of holding it whole (with 1,000
     /// tenants it is tens of MB).
     pub fn encode_to(&self, out: &mut impl std::fmt::Write) -> Result<(), MetricsError> {
-        let inner = &*self.inner;
-        // The gauges (sampled on scrape, never on a call's path) are
-        // prometheus-client's; the histograms and counters are kept per
-        // thread (see `series`) and written here.
-        prometheus_client::encoding::text::encode_registry(out, &inner.registry)?;
-        for histogram in [
-            &inner.rpc_server,
-            &inner.rpc_client,
-            &inner.rpc_first_message,
-            &inner.gen_ai_duration,
-            &inner.gen_ai_first_chunk,
-            &inner.gen_ai_tokens,
-            &inner.db_duration,
-            &inner.auth_duration,
-            &inner.retention_runs,
-        ] {
+        for histogram in self.histograms() {
             histogram.encode(out)?;
         }
-        for counter in [
-            &inner.coach_replies,
-            &inner.coach_violations,
-            &inner.rate_limit_rejections,
-            &inner.retention_deleted,
-        ] {
+        for counter in self.counters() {
             counter.encode(out)?;
         }
-        prometheus_client::encoding::text::encode_eof(out)?;
+        for gauge in self.gauges() {
+            gauge.encode(out)?;
+        }
+        out.write_str("# EOF\n")?;
         Ok(())
     }
 

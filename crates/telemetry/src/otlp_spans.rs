@@ -58,20 +58,27 @@ pub(crate) struct ExportSettings {
 impl ExportSettings {
     /// The settings `var` gives (`std::env::var` in the services).
     pub(crate) fn from_env(var: impl Fn(&str) -> Option<String>) -> Self {
+        Self::for_signal("TRACES", var)
+    }
+
+    /// The settings of one signal (`TRACES`, `METRICS`): its own
+    /// `OTEL_EXPORTER_OTLP_<SIGNAL>_*` variables win over the general ones.
+    pub(crate) fn for_signal(signal: &str, var: impl Fn(&str) -> Option<String>) -> Self {
         let set = |key: &str| var(key).filter(|v| !v.trim().is_empty());
+        let own = |key: &str| set(&format!("OTEL_EXPORTER_OTLP_{signal}_{key}"));
         let number = |key: &str, default: u64| {
             set(key)
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .unwrap_or(default)
         };
-        let endpoint = set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        let endpoint = own("ENDPOINT")
             .or_else(|| set("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .unwrap_or_else(|| "http://localhost:4317".to_owned());
-        let headers = set("OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+        let headers = own("HEADERS")
             .or_else(|| set("OTEL_EXPORTER_OTLP_HEADERS"))
             .map(|h| parse_headers(&h))
             .unwrap_or_default();
-        let timeout_ms = set("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")
+        let timeout_ms = own("TIMEOUT")
             .or_else(|| set("OTEL_EXPORTER_OTLP_TIMEOUT"))
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(10_000);
@@ -381,7 +388,7 @@ pub(crate) fn put_span<'a, 'k, 'v>(
 }
 
 /// The encoded `Resource` message.
-fn encode_resource(resource: &Resource) -> Vec<u8> {
+pub(crate) fn encode_resource(resource: &Resource) -> Vec<u8> {
     let attributes: Vec<KeyValue> = resource
         .iter()
         .map(|(key, value)| KeyValue::new(key.clone(), value.clone()))
@@ -730,6 +737,8 @@ pub(crate) struct GrpcSender {
     client: tonic::client::Grpc<tonic::transport::Channel>,
     headers: tonic::metadata::MetadataMap,
     timeout: Duration,
+    /// The collector's method (traces or metrics `Export`).
+    path: &'static str,
 }
 
 impl Drop for GrpcSender {
@@ -741,8 +750,16 @@ impl Drop for GrpcSender {
 }
 
 impl GrpcSender {
-    /// A lazily connecting sender to `settings.endpoint`.
+    /// A lazily connecting sender of spans to `settings.endpoint`.
     pub(crate) fn new(settings: &ExportSettings) -> Result<Self, String> {
+        Self::to(
+            settings,
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+        )
+    }
+
+    /// A lazily connecting sender to the collector's method `path`.
+    pub(crate) fn to(settings: &ExportSettings, path: &'static str) -> Result<Self, String> {
         // Everything that can fail before the runtime exists: a runtime
         // dropped on an error path here would be dropped in async code.
         let endpoint = tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
@@ -762,7 +779,7 @@ impl GrpcSender {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .map_err(|e| format!("could not start the span exporter's runtime: {e}"))?;
+            .map_err(|e| format!("could not start the OTLP exporter's runtime: {e}"))?;
         // The channel's tasks belong to the runtime current when it is made.
         let channel = {
             let _entered = runtime.enter();
@@ -773,6 +790,7 @@ impl GrpcSender {
             client: tonic::client::Grpc::new(channel),
             headers,
             timeout: settings.timeout,
+            path,
         })
     }
 }
@@ -783,6 +801,7 @@ impl SendBatch for GrpcSender {
         *call.metadata_mut() = self.headers.clone();
         let client = &mut self.client;
         let timeout = self.timeout;
+        let path = http::uri::PathAndQuery::from_static(self.path);
         let Some(runtime) = &self.runtime else {
             return Err("the exporter is shutting down".to_owned());
         };
@@ -793,13 +812,7 @@ impl SendBatch for GrpcSender {
                     .await
                     .map_err(|e| format!("collector unreachable: {e}"))?;
                 client
-                    .unary(
-                        call,
-                        http::uri::PathAndQuery::from_static(
-                            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                        ),
-                        RawCodec,
-                    )
+                    .unary(call, path, RawCodec)
                     .await
                     .map(|_| ())
                     .map_err(|status| format!("{}: {}", status.code(), status.message()))

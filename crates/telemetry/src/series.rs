@@ -58,6 +58,17 @@ fn shard_count() -> usize {
     (cores * 2).clamp(4, 64)
 }
 
+/// A label set by its text: how series are merged and ordered.
+pub(crate) type LabelText = Vec<(Key, String)>;
+
+/// The text of `labels`.
+pub(crate) fn label_text(labels: &[(Key, Value)]) -> LabelText {
+    labels
+        .iter()
+        .map(|(k, v)| (*k, v.as_str().to_owned()))
+        .collect()
+}
+
 /// One shard's series of a metric, by label set.
 type Shard<V> = Padded<Mutex<hashbrown::HashTable<(LabelSet, V)>>>;
 
@@ -137,16 +148,12 @@ impl<V> Sharded<V> {
     pub(crate) fn merged<T: Default>(
         &self,
         mut merge: impl FnMut(&mut T, &V),
-    ) -> BTreeMap<Vec<(Key, String)>, T> {
-        let mut merged: BTreeMap<Vec<(Key, String)>, T> = BTreeMap::new();
+    ) -> BTreeMap<LabelText, T> {
+        let mut merged: BTreeMap<LabelText, T> = BTreeMap::new();
         for shard in &self.shards {
             let table = shard.0.lock().unwrap_or_else(|e| e.into_inner());
             for (labels, value) in table.iter() {
-                let text: Vec<(Key, String)> = labels
-                    .iter()
-                    .map(|(k, v)| (*k, v.as_str().to_owned()))
-                    .collect();
-                merge(merged.entry(text).or_default(), value);
+                merge(merged.entry(label_text(labels)).or_default(), value);
             }
         }
         merged
@@ -177,15 +184,25 @@ fn same_identity(a: &[(Key, Value)], b: &[(Key, Value)]) -> bool {
 
 /// A histogram series in one shard, or merged. `counts` are per bucket
 /// (not cumulative), the last for values above every bound (`+Inf`).
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct HistData {
     pub counts: Vec<u64>,
     pub sum: f64,
     pub count: u64,
+    /// The least and greatest value observed (OTLP carries them); infinite
+    /// while there is none.
+    pub min: f64,
+    pub max: f64,
     /// Per bucket, the trace of an observation that landed in it: the
     /// latest of its shard; merged, the latest of the first shard that
     /// has one.
     pub exemplars: Vec<Option<(TraceId, f64)>>,
+}
+
+impl Default for HistData {
+    fn default() -> Self {
+        Self::new(&[])
+    }
 }
 
 impl HistData {
@@ -194,6 +211,8 @@ impl HistData {
             counts: vec![0; bounds.len() + 1],
             sum: 0.0,
             count: 0,
+            min: f64::INFINITY,
+            max: f64::NEG_INFINITY,
             exemplars: vec![None; bounds.len() + 1],
         }
     }
@@ -208,6 +227,8 @@ impl HistData {
         }
         self.sum += value;
         self.count += 1;
+        self.min = self.min.min(value);
+        self.max = self.max.max(value);
         if trace_id != TraceId::INVALID
             && let Some(slot) = self.exemplars.get_mut(bucket)
         {
@@ -230,6 +251,8 @@ impl HistData {
         }
         self.sum += other.sum;
         self.count += other.count;
+        self.min = self.min.min(other.min);
+        self.max = self.max.max(other.max);
     }
 }
 
@@ -348,6 +371,19 @@ impl<W: std::fmt::Write> Text<'_, W> {
         Ok(())
     }
 
+    pub(crate) fn gauge(
+        &mut self,
+        name: &str,
+        labels: &[(Key, String)],
+        value: i64,
+    ) -> std::fmt::Result {
+        self.out.write_str(name)?;
+        self.labels(None, labels)?;
+        self.out.write_str(" ")?;
+        self.out.write_str(itoa::Buffer::new().format(value))?;
+        self.out.write_str("\n")
+    }
+
     pub(crate) fn counter(
         &mut self,
         name: &str,
@@ -458,6 +494,8 @@ mod tests {
         // `le` is inclusive: 0.1 is in the first bucket.
         assert_eq!(data.counts, vec![2, 1, 1, 2]);
         assert_eq!(data.count, 6);
+        // NaN compares as neither least nor greatest.
+        assert_eq!((data.min, data.max), (0.05, 2.0));
         assert_eq!(data.exemplars[2], Some((trace, 0.7)));
         assert!(data.exemplars[0].is_none());
 
@@ -465,17 +503,20 @@ mod tests {
         merged.merge(&data);
         merged.merge(&data);
         assert_eq!(merged.counts, vec![4, 2, 2, 4]);
+        assert_eq!((merged.min, merged.max), (0.05, 2.0));
         assert_eq!(merged.count, 12);
         assert_eq!(merged.exemplars[2], Some((trace, 0.7)));
     }
 
-    /// What prometheus-client writes for one histogram with an exemplar
-    /// and one counter, against what [`Text`] writes for the same.
+    /// What prometheus-client writes for one histogram with an exemplar,
+    /// one counter and one gauge, against what [`Text`] writes for the
+    /// same.
     #[test]
     fn the_text_is_what_prometheus_client_writes() {
         use prometheus_client::metrics::counter::Counter;
         use prometheus_client::metrics::exemplar::HistogramWithExemplars;
         use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::gauge::Gauge;
         use prometheus_client::registry::{Registry, Unit};
 
         let bounds = [0.005, 0.25, 1.0, 7.5];
@@ -518,6 +559,9 @@ mod tests {
             ours.observe(&bounds, value, trace.unwrap_or(TraceId::INVALID));
         }
         counters.get_or_create(&prometheus_labels).inc_by(7);
+        let gauges = Family::<Vec<(String, String)>, Gauge>::default();
+        registry.register("db_client_connection_max", "Pool size", gauges.clone());
+        gauges.get_or_create(&prometheus_labels).set(-4);
         let mut theirs = String::new();
         prometheus_client::encoding::text::encode_registry(&mut theirs, &registry).unwrap();
 
@@ -537,6 +581,12 @@ mod tests {
             .descriptor("tp_coach_replies", "Replies stored", None, "counter")
             .unwrap();
         writer.counter("tp_coach_replies", &series, 7).unwrap();
+        writer
+            .descriptor("db_client_connection_max", "Pool size", None, "gauge")
+            .unwrap();
+        writer
+            .gauge("db_client_connection_max", &series, -4)
+            .unwrap();
         assert_eq!(text, theirs);
     }
 
