@@ -168,7 +168,7 @@ pub fn internal_channel(
     metrics: &tp_telemetry::Metrics,
 ) -> Result<InternalChannel, ServerError> {
     let channel = Http2Channel::lazy(url)?;
-    Ok(tp_telemetry::ClientTraceLayer::new(metrics.clone()).layer(channel))
+    Ok(tp_telemetry::ClientTraceLayer::new(*metrics).layer(channel))
 }
 
 /// A transaction timer for a service's stores that records each
@@ -178,7 +178,7 @@ pub fn db_timer(metrics: &tp_telemetry::Metrics) -> tp_store::TxTimer {
     if !tp_telemetry::enabled() {
         return tp_store::TxTimer::disabled();
     }
-    let metrics = metrics.clone();
+    let metrics = *metrics;
     tp_store::TxTimer::new(move |record| {
         metrics.db_operation(record.operation, record.duration, record.error_type);
     })

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::series::{self, HistData, LabelText, Sharded, Text};
+use crate::series::{self, HistData, LabelText, PerThread, Sharded, Text};
 use opentelemetry::trace::TraceId;
 
 /// What the ops port answers `/metrics` with: OpenMetrics, the text format
@@ -426,6 +426,28 @@ pub(crate) enum Points {
 }
 
 impl Points {
+    /// Adds `other`'s series (of the same metric) to these: counts add up,
+    /// a gauge takes `other`'s value.
+    pub(crate) fn merge(&mut self, other: Points) {
+        match (self, other) {
+            (Points::Histogram(mine), Points::Histogram(theirs)) => {
+                for (labels, data) in theirs {
+                    mine.entry(labels)
+                        .or_insert_with(HistData::default)
+                        .merge(&data);
+                }
+            }
+            (Points::Counter(mine), Points::Counter(theirs)) => {
+                for (labels, value) in theirs {
+                    *mine.entry(labels).or_default() += value;
+                }
+            }
+            (Points::Gauge(mine), Points::Gauge(theirs)) => mine.extend(theirs),
+            // One name is one kind of metric (schema.toml).
+            _ => {}
+        }
+    }
+
     fn is_empty(&self) -> bool {
         match self {
             Points::Histogram(points) => points.is_empty(),
@@ -439,25 +461,20 @@ impl Points {
 /// one per service, three in the end-to-end tests, which run the services
 /// in one process.
 pub(crate) mod live {
-    use std::sync::{Arc, Mutex, Weak};
+    use std::sync::Mutex;
 
     use super::{Inner, Metrics};
 
-    static LIVE: Mutex<Vec<Weak<Inner>>> = Mutex::new(Vec::new());
+    static LIVE: Mutex<Vec<&'static Inner>> = Mutex::new(Vec::new());
 
-    pub(super) fn add(inner: &Arc<Inner>) {
-        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        live.retain(|weak| weak.strong_count() > 0);
-        live.push(Arc::downgrade(inner));
+    pub(super) fn add(inner: &'static Inner) {
+        LIVE.lock().unwrap_or_else(|e| e.into_inner()).push(inner);
     }
 
-    /// The [`Metrics`] not yet dropped, oldest first.
+    /// Every [`Metrics`] made with telemetry on, oldest first.
     pub(crate) fn all() -> Vec<Metrics> {
         let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-        live.iter()
-            .filter_map(Weak::upgrade)
-            .map(|inner| Metrics { inner })
-            .collect()
+        live.iter().map(|inner| Metrics { inner }).collect()
     }
 }
 
@@ -624,41 +641,66 @@ impl Level {
 /// The tenants one process has labelled metrics with, up to a cap.
 struct TenantCap {
     cap: usize,
-    seen: RwLock<HashSet<Arc<str>>>,
+    /// Every tenant labelled so far: the one count the cap is held to.
+    seen: RwLock<HashSet<Box<str>>>,
+    /// Each thread's own copies of the labels it has handed out: a call's
+    /// label is cloned and dropped on the thread serving it, and a shared
+    /// copy's reference count (and the shared lock) moved between the
+    /// cores on every call.
+    handed_out: PerThread<HashSet<Arc<str>>>,
 }
 
 impl TenantCap {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            seen: RwLock::new(HashSet::new()),
+            handed_out: PerThread::new(),
+        }
+    }
+
     fn label(&self, tenant: &str) -> Arc<str> {
+        self.handed_out.with(|known| {
+            if let Some(label) = known.get(tenant) {
+                return label.clone();
+            }
+            if !self.admit(tenant) {
+                // Not remembered: only admitted tenants are, so the set is
+                // as bounded as the cap.
+                return Arc::from(OTHER_TENANT);
+            }
+            let label: Arc<str> = Arc::from(tenant);
+            known.insert(label.clone());
+            label
+        })
+    }
+
+    /// Whether `tenant` has its own label: it has one already, or the cap
+    /// leaves room and it gets one now.
+    fn admit(&self, tenant: &str) -> bool {
         // A poisoned lock only means another thread panicked mid-insert; the
         // set is still a valid set.
         {
             let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
-            if let Some(known) = seen.get(tenant) {
-                return known.clone();
+            if seen.contains(tenant) {
+                return true;
             }
             if seen.len() >= self.cap {
-                return Arc::from(OTHER_TENANT);
+                return false;
             }
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if let Some(known) = seen.get(tenant) {
-            return known.clone();
+        if seen.contains(tenant) {
+            return true;
         }
         if seen.len() >= self.cap {
-            return Arc::from(OTHER_TENANT);
+            return false;
         }
-        let label: Arc<str> = Arc::from(tenant);
-        seen.insert(label.clone());
-        label
+        seen.insert(Box::from(tenant));
+        true
     }
 }
 
-/// Aligned so that it starts a cache line of its own, away from the `Arc`'s
-/// reference counts: every served and every outgoing call clones and drops
-/// a [`Metrics`], on both worker threads, and with the counts on the line
-/// of `component` (read by every observation) that line moved between
-/// cores on each of them.
-#[repr(align(128))]
 struct Inner {
     component: &'static str,
     started: SystemTime,
@@ -680,11 +722,15 @@ struct Inner {
     retention_runs: Hist,
 }
 
-/// One service's metrics: cheap to clone, shared by its layers and
-/// handlers, encoded by its ops port.
-#[derive(Clone)]
+/// One service's metrics: a reference, copied into its layers and
+/// handlers, encoded by its ops port. Made once per service and kept for
+/// the life of the process: every served and every outgoing call takes a
+/// copy, and as an `Arc` each copy and drop updated a reference count
+/// that both worker threads wrote, so its cache line moved between the
+/// cores on every call.
+#[derive(Clone, Copy)]
 pub struct Metrics {
-    inner: Arc<Inner>,
+    inner: &'static Inner,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -796,10 +842,7 @@ impl Metrics {
         let inner = Inner {
             component,
             started: SystemTime::now(),
-            tenants: TenantCap {
-                cap: tenant_cap,
-                seen: RwLock::new(HashSet::new()),
-            },
+            tenants: TenantCap::new(tenant_cap),
             rpc_server: Hist::new(&RPC_SERVER_CALL_DURATION, on),
             rpc_client: Hist::new(&RPC_CLIENT_CALL_DURATION, on),
             rpc_first_message: Hist::new(&RPC_TIME_TO_FIRST_MESSAGE, on),
@@ -816,15 +859,17 @@ impl Metrics {
             retention_deleted: Count::new(&RETENTION_DELETED, on),
             retention_runs: Hist::new(&RETENTION_RUN_DURATION, on),
         };
-        let inner = Arc::new(inner);
+        // Leaked: see `Metrics`. A process makes one per service (the tests
+        // a few hundred, some kilobytes each).
+        let inner: &'static Inner = Box::leak(Box::new(inner));
         if on {
-            live::add(&inner);
+            live::add(inner);
         }
         Self { inner }
     }
 
     fn histograms(&self) -> [&Hist; 9] {
-        let inner = &*self.inner;
+        let inner = self.inner;
         [
             &inner.rpc_server,
             &inner.rpc_client,
@@ -839,7 +884,7 @@ impl Metrics {
     }
 
     fn counters(&self) -> [&Count; 4] {
-        let inner = &*self.inner;
+        let inner = self.inner;
         [
             &inner.coach_replies,
             &inner.coach_violations,
@@ -1161,6 +1206,23 @@ mod tests {
                 .to_lowercase();
             assert_eq!(ours, expected.to_lowercase(), "code {n}");
         }
+    }
+
+    #[test]
+    fn the_tenant_cap_holds_across_threads() {
+        let metrics = Metrics::with_tenant_cap("gateway", 2);
+        let label = |tenant: &'static str| {
+            std::thread::scope(|s| s.spawn(move || metrics.tenant_label(tenant)).join())
+                .map(|label| label.to_string())
+                .unwrap_or_default()
+        };
+        // Each label from a thread of its own: one count for all of them.
+        assert_eq!(label("a"), "a");
+        assert_eq!(label("b"), "b");
+        assert_eq!(label("c"), OTHER_TENANT);
+        assert_eq!(&*metrics.tenant_label("b"), "b");
+        assert_eq!(&*metrics.tenant_label("c"), OTHER_TENANT);
+        assert_eq!(label("a"), "a");
     }
 
     #[test]

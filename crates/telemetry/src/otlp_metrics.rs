@@ -62,25 +62,30 @@ fn attributes(labels: &LabelText) -> Vec<KeyValue> {
         .collect()
 }
 
-/// The metrics of `all` at `now`: one [`Metric`] per name, with the data
-/// points of every service that has a series of it.
+/// The metrics of `all` at `now`: one [`Metric`] per name, one data point
+/// per label set. Two [`Metrics`] of one component (only the tests make
+/// them) count into the same points, as the SDK's meter provider counted
+/// them, from the earlier one's start.
 pub(crate) fn collect(all: &[Metrics], now: SystemTime) -> Vec<Metric> {
     let time = nanos(now);
-    let mut out: Vec<Metric> = Vec::new();
+    let start = all.iter().map(Metrics::started).min().map_or(time, nanos);
+    let mut merged: Vec<(&'static Def, Points)> = Vec::new();
     for metrics in all {
-        let start = nanos(metrics.started());
         for (def, points) in metrics.snapshot() {
-            let index = match out.iter().position(|m| m.name == def.name) {
-                Some(index) => index,
-                None => {
-                    out.push(empty(def, &points));
-                    out.len() - 1
-                }
-            };
-            append(&mut out[index], def, points, start, time);
+            match merged.iter_mut().find(|(d, _)| d.name == def.name) {
+                Some((_, into)) => into.merge(points),
+                None => merged.push((def, points)),
+            }
         }
     }
-    out
+    merged
+        .into_iter()
+        .map(|(def, points)| {
+            let mut metric = empty(def, &points);
+            append(&mut metric, def, points, start, time);
+            metric
+        })
+        .collect()
 }
 
 fn empty(def: &'static Def, points: &Points) -> Metric {
@@ -290,7 +295,7 @@ mod tests {
             },
         );
         let now = SystemTime::now();
-        let metrics = collect(&[conversation.clone(), knowledge.clone()], now);
+        let metrics = collect(&[conversation, knowledge], now);
         let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
@@ -340,6 +345,28 @@ mod tests {
         assert_eq!(
             gauge.data_points[0].value,
             Some(number_data_point::Value::AsInt(4))
+        );
+    }
+
+    #[test]
+    fn two_metrics_of_one_component_count_into_one_point() {
+        let first = Metrics::new("knowledge");
+        let second = Metrics::new("knowledge");
+        for metrics in [first, second, second] {
+            metrics.coach_policy_violation("offline", "advice_before_question");
+        }
+        let metrics = collect(&[first, second], SystemTime::now());
+        let Some(metric::Data::Sum(sum)) = &metrics[0].data else {
+            panic!("a sum: {metrics:?}");
+        };
+        assert_eq!(sum.data_points.len(), 1);
+        assert_eq!(
+            sum.data_points[0].value,
+            Some(number_data_point::Value::AsInt(3))
+        );
+        assert_eq!(
+            sum.data_points[0].start_time_unix_nano,
+            nanos(first.started())
         );
     }
 
@@ -402,7 +429,6 @@ mod tests {
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         exporter.shutdown();
         assert_eq!(rx.try_iter().count(), 1, "one export at shutdown");
-        drop(metrics);
     }
 
     fn resource_of(service: &'static str) -> opentelemetry_sdk::Resource {

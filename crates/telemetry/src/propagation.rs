@@ -40,20 +40,43 @@ const CODE_UNAVAILABLE: i64 = 14;
 /// The names are bounded: the methods of the compiled services a process
 /// serves and the few paths its clients call (see [`TraceClient`]), so
 /// keeping each for the life of the process costs a few kilobytes.
+///
+/// Each thread keeps the names it has used: the shared set's lock, taken on
+/// every outgoing call, was a cache line both worker threads wrote.
 fn interned(name: &str) -> &'static str {
     static NAMES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(RwLock::default);
-    // A poisoned lock only means another thread panicked mid-insert; the
-    // set is still a valid set.
-    if let Some(known) = NAMES.read().unwrap_or_else(|e| e.into_inner()).get(name) {
+    thread_local! {
+        static KNOWN: std::cell::RefCell<HashSet<&'static str>> =
+            std::cell::RefCell::new(HashSet::new());
+    }
+    if let Some(known) = KNOWN.with_borrow(|known| known.get(name).copied()) {
         return known;
     }
-    let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
-    if let Some(known) = names.get(name) {
-        return known;
-    }
-    let name: &'static str = Box::leak(Box::from(name));
-    names.insert(name);
-    name
+    let shared = {
+        // A poisoned lock only means another thread panicked mid-insert;
+        // the set is still a valid set.
+        let known = NAMES
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .copied();
+        match known {
+            Some(known) => known,
+            None => {
+                let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
+                match names.get(name) {
+                    Some(known) => known,
+                    None => {
+                        let name: &'static str = Box::leak(Box::from(name));
+                        names.insert(name);
+                        name
+                    }
+                }
+            }
+        }
+    };
+    KNOWN.with_borrow_mut(|known| known.insert(shared));
+    shared
 }
 
 /// The methods a server serves, so `rpc.method` stays bounded: any other
@@ -391,7 +414,7 @@ where
         let future = call_span.scope(call_span.in_scope(|| self.inner.call(request)));
         let observation = ServerObservation {
             call_span,
-            metrics: self.layer.metrics.clone(),
+            metrics: self.layer.metrics,
             method,
             streaming,
             tenant_label: self.layer.tenant_label,
@@ -436,7 +459,7 @@ impl<S> Layer<S> for ClientTraceLayer {
     fn layer(&self, inner: S) -> Self::Service {
         TraceClient {
             inner,
-            metrics: self.metrics.clone(),
+            metrics: self.metrics,
         }
     }
 }
@@ -487,7 +510,7 @@ where
         // Only our own services are called through this layer, so the
         // method names are the few the code calls: bounded.
         let observation = ClientObservation {
-            metrics: self.metrics.clone(),
+            metrics: self.metrics,
             method: interned(request.uri().path().trim_start_matches('/')),
             trace_id: sampled_trace_id(&context),
             started: Instant::now(),
@@ -603,6 +626,9 @@ mod tests {
         assert!(std::ptr::eq(first, second));
         let path = String::from("thoughtpartner.v1.ConversationService/SendMessage");
         assert!(std::ptr::eq(interned(&path), first));
+        // Another thread, with its own cache, finds the same copy.
+        let elsewhere = std::thread::scope(|s| s.spawn(|| interned(&path)).join());
+        assert!(elsewhere.is_ok_and(|name| std::ptr::eq(name, first)));
         for path in [
             "/thoughtpartner.v1.ConversationService/Nope",
             "/x.Y/SendMessage",

@@ -69,26 +69,61 @@ pub(crate) fn label_text(labels: &[(Key, Value)]) -> LabelText {
         .collect()
 }
 
-/// One shard's series of a metric, by label set.
-type Shard<V> = Padded<Mutex<hashbrown::HashTable<(LabelSet, V)>>>;
-
-/// One metric's series, per shard.
-pub(crate) struct Sharded<V> {
-    hasher: foldhash::fast::RandomState,
-    shards: Box<[Shard<V>]>,
+/// One `T` per shard, each thread using its own (see [`this_thread`]).
+pub(crate) struct PerThread<T> {
+    shards: Box<[Padded<Mutex<T>>]>,
 }
 
-impl<V> Sharded<V> {
+impl<T: Default> PerThread<T> {
     pub(crate) fn new() -> Self {
         Self::with_shards(shard_count())
     }
 
     fn with_shards(n: usize) -> Self {
         Self {
-            hasher: foldhash::fast::RandomState::default(),
             shards: (0..n.max(1))
-                .map(|_| Padded(Mutex::new(hashbrown::HashTable::new())))
+                .map(|_| Padded(Mutex::new(T::default())))
                 .collect(),
+        }
+    }
+}
+
+impl<T> PerThread<T> {
+    /// Runs `f` on this thread's `T`.
+    pub(crate) fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        let shard = &self.shards[this_thread() % self.shards.len()].0;
+        // A poisoned lock only means another thread panicked mid-update;
+        // what it guards is still valid.
+        f(&mut shard.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Runs `f` on every shard's `T` in turn.
+    pub(crate) fn each(&self, mut f: impl FnMut(&T)) {
+        for shard in &self.shards {
+            f(&shard.0.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+}
+
+/// One metric's series, per shard.
+pub(crate) struct Sharded<V> {
+    hasher: foldhash::fast::RandomState,
+    shards: PerThread<hashbrown::HashTable<(LabelSet, V)>>,
+}
+
+impl<V> Sharded<V> {
+    pub(crate) fn new() -> Self {
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: PerThread::new(),
+        }
+    }
+
+    #[cfg(test)]
+    fn with_shards(n: usize) -> Self {
+        Self {
+            hasher: foldhash::fast::RandomState::default(),
+            shards: PerThread::with_shards(n),
         }
     }
 
@@ -125,22 +160,20 @@ impl<V> Sharded<V> {
         update: impl FnOnce(&mut V),
     ) {
         let hash = self.identity_hash(labels);
-        let shard = &self.shards[this_thread() % self.shards.len()].0;
-        // A poisoned lock only means another thread panicked mid-update;
-        // the table is still a valid table.
-        let mut table = shard.lock().unwrap_or_else(|e| e.into_inner());
-        let entry = table
-            .entry(
-                hash,
-                |entry| same_identity(&entry.0, labels),
-                |entry| self.identity_hash(&entry.0),
-            )
-            .or_insert_with(|| {
-                let key = labels.to_vec();
-                let value = make(&key);
-                (key, value)
-            });
-        update(&mut entry.into_mut().1);
+        self.shards.with(|table| {
+            let entry = table
+                .entry(
+                    hash,
+                    |entry| same_identity(&entry.0, labels),
+                    |entry| self.identity_hash(&entry.0),
+                )
+                .or_insert_with(|| {
+                    let key = labels.to_vec();
+                    let value = make(&key);
+                    (key, value)
+                });
+            update(&mut entry.into_mut().1);
+        });
     }
 
     /// Every shard's entries merged by their labels' text, in the text's
@@ -150,21 +183,19 @@ impl<V> Sharded<V> {
         mut merge: impl FnMut(&mut T, &V),
     ) -> BTreeMap<LabelText, T> {
         let mut merged: BTreeMap<LabelText, T> = BTreeMap::new();
-        for shard in &self.shards {
-            let table = shard.0.lock().unwrap_or_else(|e| e.into_inner());
+        self.shards.each(|table| {
             for (labels, value) in table.iter() {
                 merge(merged.entry(label_text(labels)).or_default(), value);
             }
-        }
+        });
         merged
     }
 
     #[cfg(test)]
     fn entries(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.0.lock().map(|t| t.len()).unwrap_or_default())
-            .sum()
+        let mut entries = 0;
+        self.shards.each(|table| entries += table.len());
+        entries
     }
 }
 

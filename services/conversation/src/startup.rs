@@ -92,7 +92,7 @@ impl Application {
                 knowledge,
                 responder,
                 usize::from(config.coach_word_cap),
-                metrics.clone(),
+                metrics,
             ),
             search,
             ExportStore::new(export_pool, export_timer),
@@ -131,7 +131,7 @@ impl Application {
         Ok(Self {
             bound: BoundService::new("conversation", listener, routes.routes()),
             http,
-            ops: Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, ops_pool),
+            ops: Ops::new(metrics, health, &SERVICES).with_pool(SCHEMA, ops_pool),
             metrics,
             methods,
         })

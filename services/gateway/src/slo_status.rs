@@ -207,7 +207,7 @@ impl SloMonitor {
         // tenants that is tens of MB of text, milliseconds of CPU: on a
         // blocking thread, so a gateway on one worker thread (as deployed)
         // keeps serving calls meanwhile.
-        let (plan, metrics) = (self.plan.clone(), self.metrics.clone());
+        let (plan, metrics) = (self.plan.clone(), self.metrics);
         let own = tokio::task::spawn_blocking(move || {
             let mut own = SelectedLines {
                 plan: &plan,
@@ -676,7 +676,7 @@ mod tests {
     #[tokio::test]
     async fn the_page_lists_every_slo_and_counts_the_gateways_calls() {
         let metrics = Metrics::new("gateway");
-        let monitor = SloMonitor::new(metrics.clone(), "").unwrap();
+        let monitor = SloMonitor::new(metrics, "").unwrap();
         monitor.sample().await;
         let html = render_page(&monitor, 10).unwrap();
         for slo in monitor.plan.slos() {

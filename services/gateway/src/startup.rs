@@ -245,7 +245,7 @@ impl Application {
             config.slo_sample_interval_ms > 0,
             "TP_SLO_SAMPLE_INTERVAL_MS must be positive"
         );
-        let slo_monitor = Arc::new(SloMonitor::new(metrics.clone(), &config.slo_scrape_urls)?);
+        let slo_monitor = Arc::new(SloMonitor::new(metrics, &config.slo_scrape_urls)?);
 
         let mut routes = Routes::builder();
         let health =
@@ -312,7 +312,7 @@ impl Application {
         let http = HttpListener::bind(config.http_addr)
             .await
             .map_err(|e| anyhow::anyhow!("TP_HTTP_ADDR: {e}"))?;
-        let ops = Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, pool.clone());
+        let ops = Ops::new(metrics, health, &SERVICES).with_pool(SCHEMA, pool.clone());
         let webhooks = billing.stripe.as_ref().map(|stripe| {
             Arc::new(
                 Webhooks::new(pool.clone(), stripe.clone(), membership.clone())
@@ -320,30 +320,23 @@ impl Application {
             )
         });
 
-        let auth = AuthLayer::new(verifier).on_attempt({
-            let metrics = metrics.clone();
-            move |attempt| {
-                metrics.auth(
-                    auth_mode(attempt.kind),
-                    auth_outcome(attempt.outcome),
-                    attempt.duration,
-                )
-            }
+        let auth = AuthLayer::new(verifier).on_attempt(move |attempt| {
+            metrics.auth(
+                auth_mode(attempt.kind),
+                auth_outcome(attempt.outcome),
+                attempt.duration,
+            )
         });
-        let on_rejection: tp_limits::RejectionObserver = {
-            let metrics = metrics.clone();
-            Arc::new(move |scope, tenant: &str| {
-                metrics.rate_limit_rejection(limit_scope(scope), Some(tenant));
-            })
-        };
+        let on_rejection: tp_limits::RejectionObserver = Arc::new(move |scope, tenant: &str| {
+            metrics.rate_limit_rejection(limit_scope(scope), Some(tenant));
+        });
         let in_flight = InFlightLimitLayer::new(
             usize::try_from(config.max_in_flight)?,
             IN_FLIGHT_RETRY_AFTER,
         )
-        .on_rejection({
-            let metrics = metrics.clone();
-            Arc::new(move || metrics.rate_limit_rejection(tp_telemetry::LimitScope::Capacity, None))
-        });
+        .on_rejection(Arc::new(move || {
+            metrics.rate_limit_rejection(tp_telemetry::LimitScope::Capacity, None)
+        }));
         let access = AccessLayer::new(membership);
         let limits = config.limits()?;
         let rate_limiter = Arc::new(tp_limits::RateLimiter::new(&limits)?);
@@ -378,7 +371,7 @@ impl Application {
                     &config.conversation_url,
                     &metrics,
                 )?),
-                metrics.clone(),
+                metrics,
                 config.retention_batch,
             );
             background.push(TaskGuard(

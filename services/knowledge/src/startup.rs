@@ -101,7 +101,7 @@ impl Application {
         Ok(Self {
             bound: BoundService::new("knowledge", listener, routes.routes()),
             http,
-            ops: Ops::new(metrics.clone(), health, &SERVICES).with_pool(SCHEMA, ops_pool),
+            ops: Ops::new(metrics, health, &SERVICES).with_pool(SCHEMA, ops_pool),
             metrics,
             methods,
         })
