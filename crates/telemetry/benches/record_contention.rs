@@ -1,10 +1,10 @@
 //! What one observation costs when both worker threads record the same
 //! series at once, against one thread alone, measured in the same run for
-//! our metrics (`tp_telemetry::Metrics`, per-thread shards) and, as the
-//! baseline, for prometheus-client's own `Family` of histograms with
-//! exemplars (what the services recorded into until session 24). With the
-//! OpenTelemetry SDK's meter provider installed, as it is when OTLP is
-//! configured, so its bound instruments are recorded too.
+//! our metrics (`tp_telemetry::Metrics`: a shard per thread, merged when
+//! read) and, as the baseline, for what the services recorded into until
+//! session 24: prometheus-client's `Family` of histograms with exemplars
+//! and the OpenTelemetry SDK's bound histogram (its meter provider
+//! installed, exporting into memory, as with OTLP configured).
 //!
 //! `cargo bench -p tp-telemetry --bench record_contention` (or
 //! `deploy/local/bench`). A benchmark, not a test: it prints nanoseconds
@@ -101,11 +101,11 @@ fn main() {
         "one series recorded by one thread, then by two at once ({cores} cores), ns per observation:"
     );
     println!(
-        "  tp-telemetry (per-thread shards + OTel SDK): {ours_one:7.1} alone, {ours_two:7.1} two at once: {:.2}x",
+        "  tp-telemetry (a shard per thread):               {ours_one:7.1} alone, {ours_two:7.1} two at once: {:.2}x",
         ours_two / ours_one
     );
     println!(
-        "  prometheus-client family + OTel (baseline):  {base_one:7.1} alone, {base_two:7.1} two at once: {:.2}x",
+        "  prometheus-client family + OTel SDK (baseline): {base_one:7.1} alone, {base_two:7.1} two at once: {:.2}x",
         base_two / base_one
     );
     println!(

@@ -647,7 +647,7 @@ struct TenantCap {
     /// label is cloned and dropped on the thread serving it, and a shared
     /// copy's reference count (and the shared lock) moved between the
     /// cores on every call.
-    handed_out: PerThread<HashSet<Arc<str>>>,
+    handed_out: PerThread<HashSet<Arc<str>, foldhash::fast::RandomState>>,
 }
 
 impl TenantCap {

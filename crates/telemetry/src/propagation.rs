@@ -46,8 +46,8 @@ const CODE_UNAVAILABLE: i64 = 14;
 fn interned(name: &str) -> &'static str {
     static NAMES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(RwLock::default);
     thread_local! {
-        static KNOWN: std::cell::RefCell<HashSet<&'static str>> =
-            std::cell::RefCell::new(HashSet::new());
+        static KNOWN: std::cell::RefCell<HashSet<&'static str, foldhash::fast::RandomState>> =
+            std::cell::RefCell::new(HashSet::default());
     }
     if let Some(known) = KNOWN.with_borrow(|known| known.get(name).copied()) {
         return known;
@@ -80,9 +80,12 @@ fn interned(name: &str) -> &'static str {
 }
 
 /// The methods a server serves, so `rpc.method` stays bounded: any other
-/// path is labelled `_OTHER`. Keys are `package.Service/Method`.
+/// path is labelled `_OTHER`. Keys are `package.Service/Method`, hashed
+/// with foldhash: looked up on every call, and the map is fixed when the
+/// server starts, so a caller's path is only ever looked up, never
+/// inserted (no flooding attack on the hash).
 #[derive(Clone, Debug, Default)]
-pub struct RpcMethods(Arc<HashMap<Box<str>, MethodEntry>>);
+pub struct RpcMethods(Arc<HashMap<Box<str>, MethodEntry, foldhash::fast::RandomState>>);
 
 /// A served method's `rpc.method` label and whether it streams its response.
 type MethodEntry = (&'static str, bool);
