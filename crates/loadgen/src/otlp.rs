@@ -29,6 +29,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{KeyValue, any_value};
 use opentelemetry_proto::tonic::metrics::v1::metric;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 use tonic::{Request, Response, Status};
 
 /// The method whose served spans are kept: only the gateway-hop phase
@@ -143,6 +144,13 @@ impl Received {
     }
 }
 
+/// The exporting service's `service.name`, empty if it has none.
+fn service_name(resource: Option<&Resource>) -> String {
+    resource
+        .and_then(|r| string_attribute(&r.attributes, "service.name"))
+        .unwrap_or_default()
+}
+
 fn string_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes
         .iter()
@@ -180,11 +188,7 @@ impl TraceService for Received {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for resource in &request.get_ref().resource_spans {
-            let service = resource
-                .resource
-                .as_ref()
-                .and_then(|r| string_attribute(&r.attributes, "service.name"))
-                .unwrap_or_default();
+            let service = service_name(resource.resource.as_ref());
             let served = resource
                 .scope_spans
                 .iter()
@@ -228,11 +232,7 @@ impl MetricsService for Received {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for resource in &request.get_ref().resource_metrics {
-            let service = resource
-                .resource
-                .as_ref()
-                .and_then(|r| string_attribute(&r.attributes, "service.name"))
-                .unwrap_or_default();
+            let service = service_name(resource.resource.as_ref());
             let calls = resource
                 .scope_metrics
                 .iter()

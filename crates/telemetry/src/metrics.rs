@@ -478,6 +478,29 @@ pub(crate) mod live {
     }
 }
 
+/// One metric's descriptor and a line (or lines) per series, by `line`;
+/// nothing for a metric without a series yet, as prometheus-client leaves
+/// out its own.
+fn encode_family<W: std::fmt::Write, T>(
+    out: &mut W,
+    def: &Def,
+    unit: Option<&str>,
+    kind: &str,
+    series: &BTreeMap<LabelText, T>,
+    mut line: impl FnMut(&mut Text<'_, W>, &str, &LabelText, &T) -> std::fmt::Result,
+) -> std::fmt::Result {
+    if series.is_empty() {
+        return Ok(());
+    }
+    let name = def.prometheus_base();
+    let mut text = Text { out };
+    text.descriptor(&name, def.help, unit, kind)?;
+    for (labels, value) in series {
+        line(&mut text, &name, labels, value)?;
+    }
+    Ok(())
+}
+
 struct Hist {
     /// False with telemetry off: nothing is recorded (see [`crate::enabled`]).
     on: bool,
@@ -520,22 +543,18 @@ impl Hist {
     }
 
     fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let merged = self.merged();
-        // A family without a series yet is left out, as prometheus-client
-        // leaves out its own.
-        if merged.is_empty() {
-            return Ok(());
-        }
-        let name = self.def.prometheus_base();
         // Annotations such as `{token}` are dropped by the OpenTelemetry
         // to Prometheus rules: only seconds have a `# UNIT`.
         let unit = (self.def.unit == "s").then_some("seconds");
-        let mut text = Text { out };
-        text.descriptor(&name, self.def.help, unit, "histogram")?;
-        for (labels, data) in &merged {
-            text.histogram(&name, self.def.buckets, labels, data)?;
-        }
-        Ok(())
+        let bounds = self.def.buckets;
+        encode_family(
+            out,
+            self.def,
+            unit,
+            "histogram",
+            &self.merged(),
+            |text, name, labels, data| text.histogram(name, bounds, labels, data),
+        )
     }
 }
 
@@ -573,17 +592,14 @@ impl Count {
     }
 
     fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let merged = self.merged();
-        if merged.is_empty() {
-            return Ok(());
-        }
-        let name = self.def.prometheus_base();
-        let mut text = Text { out };
-        text.descriptor(&name, self.def.help, None, "counter")?;
-        for (labels, value) in &merged {
-            text.counter(&name, labels, *value)?;
-        }
-        Ok(())
+        encode_family(
+            out,
+            self.def,
+            None,
+            "counter",
+            &self.merged(),
+            |text, name, labels, value| text.sample(name, "_total", labels, *value),
+        )
     }
 }
 
@@ -624,17 +640,14 @@ impl Level {
     }
 
     fn encode(&self, out: &mut impl std::fmt::Write) -> std::fmt::Result {
-        let values = self.merged();
-        if values.is_empty() {
-            return Ok(());
-        }
-        let name = self.def.prometheus_base();
-        let mut text = Text { out };
-        text.descriptor(&name, self.def.help, None, "gauge")?;
-        for (labels, value) in &values {
-            text.gauge(&name, labels, *value)?;
-        }
-        Ok(())
+        encode_family(
+            out,
+            self.def,
+            None,
+            "gauge",
+            &self.merged(),
+            |text, name, labels, value| text.sample(name, "", labels, *value),
+        )
     }
 }
 

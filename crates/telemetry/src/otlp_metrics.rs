@@ -388,13 +388,7 @@ mod tests {
             Duration::from_millis(12),
             TraceId::INVALID,
         );
-        let (tx, rx) = mpsc::channel();
-        let mut exporter = OtlpMetricsExporter::start(
-            &resource_of("gateway"),
-            Duration::from_millis(50),
-            Channel(tx),
-        )
-        .expect("a thread");
+        let (mut exporter, rx) = gateway_exporter(Duration::from_millis(50));
         let first = rx
             .recv_timeout(Duration::from_secs(5))
             .expect("an export within the interval");
@@ -419,22 +413,20 @@ mod tests {
         exporter.shutdown();
 
         // With an interval that never comes, shutdown alone exports.
-        let (tx, rx) = mpsc::channel();
-        let mut exporter = OtlpMetricsExporter::start(
-            &resource_of("gateway"),
-            Duration::from_secs(3600),
-            Channel(tx),
-        )
-        .expect("a thread");
+        let (mut exporter, rx) = gateway_exporter(Duration::from_secs(3600));
         assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
         exporter.shutdown();
         assert_eq!(rx.try_iter().count(), 1, "one export at shutdown");
     }
 
-    fn resource_of(service: &'static str) -> opentelemetry_sdk::Resource {
-        opentelemetry_sdk::Resource::builder()
-            .with_service_name(service)
-            .build()
+    /// An exporter for a `gateway` and what it sends.
+    fn gateway_exporter(interval: Duration) -> (OtlpMetricsExporter, mpsc::Receiver<Bytes>) {
+        let (tx, rx) = mpsc::channel();
+        let resource = opentelemetry_sdk::Resource::builder()
+            .with_service_name("gateway")
+            .build();
+        let exporter = OtlpMetricsExporter::start(&resource, interval, Channel(tx));
+        (exporter.expect("a thread"), rx)
     }
 
     #[test]

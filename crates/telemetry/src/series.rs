@@ -402,27 +402,17 @@ impl<W: std::fmt::Write> Text<'_, W> {
         Ok(())
     }
 
-    pub(crate) fn gauge(
+    /// One sample: `name` and `suffix` (`_total` for a counter), the
+    /// labels, the value.
+    pub(crate) fn sample(
         &mut self,
         name: &str,
+        suffix: &str,
         labels: &[(Key, String)],
-        value: i64,
+        value: impl itoa::Integer,
     ) -> std::fmt::Result {
         self.out.write_str(name)?;
-        self.labels(None, labels)?;
-        self.out.write_str(" ")?;
-        self.out.write_str(itoa::Buffer::new().format(value))?;
-        self.out.write_str("\n")
-    }
-
-    pub(crate) fn counter(
-        &mut self,
-        name: &str,
-        labels: &[(Key, String)],
-        value: u64,
-    ) -> std::fmt::Result {
-        self.out.write_str(name)?;
-        self.out.write_str("_total")?;
+        self.out.write_str(suffix)?;
         self.labels(None, labels)?;
         self.out.write_str(" ")?;
         self.out.write_str(itoa::Buffer::new().format(value))?;
@@ -611,12 +601,14 @@ mod tests {
         writer
             .descriptor("tp_coach_replies", "Replies stored", None, "counter")
             .unwrap();
-        writer.counter("tp_coach_replies", &series, 7).unwrap();
+        writer
+            .sample("tp_coach_replies", "_total", &series, 7)
+            .unwrap();
         writer
             .descriptor("db_client_connection_max", "Pool size", None, "gauge")
             .unwrap();
         writer
-            .gauge("db_client_connection_max", &series, -4)
+            .sample("db_client_connection_max", "", &series, -4)
             .unwrap();
         assert_eq!(text, theirs);
     }
@@ -624,7 +616,9 @@ mod tests {
     #[test]
     fn a_series_without_labels_has_no_braces() {
         let mut text = String::new();
-        Text { out: &mut text }.counter("runs", &[], 2).unwrap();
+        Text { out: &mut text }
+            .sample("runs", "_total", &[], 2)
+            .unwrap();
         assert_eq!(text, "runs_total 2\n");
     }
 }
