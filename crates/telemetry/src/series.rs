@@ -367,18 +367,8 @@ impl<W: std::fmt::Write> Text<'_, W> {
     ) -> std::fmt::Result {
         let mut floats = dtoa::Buffer::new();
         let mut ints = itoa::Buffer::new();
-        self.out.write_str(name)?;
-        self.out.write_str("_sum")?;
-        self.labels(None, labels)?;
-        self.out.write_str(" ")?;
-        self.out.write_str(floats.format(data.sum))?;
-        self.out.write_str("\n")?;
-        self.out.write_str(name)?;
-        self.out.write_str("_count")?;
-        self.labels(None, labels)?;
-        self.out.write_str(" ")?;
-        self.out.write_str(ints.format(data.count))?;
-        self.out.write_str("\n")?;
+        self.line(name, "_sum", labels, floats.format(data.sum))?;
+        self.sample(name, "_count", labels, data.count)?;
         let mut cumulative = 0;
         for (i, count) in data.counts.iter().enumerate() {
             cumulative += count;
@@ -411,11 +401,22 @@ impl<W: std::fmt::Write> Text<'_, W> {
         labels: &[(Key, String)],
         value: impl itoa::Integer,
     ) -> std::fmt::Result {
+        self.line(name, suffix, labels, itoa::Buffer::new().format(value))
+    }
+
+    /// `name` and `suffix`, the labels and `value` as written.
+    fn line(
+        &mut self,
+        name: &str,
+        suffix: &str,
+        labels: &[(Key, String)],
+        value: &str,
+    ) -> std::fmt::Result {
         self.out.write_str(name)?;
         self.out.write_str(suffix)?;
         self.labels(None, labels)?;
         self.out.write_str(" ")?;
-        self.out.write_str(itoa::Buffer::new().format(value))?;
+        self.out.write_str(value)?;
         self.out.write_str("\n")
     }
 }
