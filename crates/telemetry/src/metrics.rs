@@ -457,9 +457,10 @@ impl Points {
     }
 }
 
-/// Every [`Metrics`] recording in this process, for the OTLP exporter:
-/// one per service, three in the end-to-end tests, which run the services
-/// in one process.
+/// Every [`Metrics`] made with telemetry on in this process (each lives as
+/// long as the process), for the OTLP exporter: one per service; the
+/// end-to-end tests, which run the services in one process, make three per
+/// test app, and the exporter counts those of one component together.
 pub(crate) mod live {
     use std::sync::Mutex;
 
