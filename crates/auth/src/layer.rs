@@ -123,13 +123,16 @@ where
             }
             let started = Instant::now();
             let token = bearer_token(request.headers());
-            // Which verifier, only when someone asks: it reads the header.
-            let kind = observer
-                .as_ref()
-                .map(|_| verifier.kind(token.as_ref().ok().copied()));
-            let verified = match token {
-                Ok(token) => verifier.verify(token).await,
-                Err(e) => Err(e),
+            // Which verifier, only when someone asks: it may read the
+            // token's header.
+            let (kind, verified) = match (token, &observer) {
+                (Ok(token), Some(_)) => {
+                    let (kind, verified) = verifier.verify_with_kind(token).await;
+                    (Some(kind), verified)
+                }
+                (Ok(token), None) => (None, verifier.verify(token).await),
+                (Err(e), Some(_)) => (Some(verifier.kind(None)), Err(e)),
+                (Err(e), None) => (None, Err(e)),
             };
             if let (Some(observer), Some(kind)) = (observer, kind) {
                 observer(AuthAttempt {

@@ -211,6 +211,20 @@ pub trait TokenVerifier: Send + Sync + 'static {
     /// takes), the one this verifier relies on first, so every attempt
     /// counts under a configured mode.
     fn kind(&self, token: Option<&str>) -> VerifierKind;
+
+    /// [`TokenVerifier::verify`], and the verifier `token` went to (what
+    /// the authentication metrics are labelled with). By default `kind`
+    /// then `verify`; [`CachingVerifier`] answers a remembered token
+    /// without reading its header again.
+    fn verify_with_kind<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> Pin<Box<dyn Future<Output = (VerifierKind, Result<Principal, AuthError>)> + Send + 'a>>
+    {
+        let kind = self.kind(Some(token));
+        let verified = self.verify(token);
+        Box::pin(async move { (kind, verified.await) })
+    }
 }
 
 /// Verifies HS256 tokens signed with a shared secret (local and dev).
