@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::{AuthError, Principal, TokenVerifier, VerifierKind, now_secs};
+use crate::{AuthError, KindAndVerification, Principal, TokenVerifier, VerifierKind, now_secs};
 
 /// The longest a verified token is served without being checked again.
 pub const MAX_AGE: Duration = Duration::from_secs(60);
@@ -108,11 +108,7 @@ impl<V: TokenVerifier> TokenVerifier for CachingVerifier<V> {
         self.inner.kind(token)
     }
 
-    fn verify_with_kind<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = (VerifierKind, Result<Principal, AuthError>)> + Send + 'a>>
-    {
+    fn verify_with_kind<'a>(&'a self, token: &'a str) -> KindAndVerification<'a> {
         let key = key(token);
         if let Some((principal, kind)) = self.remembered_for(&key) {
             return Box::pin(std::future::ready((kind, Ok(principal))));
@@ -188,7 +184,10 @@ mod tests {
         // A rejected token is never remembered: its kind is read each time.
         for expected in 2..4 {
             let (kind, rejected) = cache.verify_with_kind("forged").await;
-            assert_eq!((kind, rejected), (VerifierKind::Jwks, Err(AuthError::BadSignature)));
+            assert_eq!(
+                (kind, rejected),
+                (VerifierKind::Jwks, Err(AuthError::BadSignature))
+            );
             assert_eq!(cache.inner.kinds_asked.load(Ordering::SeqCst), expected);
         }
         // `verify` and `verify_with_kind` share what is remembered.

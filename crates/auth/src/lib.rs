@@ -200,6 +200,11 @@ pub enum VerifierKind {
     Jwks,
 }
 
+/// What [`TokenVerifier::verify_with_kind`] answers: the verifier a token
+/// went to, and its verdict.
+pub type KindAndVerification<'a> =
+    Pin<Box<dyn Future<Output = (VerifierKind, Result<Principal, AuthError>)> + Send + 'a>>;
+
 /// Turns a bearer token into a [`Principal`].
 pub trait TokenVerifier: Send + Sync + 'static {
     fn verify<'a>(
@@ -216,11 +221,7 @@ pub trait TokenVerifier: Send + Sync + 'static {
     /// the authentication metrics are labelled with). By default `kind`
     /// then `verify`; [`CachingVerifier`] answers a remembered token
     /// without reading its header again.
-    fn verify_with_kind<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> Pin<Box<dyn Future<Output = (VerifierKind, Result<Principal, AuthError>)> + Send + 'a>>
-    {
+    fn verify_with_kind<'a>(&'a self, token: &'a str) -> KindAndVerification<'a> {
         let kind = self.kind(Some(token));
         let verified = self.verify(token);
         Box::pin(async move { (kind, verified.await) })
