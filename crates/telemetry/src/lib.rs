@@ -21,6 +21,7 @@ use tracing_subscriber::{EnvFilter, Layer};
 mod call;
 mod call_span;
 mod canonical_log;
+mod intern;
 mod log_fields;
 pub mod metrics;
 mod otlp_metrics;

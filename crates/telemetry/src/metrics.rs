@@ -10,9 +10,10 @@
 //! expose its own registry.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
+use crate::intern::interned;
 use crate::series::{self, HistData, LabelText, PerThread, Sharded, Text};
 use opentelemetry::trace::TraceId;
 
@@ -319,35 +320,16 @@ pub(crate) struct Key(pub(crate) &'static str);
 /// rather than written empty.
 pub(crate) type LabelSet = Vec<(Key, Value)>;
 
-/// A label value: mostly static names, sometimes a tenant id or model.
-/// Compared and hashed by its text, whichever way it is held, so the same
-/// label set is one series however a caller built it.
-#[derive(Clone, Debug)]
-pub(crate) enum Value {
-    Static(&'static str),
-    Owned(Arc<str>),
-}
-
-impl PartialEq for Value {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for Value {}
-
-impl std::hash::Hash for Value {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
+/// A label value: a static name, or a tenant id or model interned for the
+/// life of the process (`crate::intern`), so a value is a copied pointer.
+/// Compared and hashed by its text; the series tables find entries by the
+/// pointer's identity and merge them by text (`series::Sharded`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Value(pub(crate) &'static str);
 
 impl Value {
-    pub(crate) fn as_str(&self) -> &str {
-        match self {
-            Value::Static(s) => s,
-            Value::Owned(s) => s,
-        }
+    pub(crate) fn as_str(&self) -> &'static str {
+        self.0
     }
 }
 
@@ -360,7 +342,9 @@ const MAX_LABELS: usize = 6;
 /// first observation of a label set allocates (the map's key). The builder
 /// takes and returns it by value, so its methods are `#[inline]`: called,
 /// each one copied all six slots (callgrind: 33 calls and ~1.5k
-/// instructions per SendMessage in `conversation`).
+/// instructions per SendMessage in `conversation`). Every value is a
+/// static or interned string: no drop glue, no reference counts.
+#[derive(Clone, Copy)]
 pub(crate) struct Labels {
     items: [(Key, Value); MAX_LABELS],
     len: usize,
@@ -370,7 +354,7 @@ impl Labels {
     #[inline]
     pub(crate) fn new() -> Self {
         Self {
-            items: std::array::from_fn(|_| (Key(""), Value::Static(""))),
+            items: [(Key(""), Value("")); MAX_LABELS],
             len: 0,
         }
     }
@@ -394,12 +378,7 @@ impl Labels {
 
     #[inline]
     pub(crate) fn with(self, key: &'static str, value: &'static str) -> Self {
-        self.push(key, Value::Static(value))
-    }
-
-    #[inline]
-    pub(crate) fn with_owned(self, key: &'static str, value: impl Into<Arc<str>>) -> Self {
-        self.push(key, Value::Owned(value.into()))
+        self.push(key, Value(value))
     }
 
     #[inline]
@@ -656,12 +635,10 @@ impl Level {
 struct TenantCap {
     cap: usize,
     /// Every tenant labelled so far: the one count the cap is held to.
-    seen: RwLock<HashSet<Box<str>>>,
-    /// Each thread's own copies of the labels it has handed out: a call's
-    /// label is cloned and dropped on the thread serving it, and a shared
-    /// copy's reference count (and the shared lock) moved between the
-    /// cores on every call.
-    handed_out: PerThread<HashSet<Arc<str>, foldhash::fast::RandomState>>,
+    seen: RwLock<HashSet<&'static str>>,
+    /// Each thread's own record of the labels it has handed out, so a
+    /// call's lookup takes no lock that the other worker writes.
+    handed_out: PerThread<HashSet<&'static str, foldhash::fast::RandomState>>,
 }
 
 impl TenantCap {
@@ -673,45 +650,47 @@ impl TenantCap {
         }
     }
 
-    fn label(&self, tenant: &str) -> Arc<str> {
+    /// `tenant`'s label, interned: only admitted tenants are, so what is
+    /// kept is as bounded as the cap.
+    fn label(&self, tenant: &str) -> &'static str {
         self.handed_out.with(|known| {
             if let Some(label) = known.get(tenant) {
-                return label.clone();
+                return *label;
             }
-            if !self.admit(tenant) {
-                // Not remembered: only admitted tenants are, so the set is
-                // as bounded as the cap.
-                return Arc::from(OTHER_TENANT);
+            match self.admit(tenant) {
+                Some(label) => {
+                    known.insert(label);
+                    label
+                }
+                None => OTHER_TENANT,
             }
-            let label: Arc<str> = Arc::from(tenant);
-            known.insert(label.clone());
-            label
         })
     }
 
-    /// Whether `tenant` has its own label: it has one already, or the cap
-    /// leaves room and it gets one now.
-    fn admit(&self, tenant: &str) -> bool {
+    /// `tenant`'s label if it has one already, or the cap leaves room and it
+    /// gets one now.
+    fn admit(&self, tenant: &str) -> Option<&'static str> {
         // A poisoned lock only means another thread panicked mid-insert; the
         // set is still a valid set.
         {
             let seen = self.seen.read().unwrap_or_else(|e| e.into_inner());
-            if seen.contains(tenant) {
-                return true;
+            if let Some(label) = seen.get(tenant) {
+                return Some(*label);
             }
             if seen.len() >= self.cap {
-                return false;
+                return None;
             }
         }
         let mut seen = self.seen.write().unwrap_or_else(|e| e.into_inner());
-        if seen.contains(tenant) {
-            return true;
+        if let Some(label) = seen.get(tenant) {
+            return Some(*label);
         }
         if seen.len() >= self.cap {
-            return false;
+            return None;
         }
-        seen.insert(Box::from(tenant));
-        true
+        let label = interned(tenant);
+        seen.insert(label);
+        Some(label)
     }
 }
 
@@ -966,7 +945,7 @@ impl Metrics {
 
     /// The `tp.tenant.id` label for `tenant`: itself while fewer than the
     /// cap have been seen, [`OTHER_TENANT`] after.
-    pub fn tenant_label(&self, tenant: &str) -> Arc<str> {
+    pub fn tenant_label(&self, tenant: &str) -> &'static str {
         self.inner.tenants.label(tenant)
     }
 
@@ -975,19 +954,17 @@ impl Metrics {
         &self,
         method: &'static str,
         code: i64,
-        tenant: Option<Arc<str>>,
+        tenant: Option<&'static str>,
         duration: Duration,
         trace_id: TraceId,
     ) {
-        let mut labels = Labels::new()
+        let labels = Labels::new()
             .with("rpc.system.name", "grpc")
             .with("rpc.method", method)
             .with("rpc.status_code", status_code_name(code))
             .with_opt("error.type", server_error_type(code))
-            .with("tp.component", self.inner.component);
-        if let Some(tenant) = tenant {
-            labels = labels.with_owned("tp.tenant.id", tenant);
-        }
+            .with("tp.component", self.inner.component)
+            .with_opt("tp.tenant.id", tenant);
         self.inner
             .rpc_server
             .record(secs(duration), &labels, trace_id);
@@ -997,17 +974,15 @@ impl Metrics {
     pub(crate) fn rpc_first_message(
         &self,
         method: &'static str,
-        tenant: Option<Arc<str>>,
+        tenant: Option<&'static str>,
         elapsed: Duration,
         trace_id: TraceId,
     ) {
-        let mut labels = Labels::new()
+        let labels = Labels::new()
             .with("rpc.system.name", "grpc")
             .with("rpc.method", method)
-            .with("tp.component", self.inner.component);
-        if let Some(tenant) = tenant {
-            labels = labels.with_owned("tp.tenant.id", tenant);
-        }
+            .with("tp.component", self.inner.component)
+            .with_opt("tp.tenant.id", tenant);
         self.inner
             .rpc_first_message
             .record(secs(elapsed), &labels, trace_id);
@@ -1045,7 +1020,7 @@ impl Metrics {
         let labels = Labels::new()
             .with("gen_ai.operation.name", "chat")
             .with("gen_ai.provider.name", provider.as_str())
-            .with_owned("gen_ai.request.model", model)
+            .with("gen_ai.request.model", interned(model))
             .with_opt("error.type", error_type);
         self.inner
             .gen_ai_duration
@@ -1057,7 +1032,7 @@ impl Metrics {
         let labels = Labels::new()
             .with("gen_ai.operation.name", "chat")
             .with("gen_ai.provider.name", provider.as_str())
-            .with_owned("gen_ai.request.model", model);
+            .with("gen_ai.request.model", interned(model));
         self.inner
             .gen_ai_first_chunk
             .record(secs(elapsed), &labels, trace());
@@ -1074,7 +1049,7 @@ impl Metrics {
         let labels = Labels::new()
             .with("gen_ai.operation.name", "chat")
             .with("gen_ai.provider.name", provider.as_str())
-            .with_owned("gen_ai.request.model", model)
+            .with("gen_ai.request.model", interned(model))
             .with(
                 "gen_ai.token.type",
                 match token_type {
@@ -1170,10 +1145,9 @@ impl Metrics {
 
     /// A call refused by a limit; `tenant` is bounded by the cap.
     pub fn rate_limit_rejection(&self, scope: LimitScope, tenant: Option<&str>) {
-        let mut labels = Labels::new().with("tp.limit.scope", scope.as_str());
-        if let Some(tenant) = tenant {
-            labels = labels.with_owned("tp.tenant.id", self.tenant_label(tenant));
-        }
+        let labels = Labels::new()
+            .with("tp.limit.scope", scope.as_str())
+            .with_opt("tp.tenant.id", tenant.map(|t| self.tenant_label(t)));
         self.inner.rate_limit_rejections.add(1, &labels);
     }
 
@@ -1234,8 +1208,8 @@ mod tests {
         assert_eq!(label("a"), "a");
         assert_eq!(label("b"), "b");
         assert_eq!(label("c"), OTHER_TENANT);
-        assert_eq!(&*metrics.tenant_label("b"), "b");
-        assert_eq!(&*metrics.tenant_label("c"), OTHER_TENANT);
+        assert_eq!(metrics.tenant_label("b"), "b");
+        assert_eq!(metrics.tenant_label("c"), OTHER_TENANT);
         assert_eq!(label("a"), "a");
     }
 
@@ -1259,12 +1233,12 @@ mod tests {
     #[test]
     fn tenants_beyond_the_cap_are_folded() {
         let metrics = Metrics::with_tenant_cap("gateway", 2);
-        assert_eq!(&*metrics.tenant_label("a"), "a");
-        assert_eq!(&*metrics.tenant_label("b"), "b");
-        assert_eq!(&*metrics.tenant_label("c"), OTHER_TENANT);
+        assert_eq!(metrics.tenant_label("a"), "a");
+        assert_eq!(metrics.tenant_label("b"), "b");
+        assert_eq!(metrics.tenant_label("c"), OTHER_TENANT);
         // Tenants seen before the cap keep their own label.
-        assert_eq!(&*metrics.tenant_label("a"), "a");
-        assert_eq!(&*metrics.tenant_label("d"), OTHER_TENANT);
+        assert_eq!(metrics.tenant_label("a"), "a");
+        assert_eq!(metrics.tenant_label("d"), OTHER_TENANT);
 
         metrics.rate_limit_rejection(LimitScope::Tenant, Some("x"));
         let text = metrics.encode().unwrap();
@@ -1290,7 +1264,7 @@ mod tests {
             metrics.rpc_server_call(
                 method(),
                 code,
-                Some(Arc::from(tenant)),
+                Some(tenant),
                 Duration::from_millis(millis),
                 TraceId::INVALID,
             );
@@ -1342,25 +1316,20 @@ mod tests {
     }
 
     #[test]
-    fn a_label_set_is_one_series_however_its_values_are_held() {
-        use std::hash::BuildHasher as _;
-        let hasher = foldhash::fast::FixedState::default();
-        let held = Value::Owned(Arc::from(String::from("offline-coach")));
-        assert_eq!(Value::Static("offline-coach"), held);
-        assert_eq!(
-            hasher.hash_one(Value::Static("offline-coach")),
-            hasher.hash_one(&held)
-        );
-        assert_ne!(Value::Static("offline"), held);
-
-        // The model label is owned, built anew from the caller's text on
-        // every observation: still one series, counting both.
+    fn a_label_built_from_a_callers_text_is_one_series() {
+        // The model label is interned from the caller's text, a new String
+        // on every observation here: one series, counting both, held by one
+        // interned copy.
         let metrics = Metrics::new("conversation");
         for _ in 0..2 {
             let model = String::from("offline-coach");
             metrics.gen_ai_tokens(GenAiProvider::Offline, &model, TokenType::Input, 7);
         }
         assert_one_series_counting(&metrics, "gen_ai_client_token_usage_count{", 2);
+        assert!(std::ptr::eq(
+            interned(&String::from("offline-coach")),
+            interned("offline-coach")
+        ));
     }
 
     /// The exposition has exactly one series whose line starts with
@@ -1436,7 +1405,7 @@ mod tests {
         metrics.rpc_server_call(
             "thoughtpartner.v1.ConversationService/SendMessage",
             13,
-            Some(Arc::from("t1")),
+            Some("t1"),
             Duration::from_millis(30),
             TraceId::INVALID,
         );

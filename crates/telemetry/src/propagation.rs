@@ -2,10 +2,10 @@
 //! served and every internal outgoing call by the OpenTelemetry RPC
 //! conventions, and emit one canonical event per served call.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tower_service::Service;
 
 use crate::call::CallRecord;
 use crate::call_span::{CallSpan, current_context, sampled_trace_id};
+use crate::intern::interned;
 use crate::metrics::{Metrics, OTHER_METHOD, server_error_type, status_code_name};
 use crate::trace_context;
 
@@ -34,50 +35,6 @@ const CODE_OK: i64 = 0;
 const CODE_CANCELLED: i64 = 1;
 const CODE_UNKNOWN: i64 = 2;
 const CODE_UNAVAILABLE: i64 = 14;
-
-/// The process's one copy of each method name, for the metrics' labels and
-/// the spans' names, which are otherwise a string allocated on every call.
-/// The names are bounded: the methods of the compiled services a process
-/// serves and the few paths its clients call (see [`TraceClient`]), so
-/// keeping each for the life of the process costs a few kilobytes.
-///
-/// Each thread keeps the names it has used: the shared set's lock, taken on
-/// every outgoing call, was a cache line both worker threads wrote.
-fn interned(name: &str) -> &'static str {
-    static NAMES: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(RwLock::default);
-    thread_local! {
-        static KNOWN: std::cell::RefCell<HashSet<&'static str, foldhash::fast::RandomState>> =
-            std::cell::RefCell::new(HashSet::default());
-    }
-    if let Some(known) = KNOWN.with_borrow(|known| known.get(name).copied()) {
-        return known;
-    }
-    let shared = {
-        // A poisoned lock only means another thread panicked mid-insert;
-        // the set is still a valid set.
-        let known = NAMES
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .copied();
-        match known {
-            Some(known) => known,
-            None => {
-                let mut names = NAMES.write().unwrap_or_else(|e| e.into_inner());
-                match names.get(name) {
-                    Some(known) => known,
-                    None => {
-                        let name: &'static str = Box::leak(Box::from(name));
-                        names.insert(name);
-                        name
-                    }
-                }
-            }
-        }
-    };
-    KNOWN.with_borrow_mut(|known| known.insert(shared));
-    shared
-}
 
 /// The methods a server serves, so `rpc.method` stays bounded: any other
 /// path is labelled `_OTHER`. Keys are `package.Service/Method`, hashed
@@ -214,7 +171,7 @@ pub struct ServerObservation {
 }
 
 impl ServerObservation {
-    fn tenant(&self, tenant_id: Option<&str>) -> Option<Arc<str>> {
+    fn tenant(&self, tenant_id: Option<&str>) -> Option<&'static str> {
         if !self.tenant_label {
             return None;
         }

@@ -107,14 +107,12 @@ impl<T> PerThread<T> {
 
 /// One metric's series, per shard.
 pub(crate) struct Sharded<V> {
-    hasher: foldhash::fast::RandomState,
     shards: PerThread<hashbrown::HashTable<(LabelSet, V)>>,
 }
 
 impl<V> Sharded<V> {
     pub(crate) fn new() -> Self {
         Self {
-            hasher: foldhash::fast::RandomState::default(),
             shards: PerThread::new(),
         }
     }
@@ -122,57 +120,31 @@ impl<V> Sharded<V> {
     #[cfg(test)]
     fn with_shards(n: usize) -> Self {
         Self {
-            hasher: foldhash::fast::RandomState::default(),
             shards: PerThread::with_shards(n),
         }
     }
 
-    /// A multiply-rotate fold of each key's and static value's address and
-    /// length, and of each owned value's text hash: foldhash's hasher, fed
-    /// four words a label, cost ~100 instructions a lookup. Addresses are
-    /// not chosen by callers, and owned text goes through foldhash's
-    /// randomly seeded state, so the table's hashing is no easier to attack
-    /// than hashing the text.
-    fn identity_hash(&self, labels: &[(Key, Value)]) -> u64 {
-        use std::hash::BuildHasher as _;
-        const K: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mix = |h: u64, x: u64| (h ^ x).wrapping_mul(K).rotate_left(26);
-        let mut h = labels.len() as u64;
-        for (key, value) in labels {
-            h = mix(h, key.0.as_ptr() as u64 ^ ((key.0.len() as u64) << 48));
-            h = match value {
-                Value::Static(s) => mix(h, s.as_ptr() as u64 ^ ((s.len() as u64) << 48)),
-                Value::Owned(s) => mix(h, self.hasher.hash_one(s.as_bytes())),
-            };
-        }
-        h ^ (h >> 32)
-    }
-
     /// Runs `update` on this thread's entry for `labels`, made by `make`
     /// the first time this shard sees them, so a label set already seen
-    /// costs no allocation. Hashing and comparing every label's text was
-    /// half of an observation's instructions (callgrind: 3.2k hashing and
-    /// 1.1k comparing per SendMessage in `conversation`), hence identity.
+    /// costs no allocation. Entries are found by the labels' identity
+    /// (hashing and comparing every label's text was half of an
+    /// observation's instructions: callgrind, 3.2k hashing and 1.1k
+    /// comparing per SendMessage in `conversation`). Making an entry is
+    /// out of line: each observation runs this code cold (callgrind's cache
+    /// simulation put ~18 instruction-cache misses on each), so the path it
+    /// takes is kept short.
     pub(crate) fn with(
         &self,
         labels: &[(Key, Value)],
         make: impl FnOnce(&LabelSet) -> V,
         update: impl FnOnce(&mut V),
     ) {
-        let hash = self.identity_hash(labels);
+        let hash = identity_hash(labels);
         self.shards.with(|table| {
-            let entry = table
-                .entry(
-                    hash,
-                    |entry| same_identity(&entry.0, labels),
-                    |entry| self.identity_hash(&entry.0),
-                )
-                .or_insert_with(|| {
-                    let key = labels.to_vec();
-                    let value = make(&key);
-                    (key, value)
-                });
-            update(&mut entry.into_mut().1);
+            match table.find_mut(hash, |entry| same_identity(&entry.0, labels)) {
+                Some(entry) => update(&mut entry.1),
+                None => update(&mut insert_new(table, hash, labels, make).1),
+            }
         });
     }
 
@@ -199,18 +171,47 @@ impl<V> Sharded<V> {
     }
 }
 
-/// Whether two label sets are the same by [`Sharded`]'s identity: address
-/// and length for keys and static values, text for owned values.
+/// A label set's first entry in a shard's table.
+#[cold]
+#[inline(never)]
+fn insert_new<'t, V>(
+    table: &'t mut hashbrown::HashTable<(LabelSet, V)>,
+    hash: u64,
+    labels: &[(Key, Value)],
+    make: impl FnOnce(&LabelSet) -> V,
+) -> &'t mut (LabelSet, V) {
+    let key = labels.to_vec();
+    let value = make(&key);
+    table
+        .insert_unique(hash, (key, value), |entry| identity_hash(&entry.0))
+        .into_mut()
+}
+
+/// A multiply-rotate fold of each key's and value's address and length:
+/// cheaper than hashing their text (every value is static or interned, see
+/// `crate::intern`). Addresses are not chosen by callers, so nothing can
+/// flood the table.
+fn identity_hash(labels: &[(Key, Value)]) -> u64 {
+    const K: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, x: u64| (h ^ x).wrapping_mul(K).rotate_left(26);
+    let identity = |s: &'static str| s.as_ptr() as u64 ^ ((s.len() as u64) << 48);
+    let mut h = labels.len() as u64;
+    for (key, value) in labels {
+        h = mix(h, identity(key.0));
+        h = mix(h, identity(value.0));
+    }
+    h ^ (h >> 32)
+}
+
+/// Whether two label sets are the same by [`Sharded`]'s identity: the
+/// address and length of every key and value. The same text at two
+/// addresses (a literal in two crates) is two entries, merged by text when
+/// scraped.
 fn same_identity(a: &[(Key, Value)], b: &[(Key, Value)]) -> bool {
     a.len() == b.len()
-        && a.iter().zip(b).all(|((ka, va), (kb, vb))| {
-            std::ptr::eq(ka.0, kb.0)
-                && match (va, vb) {
-                    (Value::Static(a), Value::Static(b)) => std::ptr::eq(*a, *b),
-                    (Value::Owned(a), Value::Owned(b)) => a == b,
-                    _ => false,
-                }
-        })
+        && a.iter()
+            .zip(b)
+            .all(|((ka, va), (kb, vb))| std::ptr::eq(ka.0, kb.0) && std::ptr::eq(va.0, vb.0))
 }
 
 /// A histogram series in one shard, or merged. `counts` are per bucket
@@ -444,13 +445,13 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&'static str, Value)]) -> LabelSet {
-        pairs.iter().map(|(k, v)| (Key(k), v.clone())).collect()
+        pairs.iter().map(|(k, v)| (Key(k), *v)).collect()
     }
 
     #[test]
     fn each_thread_records_into_its_own_shard_and_a_scrape_sees_the_sum() {
         let table: Sharded<u64> = Sharded::with_shards(4);
-        let set = labels(&[("rpc.method", Value::Static("A/B"))]);
+        let set = labels(&[("rpc.method", Value("A/B"))]);
         std::thread::scope(|s| {
             for _ in 0..3 {
                 s.spawn(|| {
@@ -484,14 +485,14 @@ mod tests {
         // The same static text at a second address is a second entry.
         let grpc = "grpc";
         let elsewhere: &'static str = Box::leak(String::from(grpc).into_boxed_str());
-        observe(&labels(&[("rpc.system.name", Value::Static(grpc))]));
-        observe(&labels(&[("rpc.system.name", Value::Static(grpc))]));
-        observe(&labels(&[("rpc.system.name", Value::Static(elsewhere))]));
+        observe(&labels(&[("rpc.system.name", Value(grpc))]));
+        observe(&labels(&[("rpc.system.name", Value(grpc))]));
+        observe(&labels(&[("rpc.system.name", Value(elsewhere))]));
         assert_eq!(makes.get(), 2);
-        // Owned text is found by its text, however many times it is built:
-        // the table stays as bounded as the label values.
+        // Interned text is found by its one copy, however many times the
+        // caller's text is built: the table stays as bounded as the values.
         for _ in 0..100 {
-            let tenant = Value::Owned(std::sync::Arc::from(String::from("t1")));
+            let tenant = Value(crate::intern::interned(&String::from("t1")));
             observe(&labels(&[("tp.tenant.id", tenant)]));
         }
         assert_eq!(makes.get(), 3);
