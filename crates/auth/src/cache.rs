@@ -34,7 +34,9 @@ pub const CAPACITY: u64 = 10_000;
 /// A [`TokenVerifier`] that remembers the tokens `inner` accepted.
 pub struct CachingVerifier<V> {
     inner: V,
-    verified: moka::sync::Cache<[u8; 32], (Principal, VerifierKind)>,
+    /// Keyed by digests of tokens that verified: foldhash, not SipHash, as
+    /// no caller chooses what is inserted.
+    verified: moka::sync::Cache<[u8; 32], (Principal, VerifierKind), foldhash::fast::RandomState>,
 }
 
 impl<V: TokenVerifier> CachingVerifier<V> {
@@ -48,7 +50,7 @@ impl<V: TokenVerifier> CachingVerifier<V> {
             verified: moka::sync::Cache::builder()
                 .max_capacity(capacity)
                 .time_to_live(MAX_AGE)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
         }
     }
 

@@ -32,6 +32,11 @@ mod rate_layer;
 mod stream_layer;
 mod streams;
 
+/// The maps keyed by tenant and user ids, looked up on every call: ids of
+/// authenticated callers, which a caller cannot choose freely, so they are
+/// hashed with foldhash rather than SipHash.
+type FastMap<K, V> = hashbrown::HashMap<K, V, foldhash::fast::RandomState>;
+
 pub use bucket::TokenBucket;
 pub use config::{ConfigError, LimitsConfig, Rate, RateLimits};
 pub use in_flight::{

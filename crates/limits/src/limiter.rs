@@ -1,7 +1,5 @@
 //! One token bucket per tenant and one per (tenant, user), in bounded memory.
 
-use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -9,9 +7,9 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::Subject;
 use crate::bucket::TokenBucket;
 use crate::config::{ConfigError, LimitsConfig, RateLimits};
+use crate::{FastMap, Subject};
 
 /// How many buckets (tenants plus users) [`RateLimiter::new`] keeps at most.
 /// A bucket is a few dozen bytes plus its key, so this is a few megabytes.
@@ -89,7 +87,7 @@ impl RateLimited {
 #[derive(Debug)]
 pub struct RateLimiter {
     default: RateLimits,
-    plans: HashMap<String, RateLimits>,
+    plans: FastMap<String, RateLimits>,
     state: Mutex<State>,
 }
 
@@ -111,9 +109,9 @@ impl RateLimiter {
         }
         Ok(Self {
             default: config.default,
-            plans: config.plans.clone(),
+            plans: config.plans.iter().map(|(k, v)| (k.clone(), *v)).collect(),
             state: Mutex::new(State {
-                tenants: HashMap::new(),
+                tenants: FastMap::default(),
                 len: 0,
                 sweep_at: MIN_SWEEP_AT.min(max_keys),
                 max_keys,
@@ -141,23 +139,27 @@ impl RateLimiter {
         state.clock += 2;
         let (user_stamp, tenant_stamp) = (state.clock - 1, state.clock);
 
-        let tenant = match state.tenants.entry(subject.tenant.clone()) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                state.len += 1;
-                entry.insert(TenantBuckets {
+        // A key is copied only when its bucket is made: on every other call
+        // the lookup borrows the subject's names.
+        let mut made = 0;
+        let tenant = state
+            .tenants
+            .entry_ref(subject.tenant.as_str())
+            .or_insert_with(|| {
+                made += 1;
+                TenantBuckets {
                     bucket: Tracked::new(TokenBucket::new(limits.tenant, now)),
-                    users: HashMap::new(),
-                })
-            }
-        };
-        let user = match tenant.users.entry(subject.user.clone()) {
-            Entry::Occupied(entry) => entry.into_mut(),
-            Entry::Vacant(entry) => {
-                state.len += 1;
-                entry.insert(Tracked::new(TokenBucket::new(limits.user, now)))
-            }
-        };
+                    users: FastMap::default(),
+                }
+            });
+        let user = tenant
+            .users
+            .entry_ref(subject.user.as_str())
+            .or_insert_with(|| {
+                made += 1;
+                Tracked::new(TokenBucket::new(limits.user, now))
+            });
+        state.len += made;
         let tenant = &mut tenant.bucket;
         tenant.last_used = tenant_stamp;
         user.last_used = user_stamp;
@@ -207,7 +209,7 @@ impl RateLimiter {
 
 #[derive(Debug)]
 struct State {
-    tenants: HashMap<String, TenantBuckets>,
+    tenants: FastMap<String, TenantBuckets>,
     /// Buckets held: tenants plus users.
     len: usize,
     /// Sweep when a new bucket would take `len` past this.
@@ -221,7 +223,7 @@ struct State {
 #[derive(Debug)]
 struct TenantBuckets {
     bucket: Tracked,
-    users: HashMap<String, Tracked>,
+    users: FastMap<String, Tracked>,
 }
 
 #[derive(Debug)]
@@ -313,6 +315,7 @@ impl State {
 mod tests {
     use super::*;
     use crate::config::Rate;
+    use std::collections::HashMap;
 
     fn rate(per_second: f64, burst: u32) -> Rate {
         Rate { per_second, burst }

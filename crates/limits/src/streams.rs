@@ -14,7 +14,6 @@
 //! calls their share of the cores and the database pool (measured in
 //! `tests/benches/noisy_neighbour.rs`).
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -22,6 +21,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 use tonic_types::{ErrorDetails, StatusExt};
 
+use crate::FastMap;
 use crate::config::ConfigError;
 
 /// How long a client turned away for too many streams is told to wait. A
@@ -43,7 +43,7 @@ struct TenantStreams {
 pub struct StreamSlots {
     max_per_tenant: usize,
     lanes_per_tenant: usize,
-    open: Mutex<HashMap<String, TenantStreams>>,
+    open: Mutex<FastMap<String, TenantStreams>>,
 }
 
 impl StreamSlots {
@@ -62,7 +62,7 @@ impl StreamSlots {
         Ok(Self {
             max_per_tenant,
             lanes_per_tenant,
-            open: Mutex::new(HashMap::new()),
+            open: Mutex::new(FastMap::default()),
         })
     }
 

@@ -54,8 +54,10 @@ pub struct Found {
 }
 
 struct MembershipCache {
-    roles: moka::sync::Cache<(TenantId, String), Role>,
-    standings: moka::sync::Cache<TenantId, Standing>,
+    // Keyed by authenticated callers' tenants and users: foldhash, not
+    // SipHash (both are looked up on every call).
+    roles: moka::sync::Cache<(TenantId, String), Role, foldhash::fast::RandomState>,
+    standings: moka::sync::Cache<TenantId, Standing, foldhash::fast::RandomState>,
     /// Bumped by every invalidation. A lookup that read the database before
     /// an invalidation it did not see must not fill the cache afterwards.
     generation: AtomicU64,
@@ -69,11 +71,11 @@ impl MembershipCache {
             roles: moka::sync::Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             standings: moka::sync::Cache::builder()
                 .max_capacity(MAX_ENTRIES)
                 .time_to_live(ttl)
-                .build(),
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             generation: AtomicU64::new(0),
             listening: AtomicBool::new(false),
         }
