@@ -152,6 +152,12 @@ impl RequestContext {
     }
 
     /// Reads the context from the headers of an incoming internal call.
+    ///
+    /// Kept out of line: it runs once per internal call a service serves,
+    /// and `tp-loadgen callgrind-report` counts `conversation`'s requests by
+    /// its calls (with the release profile's LTO, the generated servers'
+    /// `call` is inlined and leaves no count).
+    #[inline(never)]
     pub fn read_from(headers: &http::HeaderMap) -> Result<Self, ContextError> {
         fn get<'a>(
             headers: &'a http::HeaderMap,

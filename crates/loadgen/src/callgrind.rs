@@ -14,8 +14,10 @@
 //! Each service process writes `NN-<service>-telemetry-<on|off>.<pid>.callgrind`,
 //! `NN` numbering the stacks in the order the run started them. The
 //! report takes the last-started stack of each side, and divides by the
-//! calls `conversation` served (counted by callgrind at the generated
-//! `ConversationService` server's `call`, once per request), so a call's
+//! calls `conversation` served (counted by callgrind at
+//! `RequestContext::read_from`, kept out of line for it, once per
+//! internal call; the generated server's `call` is inlined by the
+//! release profile's LTO), so a call's
 //! share of start-up, seeding and periodic work (the SLO sampler, metric
 //! exports) is in the figures too: more calls in the run, less of it.
 
@@ -28,9 +30,9 @@ use anyhow::{Context, bail};
 
 pub const SERVICES: [&str; 3] = ["knowledge", "conversation", "gateway"];
 
-/// The generated server's `call`: once per request `conversation` serves.
-const CALL_PREFIX: &str = "<tp_proto::v1::conversation_service_server::ConversationServiceServer<T> as tower_service::Service<";
-const CALL_SUFFIX: &str = ">>::call";
+/// Called once per internal request a service serves (health checks and
+/// reflection aside), and never inlined: see the module's comment.
+const PER_REQUEST: &str = "tp_context::RequestContext::read_from";
 
 /// Numbers the stacks this process starts, for the profiles' names.
 static STACKS_STARTED: AtomicUsize = AtomicUsize::new(0);
@@ -129,7 +131,7 @@ impl Profile {
     fn conversation_calls(&self) -> u64 {
         self.calls
             .iter()
-            .filter(|(name, _)| name.starts_with(CALL_PREFIX) && name.ends_with(CALL_SUFFIX))
+            .filter(|(name, _)| *name == PER_REQUEST)
             .map(|(_, count)| count)
             .sum()
     }
@@ -200,7 +202,7 @@ pub fn report(on: &[Profile], off: &[Profile], top: usize) -> anyhow::Result<Str
     );
     if calls_on == 0 || calls_off == 0 {
         bail!(
-            "no calls counted at the ConversationService server (on {calls_on}, off {calls_off}): \
+            "no calls counted at {PER_REQUEST} in conversation (on {calls_on}, off {calls_off}): \
              were the services built with their symbols?"
         );
     }
@@ -293,9 +295,9 @@ pub fn check_valgrind() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    const CALL: &str = "<tp_proto::v1::conversation_service_server::ConversationServiceServer<T> as tower_service::Service<http::request::Request<B>>>::call";
+    const CALL: &str = PER_REQUEST;
 
-    /// A profile in callgrind's format: `serve` runs the generated `call`
+    /// A profile in callgrind's format: `serve` runs the per-request marker
     /// `calls` times, and `record` costs `record_ir` of its own.
     fn profile(calls: u64, serve_ir: u64, record_ir: u64) -> String {
         format!(
