@@ -295,14 +295,12 @@ pub fn check_valgrind() -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    const CALL: &str = PER_REQUEST;
-
     /// A profile in callgrind's format: `serve` runs the per-request marker
     /// `calls` times, and `record` costs `record_ir` of its own.
     fn profile(calls: u64, serve_ir: u64, record_ir: u64) -> String {
         format!(
             "version: 1\ncreator: callgrind-3.19.0\npositions: line\nevents: Ir Dr\n\
-             fl=(1) ???\nfn=(1) serve\n0 {serve_ir} 5\ncfn=(2) {CALL}\ncalls={calls} 0\n0 999999 7\n\
+             fl=(1) ???\nfn=(1) serve\n0 {serve_ir} 5\ncfn=(2) {PER_REQUEST}\ncalls={calls} 0\n0 999999 7\n\
              cfn=(3) record\ncalls={calls} 0\n0 999999\n\
              fn=(2)\n0 {calls}\n\
              fn=(3)\n+1 {record_ir}\n*\n-1 0 3\n\
@@ -314,7 +312,7 @@ mod tests {
     fn a_profile_counts_own_instructions_and_calls_not_inclusive_costs() {
         let parsed = Profile::parse(&profile(40, 1_000, 200)).unwrap();
         assert_eq!(parsed.self_instructions["serve"], 1_000);
-        assert_eq!(parsed.self_instructions[CALL], 40);
+        assert_eq!(parsed.self_instructions[PER_REQUEST], 40);
         assert_eq!(parsed.self_instructions["record"], 200);
         assert_eq!(parsed.calls["record"], 40);
         assert_eq!(parsed.conversation_calls(), 40);
