@@ -99,8 +99,13 @@ impl<T> PerThread<T> {
 
     /// Runs `f` on every shard's `T` in turn.
     pub(crate) fn each(&self, mut f: impl FnMut(&T)) {
+        self.each_mut(|t| f(t));
+    }
+
+    /// Runs `f` on every shard's `T` in turn, to change it.
+    pub(crate) fn each_mut(&self, mut f: impl FnMut(&mut T)) {
         for shard in &self.shards {
-            f(&shard.0.lock().unwrap_or_else(|e| e.into_inner()));
+            f(&mut shard.0.lock().unwrap_or_else(|e| e.into_inner()));
         }
     }
 }
