@@ -311,35 +311,101 @@ impl CallSpan {
                 if !self.context.is_sampled() {
                     return;
                 }
-                let end = SystemTime::now();
-                let status = match error_type {
-                    Some(error_type) => Status::error(error_type),
-                    None => Status::Unset,
-                };
-                queue.push(scope, |out| {
-                    crate::otlp_spans::put_span(
-                        SpanParts {
-                            context: &self.context,
-                            parent_span_id,
-                            parent_is_remote,
-                            name,
-                            kind: SpanKind::Server,
-                            start,
-                            end,
-                            attributes: call_attributes(
-                                name,
-                                component,
-                                status_code,
-                                error_type,
-                                &fields,
-                                first_message_ms,
-                            ),
-                            status: &status,
-                        },
-                        out,
-                    );
+                queue.defer(EndedSpan {
+                    scope,
+                    context: self.context,
+                    parent_span_id,
+                    parent_is_remote,
+                    name,
+                    component,
+                    start,
+                    end: SystemTime::now(),
+                    status_code,
+                    error_type,
+                    fields,
+                    first_message_ms,
                 });
             }
+        }
+    }
+}
+
+/// A served call's span, ended and not yet encoded: the OTLP queue encodes
+/// spans in batches (see [`SpanQueue::defer`]).
+pub(crate) struct EndedSpan {
+    pub(crate) scope: &'static InstrumentationScope,
+    context: Arc<SpanContext>,
+    parent_span_id: SpanId,
+    parent_is_remote: bool,
+    name: &'static str,
+    component: &'static str,
+    start: SystemTime,
+    end: SystemTime,
+    status_code: &'static str,
+    error_type: Option<&'static str>,
+    fields: CallFields,
+    first_message_ms: Option<u64>,
+}
+
+impl EndedSpan {
+    /// The OTLP `Span` message, appended to `out`.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        let status = match self.error_type {
+            Some(error_type) => Status::error(error_type),
+            None => Status::Unset,
+        };
+        crate::otlp_spans::put_span(
+            SpanParts {
+                context: &self.context,
+                parent_span_id: self.parent_span_id,
+                parent_is_remote: self.parent_is_remote,
+                name: self.name,
+                kind: SpanKind::Server,
+                start: self.start,
+                end: self.end,
+                attributes: call_attributes(
+                    self.name,
+                    self.component,
+                    self.status_code,
+                    self.error_type,
+                    &self.fields,
+                    self.first_message_ms,
+                ),
+                status: &status,
+            },
+            out,
+        );
+    }
+}
+
+#[cfg(test)]
+impl EndedSpan {
+    /// A finished SendMessage span of `scope`, as the conversation service
+    /// ends one.
+    pub(crate) fn example(scope: &'static InstrumentationScope) -> Self {
+        let start = SystemTime::now();
+        Self {
+            scope,
+            context: Arc::new(SpanContext::new(
+                TraceId::from_bytes([7; 16]),
+                SpanId::from_bytes([3; 8]),
+                TraceFlags::SAMPLED,
+                false,
+                opentelemetry::trace::TraceState::default(),
+            )),
+            parent_span_id: SpanId::from_bytes([2; 8]),
+            parent_is_remote: true,
+            name: "thoughtpartner.v1.ConversationService/SendMessage",
+            component: "conversation",
+            start,
+            end: start + std::time::Duration::from_millis(3),
+            status_code: "OK",
+            error_type: None,
+            fields: CallFields {
+                tenant_id: Some(Arc::from("3f6c2a")),
+                ..CallFields::default()
+            },
+            first_message_ms: Some(1),
         }
     }
 }
@@ -577,29 +643,26 @@ mod tests {
             );
             let made = capture.0.lock().expect("capture").pop().expect("a span");
 
-            let call_fields = fields(full);
+            // The direct path's span, as the queue encodes it.
+            let scope: &'static InstrumentationScope = Box::leak(Box::new(
+                InstrumentationScope::builder("conversation").build(),
+            ));
+            let ended = EndedSpan {
+                scope,
+                context: Arc::new(made.span_context.clone()),
+                parent_span_id: made.parent_span_id,
+                parent_is_remote: made.parent_span_is_remote,
+                name: METHOD,
+                component: "conversation",
+                start: made.start_time,
+                end: made.end_time,
+                status_code,
+                error_type,
+                fields: fields(full),
+                first_message_ms,
+            };
             let mut ours = Vec::new();
-            crate::otlp_spans::put_span(
-                SpanParts {
-                    context: &made.span_context,
-                    parent_span_id: made.parent_span_id,
-                    parent_is_remote: made.parent_span_is_remote,
-                    name: METHOD,
-                    kind: SpanKind::Server,
-                    start: made.start_time,
-                    end: made.end_time,
-                    attributes: call_attributes(
-                        METHOD,
-                        "conversation",
-                        status_code,
-                        error_type,
-                        &call_fields,
-                        first_message_ms,
-                    ),
-                    status: &made.status,
-                },
-                &mut ours,
-            );
+            ended.encode(&mut ours);
             let official: ProtoSpan = made.into();
             assert_eq!(
                 ProtoSpan::decode(ours.as_slice()).expect("our bytes decode"),
