@@ -13,7 +13,9 @@
 //! per-thread buffer (no allocation for the span), appends it to the
 //! pending batch, and drops the `SpanData` where it was made. A thread of
 //! its own wraps a batch in its resource and scope and sends it as one
-//! `Export` call. Spans this encoder does not write itself (with events,
+//! `Export` call. The served calls' spans (`call_span`) skip `SpanData`:
+//! each ends as its fields, kept in its thread's list and encoded in
+//! batches (see [`SpanQueue::defer`]). Spans this encoder does not write itself (with events,
 //! links, or array-valued attributes: none of ours) go through the
 //! official conversion, so every span is exported as the SDK would.
 //!
