@@ -101,6 +101,42 @@ pub struct Report {
 pub struct TelemetryCpu {
     pub on_us_per_call: f64,
     pub off_us_per_call: f64,
+    /// The same, service by service: telemetry's share of each service's
+    /// own CPU differs several-fold (the gateway and knowledge serve one
+    /// call each per SendMessage, conversation does most of the work), and
+    /// the services' workers are what a side's calls queue for.
+    #[serde(default)]
+    pub services: Vec<ServiceCpu>,
+}
+
+/// One service's CPU per SendMessage with telemetry on and off.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceCpu {
+    pub service: String,
+    pub on_us_per_call: f64,
+    pub off_us_per_call: f64,
+}
+
+impl TelemetryCpu {
+    /// From each side's CPU per call by service (µs, the stacks' order).
+    pub fn from_services(on: &[(String, f64)], off: &[(String, f64)]) -> Self {
+        let services: Vec<ServiceCpu> = on
+            .iter()
+            .filter_map(|(service, on_us)| {
+                let (_, off_us) = off.iter().find(|(name, _)| name == service)?;
+                Some(ServiceCpu {
+                    service: service.clone(),
+                    on_us_per_call: *on_us,
+                    off_us_per_call: *off_us,
+                })
+            })
+            .collect();
+        Self {
+            on_us_per_call: on.iter().map(|(_, us)| us).sum(),
+            off_us_per_call: off.iter().map(|(_, us)| us).sum(),
+            services,
+        }
+    }
 }
 
 /// The slices of the builds comparison.
@@ -323,6 +359,26 @@ impl Report {
                 cpu.off_us_per_call,
                 cpu.on_us_per_call - cpu.off_us_per_call
             );
+            let services: Vec<String> = cpu
+                .services
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} {:.0} against {:.0} us ({:+.1} %)",
+                        s.service,
+                        s.on_us_per_call,
+                        s.off_us_per_call,
+                        (s.on_us_per_call / s.off_us_per_call.max(f64::EPSILON) - 1.0) * 100.0
+                    )
+                })
+                .collect();
+            if !services.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "  service by service, on against off: {}",
+                    services.join("; ")
+                );
+            }
         }
         if let Some(cpu) = &self.builds_cpu {
             let slices = |prefix: &str| -> Vec<&PhaseResult> {

@@ -534,19 +534,25 @@ fn api_workers(
         .collect()
 }
 
-/// CPU seconds used so far by a stack's three services.
-fn stack_cpu(stack: &Stack) -> f64 {
+/// CPU seconds used so far by each of a stack's services, in the stack's
+/// order.
+fn service_cpu(stack: &Stack) -> Vec<(String, f64)> {
     stack
         .processes()
-        .iter()
-        .filter_map(|(_, pid)| cpu_seconds(*pid))
-        .sum()
+        .into_iter()
+        .map(|(name, pid)| (name, cpu_seconds(pid).unwrap_or(0.0)))
+        .collect()
 }
+
+/// One side of a two-stack comparison: each service's CPU per SendMessage
+/// (µs), in the stack's order.
+type SideCpu = Vec<(String, f64)>;
 
 /// Two fresh stacks side by side (telemetry on against off, or two
 /// builds) under SendMessage load, sharing the machine as `args.sharing`
 /// says, so both see the same machine: whole phases minutes apart
-/// differed by up to 30 % here. Returns each side's CPU per call.
+/// differed by up to 30 % here. Returns each side's CPU per call, by
+/// service.
 ///
 /// - [`Sharing::Alternate`]: all the streams on one side at a time, in
 ///   slices as long as a whole phase (A-B, B-A, ...). Slices of the same
@@ -574,11 +580,18 @@ async fn compare_stacks(
     seeded: &Seeded,
     sides: [(&str, &Stack); 2],
     phases: &mut Vec<PhaseResult>,
-) -> anyhow::Result<Option<[f64; 2]>> {
+) -> anyhow::Result<Option<[SideCpu; 2]>> {
     let c = args.concurrency;
     let mut slice = args.phase("", c);
     slice.warmup = slice.warmup.min(Duration::from_millis(500));
-    let mut cpu = [0.0; 2];
+    // Each side's CPU seconds over the comparison, by service.
+    let mut cpu: [SideCpu; 2] = sides.map(|(_, stack)| {
+        stack
+            .processes()
+            .into_iter()
+            .map(|(name, _)| (name, 0.0))
+            .collect()
+    });
     let first_slice = phases.len();
     let mut window = 0;
     for (round, order) in ROUND_ORDER.into_iter().enumerate() {
@@ -593,7 +606,7 @@ async fn compare_stacks(
             .map(|&i| (&channel_sets[i][..], sides[i].1))
             .collect();
         settle(args, db, seeded, &in_order).await?;
-        let cpu_before = sides.map(|(_, stack)| stack_cpu(stack));
+        let cpu_before = sides.map(|(_, stack)| service_cpu(stack));
         match args.sharing {
             Sharing::Alternate => {
                 for pair in round * SLICES / 2..(round + 1) * SLICES / 2 {
@@ -639,7 +652,10 @@ async fn compare_stacks(
         // work a stack defers often runs during the other's slice.
         tokio::time::sleep(Duration::from_secs(1)).await;
         for (i, (_, stack)) in sides.iter().enumerate() {
-            cpu[i] += stack_cpu(stack) - cpu_before[i];
+            let after = service_cpu(stack);
+            for ((total, before), (_, after)) in cpu[i].iter_mut().zip(&cpu_before[i]).zip(&after) {
+                total.1 += after - before.1;
+            }
         }
     }
     let calls = |prefix: &str| -> u64 {
@@ -650,15 +666,16 @@ async fn compare_stacks(
             .map(|o| o.ok)
             .sum()
     };
-    let mut per_call = [0.0; 2];
     for (i, (prefix, _)) in sides.iter().enumerate() {
         let n = calls(prefix);
         if n == 0 {
             return Ok(None);
         }
-        per_call[i] = cpu[i] * 1e6 / n as f64;
+        for (_, seconds) in &mut cpu[i] {
+            *seconds *= 1e6 / n as f64;
+        }
     }
-    Ok(Some(per_call))
+    Ok(Some(cpu))
 }
 
 /// The two rounds of [`compare_stacks`]: which side comes first in each.
@@ -981,10 +998,7 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let quiet = Stack::start(&stack_config(false)).await?;
         let sides = [(TELEMETRY_ON, &loud), (TELEMETRY_OFF, &quiet)];
         if let Some([on, off]) = compare_stacks(&args, &db, &seeded, sides, &mut phases).await? {
-            telemetry_cpu = Some(TelemetryCpu {
-                on_us_per_call: on,
-                off_us_per_call: off,
-            });
+            telemetry_cpu = Some(TelemetryCpu::from_services(&on, &off));
         }
         loud.stop().await?;
         quiet.stop().await?;
@@ -1005,10 +1019,11 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         if let Some([this_us, other_us]) =
             compare_stacks(&args, &db, &seeded, sides, &mut phases).await?
         {
+            let total = |side: &SideCpu| side.iter().map(|(_, us)| us).sum();
             builds_cpu = Some(BuildsCpu {
                 other_bin_dir: other_dir.display().to_string(),
-                this_us_per_call: this_us,
-                other_us_per_call: other_us,
+                this_us_per_call: total(&this_us),
+                other_us_per_call: total(&other_us),
             });
         }
         this.stop().await?;
@@ -1557,6 +1572,41 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("900 us against 1000 us (-100 us)"), "{text}");
+    }
+
+    #[test]
+    fn telemetry_cpu_is_reported_service_by_service() {
+        let side = |gateway, conversation, knowledge| -> SideCpu {
+            vec![
+                ("knowledge".to_owned(), knowledge),
+                ("conversation".to_owned(), conversation),
+                ("gateway".to_owned(), gateway),
+            ]
+        };
+        let cpu =
+            TelemetryCpu::from_services(&side(165.0, 400.0, 120.0), &side(150.0, 390.0, 110.0));
+        assert_eq!(cpu.on_us_per_call, 685.0);
+        assert_eq!(cpu.off_us_per_call, 650.0);
+        assert_eq!(cpu.services.len(), 3);
+        assert_eq!(cpu.services[2].service, "gateway");
+        assert_eq!(cpu.services[2].on_us_per_call, 165.0);
+        assert_eq!(cpu.services[2].off_us_per_call, 150.0);
+        let mut r = report(Vec::new());
+        r.telemetry_cpu = Some(cpu);
+        let text = r.render();
+        assert!(text.contains("685 us on, 650 us off (+35 us)"), "{text}");
+        assert!(
+            text.contains(
+                "service by service, on against off: knowledge 120 against 110 us (+9.1 %); \
+                 conversation 400 against 390 us (+2.6 %); gateway 165 against 150 us (+10.0 %)"
+            ),
+            "{text}"
+        );
+        // A report written before the breakdown existed still reads.
+        let old: TelemetryCpu =
+            serde_json::from_str(r#"{"on_us_per_call": 1.0, "off_us_per_call": 1.0}"#)
+                .expect("parses");
+        assert!(old.services.is_empty());
     }
 
     #[test]
