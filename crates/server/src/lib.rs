@@ -190,7 +190,7 @@ pub fn db_timer(metrics: &tp_telemetry::Metrics) -> tp_store::TxTimer {
 pub fn record_caller<B>(request: http::Request<B>) -> http::Request<B> {
     if let (Some(ctx), Some(record)) = (
         request.extensions().get::<tp_context::RequestContext>(),
-        tp_telemetry::CallRecord::of_http(&request),
+        tp_telemetry::CallRecord::current(),
     ) {
         record.set_caller(ctx.tenant_id, &ctx.user_id);
     }

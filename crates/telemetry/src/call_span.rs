@@ -20,8 +20,8 @@
 //! that gain was propagation's, see `trace_context`.)
 
 use std::future::Future;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
 
 use std::time::SystemTime;
 
@@ -33,7 +33,7 @@ use opentelemetry_sdk::trace::{
     IdGenerator, RandomIdGenerator, SamplingDecision, SdkTracer, ShouldSample, Span as SdkSpan,
 };
 
-use crate::call::CallFields;
+use crate::call::{CallFields, CallRecord};
 use crate::otlp_spans::{AttributeValue, SpanParts, SpanQueue};
 
 /// Where this process's call spans go, set once by [`crate::init`] (or the
@@ -128,17 +128,17 @@ pub(crate) fn span_is_canonical(spans_are_canonical: bool, recorded: bool, sampl
 }
 
 tokio::task_local! {
-    /// The trace context of the served call whose work is being polled.
-    /// Behind an `Arc`: a task-local value is swapped in and out on every
-    /// poll, and a `SpanContext` is 64 bytes (callgrind: ~1.3k
-    /// instructions per SendMessage in those swaps).
-    static CALL: Arc<SpanContext>;
+    /// The served call whose work is being polled: its trace context and
+    /// record. Behind an `Arc` ([`CallRecord`]): a task-local value is
+    /// swapped in and out on every poll, and a `SpanContext` is 64 bytes
+    /// (callgrind: ~1.3k instructions per SendMessage in those swaps).
+    static CALL: CallRecord;
 }
 
 /// One served call's exported span.
 pub(crate) struct CallSpan {
     recording: Recording,
-    context: Arc<SpanContext>,
+    call: CallRecord,
 }
 
 enum Recording {
@@ -164,7 +164,7 @@ impl CallSpan {
         match SPANS.get() {
             None => Self {
                 recording: Recording::No,
-                context: Arc::new(parent.span().span_context().clone()),
+                call: CallRecord::for_call(parent.span().span_context().clone()),
             },
             Some(SpanSink::Sdk(tracer)) => Self::start_sdk(tracer, parent, method, component),
             Some(SpanSink::Direct { sampler, ids, .. }) => {
@@ -186,10 +186,10 @@ impl CallSpan {
         let mut builder = tracer.span_builder(method).with_kind(SpanKind::Server);
         builder.attributes = Some(attributes);
         let span = builder.start_with_context(tracer, parent);
-        let context = Arc::new(opentelemetry::trace::Span::span_context(&span).clone());
+        let call = CallRecord::for_call(opentelemetry::trace::Span::span_context(&span).clone());
         Self {
             recording: Recording::Sdk(Box::new(span)),
-            context,
+            call,
         }
     }
 
@@ -212,14 +212,12 @@ impl CallSpan {
         } else {
             ids.new_trace_id()
         };
-        let sampling = sampler.should_sample(
-            Some(parent),
-            trace_id,
-            method,
-            &SpanKind::Server,
-            &start_key_values(method, component),
-            &[],
-        );
+        // No attributes: the sampler is one `OTEL_TRACES_SAMPLER` names,
+        // and none of those reads them (the SDK's tracer would pass the
+        // three start attributes; building and dropping them cost ~170
+        // instructions a served call).
+        let sampling =
+            sampler.should_sample(Some(parent), trace_id, method, &SpanKind::Server, &[], &[]);
         let parent_flags = if parent_valid {
             parent_context.trace_flags()
         } else {
@@ -248,13 +246,18 @@ impl CallSpan {
         };
         Self {
             recording,
-            context: Arc::new(context),
+            call: CallRecord::for_call(context),
         }
     }
 
     /// The call's trace context.
     pub(crate) fn context(&self) -> &SpanContext {
-        &self.context
+        self.call.context()
+    }
+
+    /// The call's record, for its end.
+    pub(crate) fn record(&self) -> &CallRecord {
+        &self.call
     }
 
     /// Whether this span, once ended, is the call's canonical event (see
@@ -263,19 +266,19 @@ impl CallSpan {
         span_is_canonical(
             SPANS_ARE_CANONICAL.load(Ordering::Relaxed),
             !matches!(self.recording, Recording::No),
-            self.context.is_sampled(),
+            self.context().is_sampled(),
         )
     }
 
     /// Runs `call` (the inner service's `call`, which may do work before
     /// returning its future) with this call's context current.
     pub(crate) fn in_scope<R>(&self, call: impl FnOnce() -> R) -> R {
-        CALL.sync_scope(self.context.clone(), call)
+        CALL.sync_scope(self.call.clone(), call)
     }
 
     /// `future` polled with this call's context current.
     pub(crate) fn scope<F: Future>(&self, future: F) -> impl Future<Output = F::Output> + use<F> {
-        CALL.scope(self.context.clone(), future)
+        CALL.scope(self.call.clone(), future)
     }
 
     /// Ends the span with the call's outcome and everything its record
@@ -308,12 +311,12 @@ impl CallSpan {
                 else {
                     return;
                 };
-                if !self.context.is_sampled() {
+                if !self.context().is_sampled() {
                     return;
                 }
                 queue.defer(EndedSpan {
                     scope,
-                    context: self.context,
+                    call: self.call,
                     parent_span_id,
                     parent_is_remote,
                     name,
@@ -334,7 +337,8 @@ impl CallSpan {
 /// spans in batches (see [`SpanQueue::defer`]).
 pub(crate) struct EndedSpan {
     pub(crate) scope: &'static InstrumentationScope,
-    context: Arc<SpanContext>,
+    /// Its trace context (the record's fields were taken at its end).
+    call: CallRecord,
     parent_span_id: SpanId,
     parent_is_remote: bool,
     name: &'static str,
@@ -356,7 +360,7 @@ impl EndedSpan {
         };
         crate::otlp_spans::put_span(
             SpanParts {
-                context: &self.context,
+                context: self.call.context(),
                 parent_span_id: self.parent_span_id,
                 parent_is_remote: self.parent_is_remote,
                 name: self.name,
@@ -386,7 +390,7 @@ impl EndedSpan {
         let start = SystemTime::now();
         Self {
             scope,
-            context: Arc::new(SpanContext::new(
+            call: CallRecord::for_call(SpanContext::new(
                 TraceId::from_bytes([7; 16]),
                 SpanId::from_bytes([3; 8]),
                 TraceFlags::SAMPLED,
@@ -402,7 +406,7 @@ impl EndedSpan {
             status_code: "OK",
             error_type: None,
             fields: CallFields {
-                tenant_id: Some(Arc::from("3f6c2a")),
+                tenant_id: Some(std::sync::Arc::from("3f6c2a")),
                 ..CallFields::default()
             },
             first_message_ms: Some(1),
@@ -422,8 +426,8 @@ fn start_attributes(
     ]
 }
 
-/// [`start_attributes`] as the SDK's (for the sampler, and the SDK path's
-/// span); no allocation, the strings are static.
+/// [`start_attributes`] as the SDK's (for the SDK path's span); no
+/// allocation, the strings are static.
 fn start_key_values(method: &'static str, component: &'static str) -> [KeyValue; START_ATTRIBUTES] {
     start_attributes(method, component).map(|(key, value)| KeyValue::new(key, value))
 }
@@ -504,12 +508,12 @@ fn end_sdk(
 /// The trace context of the served call being polled, if any: inside a
 /// call's future (and the work it spawned with [`in_current_call`]).
 pub(crate) fn current_context() -> Option<SpanContext> {
-    CALL.try_with(|context| SpanContext::clone(context)).ok()
+    CALL.try_with(|call| call.context().clone()).ok()
 }
 
 /// The trace id of the served call being polled, if it has a valid one.
 pub(crate) fn current_trace_id() -> Option<TraceId> {
-    CALL.try_with(|context| context.trace_id())
+    CALL.try_with(|call| call.context().trace_id())
         .ok()
         .filter(|id| *id != TraceId::INVALID)
 }
@@ -518,10 +522,10 @@ pub(crate) fn current_trace_id() -> Option<TraceId> {
 /// one): for work a call spawns as a task of its own, so its outgoing
 /// calls continue the call's trace and its log lines carry its trace id.
 pub fn in_current_call<F: Future>(future: F) -> impl Future<Output = F::Output> {
-    let context = CALL.try_with(Arc::clone).ok();
+    let call = current_record();
     async move {
-        match context {
-            Some(context) => CALL.scope(context, future).await,
+        match call {
+            Some(call) => CALL.scope(call, future).await,
             None => future.await,
         }
     }
@@ -530,7 +534,18 @@ pub fn in_current_call<F: Future>(future: F) -> impl Future<Output = F::Output> 
 /// Runs `f` as if inside a call with `context` (tests of what reads it).
 #[cfg(test)]
 pub(crate) fn with_context<R>(context: SpanContext, f: impl FnOnce() -> R) -> R {
-    CALL.sync_scope(Arc::new(context), f)
+    with_record(CallRecord::for_call(context), f)
+}
+
+/// Runs `f` as if inside the call `call` (tests of what reads it).
+#[cfg(test)]
+pub(crate) fn with_record<R>(call: CallRecord, f: impl FnOnce() -> R) -> R {
+    CALL.sync_scope(call, f)
+}
+
+/// The served call being polled, if any (see [`CallRecord::current`]).
+pub(crate) fn current_record() -> Option<CallRecord> {
+    CALL.try_with(CallRecord::clone).ok()
 }
 
 /// The context's trace id if its trace is sampled (exported), else
@@ -649,7 +664,7 @@ mod tests {
             ));
             let ended = EndedSpan {
                 scope,
-                context: Arc::new(made.span_context.clone()),
+                call: CallRecord::for_call(made.span_context.clone()),
                 parent_span_id: made.parent_span_id,
                 parent_is_remote: made.parent_span_is_remote,
                 name: METHOD,
@@ -706,15 +721,15 @@ mod tests {
                     "{case}"
                 );
                 assert_eq!(
-                    direct.context.trace_flags(),
-                    sdk.context.trace_flags(),
+                    direct.context().trace_flags(),
+                    sdk.context().trace_flags(),
                     "{case}"
                 );
-                assert!(!direct.context.is_remote(), "{case}");
+                assert!(!direct.context().is_remote(), "{case}");
                 let parent_context = parent.span().span_context().clone();
                 if parent_context.is_valid() {
                     assert_eq!(
-                        direct.context.trace_id(),
+                        direct.context().trace_id(),
                         parent_context.trace_id(),
                         "{case}"
                     );
@@ -728,9 +743,9 @@ mod tests {
                         assert!(parent_is_remote, "{case}");
                     }
                 } else {
-                    assert!(direct.context.trace_id() != TraceId::INVALID, "{case}");
+                    assert!(direct.context().trace_id() != TraceId::INVALID, "{case}");
                 }
-                assert!(direct.context.span_id() != SpanId::INVALID, "{case}");
+                assert!(direct.context().span_id() != SpanId::INVALID, "{case}");
             }
         }
     }

@@ -16,7 +16,6 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::call::CallRecord;
 use crate::call_span::{CallSpan, current_context, sampled_trace_id};
 use crate::intern::interned;
 use crate::metrics::{Metrics, OTHER_METHOD, server_error_type, status_code_name};
@@ -88,8 +87,8 @@ impl RpcMethods {
 /// and status are those of the whole stream, read from its trailers; a
 /// client that hangs up early is counted as `CANCELLED`.
 ///
-/// Puts a [`CallRecord`] in the request's extensions for inner layers and
-/// handlers to fill.
+/// Makes the call's [`CallRecord`], current while its work is polled, for
+/// inner layers and handlers to fill ([`CallRecord::current`]).
 #[derive(Clone)]
 pub struct ServerTelemetryLayer {
     metrics: Metrics,
@@ -165,7 +164,6 @@ pub struct ServerObservation {
     method: &'static str,
     streaming: bool,
     tenant_label: bool,
-    record: CallRecord,
     started: Instant,
     first_message: Option<Duration>,
 }
@@ -190,7 +188,7 @@ impl Observe for ServerObservation {
         }
         let elapsed = self.started.elapsed();
         self.first_message = Some(elapsed);
-        let tenant_id = self.record.tenant_id();
+        let tenant_id = self.call_span.record().tenant_id();
         self.metrics.rpc_first_message(
             self.method,
             self.tenant(tenant_id.as_deref()),
@@ -203,7 +201,7 @@ impl Observe for ServerObservation {
         let duration = self.started.elapsed();
         let trace_id = self.trace_id();
         // The call is over: its record is read for the last time.
-        let fields = self.record.take();
+        let fields = self.call_span.record().take();
         let status = status_code_name(code);
         let error_type = server_error_type(code);
         self.metrics.rpc_server_call(
@@ -353,7 +351,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, request: http::Request<ReqBody>) -> Self::Future {
         if !self.layer.enabled {
             let future = self.inner.call(request);
             return Box::pin(async move { Ok(future.await?.map(tonic::body::Body::new)) });
@@ -365,8 +363,6 @@ where
         };
         let (method, streaming) = self.layer.methods.lookup(request.uri().path());
         let call_span = CallSpan::start(&parent, method, self.layer.metrics.component());
-        let record = CallRecord::new();
-        request.extensions_mut().insert(record.clone());
 
         // The call's work runs with its trace context current, for
         // propagation, the exemplars and the trace id of log lines (see
@@ -378,7 +374,6 @@ where
             method,
             streaming,
             tenant_label: self.layer.tenant_label,
-            record,
             started,
             first_message: None,
         };

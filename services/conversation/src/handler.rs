@@ -247,7 +247,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
     ) -> Result<Response<Self::SendMessageStream>, Status> {
         let ctx = tp_context::from_request(&request)?;
         // The canonical event's record: ids, responder and tokens, never text.
-        let record = tp_telemetry::CallRecord::of(&request).unwrap_or_default();
+        let record = tp_telemetry::CallRecord::current().unwrap_or_default();
         let request = request.into_inner();
         let conversation_id = validate::conversation_id(&request.conversation_id)?;
         record.set_conversation(conversation_id);
@@ -273,7 +273,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         request: Request<pb::EditMessageRequest>,
     ) -> Result<Response<Self::EditMessageStream>, Status> {
         let ctx = tp_context::from_request(&request)?;
-        let record = tp_telemetry::CallRecord::of(&request).unwrap_or_default();
+        let record = tp_telemetry::CallRecord::current().unwrap_or_default();
         let request = request.into_inner();
         let message_id = validate::message_id("message_id", &request.message_id)?;
         validate::content(&request.content)?;
@@ -299,7 +299,7 @@ impl pb::conversation_service_server::ConversationService for ConversationHandle
         request: Request<pb::RegenerateReplyRequest>,
     ) -> Result<Response<Self::RegenerateReplyStream>, Status> {
         let ctx = tp_context::from_request(&request)?;
-        let record = tp_telemetry::CallRecord::of(&request).unwrap_or_default();
+        let record = tp_telemetry::CallRecord::current().unwrap_or_default();
         let request = request.into_inner();
         let message_id = validate::message_id("message_id", &request.message_id)?;
         let key = validate::idempotency_key(&request.idempotency_key)?;

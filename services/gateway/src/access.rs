@@ -160,7 +160,7 @@ async fn admit(
     if let (Some(tenant_id), Some(role)) = (principal.tenant_id, stored_role)
         && rule.audience != Audience::Operator
     {
-        if let Some(record) = tp_telemetry::CallRecord::of_http(request) {
+        if let Some(record) = tp_telemetry::CallRecord::current() {
             record.set_caller(tenant_id, &principal.user_id);
         }
         request.extensions_mut().insert(RequestContext {
