@@ -275,6 +275,20 @@ fn put_attributes<'k, 'v>(
     }
 }
 
+/// The `Span` message's field of attributes.
+const SPAN_ATTRIBUTES: u32 = 9;
+
+/// `attributes` as a span's encoded attribute fields, for
+/// [`SpanParts::encoded_attributes`]: made once for attributes that many
+/// spans share.
+pub(crate) fn encode_attributes<'k, 'v>(
+    attributes: impl Iterator<Item = (&'k str, AttributeValue<'v>)>,
+) -> Box<[u8]> {
+    let mut out = Vec::new();
+    put_attributes(SPAN_ATTRIBUTES, attributes, &mut out);
+    out.into_boxed_slice()
+}
+
 /// The scalar attributes of `attributes`, as [`put_attributes`] takes them.
 fn scalar_attributes(attributes: &[KeyValue]) -> impl Iterator<Item = (&str, AttributeValue<'_>)> {
     attributes
@@ -308,6 +322,9 @@ pub(crate) struct SpanParts<'a, A> {
     pub kind: SpanKind,
     pub start: SystemTime,
     pub end: SystemTime,
+    /// Attributes already encoded (by [`encode_attributes`]), written
+    /// before `attributes`.
+    pub encoded_attributes: &'a [u8],
     pub attributes: A,
     pub status: &'a Status,
 }
@@ -329,6 +346,7 @@ pub(crate) fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
             kind: span.span_kind.clone(),
             start: span.start_time,
             end: span.end_time,
+            encoded_attributes: &[],
             attributes: scalar_attributes(&span.attributes),
             status: &span.status,
         },
@@ -362,7 +380,8 @@ pub(crate) fn put_span<'a, 'k, 'v>(
     put_varint(6, kind as u64, out);
     put_fixed64(7, nanos(span.start), out);
     put_fixed64(8, nanos(span.end), out);
-    put_attributes(9, span.attributes, out);
+    out.extend_from_slice(span.encoded_attributes);
+    put_attributes(SPAN_ATTRIBUTES, span.attributes, out);
     // Status is always present, as the official conversion makes it.
     let (code, message): (u64, &str) = match span.status {
         Status::Unset => (0, ""),
