@@ -255,7 +255,7 @@ impl CallSpan {
         self.call.context()
     }
 
-    /// The call's record, for its end.
+    /// The call's record: read for the tenant label at its first message, and taken at its end.
     pub(crate) fn record(&self) -> &CallRecord {
         &self.call
     }
