@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
-use tp_loadgen::procstat::{CostSampler, ProcessCost};
+use tp_loadgen::procstat::{CostSampler, MachineShare, ProcessCost};
 
 /// One call's result, as a worker saw it.
 pub struct Outcome {
@@ -99,11 +99,39 @@ pub struct PhaseResult {
     /// See [`Phase::overload`].
     #[serde(default)]
     pub overload: bool,
+    /// The whole machine's CPU over the measured window (steal included).
+    #[serde(default)]
+    pub machine: Option<MachineShare>,
+    /// Autovacuum and autoanalyze runs on the run's database that finished
+    /// during the phase, where the phase was watched for them.
+    #[serde(default)]
+    pub maintenance_runs: Option<u64>,
 }
 
 impl PhaseResult {
     pub fn op(&self, name: &str) -> Option<&OpSummary> {
         self.ops.iter().find(|o| o.op == name)
+    }
+
+    /// What else loaded the machine during the phase, for a check read
+    /// from its tail: the hypervisor's steal and PostgreSQL's own
+    /// maintenance (empty if neither was measured).
+    pub fn machine_note(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(machine) = &self.machine {
+            parts.push(format!(
+                "machine busy {:.0} %, steal {:.0} %",
+                machine.busy_pct, machine.steal_pct
+            ));
+        }
+        if let Some(runs) = self.maintenance_runs {
+            parts.push(format!("{runs} autovacuum/autoanalyze runs finished"));
+        }
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!("; during it: {}", parts.join(", "))
+        }
     }
 }
 
@@ -278,9 +306,9 @@ pub async fn run<W: Worker>(
     let measured = Instant::now()
         .saturating_duration_since(measure_from)
         .as_secs_f64();
-    let costs = match sampler.await {
+    let (costs, machine) = match sampler.await {
         Ok(sampler) => sampler.finish().await,
-        Err(_) => Vec::new(),
+        Err(_) => (Vec::new(), None),
     };
     progress.abort();
 
@@ -305,6 +333,8 @@ pub async fn run<W: Worker>(
         ops,
         processes: costs,
         overload: phase.overload,
+        machine,
+        maintenance_runs: None,
     }
 }
 

@@ -289,7 +289,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nprocesses (RSS MiB at start / peak, CPU seconds in the window):"
+            "\nprocesses (RSS MiB at start / peak, CPU seconds in the window; the machine's \
+             CPU, steal being the time its host gave its cores to others):"
         );
         let idle: Vec<String> = self
             .idle
@@ -312,7 +313,13 @@ impl Report {
                 })
                 .collect();
             if !costs.is_empty() {
-                let _ = writeln!(out, "  {:<32} {}", phase.name, costs.join(", "));
+                let machine = phase.machine.map_or(String::new(), |m| {
+                    format!(
+                        "; machine busy {:.0} %, steal {:.0} %",
+                        m.busy_pct, m.steal_pct
+                    )
+                });
+                let _ = writeln!(out, "  {:<32} {}{machine}", phase.name, costs.join(", "));
             }
         }
         let _ = writeln!(
