@@ -217,6 +217,8 @@ impl Observe for ServerObservation {
         // in schema.toml; never content. Written before the span ends, so
         // the span can take the fields rather than copy them.
         if !self.call_span.is_canonical() {
+            let trace_id_hex =
+                crate::trace_context::trace_id_hex(self.call_span.context().trace_id());
             tracing::event!(
                 target: crate::CANONICAL_TARGET,
                 tracing::Level::INFO,
@@ -234,7 +236,7 @@ impl Observe for ServerObservation {
                 tp.reply.policy_violations = fields.policy_violations,
                 tp.call.duration_ms = millis(duration),
                 tp.call.first_message_ms = first_message_ms,
-                trace_id = %self.call_span.context().trace_id(),
+                trace_id = std::str::from_utf8(&trace_id_hex).unwrap_or_default(),
                 "call"
             );
         }

@@ -34,6 +34,14 @@ fn put_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// `id` as the 32 lowercase hex digits W3C trace context writes, on the
+/// stack (`TraceId`'s `Display` goes through `u128`'s formatter).
+pub(crate) fn trace_id_hex(id: TraceId) -> [u8; 32] {
+    let mut out = [0; 32];
+    put_hex(&mut out, &id.to_bytes());
+    out
+}
+
 /// Writes `context` as `traceparent` (and `tracestate` when it has one);
 /// writes nothing for an invalid context.
 pub(crate) fn inject(context: &SpanContext, headers: &mut HeaderMap) {
@@ -254,6 +262,23 @@ mod tests {
         inject(&SpanContext::empty_context(), &mut none);
         assert!(none.is_empty());
         assert!(sdk_inject(&SpanContext::empty_context()).is_empty());
+    }
+
+    #[test]
+    fn a_trace_id_in_hex_is_what_its_display_writes() {
+        for id in [
+            TraceId::from_hex("0af7651916cd43dd8448eb211c80319c").unwrap(),
+            TraceId::from_bytes([0; 16]),
+            TraceId::from_bytes([0xff; 16]),
+            TraceId::from_bytes(
+                *b"\x01\x23\x45\x67\x89\xab\xcd\xef\x00\x10\x20\x30\x40\x50\x60\x70",
+            ),
+        ] {
+            assert_eq!(
+                std::str::from_utf8(&trace_id_hex(id)).unwrap(),
+                id.to_string()
+            );
+        }
     }
 
     #[test]
