@@ -61,10 +61,10 @@ impl MachineTicks {
             .map(str::parse)
             .collect::<Result<_, _>>()
             .ok()?;
-        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
         if fields.len() < 4 {
             return None;
         }
+        let field = |i: usize| fields.get(i).copied().unwrap_or(0);
         Some(Self {
             busy: field(0) + field(1) + field(2) + field(5) + field(6),
             idle: field(3) + field(4),
