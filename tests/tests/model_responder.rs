@@ -220,6 +220,68 @@ async fn a_provider_failing_mid_reply_keeps_the_user_turn_for_a_retry() -> anyho
     Ok(())
 }
 
+/// The response's headers leave with the reply's first event (one write
+/// on each hop, not two), so a reply that fails before its first word
+/// fails the call itself, with its status, and a slow first token holds
+/// the headers back until it comes.
+#[tokio::test]
+async fn the_call_answers_with_the_replys_first_event_or_its_failure() -> anyhow::Result<()> {
+    let late = std::time::Duration::from_millis(400);
+    let fake = fake_provider::start(
+        Wire::OpenAi,
+        vec![
+            FakeReply::Status(503),
+            FakeReply::Status(503),
+            FakeReply::Status(503),
+            FakeReply::Late(late, vec!["Which team feels it first?".into()]),
+        ],
+    )
+    .await?;
+    let app = TestApp::spawn_with_model(Wire::OpenAi, &fake.base_url).await?;
+    let (_tenant, token) = app.tenant_with_member("Acme", "alice").await?;
+    let mut client = app.conversations(&token).await?;
+    let id = new_conversation(&mut client, "").await?.conversation_id;
+    let request = |key: &str| tp_e2e::tp_proto::v1::SendMessageRequest {
+        conversation_id: id.clone(),
+        content: "Velocity is too slow.".into(),
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+
+    // The provider is down: the call fails, not a stream it returned.
+    let failed = client
+        .send_message(request("same"))
+        .await
+        .err()
+        .ok_or_else(|| {
+            anyhow::anyhow!("a reply that failed before its first event fails the call")
+        })?;
+    assert_eq!(failed.code(), Code::Unavailable, "{failed:?}");
+    assert!(
+        failed.message().contains("your message is saved"),
+        "{}",
+        failed.message()
+    );
+    assert_eq!(app.count_rows("conversation.messages").await?, 1);
+
+    // A slow first token: the call answers when it comes, with it.
+    let started = std::time::Instant::now();
+    let mut stream = client.send_message(request("same")).await?.into_inner();
+    let answered = started.elapsed();
+    assert!(
+        answered >= late,
+        "the headers waited for the first event: {answered:?}"
+    );
+    let first = stream.message().await?.expect("a first delta");
+    assert!(matches!(
+        first.event,
+        Some(tp_e2e::tp_proto::v1::send_message_response::Event::TextDelta(_))
+    ));
+    while stream.message().await?.is_some() {}
+    assert_eq!(app.count_rows("conversation.messages").await?, 2);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_misconfigured_provider_stops_start_up_with_a_clear_message() {
     let config = tp_conversation::ConversationConfig {

@@ -49,13 +49,15 @@ impl ConversationHandler {
 
 impl ConversationHandler {
     /// Starts an exchange (the user's turn is durable when this returns)
-    /// and streams the reply to it from a task of its own.
+    /// and streams the reply to it from a task of its own; returns when the
+    /// reply's first event is ready.
     async fn stream_reply(
         &self,
         ctx: tp_context::RequestContext,
         record: tp_telemetry::CallRecord,
         turn: Turn<'_>,
-    ) -> Result<ReceiverStream<Result<pb::SendMessageResponse, Status>>, Status> {
+    ) -> Result<impl Stream<Item = Result<pb::SendMessageResponse, Status>> + Send + 'static, Status>
+    {
         let exchange = self
             .store
             .begin_exchange(&ctx, turn, self.pipeline.transcript_sides())
@@ -73,7 +75,17 @@ impl ConversationHandler {
         // The reply's work keeps the call's trace context (its call to
         // knowledge continues the trace; its log lines carry the trace id).
         tokio::spawn(tp_telemetry::in_current_call(task));
-        Ok(ReceiverStream::new(receiver))
+        // The response's headers wait for the reply's first event, so the
+        // two leave in one write: sent apart, each hop on the way (the
+        // gateway, a proxy) reads, wakes and writes twice before the
+        // client sees a word. A reply that fails before its first event
+        // fails the call with its status.
+        let mut receiver = receiver;
+        let first = match receiver.recv().await {
+            Some(Err(status)) => return Err(status),
+            first => first,
+        };
+        Ok(futures_util::stream::iter(first).chain(ReceiverStream::new(receiver)))
     }
 }
 
