@@ -13,7 +13,7 @@ pub mod conformance;
 mod profile;
 pub mod rules;
 
-pub use profile::{ContextProfile, Stage, words};
+pub use profile::{ContextProfile, Stage, TurnFacts, words};
 
 /// A framework the knowledge service matched to the user's turn.
 #[derive(Clone, Debug, PartialEq)]

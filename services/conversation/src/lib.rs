@@ -13,6 +13,7 @@ mod retention;
 pub mod search;
 mod startup;
 mod store;
+mod turn_facts;
 mod usage;
 mod validate;
 

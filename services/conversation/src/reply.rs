@@ -21,6 +21,7 @@ use tp_proto::v1 as pb;
 
 use crate::prompt;
 use crate::store::{Exchange, KeptProfile, TranscriptSides};
+use crate::turn_facts;
 
 /// Where a reply's deltas go: the client's event stream.
 pub type Events = mpsc::Sender<Result<pb::SendMessageResponse, Status>>;
@@ -193,12 +194,13 @@ impl ReplyPipeline {
             .map(KeptProfile::to_coach)
             .unwrap_or_default();
         let mut profile = kept.clone();
-        profile.absorb_all(
+        turn_facts::absorb(
+            &mut profile,
             exchange
                 .earlier_user_turns
                 .iter()
-                .map(String::as_str)
-                .chain(std::iter::once(message)),
+                .map(|turn| (turn.message_id, turn.content.as_str()))
+                .chain(std::iter::once((exchange.user_message.message_id, message))),
         );
         let durable = profile.durable();
         let profile_to_keep = (durable != kept).then_some(durable);

@@ -132,6 +132,13 @@ impl KeptProfile {
     }
 }
 
+/// One of the user's earlier turns, by id: a turn's text never changes
+/// (an edit is a new turn), so what is read from it can be kept by id.
+pub struct EarlierTurn {
+    pub message_id: Uuid,
+    pub content: String,
+}
+
 /// What [`ConversationStore::begin_exchange`] found or wrote.
 pub struct Exchange {
     /// The persisted user turn (new, or the one stored under the same key).
@@ -141,7 +148,7 @@ pub struct Exchange {
     /// Which reply that is.
     pub target: ReplyTarget,
     /// The user's earlier turns, oldest first, for the coach's context.
-    pub earlier_user_turns: Vec<String>,
+    pub earlier_user_turns: Vec<EarlierTurn>,
     /// The earlier turns of both sides, oldest first, for a model's prompt;
     /// empty when the exchange was begun with [`TranscriptSides::User`].
     pub transcript: Vec<tp_llm::ChatMessage>,
@@ -554,16 +561,24 @@ impl ConversationStore {
         let (earlier_user_turns, transcript) = match sides {
             // Only the user's turns were read: no copies.
             TranscriptSides::User => (
-                read.into_iter().map(|(_, content)| content).collect(),
+                read.into_iter()
+                    .map(|(message_id, _, content)| EarlierTurn {
+                        message_id,
+                        content,
+                    })
+                    .collect(),
                 Vec::new(),
             ),
             TranscriptSides::Both => (
                 read.iter()
-                    .filter(|(role, _)| role == "user")
-                    .map(|(_, content)| content.clone())
+                    .filter(|(_, role, _)| role == "user")
+                    .map(|(message_id, _, content)| EarlierTurn {
+                        message_id: *message_id,
+                        content: content.clone(),
+                    })
                     .collect(),
                 read.into_iter()
-                    .map(|(role, content)| tp_llm::ChatMessage {
+                    .map(|(_, role, content)| tp_llm::ChatMessage {
                         role: if role == "user" {
                             tp_llm::Role::User
                         } else {
@@ -1115,7 +1130,7 @@ async fn context_and_count(
     last: Option<Uuid>,
     count: bool,
     sides: TranscriptSides,
-) -> Result<(Vec<(String, String)>, Option<KeptProfile>), ConversationError> {
+) -> Result<(Vec<(Uuid, String, String)>, Option<KeptProfile>), ConversationError> {
     // Depths run on without a gap along a branch, so the last N messages
     // are those deeper than the last one's depth minus N: a bounded range
     // in each segment, read the same whichever plan is chosen. A first turn
@@ -1125,14 +1140,15 @@ async fn context_and_count(
         ", ",
         crate::usage::counted_message!(),
         ", transcript AS (
-             SELECT m.role, m.content, m.depth FROM chain c CROSS JOIN LATERAL (
-                 SELECT role, content, depth FROM conversation.messages
+             SELECT m.message_id, m.role, m.content, m.depth FROM chain c CROSS JOIN LATERAL (
+                 SELECT message_id, role, content, depth FROM conversation.messages
                   WHERE branch_id = c.branch_id AND depth <= c.upto
                     AND depth > (SELECT max(upto) FROM chain) - $2
                     AND (role = 'user' OR $6)
                   ORDER BY depth DESC LIMIT $2) m
               ORDER BY m.depth DESC LIMIT $2)
-         SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
+         SELECT ARRAY(SELECT message_id FROM transcript ORDER BY depth) AS message_ids,
+                ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
                 ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
                 p.role, p.team_size, p.stage, p.update_time
            FROM (VALUES (1)) AS one
@@ -1146,7 +1162,13 @@ async fn context_and_count(
     .bind(sides == TranscriptSides::Both)
     .fetch_one(&mut **tx)
     .await?;
-    let transcript = read.roles.into_iter().zip(read.contents).collect();
+    let transcript = read
+        .message_ids
+        .into_iter()
+        .zip(read.roles)
+        .zip(read.contents)
+        .map(|((message_id, role), content)| (message_id, role, content))
+        .collect();
     let kept = read.update_time.map(|update_time| KeptProfile {
         role: read.role,
         team_size: read.team_size,
@@ -1159,6 +1181,7 @@ async fn context_and_count(
 /// The row [`context_and_count`] reads.
 #[derive(sqlx::FromRow)]
 struct ContextRow {
+    message_ids: Vec<Uuid>,
     roles: Vec<String>,
     contents: Vec<String>,
     role: Option<String>,
