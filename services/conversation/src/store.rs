@@ -987,13 +987,11 @@ async fn start_turn(
     .fetch_one(&mut **tx)
     .await?;
     within_length(conversation_id, counted.message_count)?;
-    let quotas = counted
-        .quota_users
-        .into_iter()
-        .zip(counted.quota_messages)
-        .zip(counted.quota_tokens)
-        .map(|((user, messages), tokens)| (user, messages, tokens))
-        .collect();
+    let quotas = rows_of(
+        counted.quota_users,
+        counted.quota_messages,
+        counted.quota_tokens,
+    );
     crate::usage::check_quotas_read(tx, quotas).await?;
     Ok((counted.turn, ReplyOwner::This(lease), true))
 }
@@ -1162,13 +1160,7 @@ async fn context_and_count(
     .bind(sides == TranscriptSides::Both)
     .fetch_one(&mut **tx)
     .await?;
-    let transcript = read
-        .message_ids
-        .into_iter()
-        .zip(read.roles)
-        .zip(read.contents)
-        .map(|((message_id, role), content)| (message_id, role, content))
-        .collect();
+    let transcript = rows_of(read.message_ids, read.roles, read.contents);
     let kept = read.update_time.map(|update_time| KeptProfile {
         role: read.role,
         team_size: read.team_size,
@@ -1176,6 +1168,16 @@ async fn context_and_count(
         update_time,
     });
     Ok((transcript, kept))
+}
+
+/// Rows from the columns a statement returned as arrays (`ARRAY(SELECT …)`
+/// per column, one round trip), cut to the shortest.
+fn rows_of<A, B, C>(a: Vec<A>, b: Vec<B>, c: Vec<C>) -> Vec<(A, B, C)> {
+    a.into_iter()
+        .zip(b)
+        .zip(c)
+        .map(|((a, b), c)| (a, b, c))
+        .collect()
 }
 
 /// The row [`context_and_count`] reads.
