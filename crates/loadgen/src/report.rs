@@ -171,6 +171,21 @@ pub fn percents(fractions: impl IntoIterator<Item = f64>) -> String {
     format!("{} %", parts.join(", "))
 }
 
+/// The standard error of the mean of `values` (their sample standard
+/// deviation over the square root of their count), `None` for fewer than
+/// two. For a two-stack comparison's pairs it says how far the run's
+/// figure may be from what the same comparison would read on average:
+/// A/A runs of the same binaries differed by up to ±2 % here (session 30).
+pub fn standard_error(values: &[f64]) -> Option<f64> {
+    if values.len() < 2 {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((variance / n).sqrt())
+}
+
 /// Successful calls per second of `op` summed over phases.
 pub fn rate(phases: &[&PhaseResult], op: &str) -> f64 {
     let ok: u64 = phases.iter().filter_map(|p| p.op(op)).map(|o| o.ok).sum();

@@ -1268,11 +1268,16 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
             op::SEND_MESSAGE,
         )
         .into_iter()
-        .map(|on_over_off| 1.0 - on_over_off);
+        .map(|on_over_off| 1.0 - on_over_off)
+        .collect::<Vec<f64>>();
+        // How far this run's figure may be from the comparison's average.
+        let spread = crate::report::standard_error(&losses)
+            .map(|se| format!("; standard error of their mean {:.1} %", se * 100.0))
+            .unwrap_or_default();
         checks.push(check(
             "throughput lost to full telemetry (SendMessage)",
             format!(
-                "{}{on:.0}/s on, {off:.0}/s off: {:.1} % (pair by pair: {})",
+                "{}{on:.0}/s on, {off:.0}/s off: {:.1} % (pair by pair: {}{spread})",
                 sharing_note(&slices(TELEMETRY_ON), report.settings.concurrency),
                 loss * 100.0,
                 crate::report::percents(losses)
@@ -1525,8 +1530,11 @@ mod tests {
         assert!(check.met, "{check:?}");
         assert!(check.measured.contains("5.0 %"), "{}", check.measured);
         // Pair by pair: 960 against 1,000, then 940 against 1,000.
+        // Their mean 5.0 %, standard deviation 1.41, over sqrt(2).
         assert!(
-            check.measured.ends_with("(pair by pair: +4.0, +6.0 %)"),
+            check
+                .measured
+                .ends_with("(pair by pair: +4.0, +6.0 %; standard error of their mean 1.0 %)"),
             "{}",
             check.measured
         );
@@ -1535,6 +1543,17 @@ mod tests {
             phase(&format!("{TELEMETRY_ON}1"), 5.0, send(900)),
         ]);
         assert!(!find(&targets(&r), "throughput lost").met);
+    }
+
+    #[test]
+    fn the_pairs_standard_error_is_their_spread_over_the_root_of_their_count() {
+        use crate::report::standard_error;
+        assert_eq!(standard_error(&[]), None);
+        assert_eq!(standard_error(&[0.05]), None);
+        assert_eq!(standard_error(&[0.03, 0.03, 0.03]), Some(0.0));
+        // Mean 2.5, sample variance 5/3, over four.
+        let se = standard_error(&[1.0, 2.0, 3.0, 4.0]).unwrap_or(f64::NAN);
+        assert!((se - (5.0_f64 / 3.0 / 4.0).sqrt()).abs() < 1e-12, "{se}");
     }
 
     #[test]
