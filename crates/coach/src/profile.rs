@@ -211,7 +211,8 @@ const PROBLEMS: &[&str] = &[
 /// What one user turn says about the user's situation, read once: the
 /// profile of a reply is its conversation's earlier user turns (up to 40)
 /// read in order, and reading them again for every reply was a fifth of
-/// the conversation service's CPU per SendMessage (callgrind, session 30).
+/// the conversation service's instructions per SendMessage (callgrind,
+/// session 30).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TurnFacts {
     role: Option<&'static str>,
@@ -231,13 +232,6 @@ impl TurnFacts {
     pub fn read(turn: &str) -> Self {
         let lower = words(turn);
         let [role, stage, attempt] = TURN_PATTERNS.first_listed_in(&lower);
-        let mut facts = TurnFacts {
-            role: role.map(|i| ROLES[i].1),
-            stage: stage.map(|i| STAGES[i].1),
-            team_size: team_size(&lower),
-            mentioned_attempts: attempt.is_some(),
-            ..TurnFacts::default()
-        };
         let (mut tried, mut constraint, mut problem) = (None, None, None);
         for sentence in turn
             .split(['.', '!', '?', ';', '\n'])
@@ -260,10 +254,15 @@ impl TurnFacts {
                 problem = Some(sentence);
             }
         }
-        facts.tried = tried.map(str::to_owned);
-        facts.constraint = constraint.map(str::to_owned);
-        facts.problem = problem.map(str::to_owned);
-        facts
+        TurnFacts {
+            role: role.map(|i| ROLES[i].1),
+            stage: stage.map(|i| STAGES[i].1),
+            team_size: team_size(&lower),
+            mentioned_attempts: attempt.is_some(),
+            tried: tried.map(str::to_owned),
+            constraint: constraint.map(str::to_owned),
+            problem: problem.map(str::to_owned),
+        }
     }
 }
 
