@@ -10,9 +10,13 @@
 //! when a question is outside its topics.
 
 pub mod conformance;
+mod patterns;
 mod profile;
 pub mod rules;
 
+use std::sync::LazyLock;
+
+use patterns::PatternLists;
 pub use profile::{ContextProfile, Stage, TurnFacts, words};
 
 /// A framework the knowledge service matched to the user's turn.
@@ -90,19 +94,17 @@ fn part(text: impl Into<String>, weight: Weight) -> Part {
 /// Composes the reply to one user turn.
 pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let profile = input.profile;
-    let lower = input.message.to_lowercase();
-    let padded = words(input.message);
-
-    let wants_code = asks_for_code(&lower);
-    let anti_pattern = ANTI_PATTERNS
-        .iter()
-        .find(|a| a.triggers.iter().any(|t| lower.contains(t)));
-    let challenge = CHALLENGES
-        .iter()
-        .find(|c| c.triggers.iter().any(|t| lower.contains(t)));
+    let TurnRead {
+        wants_code,
+        anti_pattern,
+        challenge,
+        asks_to_decide,
+        unrelated,
+        leadership,
+    } = TurnRead::of(input.message);
     // A recognised leadership premise is on topic, whatever the wording.
     let recognised = wants_code || anti_pattern.is_some() || challenge.is_some();
-    if !recognised && out_of_scope(&padded, profile) {
+    if !recognised && out_of_scope(unrelated, leadership, asks_to_decide, profile) {
         return CoachReply {
             text: "That's outside what I can help with: I'm a thought partner for engineering \
                    leadership (org design, hiring, strategy, technical quality, careers, \
@@ -152,7 +154,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         ));
         questions.push(challenge.question.to_owned());
     }
-    if asks_to_decide(&padded) {
+    if asks_to_decide {
         parts.push(part(
             "It's your call, and it should be: you know the people and constraints. Here are \
              the options as I see them: act now, run a small time-boxed experiment first, or \
@@ -236,7 +238,14 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
 
 /// The first sentence of a text (all of it when it has one).
 fn first_sentence(text: &str) -> &str {
-    text.split_inclusive(". ").next().unwrap_or_default().trim()
+    // A full stop found by `memchr` then checked for the space after it:
+    // `split_inclusive(". ")` ran a two-way string search over the text.
+    let end = text
+        .match_indices('.')
+        .map(|(stop, _)| stop + 1)
+        .find(|&after| text.as_bytes().get(after) == Some(&b' '))
+        .map_or(text.len(), |after| after + 1);
+    text[..end].trim()
 }
 
 /// Keeps a reply within the word cap: first the framework paragraph keeps
@@ -270,149 +279,233 @@ fn fit_to_cap(mut parts: Vec<Part>, framework: Option<&FrameworkRef>, cap: usize
     parts
 }
 
-fn asks_for_code(lower: &str) -> bool {
-    [
-        "write code",
-        "write the code",
-        "write me a",
-        "review my pr",
-        "review this pr",
-        "review my pull request",
-        "code review",
-        "fix this code",
-    ]
-    .iter()
-    .any(|p| lower.contains(p))
-}
+/// Asks for code or a code review, which the persona declines.
+const CODE_ASKS: &[&str] = &[
+    "write code",
+    "write the code",
+    "write me a",
+    "review my pr",
+    "review this pr",
+    "review my pull request",
+    "code review",
+    "fix this code",
+];
 
-/// `padded` is the message as [`words`] returns it.
-fn asks_to_decide(padded: &str) -> bool {
-    [
-        " should i ",
-        " decide for me ",
-        " tell me what to do ",
-        " which should i pick ",
-        " just tell me ",
-    ]
-    .iter()
-    .any(|p| padded.contains(p))
-}
+/// Asks to have the user's decision made for them, as they appear in the
+/// padded words of a turn ([`words`]).
+const DECISION_ASKS: &[&str] = &[
+    " should i ",
+    " decide for me ",
+    " tell me what to do ",
+    " which should i pick ",
+    " just tell me ",
+];
 
 /// Outside the persona's topics: clearly personal or unrelated asks, or an
 /// opening question with none of the vocabulary of engineering leadership
 /// (once a leader has described their situation, a terse follow-up such as
 /// "just tell me" is still part of that conversation).
-fn out_of_scope(padded: &str, profile: &ContextProfile) -> bool {
-    // Asks that are personal or unrelated whatever else they mention.
-    const UNRELATED: &[&str] = &[
-        " stock pick",
-        " which stocks ",
-        " buy stocks ",
-        " crypto",
-        " legal advice ",
-        " my lawyer ",
-        " my taxes ",
-        " tax return ",
-        " tax treatment ",
-        " medical advice ",
-        " medication ",
-        " my doctor ",
-        " champions league ",
-        " football ",
-        " soccer ",
-        " basketball ",
-    ];
-    const LEADERSHIP: &[&str] = &[
-        "engineer",
-        "team",
-        "manag",
-        "lead",
-        "hire",
-        "hiring",
-        "recruit",
-        "interview",
-        "org",
-        "report",
-        "staff",
-        "principal",
-        "promot",
-        "promo",
-        "career",
-        "ladder",
-        "level",
-        "strategy",
-        "roadmap",
-        "priorit",
-        "tech",
-        "debt",
-        "code",
-        "deploy",
-        "release",
-        "incident",
-        "on-call",
-        "oncall",
-        "paged",
-        "outage",
-        "product",
-        "architecture",
-        "platform",
-        "infra",
-        "observab",
-        "slo",
-        "process",
-        "velocity",
-        "meeting",
-        "1:1",
-        "one-on-one",
-        "feedback",
-        "performance",
-        "company",
-        "startup",
-        "cto",
-        "vp",
-        "director",
-        "ic ",
-        " em ",
-        "budget",
-        "headcount",
-        "culture",
-        "boss",
-        "peer",
-        "stakeholder",
-        "burnout",
-        "people",
-        "coach",
-        "mentor",
-        "sponsor",
-        "quality",
-        "migration",
-        "rewrite",
-        "service",
-        "system",
-        "goal",
-        "okr",
-        "metric",
-        "measure",
-        "ship",
-        "work",
-        "database",
-        "queue",
-        "cloud",
-        "vendor",
-        "tool",
-        "stack",
-        "backlog",
-        "deadline",
-        "sprint",
-    ];
-    if UNRELATED.iter().any(|p| padded.contains(p)) {
+fn out_of_scope(
+    unrelated: bool,
+    leadership: bool,
+    asks_to_decide: bool,
+    profile: &ContextProfile,
+) -> bool {
+    if unrelated {
         return true;
     }
     let opening = *profile == ContextProfile::default();
-    opening && !asks_to_decide(padded) && !LEADERSHIP.iter().any(|p| padded.contains(p))
+    opening && !asks_to_decide && !leadership
+}
+
+/// Asks that are personal or unrelated whatever else they mention (in a
+/// turn's padded words).
+const UNRELATED: &[&str] = &[
+    " stock pick",
+    " which stocks ",
+    " buy stocks ",
+    " crypto",
+    " legal advice ",
+    " my lawyer ",
+    " my taxes ",
+    " tax return ",
+    " tax treatment ",
+    " medical advice ",
+    " medication ",
+    " my doctor ",
+    " champions league ",
+    " football ",
+    " soccer ",
+    " basketball ",
+];
+
+/// The vocabulary of engineering leadership (in a turn's padded words).
+const LEADERSHIP: &[&str] = &[
+    "engineer",
+    "team",
+    "manag",
+    "lead",
+    "hire",
+    "hiring",
+    "recruit",
+    "interview",
+    "org",
+    "report",
+    "staff",
+    "principal",
+    "promot",
+    "promo",
+    "career",
+    "ladder",
+    "level",
+    "strategy",
+    "roadmap",
+    "priorit",
+    "tech",
+    "debt",
+    "code",
+    "deploy",
+    "release",
+    "incident",
+    "on-call",
+    "oncall",
+    "paged",
+    "outage",
+    "product",
+    "architecture",
+    "platform",
+    "infra",
+    "observab",
+    "slo",
+    "process",
+    "velocity",
+    "meeting",
+    "1:1",
+    "one-on-one",
+    "feedback",
+    "performance",
+    "company",
+    "startup",
+    "cto",
+    "vp",
+    "director",
+    "ic ",
+    " em ",
+    "budget",
+    "headcount",
+    "culture",
+    "boss",
+    "peer",
+    "stakeholder",
+    "burnout",
+    "people",
+    "coach",
+    "mentor",
+    "sponsor",
+    "quality",
+    "migration",
+    "rewrite",
+    "service",
+    "system",
+    "goal",
+    "okr",
+    "metric",
+    "measure",
+    "ship",
+    "work",
+    "database",
+    "queue",
+    "cloud",
+    "vendor",
+    "tool",
+    "stack",
+    "backlog",
+    "deadline",
+    "sprint",
+];
+
+/// What the coach reads in the user's new turn.
+#[derive(Debug, PartialEq)]
+struct TurnRead {
+    wants_code: bool,
+    /// The first anti-pattern, in [`ANTI_PATTERNS`]' order, a trigger of
+    /// which the turn holds.
+    anti_pattern: Option<&'static AntiPattern>,
+    /// The same, of [`CHALLENGES`].
+    challenge: Option<&'static Challenge>,
+    asks_to_decide: bool,
+    unrelated: bool,
+    leadership: bool,
+}
+
+/// The turn's lowered text read for an ask for code, and for the triggers
+/// of every anti-pattern, then of every challenge, in their order.
+static MESSAGE_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
+    PatternLists::new([
+        CODE_ASKS.to_vec(),
+        ANTI_PATTERNS
+            .iter()
+            .flat_map(|a| a.triggers)
+            .copied()
+            .collect(),
+        CHALLENGES
+            .iter()
+            .flat_map(|c| c.triggers)
+            .copied()
+            .collect(),
+    ])
+});
+
+/// The turn's padded words read for an ask to decide, an unrelated topic
+/// and the vocabulary of leadership.
+static WORD_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
+    PatternLists::new([
+        DECISION_ASKS.to_vec(),
+        UNRELATED.to_vec(),
+        LEADERSHIP.to_vec(),
+    ])
+});
+
+impl TurnRead {
+    /// Two passes over the turn, one automaton each: ~50 `str::contains`
+    /// over it, each setting up its own searcher, were a tenth of
+    /// `conversation`'s instructions per SendMessage (callgrind, session 31).
+    fn of(message: &str) -> Self {
+        // The automaton ignores the case of ASCII letters; other text is
+        // lowered first, as `str::to_lowercase` lowers it.
+        let [code_ask, anti_pattern, challenge] = if message.is_ascii() {
+            MESSAGE_PATTERNS.first_listed_in(message)
+        } else {
+            MESSAGE_PATTERNS.first_listed_in(&message.to_lowercase())
+        };
+        let [decision_ask, unrelated, leadership] = WORD_PATTERNS.first_listed_in(&words(message));
+        TurnRead {
+            wants_code: code_ask.is_some(),
+            anti_pattern: anti_pattern.and_then(|i| owner(ANTI_PATTERNS, |a| a.triggers, i)),
+            challenge: challenge.and_then(|i| owner(CHALLENGES, |c| c.triggers, i)),
+            asks_to_decide: decision_ask.is_some(),
+            unrelated: unrelated.is_some(),
+            leadership: leadership.is_some(),
+        }
+    }
+}
+
+/// The item holding the `index`th of all the items' triggers, counted in
+/// order.
+fn owner<T>(
+    items: &'static [T],
+    triggers: fn(&T) -> &'static [&'static str],
+    index: usize,
+) -> Option<&'static T> {
+    let mut end = 0;
+    items.iter().find(|item| {
+        end += triggers(item).len();
+        index < end
+    })
 }
 
 /// A premise the persona always questions.
+#[derive(Debug, PartialEq)]
 struct Challenge {
     triggers: &'static [&'static str],
     why: &'static str,
@@ -471,6 +564,7 @@ const CHALLENGES: &[Challenge] = &[
 ];
 
 /// Plans the persona calls out plainly.
+#[derive(Debug, PartialEq)]
 struct AntiPattern {
     triggers: &'static [&'static str],
     why: &'static str,
@@ -504,6 +598,85 @@ mod tests {
             diagnostic_question: "What accumulates here?".into(),
             source_url: "https://lethain.com".into(),
         }
+    }
+
+    /// The turn as `reply` read it before session 31: a `str::contains`
+    /// for each pattern, over the lowered turn or its padded words.
+    fn read_as_first_written(message: &str) -> TurnRead {
+        let lower = message.to_lowercase();
+        let padded = words(message);
+        let any = |list: &[&str], text: &str| list.iter().any(|p| text.contains(p));
+        TurnRead {
+            wants_code: any(CODE_ASKS, &lower),
+            anti_pattern: ANTI_PATTERNS.iter().find(|a| any(a.triggers, &lower)),
+            challenge: CHALLENGES.iter().find(|c| any(c.triggers, &lower)),
+            asks_to_decide: any(DECISION_ASKS, &padded),
+            unrelated: any(UNRELATED, &padded),
+            leadership: any(LEADERSHIP, &padded),
+        }
+    }
+
+    #[test]
+    fn the_first_sentence_ends_at_the_first_full_stop_and_space() {
+        for text in [
+            "",
+            "No full stop",
+            "One. Two. Three.",
+            "Version 2.0 ships. Then more.",
+            "Ends with a stop.",
+            "Stop.\nNo space. After",
+            " Padded.  Twice ",
+            "Ünsere. Idee.",
+            "...",
+        ] {
+            let as_first_written = text.split_inclusive(". ").next().unwrap_or_default().trim();
+            assert_eq!(first_sentence(text), as_first_written, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_turn_is_read_as_a_search_for_each_pattern_read_it() {
+        let triggers = || {
+            ANTI_PATTERNS
+                .iter()
+                .flat_map(|a| a.triggers)
+                .chain(CHALLENGES.iter().flat_map(|c| c.triggers))
+                .chain(CODE_ASKS)
+                .chain(DECISION_ASKS)
+                .chain(UNRELATED)
+                .map(|p| p.trim())
+        };
+        let mut turns = vec![
+            String::new(),
+            "How do I grow my staff engineers?".to_owned(),
+            "What's the weather like?".to_owned(),
+        ];
+        for pattern in triggers().chain(LEADERSHIP.iter().map(|p| p.trim())) {
+            let shouted = pattern.to_uppercase();
+            turns.extend([
+                pattern.to_owned(),
+                format!("We keep coming back to {pattern} this quarter."),
+                format!("{shouted}!"),
+                format!("Ünsere Frage, İ think: {pattern}?"),
+                format!("ΣΟΦΙΑ says {shouted}"),
+                // The Kelvin sign lowers to an ASCII k.
+                shouted.replace('K', "\u{212A}"),
+            ]);
+        }
+        // Two triggers in either order: the first listed item is read,
+        // wherever its trigger stands in the turn.
+        for first in triggers() {
+            for second in triggers() {
+                turns.push(format!("{first}, then {second}."));
+            }
+        }
+        for turn in &turns {
+            assert_eq!(TurnRead::of(turn), read_as_first_written(turn), "{turn:?}");
+        }
+        let read = TurnRead::of("Stack ranking and story points, or should I hire more?");
+        assert_eq!(read.anti_pattern, Some(&ANTI_PATTERNS[1]));
+        assert_eq!(read.challenge, Some(&CHALLENGES[0]));
+        assert!(read.asks_to_decide && !read.wants_code && !read.unrelated);
     }
 
     fn profile(earlier: &[&str], message: &str) -> ContextProfile {

@@ -2,7 +2,7 @@
 
 use std::sync::LazyLock;
 
-use aho_corasick::{AhoCorasick, AhoCorasickKind};
+use crate::patterns::PatternLists;
 
 /// Company stage, as users usually describe it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -96,54 +96,6 @@ const STAGES: &[(&str, Stage)] = &[
     ("public company", Stage::Public),
     ("publicly traded", Stage::Public),
 ];
-
-/// Pattern lists matched together, in one pass over a text, by one
-/// Aho-Corasick automaton built once. `absorb` reads every earlier user turn
-/// of every reply, and `str::contains` set up a searcher for each pattern
-/// over each text, ~150 a turn: a twentieth of the services' CPU per
-/// SendMessage in `perf` (session 17); one automaton per list still
-/// scanned each text three times.
-struct PatternLists<const N: usize> {
-    automaton: AhoCorasick,
-    /// Where each list's patterns start in the automaton's numbering.
-    starts: [usize; N],
-}
-
-impl<const N: usize> PatternLists<N> {
-    fn new(lists: [Vec<&'static str>; N]) -> Self {
-        let mut starts = [0; N];
-        let mut all = Vec::new();
-        for (start, list) in starts.iter_mut().zip(lists) {
-            *start = all.len();
-            all.extend(list);
-        }
-        // The lists are constants of this file: a failure is a bug in them,
-        // caught by every test that absorbs a turn.
-        let automaton = AhoCorasick::builder()
-            .kind(Some(AhoCorasickKind::DFA))
-            .ascii_case_insensitive(true)
-            .build(all)
-            .expect("the pattern lists build an automaton");
-        Self { automaton, starts }
-    }
-
-    /// For each list, the index of its first pattern, in list order, that
-    /// occurs anywhere in `text`, ASCII letters in either case (as
-    /// `list.iter().position(|p| text.to_ascii_lowercase().contains(p))`;
-    /// the patterns are lower-case).
-    fn first_listed_in(&self, text: &str) -> [Option<usize>; N] {
-        let mut first = [None; N];
-        for found in self.automaton.find_overlapping_iter(text) {
-            let id = found.pattern().as_usize();
-            let list = self.starts.partition_point(|&start| start <= id) - 1;
-            let index = id - self.starts[list];
-            if first[list].is_none_or(|earlier| index < earlier) {
-                first[list] = Some(index);
-            }
-        }
-        first
-    }
-}
 
 /// What a whole turn is read for: role, stage, an attempt.
 static TURN_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
@@ -282,30 +234,35 @@ const RESTATE_WORDS: usize = 14;
 /// The user's clause in the second person and at most [`RESTATE_WORDS`]
 /// words, so a summary restates rather than quotes.
 fn restate(sentence: &str) -> String {
-    let words: Vec<String> = sentence
-        .split_whitespace()
-        .map(|w| {
-            let lower = w.to_lowercase();
-            let swapped = match lower.trim_end_matches([',', ':']) {
-                "i" | "we" | "me" | "us" => "you",
-                "i'm" | "we're" => "you're",
-                "i've" | "we've" => "you've",
-                "i'd" | "we'd" => "you'd",
-                "my" | "our" => "your",
-                "mine" | "ours" => "yours",
-                _ => return lower,
-            };
-            swapped.to_owned()
-        })
-        .collect();
-    let mut text = words
-        .iter()
-        .take(RESTATE_WORDS)
-        .cloned()
-        .collect::<Vec<_>>()
-        .join(" ");
-    if words.len() > RESTATE_WORDS {
-        text.push_str("...");
+    // Written straight into the result, each word lowered in place: a
+    // string per word, a vector of them and a copy of each to join were
+    // ~8k instructions a clause, two clauses a reply (callgrind, session 31).
+    let mut text = String::with_capacity(sentence.len() + 3);
+    for (index, word) in sentence.split_whitespace().enumerate() {
+        if index == RESTATE_WORDS {
+            text.push_str("...");
+            break;
+        }
+        if index > 0 {
+            text.push(' ');
+        }
+        let start = text.len();
+        if word.is_ascii() {
+            text.extend(word.bytes().map(|b| char::from(b.to_ascii_lowercase())));
+        } else {
+            text.push_str(&word.to_lowercase());
+        }
+        let swapped = match text[start..].trim_end_matches([',', ':']) {
+            "i" | "we" | "me" | "us" => "you",
+            "i'm" | "we're" => "you're",
+            "i've" | "we've" => "you've",
+            "i'd" | "we'd" => "you'd",
+            "my" | "our" => "your",
+            "mine" | "ours" => "yours",
+            _ => continue,
+        };
+        text.truncate(start);
+        text.push_str(swapped);
     }
     text
 }
@@ -637,6 +594,61 @@ mod tests {
     }
 
     /// The definition `words` had before it was made one pass.
+    /// `restate` as first written: a string per word, joined.
+    fn restate_as_first_written(sentence: &str) -> String {
+        let words: Vec<String> = sentence
+            .split_whitespace()
+            .map(|w| {
+                let lower = w.to_lowercase();
+                let swapped = match lower.trim_end_matches([',', ':']) {
+                    "i" | "we" | "me" | "us" => "you",
+                    "i'm" | "we're" => "you're",
+                    "i've" | "we've" => "you've",
+                    "i'd" | "we'd" => "you'd",
+                    "my" | "our" => "your",
+                    "mine" | "ours" => "yours",
+                    _ => return lower,
+                };
+                swapped.to_owned()
+            })
+            .collect();
+        let mut text = words
+            .iter()
+            .take(RESTATE_WORDS)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ");
+        if words.len() > RESTATE_WORDS {
+            text.push_str("...");
+        }
+        text
+    }
+
+    #[test]
+    fn a_clause_is_restated_as_first_written() {
+        let long = "We tried adding two more engineers to our on-call rotation, \
+                    but I think the pages keep coming and my team is tired";
+        for sentence in [
+            "",
+            "   ",
+            "I'm the CTO",
+            "We, our team: my reports and I've had enough",
+            "ΣΟΦΙΑ and İ think WE'RE late",
+            long,
+            &long[..40],
+        ] {
+            for cut in 0..=sentence.split_whitespace().count() + 1 {
+                let words: Vec<&str> = sentence.split_whitespace().take(cut).collect();
+                let clause = words.join("  ");
+                assert_eq!(
+                    restate(&clause),
+                    restate_as_first_written(&clause),
+                    "{clause:?}"
+                );
+            }
+        }
+    }
+
     fn words_as_first_written(text: &str) -> String {
         let chars: Vec<char> = text.to_lowercase().chars().collect();
         let keep = |i: usize| {
