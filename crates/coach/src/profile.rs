@@ -252,19 +252,26 @@ fn restate(sentence: &str) -> String {
         } else {
             text.push_str(&word.to_lowercase());
         }
-        let swapped = match text[start..].trim_end_matches([',', ':']) {
-            "i" | "we" | "me" | "us" => "you",
-            "i'm" | "we're" => "you're",
-            "i've" | "we've" => "you've",
-            "i'd" | "we'd" => "you'd",
-            "my" | "our" => "your",
-            "mine" | "ours" => "yours",
-            _ => continue,
-        };
-        text.truncate(start);
-        text.push_str(swapped);
+        if let Some(swapped) = second_person(&text[start..]) {
+            text.truncate(start);
+            text.push_str(swapped);
+        }
     }
     text
+}
+
+/// A lowered word of the first person in the second, without the comma
+/// or colon after it.
+fn second_person(word: &str) -> Option<&'static str> {
+    Some(match word.trim_end_matches([',', ':']) {
+        "i" | "we" | "me" | "us" => "you",
+        "i'm" | "we're" => "you're",
+        "i've" | "we've" => "you've",
+        "i'd" | "we'd" => "you'd",
+        "my" | "our" => "your",
+        "mine" | "ours" => "yours",
+        _ => return None,
+    })
 }
 
 const TEAM_NOUNS: &[&str] = &[
@@ -593,23 +600,13 @@ mod tests {
         );
     }
 
-    /// The definition `words` had before it was made one pass.
     /// `restate` as first written: a string per word, joined.
     fn restate_as_first_written(sentence: &str) -> String {
         let words: Vec<String> = sentence
             .split_whitespace()
             .map(|w| {
                 let lower = w.to_lowercase();
-                let swapped = match lower.trim_end_matches([',', ':']) {
-                    "i" | "we" | "me" | "us" => "you",
-                    "i'm" | "we're" => "you're",
-                    "i've" | "we've" => "you've",
-                    "i'd" | "we'd" => "you'd",
-                    "my" | "our" => "your",
-                    "mine" | "ours" => "yours",
-                    _ => return lower,
-                };
-                swapped.to_owned()
+                second_person(&lower).map_or(lower, str::to_owned)
             })
             .collect();
         let mut text = words
@@ -649,6 +646,7 @@ mod tests {
         }
     }
 
+    /// The definition `words` had before it was made one pass.
     fn words_as_first_written(text: &str) -> String {
         let chars: Vec<char> = text.to_lowercase().chars().collect();
         let keep = |i: usize| {
