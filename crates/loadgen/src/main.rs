@@ -53,6 +53,17 @@ enum Command {
     },
     /// Print a JSON report (`run --json`) as the human-readable table.
     Show { json: PathBuf },
+    /// Telemetry's throughput cost pooled over several runs' JSON reports
+    /// (`run --phases telemetry --json ...`, or full runs): each run's
+    /// figure, their mean and its one-sided 95 % upper bound against the
+    /// target.
+    PoolTelemetry {
+        #[arg(required = true, num_args = 2..)]
+        reports: Vec<PathBuf>,
+        /// The target, in percent of throughput.
+        #[arg(long, default_value_t = 5.0)]
+        target_percent: f64,
+    },
     /// Telemetry's instructions per SendMessage, from the profiles of a
     /// `run --phases telemetry --callgrind DIR`.
     CallgrindReport {
@@ -84,6 +95,21 @@ fn main() -> anyhow::Result<()> {
             Command::ProxyServer { addr, upstream } => proxy::serve(addr, upstream).await,
             Command::CallgrindReport { dir, top } => {
                 print!("{}", tp_loadgen::callgrind::report_dir(&dir, top)?);
+                Ok(())
+            }
+            Command::PoolTelemetry {
+                reports,
+                target_percent,
+            } => {
+                let mut loaded = Vec::new();
+                for path in reports {
+                    let report: report::Report = serde_json::from_slice(&std::fs::read(&path)?)?;
+                    loaded.push((path.display().to_string(), report));
+                }
+                print!(
+                    "{}",
+                    run::pooled_telemetry(&loaded, target_percent / 100.0)?
+                );
                 Ok(())
             }
             Command::Show { json } => {

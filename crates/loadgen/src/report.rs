@@ -186,6 +186,48 @@ pub fn standard_error(values: &[f64]) -> Option<f64> {
     Some((variance / n).sqrt())
 }
 
+/// Several runs' figures of one comparison pooled, each run one
+/// observation: what the comparison reads on average and how sure that is.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Pooled {
+    pub runs: usize,
+    pub mean: f64,
+    pub standard_error: f64,
+    /// The one-sided 95 % upper confidence bound of the mean (Student's t
+    /// with `runs - 1` degrees of freedom): the average is below it with
+    /// 95 % confidence, so a target at or above it is met with that
+    /// confidence however one run happens to read.
+    pub upper_95: f64,
+}
+
+/// Pools `values` (one per run); `None` for fewer than two.
+pub fn pool(values: &[f64]) -> Option<Pooled> {
+    let standard_error = standard_error(values)?;
+    let runs = values.len();
+    let mean = values.iter().sum::<f64>() / runs as f64;
+    Some(Pooled {
+        runs,
+        mean,
+        standard_error,
+        upper_95: mean + t_95_one_sided(runs - 1) * standard_error,
+    })
+}
+
+/// Student's t at 0.95, one-sided, for `degrees` degrees of freedom (the
+/// normal quantile past 30).
+fn t_95_one_sided(degrees: usize) -> f64 {
+    const TABLE: [f64; 30] = [
+        6.314, 2.920, 2.353, 2.132, 2.015, 1.943, 1.895, 1.860, 1.833, 1.812, 1.796, 1.782, 1.771,
+        1.761, 1.753, 1.746, 1.740, 1.734, 1.729, 1.725, 1.721, 1.717, 1.714, 1.711, 1.708, 1.706,
+        1.703, 1.701, 1.699, 1.697,
+    ];
+    degrees
+        .checked_sub(1)
+        .and_then(|index| TABLE.get(index))
+        .copied()
+        .unwrap_or(1.645)
+}
+
 /// Successful calls per second of `op` summed over phases.
 pub fn rate(phases: &[&PhaseResult], op: &str) -> f64 {
     let ok: u64 = phases.iter().filter_map(|p| p.op(op)).map(|o| o.ok).sum();

@@ -1256,10 +1256,9 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
             .filter(|p| p.name.starts_with(prefix))
             .collect()
     };
-    let on = rate(&slices(TELEMETRY_ON), op::SEND_MESSAGE);
-    let off = rate(&slices(TELEMETRY_OFF), op::SEND_MESSAGE);
-    if off > 0.0 {
-        let loss = 1.0 - on / off;
+    if let Some(loss) = telemetry_loss(report) {
+        let on = rate(&slices(TELEMETRY_ON), op::SEND_MESSAGE);
+        let off = rate(&slices(TELEMETRY_OFF), op::SEND_MESSAGE);
         // Each pair's loss: the comparison's resolution in this run.
         let losses = crate::report::pair_ratios(
             &report.phases,
@@ -1350,6 +1349,58 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         ));
     }
     checks
+}
+
+/// The share of SendMessage throughput lost to full telemetry in `report`'s
+/// telemetry comparison (`None` without one).
+pub fn telemetry_loss(report: &Report) -> Option<f64> {
+    use crate::workers::op;
+    let slices = |prefix: &str| -> Vec<&PhaseResult> {
+        report
+            .phases
+            .iter()
+            .filter(|p| p.name.starts_with(prefix))
+            .collect()
+    };
+    let on = rate(&slices(TELEMETRY_ON), op::SEND_MESSAGE);
+    let off = rate(&slices(TELEMETRY_OFF), op::SEND_MESSAGE);
+    (off > 0.0).then(|| 1.0 - on / off)
+}
+
+/// Telemetry's cost pooled over several runs' reports (`tp-loadgen
+/// pool-telemetry`): one run reads within a couple of percent of the
+/// comparison's average here, so whether the cost is within the target is
+/// a question for several runs.
+pub fn pooled_telemetry(reports: &[(String, Report)], target: f64) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut losses = Vec::new();
+    for (name, report) in reports {
+        let loss = telemetry_loss(report)
+            .ok_or_else(|| anyhow::anyhow!("{name} has no telemetry comparison"))?;
+        writeln!(out, "{name}: {:.1} %", loss * 100.0)?;
+        losses.push(loss);
+    }
+    let pooled = crate::report::pool(&losses)
+        .ok_or_else(|| anyhow::anyhow!("pooling needs at least two reports"))?;
+    let verdict = if pooled.upper_95 <= target {
+        "met with 95 % confidence"
+    } else if pooled.mean <= target {
+        "met on average, not with 95 % confidence"
+    } else {
+        "not met"
+    };
+    writeln!(
+        out,
+        "throughput lost to full telemetry over {} runs: mean {:.1} %, standard error {:.1} %, \
+         one-sided 95 % upper bound {:.1} % (target <= {:.0} %): {verdict}",
+        pooled.runs,
+        pooled.mean * 100.0,
+        pooled.standard_error * 100.0,
+        pooled.upper_95 * 100.0,
+        target * 100.0,
+    )?;
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -1554,6 +1605,55 @@ mod tests {
         // Mean 2.5, sample variance 5/3, over four.
         let se = standard_error(&[1.0, 2.0, 3.0, 4.0]).unwrap_or(f64::NAN);
         assert!((se - (5.0_f64 / 3.0 / 4.0).sqrt()).abs() < 1e-12, "{se}");
+    }
+
+    #[test]
+    fn pooled_runs_give_their_mean_and_its_upper_bound() {
+        use crate::report::pool;
+        assert_eq!(pool(&[0.03]), None);
+        let same = pool(&[0.03, 0.03, 0.03]).expect("three runs");
+        assert_eq!((same.mean, same.upper_95), (0.03, 0.03));
+        // Mean 2.5, standard error sqrt(5/12); t(3 df) = 2.353.
+        let p = pool(&[1.0, 2.0, 3.0, 4.0]).expect("four runs");
+        let expected = 2.5 + 2.353 * (5.0_f64 / 12.0).sqrt();
+        assert!((p.upper_95 - expected).abs() < 1e-9, "{p:?}");
+        // Past 30 degrees of freedom, the normal quantile.
+        let many: Vec<f64> = (0..40).map(|i| f64::from(i % 2)).collect();
+        let p = pool(&many).expect("forty runs");
+        assert!((p.upper_95 - (p.mean + 1.645 * p.standard_error)).abs() < 1e-12);
+    }
+
+    #[test]
+    fn pooled_telemetry_says_whether_the_target_is_met_with_confidence() {
+        let send = |ok| vec![op_with(op::SEND_MESSAGE, ok, 5.0, 10.0, 20.0, None)];
+        let run = |on_ok| {
+            report(vec![
+                phase(&format!("{TELEMETRY_ON}1"), 5.0, send(on_ok)),
+                phase(&format!("{TELEMETRY_OFF}1"), 5.0, send(1000)),
+            ])
+        };
+        let runs = |on: &[u64]| -> Vec<(String, Report)> {
+            on.iter()
+                .enumerate()
+                .map(|(i, &ok)| (format!("run {i}"), run(ok)))
+                .collect()
+        };
+        // Losses 3, 2, 4 %: mean 3 %, upper bound 3 + 2.920 * 0.577 = 4.7 %.
+        let text = pooled_telemetry(&runs(&[970, 980, 960]), 0.05).expect("pools");
+        assert!(text.contains("run 0: 3.0 %"), "{text}");
+        assert!(text.contains("mean 3.0 %"), "{text}");
+        assert!(text.ends_with("met with 95 % confidence\n"), "{text}");
+        // Losses 1 and 6 %: mean 3.5 %, but two runs that far apart prove little.
+        let text = pooled_telemetry(&runs(&[990, 940]), 0.05).expect("pools");
+        assert!(
+            text.ends_with("met on average, not with 95 % confidence\n"),
+            "{text}"
+        );
+        let text = pooled_telemetry(&runs(&[930, 940]), 0.05).expect("pools");
+        assert!(text.ends_with(": not met\n"), "{text}");
+        assert!(pooled_telemetry(&runs(&[970]), 0.05).is_err());
+        let no_comparison = vec![("empty".to_owned(), report(Vec::new()))];
+        assert!(pooled_telemetry(&no_comparison, 0.05).is_err());
     }
 
     #[test]
