@@ -94,17 +94,8 @@ fn part(text: impl Into<String>, weight: Weight) -> Part {
 /// Composes the reply to one user turn.
 pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let profile = input.profile;
-    let TurnRead {
-        wants_code,
-        anti_pattern,
-        challenge,
-        asks_to_decide,
-        unrelated,
-        leadership,
-    } = TurnRead::of(input.message);
-    // A recognised leadership premise is on topic, whatever the wording.
-    let recognised = wants_code || anti_pattern.is_some() || challenge.is_some();
-    if !recognised && out_of_scope(unrelated, leadership, asks_to_decide, profile) {
+    let read = TurnRead::of(input.message);
+    if read.out_of_scope(profile) {
         return CoachReply {
             text: "That's outside what I can help with: I'm a thought partner for engineering \
                    leadership (org design, hiring, strategy, technical quality, careers, \
@@ -118,7 +109,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     let mut parts: Vec<Part> = Vec::new();
     let mut questions: Vec<String> = Vec::new();
 
-    if wants_code {
+    if read.wants_code {
         parts.push(part(
             "I won't write code or review pull requests; that's not where I'm useful. \
              I can help with the decision behind it: the trade-offs, who it affects, and how \
@@ -138,13 +129,13 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             Weight::Essential,
         ));
     }
-    if let Some(anti_pattern) = anti_pattern {
+    if let Some(anti_pattern) = read.anti_pattern {
         parts.push(part(
             format!("That's a known anti-pattern: {}", anti_pattern.why),
             Weight::Essential,
         ));
     }
-    if let Some(challenge) = challenge {
+    if let Some(challenge) = read.challenge {
         parts.push(part(
             format!(
                 "{} Second-order effect: {}",
@@ -154,7 +145,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         ));
         questions.push(challenge.question.to_owned());
     }
-    if asks_to_decide {
+    if read.asks_to_decide {
         parts.push(part(
             "It's your call, and it should be: you know the people and constraints. Here are \
              the options as I see them: act now, run a small time-boxed experiment first, or \
@@ -300,23 +291,6 @@ const DECISION_ASKS: &[&str] = &[
     " which should i pick ",
     " just tell me ",
 ];
-
-/// Outside the persona's topics: clearly personal or unrelated asks, or an
-/// opening question with none of the vocabulary of engineering leadership
-/// (once a leader has described their situation, a terse follow-up such as
-/// "just tell me" is still part of that conversation).
-fn out_of_scope(
-    unrelated: bool,
-    leadership: bool,
-    asks_to_decide: bool,
-    profile: &ContextProfile,
-) -> bool {
-    if unrelated {
-        return true;
-    }
-    let opening = *profile == ContextProfile::default();
-    opening && !asks_to_decide && !leadership
-}
 
 /// Asks that are personal or unrelated whatever else they mention (in a
 /// turn's padded words).
@@ -467,6 +441,24 @@ static WORD_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
 });
 
 impl TurnRead {
+    /// Outside the persona's topics: clearly personal or unrelated asks, or
+    /// an opening question with none of the vocabulary of engineering
+    /// leadership (once a leader has described their situation, a terse
+    /// follow-up such as "just tell me" is still part of that
+    /// conversation). A recognised leadership premise is on topic,
+    /// whatever the wording.
+    fn out_of_scope(&self, profile: &ContextProfile) -> bool {
+        let recognised = self.wants_code || self.anti_pattern.is_some() || self.challenge.is_some();
+        if recognised {
+            return false;
+        }
+        if self.unrelated {
+            return true;
+        }
+        let opening = *profile == ContextProfile::default();
+        opening && !self.asks_to_decide && !self.leadership
+    }
+
     /// Two passes over the turn, one automaton each: ~50 `str::contains`
     /// over it, each setting up its own searcher, were a tenth of
     /// `conversation`'s instructions per SendMessage (callgrind, session 31).
