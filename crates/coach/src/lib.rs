@@ -463,13 +463,7 @@ impl TurnRead {
     /// over it, each setting up its own searcher, were a tenth of
     /// `conversation`'s instructions per SendMessage (callgrind, session 31).
     fn of(message: &str) -> Self {
-        // The automaton ignores the case of ASCII letters; other text is
-        // lowered first, as `str::to_lowercase` lowers it.
-        let [code_ask, anti_pattern, challenge] = if message.is_ascii() {
-            MESSAGE_PATTERNS.first_listed_in(message)
-        } else {
-            MESSAGE_PATTERNS.first_listed_in(&message.to_lowercase())
-        };
+        let [code_ask, anti_pattern, challenge] = MESSAGE_PATTERNS.first_listed_in_lowered(message);
         let [decision_ask, unrelated, leadership] = WORD_PATTERNS.first_listed_in(&words(message));
         TurnRead {
             wants_code: code_ask.is_some(),

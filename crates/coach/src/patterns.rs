@@ -32,6 +32,17 @@ impl<const N: usize> PatternLists<N> {
         Self { automaton, starts }
     }
 
+    /// [`Self::first_listed_in`] of `text` lowered as `str::to_lowercase`
+    /// lowers it: ASCII text is searched as written (the automaton ignores
+    /// the case of ASCII letters), other text lowered first.
+    pub(crate) fn first_listed_in_lowered(&self, text: &str) -> [Option<usize>; N] {
+        if text.is_ascii() {
+            self.first_listed_in(text)
+        } else {
+            self.first_listed_in(&text.to_lowercase())
+        }
+    }
+
     /// For each list, the index of its first pattern, in list order, that
     /// occurs anywhere in `text`, ASCII letters in either case (as
     /// `list.iter().position(|p| text.to_ascii_lowercase().contains(p))`;

@@ -190,14 +190,8 @@ impl TurnFacts {
             .map(str::trim)
             .filter(|s| s.split_whitespace().count() >= 3)
         {
-            // The patterns are lower-case ASCII and the automaton matches
-            // ASCII letters in either case, so an ASCII sentence needs no
-            // lowered copy.
-            let [attempt, named_constraint, named_problem] = if sentence.is_ascii() {
-                SENTENCE_PATTERNS.first_listed_in(sentence)
-            } else {
-                SENTENCE_PATTERNS.first_listed_in(&sentence.to_lowercase())
-            };
+            let [attempt, named_constraint, named_problem] =
+                SENTENCE_PATTERNS.first_listed_in_lowered(sentence);
             if attempt.is_some() {
                 tried = Some(sentence);
             } else if named_constraint.is_some() {

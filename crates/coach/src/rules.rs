@@ -95,14 +95,9 @@ static REPLY_MARKERS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
 
 /// Which of the reply's markers `text` holds: [code, decision, advice].
 fn markers_in(text: &str) -> [bool; 3] {
-    // The automaton ignores the case of ASCII letters; other text is
-    // lowered first, as `str::to_lowercase` lowers it.
-    let found = if text.is_ascii() {
-        REPLY_MARKERS.first_listed_in(text)
-    } else {
-        REPLY_MARKERS.first_listed_in(&text.to_lowercase())
-    };
-    found.map(|first| first.is_some())
+    REPLY_MARKERS
+        .first_listed_in_lowered(text)
+        .map(|first| first.is_some())
 }
 
 /// Whether the reply gives substantial advice (as opposed to asking,
