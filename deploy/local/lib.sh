@@ -244,7 +244,11 @@ slo_page_check() {
     browser=$(chromium_bin)
     local flags=(--headless --no-sandbox --disable-gpu --disable-dev-shm-usage --user-data-dir="$TP_ROOT/.tp/chromium")
     dom=$("$browser" "${flags[@]}" --dump-dom "http://$addr/slo" 2>/dev/null) || die "chromium could not load http://$addr/slo"
+    # Chromium's exit status after a screenshot is not reliable across
+    # versions; whether the file was written is.
+    rm -f "$TP_ROOT/.tp/slo.png"
     "$browser" "${flags[@]}" --window-size=1400,2000 --screenshot="$TP_ROOT/.tp/slo.png" "http://$addr/slo" >/dev/null 2>&1 || true
+    [ -s "$TP_ROOT/.tp/slo.png" ] || die "chromium saved no screenshot of http://$addr/slo"
     local names expected
     names=$(sed -n '/^kind: SLO$/,/^  name:/{s/^  name: *//p}' "$TP_ROOT"/slo/*.yaml)
     expected=$(cat "$TP_ROOT"/slo/*.yaml | grep -c '^kind: SLO$')
