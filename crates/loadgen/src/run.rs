@@ -1249,13 +1249,7 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
             ratio >= 0.9,
         ));
     }
-    let slices = |prefix: &str| -> Vec<&PhaseResult> {
-        report
-            .phases
-            .iter()
-            .filter(|p| p.name.starts_with(prefix))
-            .collect()
-    };
+    let slices = |prefix: &str| phases_named(report, prefix);
     if let Some(loss) = telemetry_loss(report) {
         let on = rate(&slices(TELEMETRY_ON), op::SEND_MESSAGE);
         let off = rate(&slices(TELEMETRY_OFF), op::SEND_MESSAGE);
@@ -1355,16 +1349,19 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
 /// telemetry comparison (`None` without one).
 pub fn telemetry_loss(report: &Report) -> Option<f64> {
     use crate::workers::op;
-    let slices = |prefix: &str| -> Vec<&PhaseResult> {
-        report
-            .phases
-            .iter()
-            .filter(|p| p.name.starts_with(prefix))
-            .collect()
-    };
-    let on = rate(&slices(TELEMETRY_ON), op::SEND_MESSAGE);
-    let off = rate(&slices(TELEMETRY_OFF), op::SEND_MESSAGE);
+    let on = rate(&phases_named(report, TELEMETRY_ON), op::SEND_MESSAGE);
+    let off = rate(&phases_named(report, TELEMETRY_OFF), op::SEND_MESSAGE);
     (off > 0.0).then(|| 1.0 - on / off)
+}
+
+/// `report`'s phases whose names start with `prefix` (a comparison's
+/// slices of one side).
+fn phases_named<'a>(report: &'a Report, prefix: &str) -> Vec<&'a PhaseResult> {
+    report
+        .phases
+        .iter()
+        .filter(|p| p.name.starts_with(prefix))
+        .collect()
 }
 
 /// Telemetry's cost pooled over several runs' reports (`tp-loadgen
