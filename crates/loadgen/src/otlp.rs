@@ -259,6 +259,23 @@ impl MetricsService for Received {
     }
 }
 
+/// The spans that started within `window` (all of them without one).
+pub fn started_within(
+    spans: Vec<ServedSpan>,
+    window: Option<std::ops::Range<std::time::SystemTime>>,
+) -> Vec<ServedSpan> {
+    match window {
+        Some(window) => {
+            let ns = unix_ns(window.start)..unix_ns(window.end);
+            spans
+                .into_iter()
+                .filter(|s| ns.contains(&s.start_ns))
+                .collect()
+        }
+        None => spans,
+    }
+}
+
 fn unix_ns(at: std::time::SystemTime) -> u64 {
     at.duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -98,6 +98,17 @@ pub struct RunArgs {
     /// rates mean nothing.
     #[arg(long)]
     callgrind: Option<PathBuf>,
+    /// Attempts in all at each latency phase (first event at half
+    /// capacity, the overload and its recovery, ListMessages on one
+    /// stream, the gateway hop): one is measured again while the host
+    /// steals more than `--steal-limit-percent` of the machine's CPU
+    /// during it. Every attempt is reported; the check reads the first
+    /// under the limit, or the one with the least steal.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    latency_attempts: u32,
+    /// See `--latency-attempts`.
+    #[arg(long, default_value_t = 5.0)]
+    steal_limit_percent: f64,
 }
 
 /// How the two stacks of a comparison take turns on the machine.
@@ -149,6 +160,7 @@ impl RunArgs {
             self.passages = self.passages.min(100);
             self.scaling_tenants = self.scaling_tenants.min(8);
             self.overload_seconds = self.overload_seconds.min(1.0);
+            self.latency_attempts = 1;
         }
     }
 
@@ -210,6 +222,78 @@ fn ab_ba(pair: u32) -> [bool; 2] {
     }
 }
 
+/// Marks a latency attempt set aside for the host's steal: it follows the
+/// phase's name, then the steal and ` %]`.
+const SET_ASIDE: &str = " [set aside: steal ";
+
+/// The most of the machine's CPU its host stole during any of an attempt's
+/// phases (0 where it was not measured).
+fn attempt_steal(attempt: &[PhaseResult]) -> f64 {
+    attempt
+        .iter()
+        .filter_map(|p| p.machine.as_ref().map(|m| m.steal_pct))
+        .fold(0.0, f64::max)
+}
+
+/// Which of a latency phase's attempts its check reads: the first with
+/// steal at most `limit_pct`, or failing that the one with the least. It
+/// is chosen by the host's steal alone, never by the figures the check
+/// reads, so measuring again cannot pick a lucky tail.
+fn kept_attempt(attempts: &[Vec<PhaseResult>], limit_pct: f64) -> usize {
+    attempts
+        .iter()
+        .position(|a| attempt_steal(a) <= limit_pct)
+        .or_else(|| {
+            (0..attempts.len()).min_by(|&a, &b| {
+                attempt_steal(&attempts[a]).total_cmp(&attempt_steal(&attempts[b]))
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Every attempt's phases, in the order they ran; those of all but the
+/// `kept` one renamed `NAME [set aside: steal X %]`, so the checks (which
+/// find phases by name) read only the kept one and the report still
+/// shows the rest.
+fn set_aside_all_but(attempts: Vec<Vec<PhaseResult>>, kept: usize) -> Vec<PhaseResult> {
+    attempts
+        .into_iter()
+        .enumerate()
+        .flat_map(|(i, attempt)| {
+            let steal = attempt_steal(&attempt);
+            attempt.into_iter().map(move |mut phase| {
+                if i != kept {
+                    phase.name = format!("{}{SET_ASIDE}{steal:.0} %]", phase.name);
+                }
+                phase
+            })
+        })
+        .collect()
+}
+
+/// The steal of the attempts at `name` that were set aside, in the order
+/// they ran, as a note for its check (empty if none were).
+fn set_aside_note(report: &Report, name: &str) -> String {
+    let steals: Vec<&str> = report
+        .phases
+        .iter()
+        .filter_map(|p| {
+            p.name
+                .strip_prefix(name)?
+                .strip_prefix(SET_ASIDE)?
+                .strip_suffix(" %]")
+        })
+        .collect();
+    match steals.len() {
+        0 => String::new(),
+        n => format!(
+            "; {n} other attempt{} set aside, steal {} %",
+            if n == 1 { "" } else { "s" },
+            steals.join(", ")
+        ),
+    }
+}
+
 struct Database {
     host: String,
     port: u16,
@@ -252,6 +336,46 @@ async fn run_watching_maintenance<W: Worker>(
         .zip(after)
         .map(|(before, after)| after.saturating_sub(before));
     result
+}
+
+/// A latency phase, or a group of phases read together, measured on a
+/// host that gave the machine its CPUs. A latency target is about this
+/// machine's two cores; while its host steals a fifth of their time, in
+/// bursts of milliseconds, a p99 measures the host's other tenants
+/// (session 31: first event p99 64.5 ms with steal 22 %, ListMessages
+/// 19.5 ms with 39 %, against 7.8 and 2.3 ms on quiet hours). So an
+/// attempt with more steal than `--steal-limit-percent` is run again, up
+/// to `--latency-attempts` in all, and every attempt is reported (see
+/// [`kept_attempt`] for which one the check reads). Returns the phases and
+/// the kept attempt's measured window (after `warmup`), for the spans
+/// exported during it.
+async fn on_a_steady_host(
+    args: &RunArgs,
+    warmup: Duration,
+    mut attempt: impl AsyncFnMut() -> Vec<PhaseResult>,
+) -> (Vec<PhaseResult>, std::ops::Range<SystemTime>) {
+    let mut attempts = Vec::new();
+    let mut windows = Vec::new();
+    for n in 1..=args.latency_attempts {
+        let started = SystemTime::now();
+        let phases = attempt().await;
+        windows.push(started + warmup..SystemTime::now());
+        let steal = attempt_steal(&phases);
+        attempts.push(phases);
+        if steal <= args.steal_limit_percent || n == args.latency_attempts {
+            break;
+        }
+        eprintln!(
+            "[loadgen] the host stole {steal:.0} % of the CPU during it \
+             (limit {} %): measuring again, attempt {} of {}",
+            args.steal_limit_percent,
+            n + 1,
+            args.latency_attempts
+        );
+    }
+    let kept = kept_attempt(&attempts, args.steal_limit_percent);
+    let window = windows.swap_remove(kept);
+    (set_aside_all_but(attempts, kept), window)
 }
 
 async fn fresh_database(admin_url: &str, name: &str) -> anyhow::Result<Database> {
@@ -839,6 +963,9 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
     settle(&args, &db, &seeded, &[(&gateway[..], &stack)]).await?;
     let c = args.concurrency;
     let mut phases: Vec<PhaseResult> = Vec::new();
+    // The kept attempts' measured windows, whose spans the breakdowns read.
+    let mut list_window = None;
+    let mut hop_window = None;
 
     // Bare tonic, at the same concurrency.
     if args.runs(PhaseGroup::Echo) {
@@ -877,8 +1004,12 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         phases.push(closed);
         let mut paced = args.phase(PACED_SEND, c);
         paced.rate = Some(capacity / 2.0);
-        let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
-        phases.push(run_watching_maintenance(&db, &paced, workers, stack.processes()).await);
+        let (attempts, _) = on_a_steady_host(&args, paced.warmup, async || {
+            let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
+            vec![run_watching_maintenance(&db, &paced, workers, stack.processes()).await]
+        })
+        .await;
+        phases.extend(attempts);
     }
     // Twice the capacity, arriving whatever happens to earlier calls: the
     // gateway's in-flight cap must shed the excess (RESOURCE_EXHAUSTED, at
@@ -905,8 +1036,6 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let mut before = args.phase(BEFORE_OVERLOAD, c);
         before.warmup = Duration::ZERO;
         before.duration = short;
-        let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
-        phases.push(driver::run(&before, workers, stack.processes()).await);
         let n = c * OVERLOAD_WORKERS_PER_STREAM;
         // One conversation each, cycling through the seeded senders.
         let senders: Vec<Sender> = seeded.senders.iter().cycle().take(n).cloned().collect();
@@ -915,24 +1044,37 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         overload.open_loop = true;
         overload.overload = true;
         overload.duration = Duration::from_secs_f64(args.overload_seconds);
-        let workers = api_workers(&gateway, n, Mix::SEND, &senders, &seeded);
-        phases.push(driver::run(&overload, workers, stack.processes()).await);
         let mut after = args.phase(AFTER_OVERLOAD, c);
         after.warmup = Duration::ZERO;
         after.duration = short;
-        let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
-        phases.push(driver::run(&after, workers, stack.processes()).await);
+        let (attempts, _) = on_a_steady_host(&args, Duration::ZERO, async || {
+            let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
+            let before = driver::run(&before, workers, stack.processes()).await;
+            let workers = api_workers(&gateway, n, Mix::SEND, &senders, &seeded);
+            let overload = driver::run(&overload, workers, stack.processes()).await;
+            let workers = api_workers(&gateway, c, Mix::SEND, &seeded.senders, &seeded);
+            let after = driver::run(&after, workers, stack.processes()).await;
+            vec![before, overload, after]
+        })
+        .await;
+        phases.extend(attempts);
     }
 
     if args.runs(PhaseGroup::ListMessages) {
         let workers = api_workers(&gateway, c, Mix::LIST, &seeded.senders, &seeded);
         phases.push(driver::run(&args.phase("list-messages", c), workers, stack.processes()).await);
-        let workers = api_workers(&gateway, 1, Mix::LIST, &seeded.senders, &seeded);
         let one_stream = args.phase(LIST_ONE_STREAM, 1);
-        // The measured window's spans, for the tail's breakdown.
-        otlp.open_list_window(std::time::SystemTime::now() + one_stream.warmup);
-        phases.push(run_watching_maintenance(&db, &one_stream, workers, stack.processes()).await);
-        otlp.close_list_window(std::time::SystemTime::now());
+        // The measured windows' spans, for the tail's breakdown: the kept
+        // attempt's are picked out when the report is made.
+        otlp.open_list_window(SystemTime::now() + one_stream.warmup);
+        let (attempts, window) = on_a_steady_host(&args, one_stream.warmup, async || {
+            let workers = api_workers(&gateway, 1, Mix::LIST, &seeded.senders, &seeded);
+            vec![run_watching_maintenance(&db, &one_stream, workers, stack.processes()).await]
+        })
+        .await;
+        otlp.close_list_window(SystemTime::now());
+        phases.extend(attempts);
+        list_window = Some(window);
     }
     for (group, name, mix) in [
         (PhaseGroup::Search, "search", Mix::SEARCH),
@@ -997,15 +1139,21 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         let conversation = channels(stack.conversation, 1).await?;
         let proxy = BaselineProcess::proxy(stack.conversation).await?;
         let via_proxy = channels(proxy.addr, 1).await?;
-        let workers = vec![HopWorker::new(
-            gateway[0].clone(),
-            via_proxy[0].clone(),
-            conversation[0].clone(),
-            seeded.hop.clone(),
-        )];
         let mut processes = stack.processes();
         processes.extend(proxy.process());
-        phases.push(driver::run(&args.phase(HOP, 1), workers, processes).await);
+        let hop = args.phase(HOP, 1);
+        let (attempts, window) = on_a_steady_host(&args, hop.warmup, async || {
+            let workers = vec![HopWorker::new(
+                gateway[0].clone(),
+                via_proxy[0].clone(),
+                conversation[0].clone(),
+                seeded.hop.clone(),
+            )];
+            vec![driver::run(&hop, workers, processes.clone()).await]
+        })
+        .await;
+        phases.extend(attempts);
+        hop_window = Some(window);
     }
 
     // One tenant against many, the same total load, in alternating slices.
@@ -1094,8 +1242,14 @@ pub async fn run(mut args: RunArgs) -> anyhow::Result<Report> {
         telemetry_cpu,
         builds_cpu,
         // Read after the stacks stopped: stopping flushes their last spans.
-        hop_breakdown: crate::otlp::hop_breakdown(&otlp.hop_spans()),
-        list_breakdown: crate::otlp::tail_breakdown(&otlp.list_spans()),
+        hop_breakdown: crate::otlp::hop_breakdown(&crate::otlp::started_within(
+            otlp.hop_spans(),
+            hop_window,
+        )),
+        list_breakdown: crate::otlp::tail_breakdown(&crate::otlp::started_within(
+            otlp.list_spans(),
+            list_window,
+        )),
         targets: Vec::new(),
     };
     report.targets = targets(&report);
@@ -1154,10 +1308,11 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         checks.push(check(
             &format!("SendMessage time to first event p99, {c} streams at half capacity"),
             format!(
-                "{:.2} ms ({:.0} calls/s{})",
+                "{:.2} ms ({:.0} calls/s{}{})",
                 first.p99_ms,
                 paced.rate_per_sec,
-                paced.machine_note()
+                paced.machine_note(),
+                set_aside_note(report, PACED_SEND)
             ),
             "<= 25 ms",
             first.p99_ms <= 25.0,
@@ -1191,7 +1346,12 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
                     .unwrap_or_default();
                 checks.push(check(
                     &format!("gateway hop, {what}"),
-                    format!("{v:.3} - {d:.3} = {:.3} ms{floor}", v - d),
+                    format!(
+                        "{v:.3} - {d:.3} = {:.3} ms{floor}{}{}",
+                        v - d,
+                        hop.machine_note(),
+                        set_aside_note(report, HOP)
+                    ),
                     "<= 0.3 ms",
                     v - d <= 0.3,
                 ));
@@ -1238,12 +1398,14 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
         checks.push(check(
             "after 2x load: SendMessage throughput / before",
             format!(
-                "{:.0}/s / {:.0}/s = {:.0} % in the {:.0} s right after, against the {:.0} s right before",
+                "{:.0}/s / {:.0}/s = {:.0} % in the {:.0} s right after, against the {:.0} s right before{}{}",
                 after.rate_per_sec,
                 before.rate_per_sec,
                 ratio * 100.0,
                 after.seconds,
-                before.seconds
+                before.seconds,
+                after.machine_note(),
+                set_aside_note(report, AFTER_OVERLOAD)
             ),
             ">= 90 %",
             ratio >= 0.9,
@@ -1287,7 +1449,12 @@ pub fn targets(report: &Report) -> Vec<TargetCheck> {
                 "ListMessages page of 50 from {} turns (every depth), p99, 1 stream",
                 report.settings.transcript_turns
             ),
-            format!("{:.2} ms{}", list.latency.p99_ms, phase.machine_note()),
+            format!(
+                "{:.2} ms{}{}",
+                list.latency.p99_ms,
+                phase.machine_note(),
+                set_aside_note(report, LIST_ONE_STREAM)
+            ),
             "<= 5 ms",
             list.latency.p99_ms <= 5.0,
         ));
@@ -1929,6 +2096,110 @@ mod tests {
             "4.00 ms; during it: 4 autovacuum/autoanalyze runs finished"
         );
         assert!(list.met);
+    }
+
+    /// A paced phase whose first event p99 is `p99` ms, with the host
+    /// stealing `steal` % of the CPU during it.
+    fn paced_attempt(p99: f64, steal: f64) -> Vec<PhaseResult> {
+        let send = op_with(op::SEND_MESSAGE, 3000, 10.0, 8.0, 20.0, Some((4.0, p99)));
+        let mut paced = phase(PACED_SEND, 10.0, vec![send]);
+        paced.machine = Some(MachineShare {
+            busy_pct: 60.0,
+            idle_pct: 40.0 - steal,
+            steal_pct: steal,
+        });
+        vec![paced]
+    }
+
+    #[test]
+    fn a_latency_check_reads_the_first_attempt_the_host_left_alone() {
+        let attempts = vec![paced_attempt(64.5, 22.0), paced_attempt(9.0, 2.0)];
+        assert_eq!(kept_attempt(&attempts, 5.0), 1);
+        let r = report(set_aside_all_but(attempts, 1));
+        assert_eq!(r.phases.len(), 2, "every attempt is reported");
+        assert_eq!(
+            r.phases[0].name,
+            format!("{PACED_SEND} [set aside: steal 22 %]")
+        );
+        let checks = targets(&r);
+        let first = find(&checks, "SendMessage time to first event");
+        assert!(first.met, "{first:?}");
+        assert_eq!(
+            first.measured,
+            "9.00 ms (300 calls/s; during it: machine busy 60 %, steal 2 %; \
+             1 other attempt set aside, steal 22 %)"
+        );
+    }
+
+    #[test]
+    fn the_attempt_kept_is_chosen_by_steal_never_by_its_figures() {
+        // Under the limit: the first such, even if a later one is faster.
+        let attempts = vec![
+            paced_attempt(80.0, 30.0),
+            paced_attempt(40.0, 4.0),
+            paced_attempt(5.0, 0.0),
+        ];
+        assert_eq!(kept_attempt(&attempts, 5.0), 1);
+        let r = report(set_aside_all_but(attempts, 1));
+        let checks = targets(&r);
+        let first = find(&checks, "SendMessage time to first event");
+        assert!(!first.met, "the kept attempt's 40 ms stands: {first:?}");
+        assert!(
+            first
+                .measured
+                .ends_with("2 other attempts set aside, steal 30, 0 %)"),
+            "{}",
+            first.measured
+        );
+        // None under it: the least stolen, and its verdict stands too.
+        let attempts = vec![
+            paced_attempt(10.0, 30.0),
+            paced_attempt(60.0, 12.0),
+            paced_attempt(9.0, 25.0),
+        ];
+        assert_eq!(kept_attempt(&attempts, 5.0), 1);
+        // Unmeasured steal counts as none: the first attempt is kept.
+        let mut unmeasured = paced_attempt(10.0, 0.0);
+        unmeasured[0].machine = None;
+        assert_eq!(kept_attempt(&[unmeasured, paced_attempt(1.0, 0.0)], 5.0), 0);
+    }
+
+    #[test]
+    fn a_group_of_phases_is_set_aside_by_its_most_stolen_phase() {
+        let group = |steal_before: f64, steal_after: f64, after_rate: u64| {
+            let send = |ok| vec![op_with(op::SEND_MESSAGE, ok, 3.0, 10.0, 20.0, None)];
+            let mut before = phase(BEFORE_OVERLOAD, 3.0, send(1500));
+            let mut overload = phase(OVERLOAD, 60.0, send(30_000));
+            overload.overload = true;
+            let mut after = phase(AFTER_OVERLOAD, 3.0, send(after_rate));
+            for (p, steal) in [(&mut before, steal_before), (&mut after, steal_after)] {
+                p.machine = Some(MachineShare {
+                    busy_pct: 90.0,
+                    idle_pct: 10.0 - steal.min(10.0),
+                    steal_pct: steal,
+                });
+            }
+            vec![before, overload, after]
+        };
+        let attempts = vec![group(6.0, 24.0, 1050), group(1.0, 3.0, 1450)];
+        assert_eq!(attempt_steal(&attempts[0]), 24.0);
+        assert_eq!(kept_attempt(&attempts, 5.0), 1);
+        let r = report(set_aside_all_but(attempts, 1));
+        assert_eq!(r.phases.len(), 6);
+        assert_eq!(
+            r.phase(AFTER_OVERLOAD).map(|p| p.rate_per_sec.round()),
+            Some(483.0)
+        );
+        let checks = targets(&r);
+        let recovery = find(&checks, "after 2x load");
+        assert!(recovery.met, "{recovery:?}");
+        assert!(
+            recovery
+                .measured
+                .ends_with("1 other attempt set aside, steal 24 %"),
+            "{}",
+            recovery.measured
+        );
     }
 
     #[test]
