@@ -456,15 +456,25 @@ impl ConversationStore {
                           ORDER BY m.depth LIMIT $4
                      )
                      SELECT page.*,
+                            -- A message's other versions. Any child of a
+                            -- message but its first starts a segment, so a
+                            -- parent with no such child has one child and
+                            -- its page row no siblings: one scan of the
+                            -- small index of segment starts (migration
+                            -- 0014) spares the page's other rows a lookup.
                             CASE WHEN page.parent_id IS NULL THEN
                                 ARRAY(SELECT s.message_id FROM conversation.messages s
                                        WHERE s.parent_id IS NULL
                                          AND s.conversation_id = page.conversation_id
                                          AND s.message_id <> page.message_id ORDER BY s.seq)
-                            ELSE
+                            WHEN page.parent_id IN (
+                                SELECT f.parent_id FROM conversation.messages f
+                                 WHERE f.conversation_id = $2 AND f.branch_id = f.message_id
+                                   AND f.parent_id IS NOT NULL) THEN
                                 ARRAY(SELECT s.message_id FROM conversation.messages s
                                        WHERE s.parent_id = page.parent_id
                                          AND s.message_id <> page.message_id ORDER BY s.seq)
+                            ELSE '{}'::uuid[]
                             END AS sibling_ids
                        FROM page ORDER BY page.depth"
                 ))
