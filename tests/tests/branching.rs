@@ -428,6 +428,19 @@ async fn bad_edits_and_regenerations_are_refused_and_change_nothing() -> anyhow:
         .await
         .expect_err("another member's reply is not found");
     assert_eq!(not_bobs.code(), Code::NotFound);
+    // Nor can he read her transcript, by its active branch or through one
+    // of its messages.
+    for branch_id in ["", sent.user().message_id.as_str()] {
+        let not_bobs = bobs
+            .list_messages(pb::ListMessagesRequest {
+                conversation_id: id.clone(),
+                branch_id: branch_id.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .expect_err("another member's transcript is not found");
+        assert_eq!(not_bobs.code(), Code::NotFound, "branch_id {branch_id:?}");
+    }
 
     for (message_id, content, field) in [
         ("", "New words.", "message_id"),

@@ -225,10 +225,17 @@ macro_rules! message_columns {
 /// fresh database (statistics from a nearly empty table), the plain join
 /// was cached as a hash join over every message of the tenant, 200 ms a
 /// step.
+/// With an argument: the branch ending at the message it selects.
 macro_rules! branch_segments {
     () => {
-        "WITH RECURSIVE chain (branch_id, upto) AS (
-             SELECT branch_id, depth FROM conversation.messages WHERE message_id = $1
+        branch_segments!("$1")
+    };
+    ($end:literal) => {
+        concat!(
+            "WITH RECURSIVE chain (branch_id, upto) AS (
+             SELECT branch_id, depth FROM conversation.messages WHERE message_id = ",
+            $end,
+            "
            UNION ALL
              SELECT p.branch_id, p.depth
                FROM chain c
@@ -239,8 +246,64 @@ macro_rules! branch_segments {
                    SELECT branch_id, depth FROM conversation.messages
                     WHERE message_id = f.parent_id LIMIT 1) p
          )"
+        )
     };
 }
+/// A page of a branch, for [`ConversationStore::list_branch`]: `$1` the
+/// branch's last message, or NULL for the active branch; `$2` the
+/// conversation, which must be `$5`'s (else no rows); the messages at
+/// depths `($3, $3 + $4]`, each with its other versions and the branch's
+/// end (`branch_end`).
+const LIST_PAGE: &str = concat!(
+    branch_segments!(
+        "(SELECT COALESCE($1, o.active_leaf_id) FROM conversation.conversations o
+           WHERE o.conversation_id = $2 AND o.user_id = $5)"
+    ),
+    ", page AS (
+         SELECT m.* FROM chain c CROSS JOIN LATERAL (
+             SELECT ",
+    message_columns!(),
+    // Depths run on without a gap along a branch: the page is the range
+    // ($3, $3 + $4], bounded in each segment whichever plan reads it.
+    " FROM conversation.messages
+              WHERE branch_id = c.branch_id AND conversation_id = $2
+                AND depth > $3 AND depth <= LEAST(c.upto, $3 + $4)
+              ORDER BY depth LIMIT $4) m
+          ORDER BY m.depth LIMIT $4
+     )
+     SELECT page.*,
+            -- A message's other versions. Any child of a message but its
+            -- first starts a segment, so a parent with no such child has
+            -- one child and its page row no siblings: one scan of the
+            -- small index of segment starts (migration 0014) spares the
+            -- page's other rows a lookup.
+            CASE WHEN page.parent_id IS NULL THEN
+                ARRAY(SELECT s.message_id FROM conversation.messages s
+                       WHERE s.parent_id IS NULL
+                         AND s.conversation_id = page.conversation_id
+                         AND s.message_id <> page.message_id ORDER BY s.seq)
+            WHEN page.parent_id IN (
+                SELECT f.parent_id FROM conversation.messages f
+                 WHERE f.conversation_id = $2 AND f.branch_id = f.message_id
+                   AND f.parent_id IS NOT NULL) THEN
+                ARRAY(SELECT s.message_id FROM conversation.messages s
+                       WHERE s.parent_id = page.parent_id
+                         AND s.message_id <> page.message_id ORDER BY s.seq)
+            ELSE '{}'::uuid[]
+            END AS sibling_ids,
+            (SELECT COALESCE($1, o.active_leaf_id) FROM conversation.conversations o
+              WHERE o.conversation_id = $2 AND o.user_id = $5) AS branch_end
+       FROM page ORDER BY page.depth"
+);
+
+/// A row of [`LIST_PAGE`].
+#[derive(sqlx::FromRow)]
+struct ListedRow {
+    #[sqlx(flatten)]
+    row: BranchMessageRow,
+    branch_end: Uuid,
+}
+
 /// Where a new message goes on the tree, as the `parent_id, branch_id,
 /// depth` of an `INSERT … SELECT` whose `$1` is the new message's id, `$2`
 /// the tenant, and `p` the parent's row (NULLs for a first turn). The first
@@ -416,11 +479,11 @@ impl ConversationStore {
             .timer
             .begin(&self.pool, ctx.tenant_id, op::LIST_MESSAGES)
             .await?;
-        let active = owned_conversation(&mut tx, ctx, conversation_id, false).await?;
-        let end = match branch {
-            Branch::Active => active,
+        let named_end = match branch {
+            Branch::Active => None,
             Branch::EndingAt(end) => Some(end),
             Branch::Through(message_id) => {
+                owned_conversation(&mut tx, ctx, conversation_id, false).await?;
                 // The tip of the message's segment: its own descendants
                 // along the first version of each later turn.
                 let tip: Option<Uuid> = sqlx::query_scalar(
@@ -438,57 +501,37 @@ impl ConversationStore {
                 Some(tip.ok_or(ConversationError::MessageNotFound(message_id))?)
             }
         };
-        let rows = match end {
-            Some(end) => {
-                sqlx::query_as::<_, BranchMessageRow>(concat!(
-                    branch_segments!(),
-                    ", page AS (
-                         SELECT m.* FROM chain c CROSS JOIN LATERAL (
-                             SELECT ",
-                    message_columns!(),
-                    // Depths run on without a gap along a branch: the
-                    // page is the range ($3, $3 + $4], bounded in each
-                    // segment whichever plan reads it.
-                    " FROM conversation.messages
-                              WHERE branch_id = c.branch_id AND conversation_id = $2
-                                AND depth > $3 AND depth <= LEAST(c.upto, $3 + $4)
-                              ORDER BY depth LIMIT $4) m
-                          ORDER BY m.depth LIMIT $4
-                     )
-                     SELECT page.*,
-                            -- A message's other versions. Any child of a
-                            -- message but its first starts a segment, so a
-                            -- parent with no such child has one child and
-                            -- its page row no siblings: one scan of the
-                            -- small index of segment starts (migration
-                            -- 0014) spares the page's other rows a lookup.
-                            CASE WHEN page.parent_id IS NULL THEN
-                                ARRAY(SELECT s.message_id FROM conversation.messages s
-                                       WHERE s.parent_id IS NULL
-                                         AND s.conversation_id = page.conversation_id
-                                         AND s.message_id <> page.message_id ORDER BY s.seq)
-                            WHEN page.parent_id IN (
-                                SELECT f.parent_id FROM conversation.messages f
-                                 WHERE f.conversation_id = $2 AND f.branch_id = f.message_id
-                                   AND f.parent_id IS NOT NULL) THEN
-                                ARRAY(SELECT s.message_id FROM conversation.messages s
-                                       WHERE s.parent_id = page.parent_id
-                                         AND s.message_id <> page.message_id ORDER BY s.seq)
-                            ELSE '{}'::uuid[]
-                            END AS sibling_ids
-                       FROM page ORDER BY page.depth"
-                ))
-                .bind(end)
-                .bind(conversation_id)
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&mut *tx)
-                .await?
-            }
-            None => Vec::new(),
+        // One statement checks the owner, finds the branch's end (the one
+        // named, else the active one) and reads the page: a round trip
+        // fewer than asking for the conversation first. Only an empty
+        // page asks again, to tell an unknown conversation from an empty
+        // one or a page past the end.
+        let listed = sqlx::query_as::<_, ListedRow>(LIST_PAGE)
+            .bind(named_end)
+            .bind(conversation_id)
+            .bind(after)
+            .bind(limit)
+            .bind(&ctx.user_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let page = match listed.first() {
+            Some(first) => BranchPage {
+                end: Some(first.branch_end),
+                rows: listed.into_iter().map(|listed| listed.row).collect(),
+            },
+            None => BranchPage {
+                end: match named_end {
+                    Some(end) => {
+                        owned_conversation(&mut tx, ctx, conversation_id, false).await?;
+                        Some(end)
+                    }
+                    None => owned_conversation(&mut tx, ctx, conversation_id, false).await?,
+                },
+                rows: Vec::new(),
+            },
         };
         tx.commit().await?;
-        Ok(BranchPage { end, rows })
+        Ok(page)
     }
 
     /// Persists the user's turn (or finds the one stored under the same
