@@ -519,16 +519,17 @@ impl ConversationStore {
                 end: Some(first.branch_end),
                 rows: listed.into_iter().map(|listed| listed.row).collect(),
             },
-            None => BranchPage {
-                end: match named_end {
-                    Some(end) => {
-                        owned_conversation(&mut tx, ctx, conversation_id, false).await?;
-                        Some(end)
-                    }
-                    None => owned_conversation(&mut tx, ctx, conversation_id, false).await?,
-                },
-                rows: Vec::new(),
-            },
+            None => {
+                let active = match branch {
+                    // Its owner was checked above.
+                    Branch::Through(_) => None,
+                    _ => owned_conversation(&mut tx, ctx, conversation_id, false).await?,
+                };
+                BranchPage {
+                    end: named_end.or(active),
+                    rows: Vec::new(),
+                }
+            }
         };
         tx.commit().await?;
         Ok(page)
