@@ -255,11 +255,13 @@ macro_rules! branch_segments {
 /// depths `($3, $3 + $4]`, each with its other versions and the branch's
 /// end (`branch_end`).
 const LIST_PAGE: &str = concat!(
-    branch_segments!(
-        "(SELECT COALESCE($1, o.active_leaf_id) FROM conversation.conversations o
-           WHERE o.conversation_id = $2 AND o.user_id = $5)"
-    ),
-    ", page AS (
+    branch_segments!("(SELECT end_id FROM branch_end)"),
+    // Read once, by the chain's first step and by every row (a later CTE
+    // may be named in a WITH RECURSIVE list).
+    ", branch_end (end_id) AS (
+         SELECT COALESCE($1, o.active_leaf_id) FROM conversation.conversations o
+          WHERE o.conversation_id = $2 AND o.user_id = $5
+     ), page AS (
          SELECT m.* FROM chain c CROSS JOIN LATERAL (
              SELECT ",
     message_columns!(),
@@ -291,8 +293,7 @@ const LIST_PAGE: &str = concat!(
                          AND s.message_id <> page.message_id ORDER BY s.seq)
             ELSE '{}'::uuid[]
             END AS sibling_ids,
-            (SELECT COALESCE($1, o.active_leaf_id) FROM conversation.conversations o
-              WHERE o.conversation_id = $2 AND o.user_id = $5) AS branch_end
+            (SELECT end_id FROM branch_end) AS branch_end
        FROM page ORDER BY page.depth"
 );
 
