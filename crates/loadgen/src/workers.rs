@@ -337,7 +337,7 @@ impl HopWorker {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Copy, PartialEq)]
 enum Path {
     Gateway,
     Proxy,
@@ -349,10 +349,10 @@ enum Path {
 /// Rounds of three calls, one per path, alternate unary and streamed, and
 /// each pair of rounds shifts the order of the paths by one. Without the
 /// shift one path's unary call always came first after a streamed round,
-/// right behind a SendMessage whose reply work (its last writes, its
-/// connection going back to the pool) was still finishing, and only that
-/// path paid for it: the gateway's GetConversation, which read ~110 us
-/// slower in `conversation` than the same call direct (sessions 22-32).
+/// right behind a SendMessage, and only that path paid what any call there
+/// pays (0.11-0.17 ms on every path, cause not known: BENCHMARKS, session
+/// 33): the gateway's GetConversation, which read ~110 us slower in
+/// `conversation` than the same call direct (sessions 22-32).
 fn hop_call(turn: u64) -> (Path, bool) {
     let round = turn / 3;
     let unary = round.is_multiple_of(2);
