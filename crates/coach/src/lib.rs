@@ -48,6 +48,13 @@ pub struct CoachInput<'a> {
     /// is taking another angle and leads with the next matched framework,
     /// so the same question never gets the same answer twice in a row.
     pub attempt: u32,
+    /// The frameworks the reply before this turn cited, the one it led
+    /// with first; empty on a first turn. The member has had those lenses
+    /// and their questions, and this turn is likely the answer: the coach
+    /// leads with another, or builds on them rather than asking again.
+    pub previous_citations: &'a [String],
+    /// How many turns the member made before this one in the conversation.
+    pub earlier_turns: usize,
 }
 
 /// The reply and what it drew on.
@@ -156,14 +163,43 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             .push("Which constraint matters most to you here: time, risk or people?".to_owned());
     }
 
-    // Asked again, the next matched framework leads.
+    // Lenses the member has not had yet lead, in the order they matched:
+    // the previous reply's were offered with their questions, and leading
+    // with them again would ask the member what they just answered.
     let mut lenses: Vec<&FrameworkRef> = input.frameworks.iter().collect();
+    let offered = |f: &FrameworkRef| input.previous_citations.contains(&f.framework_id);
+    lenses.sort_by_key(|f| offered(f));
+    // Asked again, the next matched framework leads.
     if !lenses.is_empty() {
         let turn = usize::try_from(input.attempt).unwrap_or(0) % lenses.len();
         lenses.rotate_left(turn);
     }
+    let building_on = lenses.first().is_some_and(|f| offered(f));
     let mut cited = Vec::new();
-    if let Some(first) = lenses.first() {
+    if building_on && !profile.is_sufficient() {
+        // Offered last turn, while the coach was still asking for context:
+        // saying it again adds nothing until the context is there.
+    } else if let (true, Some(first)) = (building_on, lenses.first()) {
+        // Every matched lens was offered last turn: build on the lead with
+        // what the member has said since, and move towards a next step.
+        parts.push(part(
+            format!(
+                "Building on {}, with what you've told me since: {}",
+                first.name,
+                first_sentence(&first.application)
+            ),
+            Weight::Useful,
+        ));
+        parts.push(part(
+            "A practical next step: the smallest change that would test this, how you'll know \
+             it worked agreed up front, and a date to look again. Which step comes first is \
+             your call.",
+            Weight::Optional,
+        ));
+        cited.push(first.framework_id.clone());
+        let next = FOLLOW_THROUGH[input.earlier_turns % FOLLOW_THROUGH.len()];
+        questions.push(next.to_owned());
+    } else if let Some(first) = lenses.first() {
         let mut text = format!(
             "One lens that may help is {}, from {}. {}",
             first.name, first.author, first.application
@@ -204,8 +240,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     questions.dedup();
     questions.truncate(MAX_QUESTIONS);
     if questions.is_empty() {
-        questions
-            .push("What would a good outcome look like for you three months from now?".to_owned());
+        questions.push(FOLLOW_THROUGH[input.earlier_turns % FOLLOW_THROUGH.len()].to_owned());
     } else if !profile.is_sufficient() {
         parts.push(part(
             "Before I suggest anything, I'd like to understand your situation better.",
@@ -226,6 +261,14 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         questions_asked,
     }
 }
+
+/// What the coach asks once the member has had the matched lenses and their
+/// questions: one per turn, a different one on consecutive turns.
+const FOLLOW_THROUGH: [&str; 3] = [
+    "What would a good outcome look like for you three months from now?",
+    "Who else needs to be part of this, and what will they worry about?",
+    "What would tell you early that this isn't working?",
+];
 
 /// The first sentence of a text (all of it when it has one).
 fn first_sentence(text: &str) -> &str {
@@ -681,6 +724,8 @@ mod tests {
             frameworks: &[],
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         });
         assert!(reply.text.contains("Before I suggest anything"));
         assert!(reply.text.contains("How many engineers"));
@@ -702,6 +747,8 @@ mod tests {
             frameworks: &[framework()],
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         });
         assert!(
             reply
@@ -722,6 +769,8 @@ mod tests {
             frameworks: &[],
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         });
         assert!(
             reply
@@ -742,6 +791,8 @@ mod tests {
             frameworks: &[framework()],
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         });
         assert!(
             reply.text.contains("What accumulates here?"),
@@ -778,6 +829,8 @@ mod tests {
                 frameworks: std::slice::from_ref(&long),
                 word_cap: rules::DEFAULT_WORD_CAP,
                 attempt: 0,
+                previous_citations: &[],
+                earlier_turns: 0,
             };
             let reply = reply(&input);
             assert!(
@@ -803,6 +856,8 @@ mod tests {
                 frameworks: &[framework()],
                 word_cap: rules::DEFAULT_WORD_CAP,
                 attempt: 0,
+                previous_citations: &[],
+                earlier_turns: 0,
             })
         };
         for off_topic in [
@@ -856,6 +911,8 @@ mod tests {
                 frameworks: &frameworks,
                 word_cap: rules::DEFAULT_WORD_CAP,
                 attempt,
+                previous_citations: &[],
+                earlier_turns: 0,
             })
         };
         let (first, again, third) = (attempt(0), attempt(1), attempt(2));
@@ -907,6 +964,8 @@ mod tests {
             frameworks: &[framework(), second],
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         });
         assert!(reply.text.contains(
             "Applied to an organisation of about 60 engineers at a series C company, where your backlog keeps growing"
@@ -931,6 +990,8 @@ mod tests {
             frameworks: &[framework()],
             word_cap: 90,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         });
         assert!(rules::word_count(&reply.text) <= 90, "{}", reply.text);
         assert!(reply.text.contains("What would the rewrite fix"));
@@ -945,7 +1006,141 @@ mod tests {
             frameworks: &[framework()],
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 0,
         };
         assert_eq!(reply(&input), reply(&input));
+    }
+
+    fn lens(id: &str, name: &str, question: &str) -> FrameworkRef {
+        FrameworkRef {
+            framework_id: id.into(),
+            name: name.into(),
+            author: "Will Larson".into(),
+            application: format!("Apply {name} to the org. Then more detail."),
+            diagnostic_question: question.into(),
+            source_url: String::new(),
+        }
+    }
+
+    const SITUATION: &str = "I'm a VP of engineering with 120 engineers at a series C fintech. \
+                             We tried splitting the platform team last year.";
+
+    fn next_turn(previous_citations: &[String], earlier_turns: usize) -> CoachReply {
+        let lenses = [
+            lens(
+                "trunk",
+                "Trunk and Branches",
+                "Which work is trunk and which is branch?",
+            ),
+            lens(
+                "coherence",
+                "Technical Coherence",
+                "Where do teams decide things differently?",
+            ),
+        ];
+        reply(&CoachInput {
+            message: SITUATION,
+            profile: &profile(&[], SITUATION),
+            frameworks: &lenses,
+            word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
+            previous_citations,
+            earlier_turns,
+        })
+    }
+
+    #[test]
+    fn a_turn_after_a_reply_leads_with_a_lens_the_member_has_not_had() {
+        let first = next_turn(&[], 0);
+        assert_eq!(first.cited_frameworks, ["trunk", "coherence"]);
+        assert!(
+            first
+                .text
+                .contains("Which work is trunk and which is branch?")
+        );
+
+        // The reply before led with Trunk and Branches and asked its question.
+        let after = next_turn(&["trunk".to_owned()], 1);
+        assert!(
+            after
+                .text
+                .contains("One lens that may help is Technical Coherence"),
+            "{}",
+            after.text
+        );
+        assert!(
+            after
+                .text
+                .contains("Where do teams decide things differently?")
+        );
+        assert!(
+            !after
+                .text
+                .contains("Which work is trunk and which is branch?"),
+            "asked again what the member just answered: {}",
+            after.text
+        );
+        assert_eq!(after.cited_frameworks[0], "coherence");
+    }
+
+    #[test]
+    fn once_every_lens_was_offered_the_coach_builds_on_it_and_moves_to_a_next_step() {
+        let offered = ["trunk".to_owned(), "coherence".to_owned()];
+        let second = next_turn(&offered, 1);
+        let third = next_turn(&offered, 2);
+        for reply in [&second, &third] {
+            assert!(
+                reply.text.contains("Building on Trunk and Branches"),
+                "{}",
+                reply.text
+            );
+            assert!(reply.text.contains("A practical next step"));
+            assert!(
+                reply.text.contains("your call"),
+                "leaves the decision to the member"
+            );
+            assert!(
+                !reply.text.contains("One lens that may help"),
+                "{}",
+                reply.text
+            );
+            for asked in ["Which work is trunk", "Where do teams decide"] {
+                assert!(!reply.text.contains(asked), "asked again: {}", reply.text);
+            }
+            assert!(reply.text.starts_with("Here's what I understand so far"));
+            assert_eq!(reply.cited_frameworks, ["trunk"]);
+            assert!(reply.questions_asked >= 1 && reply.questions_asked <= MAX_QUESTIONS);
+            let profile = profile(&[], SITUATION);
+            assert_eq!(
+                rules::check(&reply.text, &profile, rules::DEFAULT_WORD_CAP),
+                []
+            );
+        }
+        // Consecutive turns do not end on the same question.
+        let last_question = |r: &CoachReply| r.text.rsplit("\n\n").next().map(str::to_owned);
+        assert_ne!(last_question(&second), last_question(&third));
+    }
+
+    #[test]
+    fn a_lens_offered_while_context_is_missing_is_not_repeated() {
+        let message = "My team keeps missing deadlines.";
+        let lenses = [lens("trunk", "Trunk and Branches", "Which work is trunk?")];
+        let known = profile(&[], message);
+        let input = |previous_citations| CoachInput {
+            message,
+            profile: &known,
+            frameworks: &lenses,
+            word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
+            previous_citations,
+            earlier_turns: 1,
+        };
+        let first = reply(&input(&[]));
+        assert!(first.text.contains("Trunk and Branches"));
+        let again = reply(&input(&["trunk".to_owned()]));
+        assert!(!again.text.contains("Trunk and Branches"), "{}", again.text);
+        assert!(again.text.contains("How many engineers"));
+        assert!(again.cited_frameworks.is_empty());
     }
 }

@@ -103,6 +103,9 @@ WITH RECURSIVE chain (branch_id, upto) AS (
       ORDER BY m.depth DESC LIMIT 40)
 SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
        ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
+       (SELECT cited_frameworks FROM conversation.messages
+         WHERE message_id = NULLIF(:user_parent_id, '')::uuid AND role = 'assistant')
+         AS previous_citations,
        p.role, p.team_size, p.stage, p.update_time
   FROM (VALUES (1)) AS one
   LEFT JOIN conversation.member_profiles p ON p.user_id = :usr;

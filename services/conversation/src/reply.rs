@@ -231,6 +231,8 @@ impl ReplyPipeline {
                     frameworks,
                     word_cap: self.word_cap,
                     attempt,
+                    previous_citations: &exchange.previous_citations,
+                    earlier_turns: exchange.earlier_user_turns.len(),
                 });
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.

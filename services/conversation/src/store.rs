@@ -152,6 +152,9 @@ pub struct Exchange {
     /// The earlier turns of both sides, oldest first, for a model's prompt;
     /// empty when the exchange was begun with [`TranscriptSides::User`].
     pub transcript: Vec<tp_llm::ChatMessage>,
+    /// The frameworks the reply before the user's turn cited, its lead
+    /// first: the coach does not ask the member the same again.
+    pub previous_citations: Vec<String>,
     /// What was kept about the member from earlier conversations.
     pub kept_profile: Option<KeptProfile>,
 }
@@ -610,8 +613,11 @@ impl ConversationStore {
 
         // A regenerated reply counts as a message: it costs what a turn's
         // reply costs.
-        let (read, kept_profile) =
-            context_and_count(&mut tx, ctx, user_message.parent_id, new_message, sides).await?;
+        let ReadContext {
+            transcript: read,
+            previous_citations,
+            kept: kept_profile,
+        } = context_and_count(&mut tx, ctx, user_message.parent_id, new_message, sides).await?;
         tx.commit().await?;
         let (earlier_user_turns, transcript) = match sides {
             // Only the user's turns were read: no copies.
@@ -650,6 +656,7 @@ impl ConversationStore {
             target,
             earlier_user_turns,
             transcript,
+            previous_citations,
             kept_profile,
         })
     }
@@ -1183,7 +1190,7 @@ async fn context_and_count(
     last: Option<Uuid>,
     count: bool,
     sides: TranscriptSides,
-) -> Result<(Vec<(Uuid, String, String)>, Option<KeptProfile>), ConversationError> {
+) -> Result<ReadContext, ConversationError> {
     // Depths run on without a gap along a branch, so the last N messages
     // are those deeper than the last one's depth minus N: a bounded range
     // in each segment, read the same whichever plan is chosen. A first turn
@@ -1203,6 +1210,8 @@ async fn context_and_count(
          SELECT ARRAY(SELECT message_id FROM transcript ORDER BY depth) AS message_ids,
                 ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
                 ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
+                (SELECT cited_frameworks FROM conversation.messages
+                  WHERE message_id = $1 AND role = 'assistant') AS previous_citations,
                 p.role, p.team_size, p.stage, p.update_time
            FROM (VALUES (1)) AS one
            LEFT JOIN conversation.member_profiles p ON p.user_id = $4"
@@ -1222,7 +1231,21 @@ async fn context_and_count(
         stage: read.stage,
         update_time,
     });
-    Ok((transcript, kept))
+    Ok(ReadContext {
+        transcript,
+        previous_citations: read.previous_citations.unwrap_or_default(),
+        kept,
+    })
+}
+
+/// What [`context_and_count`] read for a reply.
+struct ReadContext {
+    /// (message id, role, content) of the earlier turns, oldest first.
+    transcript: Vec<(Uuid, String, String)>,
+    /// What the reply before the user's turn cited (none if the turn
+    /// follows no reply).
+    previous_citations: Vec<String>,
+    kept: Option<KeptProfile>,
 }
 
 /// Rows from the columns a statement returned as arrays (`ARRAY(SELECT …)`
@@ -1241,6 +1264,7 @@ struct ContextRow {
     message_ids: Vec<Uuid>,
     roles: Vec<String>,
     contents: Vec<String>,
+    previous_citations: Option<Vec<String>>,
     role: Option<String>,
     team_size: Option<i32>,
     stage: Option<String>,

@@ -93,6 +93,8 @@ pub fn context_extractor(data: &[u8]) {
         word_cap: WORD_CAP,
         // A first reply, or one asked for again.
         attempt: u32::try_from(data.len() % 3).unwrap_or(0),
+        previous_citations: &[],
+        earlier_turns: turns.len().saturating_sub(1),
     });
     assert!(
         reply.questions_asked <= tp_coach::MAX_QUESTIONS,
