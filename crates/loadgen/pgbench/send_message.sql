@@ -104,7 +104,8 @@ WITH RECURSIVE chain (branch_id, upto) AS (
 SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
        ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
        (SELECT cited_frameworks FROM conversation.messages
-         WHERE message_id = NULLIF(:user_parent_id, '')::uuid AND role = 'assistant')
+         WHERE tenant_id = :tenant AND message_id = NULLIF(:user_parent_id, '')::uuid
+           AND role = 'assistant')
          AS previous_citations,
        p.role, p.team_size, p.stage, p.update_time
   FROM (VALUES (1)) AS one

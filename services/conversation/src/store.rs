@@ -1211,7 +1211,8 @@ async fn context_and_count(
                 ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
                 ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
                 (SELECT cited_frameworks FROM conversation.messages
-                  WHERE message_id = $1 AND role = 'assistant') AS previous_citations,
+                  WHERE tenant_id = $3 AND message_id = $1 AND role = 'assistant')
+                  AS previous_citations,
                 p.role, p.team_size, p.stage, p.update_time
            FROM (VALUES (1)) AS one
            LEFT JOIN conversation.member_profiles p ON p.user_id = $4"
