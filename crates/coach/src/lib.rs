@@ -174,65 +174,68 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         let turn = usize::try_from(input.attempt).unwrap_or(0) % lenses.len();
         lenses.rotate_left(turn);
     }
-    let building_on = lenses.first().is_some_and(|f| offered(f));
     let mut cited = Vec::new();
-    if building_on && !profile.is_sufficient() {
-        // Offered last turn, while the coach was still asking for context:
+    match lenses.first().copied() {
+        // Offered last turn while the coach was still asking for context:
         // saying it again adds nothing until the context is there.
-    } else if let (true, Some(first)) = (building_on, lenses.first()) {
+        Some(first) if offered(first) && !profile.is_sufficient() => {}
         // Every matched lens was offered last turn: build on the lead with
         // what the member has said since, and move towards a next step.
-        parts.push(part(
-            format!(
-                "Building on {}, with what you've told me since: {}",
-                first.name,
-                first_sentence(&first.application)
-            ),
-            Weight::Useful,
-        ));
-        parts.push(part(
-            "A practical next step: the smallest change that would test this, how you'll know \
-             it worked agreed up front, and a date to look again. Which step comes first is \
-             your call.",
-            Weight::Optional,
-        ));
-        cited.push(first.framework_id.clone());
-        let next = FOLLOW_THROUGH[input.earlier_turns % FOLLOW_THROUGH.len()];
-        questions.push(next.to_owned());
-    } else if let Some(first) = lenses.first() {
-        let mut text = format!(
-            "One lens that may help is {}, from {}. {}",
-            first.name, first.author, first.application
-        );
-        match (profile.situation(), &profile.problem) {
-            (Some(situation), Some(problem)) => text.push_str(&format!(
-                " Applied to {situation}, where {problem}, it is where I would start looking."
-            )),
-            (Some(situation), None) => text.push_str(&format!(
-                " Applied to {situation}, it is where I would start looking."
-            )),
-            (None, _) => {}
-        }
-        if !first.source_url.is_empty() {
-            text.push_str(&format!(" (Source: {}.)", first.source_url));
-        }
-        parts.push(part(text, Weight::Useful));
-        cited.push(first.framework_id.clone());
-        if let Some(second) = lenses.get(1) {
+        Some(first) if offered(first) => {
             parts.push(part(
                 format!(
-                    "Another is {}, from {}, which looks at the same situation from a different angle: {}",
-                    second.name,
-                    second.author,
-                    first_sentence(&second.application)
+                    "Building on {}, with what you've told me since: {}",
+                    first.name,
+                    first_sentence(&first.application)
                 ),
+                Weight::Useful,
+            ));
+            parts.push(part(
+                "A practical next step: the smallest change that would test this, how you'll \
+                 know it worked agreed up front, and a date to look again. Which step comes \
+                 first is your call.",
                 Weight::Optional,
             ));
-            cited.push(second.framework_id.clone());
+            cited.push(first.framework_id.clone());
+            questions.push(follow_through(input.earlier_turns));
         }
-        if profile.is_sufficient() {
-            questions.push(first.diagnostic_question.clone());
+        Some(first) => {
+            let mut text = format!(
+                "One lens that may help is {}, from {}. {}",
+                first.name, first.author, first.application
+            );
+            match (profile.situation(), &profile.problem) {
+                (Some(situation), Some(problem)) => text.push_str(&format!(
+                    " Applied to {situation}, where {problem}, it is where I would start looking."
+                )),
+                (Some(situation), None) => text.push_str(&format!(
+                    " Applied to {situation}, it is where I would start looking."
+                )),
+                (None, _) => {}
+            }
+            if !first.source_url.is_empty() {
+                text.push_str(&format!(" (Source: {}.)", first.source_url));
+            }
+            parts.push(part(text, Weight::Useful));
+            cited.push(first.framework_id.clone());
+            if let Some(second) = lenses.get(1) {
+                parts.push(part(
+                    format!(
+                        "Another is {}, from {}, which looks at the same situation from a \
+                         different angle: {}",
+                        second.name,
+                        second.author,
+                        first_sentence(&second.application)
+                    ),
+                    Weight::Optional,
+                ));
+                cited.push(second.framework_id.clone());
+            }
+            if profile.is_sufficient() {
+                questions.push(first.diagnostic_question.clone());
+            }
         }
+        None => {}
     }
 
     // Context before advice: ask for what is still missing.
@@ -240,7 +243,7 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
     questions.dedup();
     questions.truncate(MAX_QUESTIONS);
     if questions.is_empty() {
-        questions.push(FOLLOW_THROUGH[input.earlier_turns % FOLLOW_THROUGH.len()].to_owned());
+        questions.push(follow_through(input.earlier_turns));
     } else if !profile.is_sufficient() {
         parts.push(part(
             "Before I suggest anything, I'd like to understand your situation better.",
@@ -264,11 +267,14 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
 
 /// What the coach asks once the member has had the matched lenses and their
 /// questions: one per turn, a different one on consecutive turns.
-const FOLLOW_THROUGH: [&str; 3] = [
-    "What would a good outcome look like for you three months from now?",
-    "Who else needs to be part of this, and what will they worry about?",
-    "What would tell you early that this isn't working?",
-];
+fn follow_through(earlier_turns: usize) -> String {
+    const QUESTIONS: [&str; 3] = [
+        "What would a good outcome look like for you three months from now?",
+        "Who else needs to be part of this, and what will they worry about?",
+        "What would tell you early that this isn't working?",
+    ];
+    QUESTIONS[earlier_turns % QUESTIONS.len()].to_owned()
+}
 
 /// The first sentence of a text (all of it when it has one).
 fn first_sentence(text: &str) -> &str {
