@@ -55,6 +55,10 @@ pub struct CoachInput<'a> {
     pub previous_citations: &'a [String],
     /// How many turns the member made before this one in the conversation.
     pub earlier_turns: usize,
+    /// The member's turn before this one, if any: a challenge or an
+    /// anti-pattern it raised was answered in the reply to it, and is not
+    /// raised again because this turn mentions the same thing.
+    pub previous_turn: Option<&'a str>,
 }
 
 /// The reply and what it drew on.
@@ -136,13 +140,24 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
             Weight::Essential,
         ));
     }
-    if let Some(anti_pattern) = read.anti_pattern {
+    // What the member's previous turn raised was answered in the reply to it.
+    let (anti_pattern_then, challenge_then) = input
+        .previous_turn
+        .map(TurnRead::of)
+        .map_or((None, None), |then| (then.anti_pattern, then.challenge));
+    let anti_pattern = read
+        .anti_pattern
+        .filter(|&now| !same_entry(now, anti_pattern_then));
+    let challenge = read
+        .challenge
+        .filter(|&now| !same_entry(now, challenge_then));
+    if let Some(anti_pattern) = anti_pattern {
         parts.push(part(
             format!("That's a known anti-pattern: {}", anti_pattern.why),
             Weight::Essential,
         ));
     }
-    if let Some(challenge) = read.challenge {
+    if let Some(challenge) = challenge {
         parts.push(part(
             format!(
                 "{} Second-order effect: {}",
@@ -274,6 +289,11 @@ fn follow_through(earlier_turns: usize) -> String {
         "What would tell you early that this isn't working?",
     ];
     QUESTIONS[earlier_turns % QUESTIONS.len()].to_owned()
+}
+
+/// Whether a turn found the entry of a static list another turn found.
+fn same_entry<T>(now: &'static T, then: Option<&'static T>) -> bool {
+    then.is_some_and(|then| std::ptr::eq(now, then))
 }
 
 /// The first sentence of a text (all of it when it has one).
@@ -732,6 +752,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         });
         assert!(reply.text.contains("Before I suggest anything"));
         assert!(reply.text.contains("How many engineers"));
@@ -755,6 +776,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         });
         assert!(
             reply
@@ -777,6 +799,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         });
         assert!(
             reply
@@ -799,6 +822,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         });
         assert!(
             reply.text.contains("What accumulates here?"),
@@ -837,6 +861,7 @@ mod tests {
                 attempt: 0,
                 previous_citations: &[],
                 earlier_turns: 0,
+                previous_turn: None,
             };
             let reply = reply(&input);
             assert!(
@@ -864,6 +889,7 @@ mod tests {
                 attempt: 0,
                 previous_citations: &[],
                 earlier_turns: 0,
+                previous_turn: None,
             })
         };
         for off_topic in [
@@ -919,6 +945,7 @@ mod tests {
                 attempt,
                 previous_citations: &[],
                 earlier_turns: 0,
+                previous_turn: None,
             })
         };
         let (first, again, third) = (attempt(0), attempt(1), attempt(2));
@@ -972,6 +999,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         });
         assert!(reply.text.contains(
             "Applied to an organisation of about 60 engineers at a series C company, where your backlog keeps growing"
@@ -998,6 +1026,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         });
         assert!(rules::word_count(&reply.text) <= 90, "{}", reply.text);
         assert!(reply.text.contains("What would the rewrite fix"));
@@ -1014,6 +1043,7 @@ mod tests {
             attempt: 0,
             previous_citations: &[],
             earlier_turns: 0,
+            previous_turn: None,
         };
         assert_eq!(reply(&input), reply(&input));
     }
@@ -1053,6 +1083,7 @@ mod tests {
             attempt: 0,
             previous_citations,
             earlier_turns,
+            previous_turn: None,
         })
     }
 
@@ -1141,6 +1172,7 @@ mod tests {
             attempt: 0,
             previous_citations,
             earlier_turns: 1,
+            previous_turn: None,
         };
         let first = reply(&input(&[]));
         assert!(first.text.contains("Trunk and Branches"));
@@ -1148,5 +1180,45 @@ mod tests {
         assert!(!again.text.contains("Trunk and Branches"), "{}", again.text);
         assert!(again.text.contains("How many engineers"));
         assert!(again.cited_frameworks.is_empty());
+    }
+
+    #[test]
+    fn a_challenge_or_anti_pattern_the_previous_turn_raised_is_not_raised_again() {
+        let first = "We need to hire more engineers, we're 40 engineers at series B. \
+                     And we should bring in stack ranking.";
+        let again = "I still think we need more engineers, and stack ranking would help.";
+        let known = profile(&[first], again);
+        let input = |previous_turn| CoachInput {
+            message: again,
+            profile: &known,
+            frameworks: &[],
+            word_cap: rules::DEFAULT_WORD_CAP,
+            attempt: 0,
+            previous_citations: &[],
+            earlier_turns: 1,
+            previous_turn,
+        };
+        let challenge = "What problem would the new engineers solve";
+        let anti_pattern = "That's a known anti-pattern";
+
+        let unprompted = reply(&input(None));
+        assert!(unprompted.text.contains(challenge), "{}", unprompted.text);
+        assert!(
+            unprompted.text.contains(anti_pattern),
+            "{}",
+            unprompted.text
+        );
+
+        let answered = reply(&input(Some(first)));
+        assert!(!answered.text.contains(challenge), "{}", answered.text);
+        assert!(!answered.text.contains(anti_pattern), "{}", answered.text);
+        assert!(answered.questions_asked >= 1);
+
+        // What the previous turn did not raise is raised as before.
+        let other = reply(&input(Some(
+            "Our on-call rotation keeps burning people out.",
+        )));
+        assert!(other.text.contains(challenge), "{}", other.text);
+        assert!(other.text.contains(anti_pattern), "{}", other.text);
     }
 }

@@ -233,6 +233,10 @@ impl ReplyPipeline {
                     attempt,
                     previous_citations: &exchange.previous_citations,
                     earlier_turns: exchange.earlier_user_turns.len(),
+                    previous_turn: exchange
+                        .earlier_user_turns
+                        .last()
+                        .map(|turn| turn.content.as_str()),
                 });
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.

@@ -95,6 +95,7 @@ pub fn context_extractor(data: &[u8]) {
         attempt: u32::try_from(data.len() % 3).unwrap_or(0),
         previous_citations: &[],
         earlier_turns: turns.len().saturating_sub(1),
+        previous_turn: turns.iter().rev().nth(1).copied(),
     });
     assert!(
         reply.questions_asked <= tp_coach::MAX_QUESTIONS,
