@@ -17,7 +17,7 @@ pub mod rules;
 use std::sync::LazyLock;
 
 use patterns::PatternLists;
-pub use profile::{ContextProfile, Stage, TurnFacts, words};
+pub use profile::{ContextProfile, MissingContext, Stage, TurnFacts, words};
 
 /// A framework the knowledge service matched to the user's turn.
 #[derive(Clone, Debug, PartialEq)]
@@ -59,6 +59,9 @@ pub struct CoachInput<'a> {
     /// anti-pattern it raised was answered in the reply to it, and is not
     /// raised again because this turn mentions the same thing.
     pub previous_turn: Option<&'a str>,
+    /// The reply before this turn, if any: a context question it asked
+    /// that this turn left unanswered is not asked again straight away.
+    pub previous_reply: Option<&'a str>,
 }
 
 /// The reply and what it drew on.
@@ -253,13 +256,27 @@ pub fn reply(input: &CoachInput<'_>) -> CoachReply {
         None => {}
     }
 
-    // Context before advice: ask for what is still missing.
-    questions.extend(profile.missing_context_questions());
+    // Context before advice: ask for what is still missing, but not twice
+    // running. A question the previous reply asked and this turn left
+    // unanswered is the member's choice: say once what the coach goes on
+    // instead, and ask again only after a reply that neither asked nor
+    // assumed it.
+    let mut assumed = false;
+    for gap in profile.missing_context() {
+        match input.previous_reply {
+            Some(then) if then.contains(gap.question) => {
+                parts.push(part(gap.assumption, Weight::Useful));
+                assumed = true;
+            }
+            Some(then) if then.contains(gap.assumption) => {}
+            _ => questions.push(gap.question.to_owned()),
+        }
+    }
     questions.dedup();
     questions.truncate(MAX_QUESTIONS);
     if questions.is_empty() {
         questions.push(follow_through(input.earlier_turns));
-    } else if !profile.is_sufficient() {
+    } else if !profile.is_sufficient() && !assumed {
         parts.push(part(
             "Before I suggest anything, I'd like to understand your situation better.",
             Weight::Essential,
@@ -751,6 +768,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         });
@@ -775,6 +793,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         });
@@ -798,6 +817,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         });
@@ -821,6 +841,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         });
@@ -860,6 +881,7 @@ mod tests {
                 word_cap: rules::DEFAULT_WORD_CAP,
                 attempt: 0,
                 previous_citations: &[],
+                previous_reply: None,
                 earlier_turns: 0,
                 previous_turn: None,
             };
@@ -888,6 +910,7 @@ mod tests {
                 word_cap: rules::DEFAULT_WORD_CAP,
                 attempt: 0,
                 previous_citations: &[],
+                previous_reply: None,
                 earlier_turns: 0,
                 previous_turn: None,
             })
@@ -944,6 +967,7 @@ mod tests {
                 word_cap: rules::DEFAULT_WORD_CAP,
                 attempt,
                 previous_citations: &[],
+                previous_reply: None,
                 earlier_turns: 0,
                 previous_turn: None,
             })
@@ -998,6 +1022,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         });
@@ -1025,6 +1050,7 @@ mod tests {
             word_cap: 90,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         });
@@ -1042,6 +1068,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 0,
             previous_turn: None,
         };
@@ -1084,6 +1111,7 @@ mod tests {
             previous_citations,
             earlier_turns,
             previous_turn: None,
+            previous_reply: None,
         })
     }
 
@@ -1173,6 +1201,7 @@ mod tests {
             previous_citations,
             earlier_turns: 1,
             previous_turn: None,
+            previous_reply: None,
         };
         let first = reply(&input(&[]));
         assert!(first.text.contains("Trunk and Branches"));
@@ -1195,6 +1224,7 @@ mod tests {
             word_cap: rules::DEFAULT_WORD_CAP,
             attempt: 0,
             previous_citations: &[],
+            previous_reply: None,
             earlier_turns: 1,
             previous_turn,
         };
@@ -1220,5 +1250,64 @@ mod tests {
         )));
         assert!(other.text.contains(challenge), "{}", other.text);
         assert!(other.text.contains(anti_pattern), "{}", other.text);
+    }
+
+    /// Three turns of a member who never says what they tried: the
+    /// question is asked, then its assumption stated once, then neither,
+    /// and asked again only after a reply that did neither.
+    #[test]
+    fn a_context_question_left_unanswered_is_not_asked_twice_running() {
+        let first = "I'm a director of 60 engineers at a series B company. \
+                     Our releases keep slipping.";
+        let second = "The slips are mostly in the payments area.";
+        let third = "The payments team is also the smallest.";
+        let tried = "What have you already tried?";
+        let assumed = "I'll take it that nothing has been tried yet";
+        let turn = |message, earlier: &[&str], previous_reply| {
+            let known = profile(earlier, message);
+            reply(&CoachInput {
+                message,
+                profile: &known,
+                frameworks: &[],
+                word_cap: rules::DEFAULT_WORD_CAP,
+                attempt: 0,
+                previous_citations: &[],
+                earlier_turns: earlier.len(),
+                previous_turn: earlier.last().copied(),
+                previous_reply,
+            })
+        };
+        let asked = turn(first, &[], None);
+        assert!(asked.text.contains(tried), "{}", asked.text);
+
+        let left = turn(second, &[first], Some(asked.text.as_str()));
+        assert!(!left.text.contains(tried), "asked again: {}", left.text);
+        assert!(left.text.contains(assumed), "{}", left.text);
+        assert!(
+            !left.text.contains("Before I suggest anything"),
+            "{}",
+            left.text
+        );
+        assert!(left.questions_asked >= 1, "{}", left.text);
+
+        let moved_on = turn(third, &[first, second], Some(left.text.as_str()));
+        assert!(!moved_on.text.contains(tried), "{}", moved_on.text);
+        assert!(!moved_on.text.contains(assumed), "{}", moved_on.text);
+
+        let later = turn(third, &[first, second], Some(moved_on.text.as_str()));
+        assert!(later.text.contains(tried), "{}", later.text);
+
+        // Answered with "nothing yet", it is neither asked nor assumed.
+        let answered = turn("Nothing yet.", &[first], Some(asked.text.as_str()));
+        assert!(!answered.text.contains(tried), "{}", answered.text);
+        assert!(!answered.text.contains(assumed), "{}", answered.text);
+        assert!(
+            answered.text.contains("nothing tried yet"),
+            "{}",
+            answered.text
+        );
+        for reply in [&asked, &left, &moved_on, &later, &answered] {
+            assert!(reply.questions_asked <= MAX_QUESTIONS);
+        }
     }
 }

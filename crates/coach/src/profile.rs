@@ -60,9 +60,13 @@ pub struct ContextProfile {
     pub role: Option<&'static str>,
     pub team_size: Option<u32>,
     pub stage: Option<Stage>,
+    /// They said what they have tried, or that they have tried nothing.
     pub mentioned_attempts: bool,
     /// What they tried, restated in the second person (latest wins).
     pub tried: Option<String>,
+    /// Their latest word on attempts was that nothing has been tried yet:
+    /// an answer to "What have you already tried?", not a gap to ask about.
+    pub nothing_tried: bool,
     /// A constraint they named (budget, freeze, deadline...), restated.
     pub constraint: Option<String>,
     /// The problem as they first stated it, restated.
@@ -97,12 +101,13 @@ const STAGES: &[(&str, Stage)] = &[
     ("publicly traded", Stage::Public),
 ];
 
-/// What a whole turn is read for: role, stage, an attempt.
-static TURN_PATTERNS: LazyLock<PatternLists<3>> = LazyLock::new(|| {
+/// What a whole turn is read for: role, stage, an attempt, none tried.
+static TURN_PATTERNS: LazyLock<PatternLists<4>> = LazyLock::new(|| {
     PatternLists::new([
         ROLES.iter().map(|(p, _)| *p).collect(),
         STAGES.iter().map(|(p, _)| *p).collect(),
         ATTEMPTS.to_vec(),
+        NOTHING_TRIED.to_vec(),
     ])
 });
 
@@ -119,6 +124,26 @@ const ATTEMPTS: &[&str] = &[
     "tried adding",
     "didn't work",
     "did not work",
+];
+
+/// How a member says nothing has been tried yet, in the normalised words
+/// of a turn (see [`words`]; a typographic apostrophe becomes a space).
+/// Only "nothing" and "anything" forms: "we haven't tried pairing" says
+/// nothing about what else was tried.
+const NOTHING_TRIED: &[&str] = &[
+    " haven't tried anything",
+    " haven t tried anything",
+    " have not tried anything",
+    " not tried anything",
+    " haven't done anything",
+    " haven t done anything",
+    " tried nothing",
+    " nothing yet ",
+    " nothing so far ",
+    " nothing tried ",
+    " nothing has been tried",
+    " nothing's been tried",
+    " nothing s been tried",
 ];
 
 const CONSTRAINTS: &[&str] = &[
@@ -171,6 +196,8 @@ pub struct TurnFacts {
     stage: Option<Stage>,
     team_size: Option<u32>,
     mentioned_attempts: bool,
+    /// The turn says nothing has been tried (and names no attempt).
+    nothing_tried: bool,
     /// The turn's last sentence naming an attempt, as written.
     tried: Option<String>,
     /// Its last sentence naming a constraint (and no attempt).
@@ -183,7 +210,7 @@ impl TurnFacts {
     /// Reads one turn.
     pub fn read(turn: &str) -> Self {
         let lower = words(turn);
-        let [role, stage, attempt] = TURN_PATTERNS.first_listed_in(&lower);
+        let [role, stage, attempt, nothing_tried] = TURN_PATTERNS.first_listed_in(&lower);
         let (mut tried, mut constraint, mut problem) = (None, None, None);
         for sentence in turn
             .split(['.', '!', '?', ';', '\n'])
@@ -205,6 +232,7 @@ impl TurnFacts {
             stage: stage.map(|i| STAGES[i].1),
             team_size: team_size(&lower),
             mentioned_attempts: attempt.is_some(),
+            nothing_tried: attempt.is_none() && tried.is_none() && nothing_tried.is_some(),
             tried: tried.map(str::to_owned),
             constraint: constraint.map(str::to_owned),
             problem: problem.map(str::to_owned),
@@ -314,9 +342,18 @@ impl ContextProfile {
             }
             if facts.mentioned_attempts {
                 self.mentioned_attempts = true;
+                self.nothing_tried = false;
             }
             if let Some(tried) = &facts.tried {
                 clauses.tried = Some(tried);
+            }
+            // "Nothing yet" is the latest word on attempts: what an earlier
+            // turn said it tried no longer describes the situation.
+            if facts.nothing_tried {
+                self.mentioned_attempts = true;
+                self.nothing_tried = true;
+                self.tried = None;
+                clauses.tried = None;
             }
             if let Some(constraint) = &facts.constraint {
                 clauses.constraint = Some(constraint);
@@ -400,6 +437,7 @@ impl ContextProfile {
         }
         match &self.tried {
             Some(tried) => parts.push(format!("already tried: {tried}")),
+            None if self.nothing_tried => parts.push("nothing tried yet".to_owned()),
             None if self.mentioned_attempts => {
                 parts.push("you've already tried at least one fix".to_owned())
             }
@@ -422,25 +460,45 @@ impl ContextProfile {
         }
     }
 
-    /// Questions for the missing context, most important first.
-    pub fn missing_context_questions(&self) -> Vec<String> {
-        let mut questions = Vec::new();
+    /// The context still missing, most important first: what to ask, and
+    /// what the coach goes on when the member has been asked and left it.
+    pub fn missing_context(&self) -> Vec<MissingContext> {
+        let mut missing = Vec::new();
         if self.team_size.is_none() {
-            questions.push(
-                "How many engineers are in the organisation you're responsible for?".to_owned(),
-            );
+            missing.push(MissingContext {
+                question: "How many engineers are in the organisation you're responsible for?",
+                assumption: "You haven't said how many engineers this covers, so I'll keep \
+                             this general rather than size it to your organisation.",
+            });
         }
         if self.stage.is_none() && self.role.is_none() {
-            questions.push(
-                "What's your role, and what stage is the company at (seed, series B, public...)?"
-                    .to_owned(),
-            );
+            missing.push(MissingContext {
+                question: "What's your role, and what stage is the company at (seed, series \
+                           B, public...)?",
+                assumption: "I'll read this without your role or the company's stage; tell \
+                             me if either changes the picture.",
+            });
         }
         if !self.mentioned_attempts {
-            questions.push("What have you already tried?".to_owned());
+            missing.push(MissingContext {
+                question: "What have you already tried?",
+                assumption: "I'll take it that nothing has been tried yet; say so if that's \
+                             wrong.",
+            });
         }
-        questions
+        missing
     }
+}
+
+/// A piece of context the persona asks for before advising.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MissingContext {
+    /// The question that asks for it.
+    pub question: &'static str,
+    /// What the coach says it will go on instead, once the member was
+    /// asked and answered something else: asking the same again would
+    /// ignore their choice.
+    pub assumption: &'static str,
 }
 
 /// Lower-case text with punctuation turned into spaces and a space at each
@@ -724,7 +782,7 @@ mod tests {
         let mut clauses = Clauses::default();
         for turn in turns {
             let lower = words(turn);
-            let [role, stage, attempt] = TURN_PATTERNS.first_listed_in(&lower);
+            let [role, stage, attempt, nothing] = TURN_PATTERNS.first_listed_in(&lower);
             if let Some(i) = role {
                 profile.role = Some(ROLES[i].1);
             }
@@ -736,7 +794,9 @@ mod tests {
             }
             if attempt.is_some() {
                 profile.mentioned_attempts = true;
+                profile.nothing_tried = false;
             }
+            let mut tried_here = None;
             for sentence in turn
                 .split(['.', '!', '?', ';', '\n'])
                 .map(str::trim)
@@ -746,6 +806,7 @@ mod tests {
                     SENTENCE_PATTERNS.first_listed_in(&sentence.to_lowercase());
                 if attempt.is_some() {
                     clauses.tried = Some(sentence);
+                    tried_here = Some(sentence);
                 } else if constraint.is_some() {
                     clauses.constraint = Some(sentence);
                 } else if profile.problem.is_none()
@@ -754,6 +815,12 @@ mod tests {
                 {
                     clauses.problem = Some(sentence);
                 }
+            }
+            if attempt.is_none() && tried_here.is_none() && nothing.is_some() {
+                profile.mentioned_attempts = true;
+                profile.nothing_tried = true;
+                profile.tried = None;
+                clauses.tried = None;
             }
         }
         if let Some(tried) = clauses.tried {
@@ -782,6 +849,7 @@ mod tests {
             "Nothing new to add here today, thanks",
             "Als CTO von 30 Ingenieuren: WE TRIED A REORG. Ça n'a pas marché, the budget is tight.",
             "We are a public company with 900 engineers and I'm the VP of Engineering.",
+            "Honestly we haven't tried anything yet. It keeps failing.",
         ];
         let knows_a_problem = ContextProfile {
             problem: Some("you said it before".to_owned()),
@@ -804,7 +872,7 @@ mod tests {
                 .collect();
             sequences.extend(longer);
         }
-        assert_eq!(sequences.len(), 1 + 8 + 64 + 512 + 4096);
+        assert_eq!(sequences.len(), 1 + 9 + 81 + 729 + 6561);
         for start in [ContextProfile::default(), knows_a_problem] {
             for sequence in &sequences {
                 let turns: Vec<&str> = sequence.iter().map(|&i| pool[i]).collect();
@@ -830,6 +898,7 @@ mod tests {
             .map(|(p, _)| *p)
             .chain(STAGES.iter().map(|(p, _)| *p))
             .chain(ATTEMPTS.iter().copied())
+            .chain(NOTHING_TRIED.iter().copied())
             .chain(CONSTRAINTS.iter().copied())
             .chain(PROBLEMS.iter().copied())
             .flat_map(|p| p.split(' '))
@@ -858,6 +927,7 @@ mod tests {
                 naive(&roles, &text),
                 naive(&stages, &text),
                 naive(ATTEMPTS, &text),
+                naive(NOTHING_TRIED, &text),
             ];
             assert_eq!(TURN_PATTERNS.first_listed_in(&text), turn, "{text:?}");
             let sentence = [
@@ -887,7 +957,7 @@ mod tests {
     fn every_pattern_is_lower_case() {
         let roles = ROLES.iter().map(|(p, _)| *p);
         let stages = STAGES.iter().map(|(p, _)| *p);
-        let lists = [ATTEMPTS, CONSTRAINTS, PROBLEMS]
+        let lists = [ATTEMPTS, NOTHING_TRIED, CONSTRAINTS, PROBLEMS]
             .into_iter()
             .flatten()
             .copied();
@@ -917,6 +987,39 @@ mod tests {
         assert_eq!(p.team_size, Some(14));
         assert!(p.mentioned_attempts);
         assert!(!p.is_sufficient());
-        assert_eq!(p.missing_context_questions().len(), 1);
+        assert_eq!(p.missing_context().len(), 1);
+    }
+
+    #[test]
+    fn nothing_tried_answers_the_question_and_is_the_latest_word() {
+        for said in [
+            "We haven't tried anything yet.",
+            "Nothing yet.",
+            "Honestly, nothing so far",
+            "We have not tried anything, the team of 12 is new.",
+            "I haven\u{2019}t tried anything",
+        ] {
+            let p = ContextProfile::from_turns(["I'm a director of 60 engineers.", said]);
+            assert!(p.nothing_tried, "{said:?}");
+            assert!(p.missing_context().is_empty(), "{said:?}: {p:?}");
+            let summary = p.summary().unwrap_or_default();
+            assert!(summary.contains("nothing tried yet"), "{summary}");
+            assert!(!summary.contains("at least one fix"), "{summary}");
+        }
+        // Not an answer about attempts in general.
+        let one_thing = ContextProfile::from_turns(["We haven't tried pairing yet."]);
+        assert!(!one_thing.mentioned_attempts && !one_thing.nothing_tried);
+        // The latest word wins, either way round.
+        let then_tried = ContextProfile::from_turns(["Nothing yet.", "We tried a guild since."]);
+        assert!(!then_tried.nothing_tried);
+        assert!(
+            then_tried
+                .tried
+                .as_deref()
+                .is_some_and(|t| t.contains("guild"))
+        );
+        let then_nothing =
+            ContextProfile::from_turns(["We tried a guild last year.", "Nothing so far, really."]);
+        assert!(then_nothing.nothing_tried && then_nothing.tried.is_none());
     }
 }

@@ -103,12 +103,13 @@ WITH RECURSIVE chain (branch_id, upto) AS (
       ORDER BY m.depth DESC LIMIT 40)
 SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
        ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
-       (SELECT cited_frameworks FROM conversation.messages
-         WHERE tenant_id = :tenant AND message_id = NULLIF(:user_parent_id, '')::uuid
-           AND role = 'assistant')
-         AS previous_citations,
+       previous.cited_frameworks AS previous_citations,
+       previous.content AS previous_reply,
        p.role, p.team_size, p.stage, p.update_time
   FROM (VALUES (1)) AS one
+  LEFT JOIN conversation.messages previous
+    ON previous.tenant_id = :tenant AND previous.message_id = NULLIF(:user_parent_id, '')::uuid
+   AND previous.role = 'assistant'
   LEFT JOIN conversation.member_profiles p ON p.user_id = :usr;
 COMMIT;
 

@@ -237,6 +237,7 @@ impl ReplyPipeline {
                         .earlier_user_turns
                         .last()
                         .map(|turn| turn.content.as_str()),
+                    previous_reply: exchange.previous_reply.as_deref(),
                 });
                 // Keep going even if the client has gone: the turn was
                 // acknowledged, and the offline reply costs nothing to store.

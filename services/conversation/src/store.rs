@@ -155,6 +155,9 @@ pub struct Exchange {
     /// The frameworks the reply before the user's turn cited, its lead
     /// first: the coach does not ask the member the same again.
     pub previous_citations: Vec<String>,
+    /// The text of the reply before the user's turn: the coach does not
+    /// ask again straight away for context that reply asked for.
+    pub previous_reply: Option<String>,
     /// What was kept about the member from earlier conversations.
     pub kept_profile: Option<KeptProfile>,
 }
@@ -616,6 +619,7 @@ impl ConversationStore {
         let ReadContext {
             transcript: read,
             previous_citations,
+            previous_reply,
             kept: kept_profile,
         } = context_and_count(&mut tx, ctx, user_message.parent_id, new_message, sides).await?;
         tx.commit().await?;
@@ -657,6 +661,7 @@ impl ConversationStore {
             earlier_user_turns,
             transcript,
             previous_citations,
+            previous_reply,
             kept_profile,
         })
     }
@@ -1210,11 +1215,13 @@ async fn context_and_count(
          SELECT ARRAY(SELECT message_id FROM transcript ORDER BY depth) AS message_ids,
                 ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
                 ARRAY(SELECT content FROM transcript ORDER BY depth) AS contents,
-                (SELECT cited_frameworks FROM conversation.messages
-                  WHERE tenant_id = $3 AND message_id = $1 AND role = 'assistant')
-                  AS previous_citations,
+                previous.cited_frameworks AS previous_citations,
+                previous.content AS previous_reply,
                 p.role, p.team_size, p.stage, p.update_time
            FROM (VALUES (1)) AS one
+           LEFT JOIN conversation.messages previous
+             ON previous.tenant_id = $3 AND previous.message_id = $1
+            AND previous.role = 'assistant'
            LEFT JOIN conversation.member_profiles p ON p.user_id = $4"
     ))
     .bind(last)
@@ -1235,6 +1242,7 @@ async fn context_and_count(
     Ok(ReadContext {
         transcript,
         previous_citations: read.previous_citations.unwrap_or_default(),
+        previous_reply: read.previous_reply,
         kept,
     })
 }
@@ -1246,6 +1254,8 @@ struct ReadContext {
     /// What the reply before the user's turn cited (none if the turn
     /// follows no reply).
     previous_citations: Vec<String>,
+    /// The text of that reply.
+    previous_reply: Option<String>,
     kept: Option<KeptProfile>,
 }
 
@@ -1266,6 +1276,7 @@ struct ContextRow {
     roles: Vec<String>,
     contents: Vec<String>,
     previous_citations: Option<Vec<String>>,
+    previous_reply: Option<String>,
     role: Option<String>,
     team_size: Option<i32>,
     stage: Option<String>,

@@ -83,7 +83,7 @@ pub fn context_extractor(data: &[u8]) {
     let profile = tp_coach::ContextProfile::from_turns(turns.iter().copied());
     let _ = profile.summary();
     let _ = profile.situation();
-    let _ = profile.missing_context_questions();
+    let _ = profile.missing_context();
     let _ = profile.durable();
     let message = turns.last().copied().unwrap_or_default();
     let reply = tp_coach::reply(&tp_coach::CoachInput {
@@ -96,6 +96,8 @@ pub fn context_extractor(data: &[u8]) {
         previous_citations: &[],
         earlier_turns: turns.len().saturating_sub(1),
         previous_turn: turns.iter().rev().nth(1).copied(),
+        // Any text may be the reply before: only what it contains is read.
+        previous_reply: turns.iter().rev().nth(2).copied(),
     });
     assert!(
         reply.questions_asked <= tp_coach::MAX_QUESTIONS,
