@@ -129,7 +129,8 @@ const ATTEMPTS: &[&str] = &[
 /// How a member says nothing has been tried yet, in the normalised words
 /// of a turn (see [`words`]; a typographic apostrophe becomes a space).
 /// Only "nothing" and "anything" forms: "we haven't tried pairing" says
-/// nothing about what else was tried.
+/// nothing about what else was tried. Not "nothing so far": "nothing so
+/// far has worked" says the opposite.
 const NOTHING_TRIED: &[&str] = &[
     " haven't tried anything",
     " haven t tried anything",
@@ -139,7 +140,6 @@ const NOTHING_TRIED: &[&str] = &[
     " haven t done anything",
     " tried nothing",
     " nothing yet ",
-    " nothing so far ",
     " nothing tried ",
     " nothing has been tried",
     " nothing's been tried",
@@ -995,7 +995,7 @@ mod tests {
         for said in [
             "We haven't tried anything yet.",
             "Nothing yet.",
-            "Honestly, nothing so far",
+            "Honestly, nothing yet",
             "We have not tried anything, the team of 12 is new.",
             "I haven\u{2019}t tried anything",
         ] {
@@ -1007,8 +1007,13 @@ mod tests {
             assert!(!summary.contains("at least one fix"), "{summary}");
         }
         // Not an answer about attempts in general.
-        let one_thing = ContextProfile::from_turns(["We haven't tried pairing yet."]);
-        assert!(!one_thing.mentioned_attempts && !one_thing.nothing_tried);
+        for not_none in [
+            "We haven't tried pairing yet.",
+            "Nothing so far has worked.",
+        ] {
+            let p = ContextProfile::from_turns([not_none]);
+            assert!(!p.mentioned_attempts && !p.nothing_tried, "{not_none:?}");
+        }
         // The latest word wins, either way round.
         let then_tried = ContextProfile::from_turns(["Nothing yet.", "We tried a guild since."]);
         assert!(!then_tried.nothing_tried);
@@ -1019,7 +1024,7 @@ mod tests {
                 .is_some_and(|t| t.contains("guild"))
         );
         let then_nothing =
-            ContextProfile::from_turns(["We tried a guild last year.", "Nothing so far, really."]);
+            ContextProfile::from_turns(["We tried a guild last year.", "Nothing yet, really."]);
         assert!(then_nothing.nothing_tried && then_nothing.tried.is_none());
     }
 }
