@@ -109,7 +109,7 @@ SELECT ARRAY(SELECT role FROM transcript ORDER BY depth) AS roles,
   FROM (VALUES (1)) AS one
   LEFT JOIN conversation.messages previous
     ON previous.tenant_id = :tenant AND previous.message_id = NULLIF(:user_parent_id, '')::uuid
-   AND previous.role = 'assistant'
+   AND previous.role = 'assistant' AND NOT :with_replies
   LEFT JOIN conversation.member_profiles p ON p.user_id = :usr;
 COMMIT;
 

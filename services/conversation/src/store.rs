@@ -153,7 +153,9 @@ pub struct Exchange {
     /// empty when the exchange was begun with [`TranscriptSides::User`].
     pub transcript: Vec<tp_llm::ChatMessage>,
     /// The frameworks the reply before the user's turn cited, its lead
-    /// first: the coach does not ask the member the same again.
+    /// first: the coach does not ask the member the same again. Read for
+    /// the coach only ([`TranscriptSides::User`]): a model's prompt has
+    /// that reply whole in `transcript`.
     pub previous_citations: Vec<String>,
     /// The text of the reply before the user's turn: the coach does not
     /// ask again straight away for context that reply asked for.
@@ -1221,7 +1223,7 @@ async fn context_and_count(
            FROM (VALUES (1)) AS one
            LEFT JOIN conversation.messages previous
              ON previous.tenant_id = $3 AND previous.message_id = $1
-            AND previous.role = 'assistant'
+            AND previous.role = 'assistant' AND NOT $6
            LEFT JOIN conversation.member_profiles p ON p.user_id = $4"
     ))
     .bind(last)
